@@ -1,0 +1,127 @@
+"""`pgexport build`: checkpoint -> bundle (three ONNX graphs, tokenizer, manifest), verified against PyTorch."""
+
+from __future__ import annotations
+
+import gc
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgexport_runtime import io_names as io
+from pgexport_runtime.errors import UserError
+from pgexport_runtime.geometry import Geometry
+
+from . import parity, sources
+from .bundle import BundleWriter
+
+VISION_FILE, PROJECTOR_FILE, DECODER_FILE = "vision_encoder.onnx", "projector.onnx", "decoder.onnx"
+
+
+class ParityError(Exception):
+    """The exported graphs do not reproduce PyTorch; the message names the first graph that diverges."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    model: str | None = None
+    out: Path = Path("bundle")
+    force: bool = False
+    parity_tokens: int = 16
+    tolerance: parity.Tolerance = parity.Tolerance()
+    skip_parity: bool = False
+    max_new_tokens: int = 64
+
+
+def build(opts: BuildOptions, progress=None) -> Path:
+    """Export, check and write a bundle. `progress(step_name)` is called as each step starts."""
+    import torch
+
+    step = progress or (lambda name: None)
+    source = sources.resolve(opts.model)
+    writer = BundleWriter(opts.out, force=opts.force)
+    t0 = time.time()
+    with writer:
+        step("load model")
+        geometry = sources.load_geometry(source)
+        model = sources.load_model(source, torch.float32)
+        reference = None
+        if not opts.skip_parity:
+            step("PyTorch reference")
+            reference = parity.torch_reference(model, source.directory, geometry, opts.parity_tokens)
+        _export_graphs(model, geometry, writer, step)
+        del model
+        gc.collect()
+        shutil.copy(source.directory / "tokenizer.json", writer.path("tokenizer.json"))
+        manifest = _manifest(source, geometry, opts, sorted(p.name for p in writer.tmp.iterdir()))
+        step("hash files")
+        writer.write_manifest(manifest)
+        if reference is not None:
+            step("parity check")
+            report = parity.compare(writer.tmp, reference, opts.tolerance)
+            manifest["parity"] = report
+            if not report["ok"]:
+                raise ParityError(f"parity check failed: {parity.summarize_failure(report)}")
+        manifest["build"]["seconds"] = round(time.time() - t0, 1)
+        writer.write_manifest(manifest)
+        return writer.commit()
+
+
+def _export_graphs(model, g: Geometry, writer: BundleWriter, step) -> None:
+    from .export import decoder, projector, vision
+    from .export.onnx_export import export_graph, param_bytes
+
+    step("export vision encoder")
+    m = vision.VisionEncoder(model)
+    export_graph(m, vision.sample_inputs(g), writer.path(VISION_FILE), vision.INPUT_NAMES, vision.OUTPUT_NAMES,
+                 vision.DYNAMIC_SHAPES, param_bytes(m))
+    step("export projector")
+    m = projector.Projector(model)
+    export_graph(m, projector.sample_inputs(g), writer.path(PROJECTOR_FILE), projector.INPUT_NAMES,
+                 projector.OUTPUT_NAMES, projector.DYNAMIC_SHAPES, param_bytes(m))
+    step("export decoder")
+    m = decoder.DecoderWithPast(model, g)
+    export_graph(m, decoder.sample_inputs(g), writer.path(DECODER_FILE), decoder.input_names(g),
+                 decoder.output_names(g), decoder.dynamic_shapes(g), param_bytes(m))
+
+
+def _graph_entry(files: list[str], file: str, inputs, outputs) -> dict:
+    data = [f for f in files if f.startswith(file) and f != file]  # external data: decoder.onnx.data
+    return {"file": file, "data_files": data, "precision": "fp32", "inputs": list(inputs), "outputs": list(outputs)}
+
+
+def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: list[str]) -> dict:
+    import importlib.metadata as md
+
+    from .export import decoder, projector, vision
+
+    def version(pkg: str) -> str | None:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    from .export.onnx_export import OPSET
+
+    tok = sources.load_tokenizer_info(source, g)
+    pre = sources.load_preprocessing(source, g)
+    graphs = {
+        "vision_encoder": _graph_entry(files, VISION_FILE, vision.INPUT_NAMES, vision.OUTPUT_NAMES),
+        "projector": _graph_entry(files, PROJECTOR_FILE, projector.INPUT_NAMES, projector.OUTPUT_NAMES),
+        "decoder": _graph_entry(files, DECODER_FILE, decoder.input_names(g), decoder.output_names(g)),
+    }
+    return {
+        "source": source.describe(),
+        "geometry": g.to_dict(),
+        "graphs": graphs,
+        "kv_cache": {"layout": "concat", "dtype": "float32",
+                     "past": io.past_key(0).replace("0", "{i}"), "present": io.present_key(0).replace("0", "{i}")},
+        "tokenizer": tok,
+        "preprocessing": pre,
+        "generation": {"max_new_tokens": opts.max_new_tokens, "eos_token_ids": [g.eos_token_id]},
+        "tools": {name: version(name) for name in ("pgexport", "torch", "transformers", "onnx", "onnxscript", "onnxruntime")}
+        | {"opset": OPSET, "python": platform.python_version()},
+        "build": {"created_unix": int(time.time())},
+        "parity": None,
+    }

@@ -1,0 +1,64 @@
+"""Writing a bundle: into a temporary directory beside the target, renamed into place only when done.
+
+A failed or interrupted build leaves no directory that looks like a bundle: the temporary one has no
+manifest until the last step, and is removed on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from pgexport_runtime.errors import UserError
+from pgexport_runtime.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_file
+
+
+class BundleWriter:
+    def __init__(self, out: Path, force: bool = False):
+        self.out = Path(out)
+        if self.out.exists() and not force:
+            raise UserError(f"{self.out} already exists (use --force to replace it)")
+        if self.out.exists() and not (self.out / MANIFEST).is_file():
+            raise UserError(f"{self.out} exists and is not a bundle; refusing to replace it")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out.parent / f".pgexport-tmp-{self.out.name}-{os.getpid()}"
+        self._hashes: dict = {}
+
+    def __enter__(self) -> "BundleWriter":
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+    def path(self, name: str) -> Path:
+        return self.tmp / name
+
+    def write_manifest(self, manifest: dict) -> None:
+        """Hash every file in the bundle and write manifest.json (schema first, files last)."""
+        files = {p.name: self._hash(p) for p in sorted(self.tmp.iterdir()) if p.is_file() and p.name != MANIFEST}
+        body = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **manifest, "files": files}
+        (self.tmp / MANIFEST).write_text(json.dumps(body, indent=2) + "\n")
+
+    def _hash(self, p: Path) -> str:
+        st = p.stat()
+        key = (p.name, st.st_size, st.st_mtime_ns)
+        if key not in self._hashes:  # the manifest is written twice (before and after parity): hash once
+            self._hashes[key] = sha256_file(p)
+        return self._hashes[key]
+
+    def commit(self) -> Path:
+        """Move the finished bundle into place (replacing an older bundle only now)."""
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f".pgexport-old-{self.out.name}-{os.getpid()}"
+            self.out.rename(old)
+        self.tmp.rename(self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out

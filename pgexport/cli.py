@@ -1,0 +1,210 @@
+"""The pgexport command line: a thin layer over pgexport.build and pgexport_runtime."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pgexport_runtime.errors import UserError
+
+BUILD_STEPS = ["load model", "PyTorch reference", "export vision encoder", "export projector", "export decoder",
+               "hash files", "parity check"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="pgexport")
+def cli():
+    """Export PaliGemma to ONNX edge bundles and prove they are still the same model.
+
+    \b
+    Typical use:
+      pgexport build --out bundle                 # the embedded demo model
+      pgexport run bundle --image cat.png --prompt "caption en"
+      pgexport inspect bundle
+
+    --model takes a preset (see `pgexport models`), a local Hugging Face checkpoint directory, or a hub id.
+    """
+
+
+@cli.command()
+@click.option("--model", "model", metavar="SRC", default=None,
+              help="Preset name, checkpoint directory or hub id. Default: the embedded demo model.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bundle"), show_default=True,
+              help="Bundle directory to create.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out (only once the new one is complete).")
+@click.option("--parity-tokens", type=click.IntRange(1, 512), default=16, show_default=True,
+              help="Greedy tokens compared with transformers at the end of the build.")
+@click.option("--tolerance", type=click.FloatRange(0, 1), default=1e-3, show_default=True,
+              help="Largest relative logit/feature difference allowed per graph.")
+@click.option("--skip-parity", is_flag=True, help="Do not compare with PyTorch (the manifest records that).")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Default generation length stored in the bundle.")
+def build(model, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens):
+    """Export a checkpoint to a bundle: vision encoder, projector and decoder-with-past ONNX graphs, tokenizer
+    and manifest, checked against PyTorch (features, logits and greedy tokens) before it is written.
+
+    The bundle is built in a temporary directory next to --out and renamed into place only when every
+    step, the parity check included, has passed.
+    """
+    from tqdm import tqdm
+
+    from pgexport.build import BuildOptions, ParityError, build as run_build
+    from pgexport.parity import Tolerance
+
+    steps = [s for s in BUILD_STEPS if not (skip_parity and s in ("PyTorch reference", "parity check"))]
+    bars: list = []  # created at the first step, so that an early user error prints no empty bar
+
+    def progress(name: str) -> None:
+        if not bars:
+            bars.append(tqdm(total=len(steps), file=sys.stderr, dynamic_ncols=True,
+                             bar_format="{desc:<24} {bar} {n_fmt}/{total_fmt} [{elapsed}]"))
+        else:
+            bars[0].update(1)
+        bars[0].set_description_str(name)
+
+    opts = BuildOptions(model=model, out=out, force=force, parity_tokens=parity_tokens,
+                        tolerance=Tolerance(relative=tolerance), skip_parity=skip_parity, max_new_tokens=max_new_tokens)
+    try:
+        path = run_build(opts, progress)
+        if bars:
+            bars[0].update(1)
+    except ParityError as exc:
+        raise UserError(f"{exc}; nothing was written") from None
+    finally:
+        for bar in bars:
+            bar.close()
+    manifest = json.loads((path / "manifest.json").read_text())
+    parity = manifest.get("parity")
+    verdict = "parity not checked" if parity is None else "parity ok: " + _parity_line(parity)
+    click.echo(f"wrote {path} ({_size(path)}); {verdict}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--image", required=True, type=click.Path(path_type=Path), help="Image file (any format Pillow reads).")
+@click.option("--prompt", required=True, help='Task prompt: "caption en", "answer en <q>", "ocr", "detect <obj>", ...')
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=None, help="Default: the bundle's setting.")
+@click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 = off.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="1 = off.")
+@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@click.option("--stop", "stop", multiple=True, help="Stop when this string appears (repeatable).")
+@click.option("--stream", is_flag=True, help="Print tokens as they are generated.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="0 = onnxruntime default.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object with text and tokens.")
+def run(bundle, image, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, stop, stream, device, threads,
+        as_json):
+    """Generate an answer for one image and prompt with the torch-free runtime."""
+    from pgexport_runtime import PaliGemma, Sampling, SessionConfig
+    from pgexport_runtime.preprocess import load_image
+
+    img = load_image(image)  # a bad image fails before the (slower) bundle load
+    pg = PaliGemma(bundle, SessionConfig(device=device, intra_op_threads=threads))
+    on_token = (lambda row, tok, text: click.echo(text, nl=False)) if stream and not as_json else None
+    result = pg(img, prompt, max_new_tokens=max_new_tokens, stop_strings=stop, on_token=on_token,
+                sampling=Sampling(do_sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+    if as_json:
+        click.echo(json.dumps({"prompt": prompt, "text": result.text, "tokens": result.tokens}))
+    elif stream:
+        click.echo()
+    else:
+        click.echo(result.text)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle files.")
+def inspect(bundle, as_json, no_verify):
+    """Show a bundle's graphs, sizes, precisions, inputs/outputs, geometry and parity results."""
+    from pgexport_runtime.manifest import load_manifest
+
+    m = load_manifest(bundle, verify=not no_verify)
+    if as_json:
+        click.echo(json.dumps(m.raw, indent=2))
+        return
+    g, raw = m.geometry, m.raw
+    click.echo(f"bundle   {m.root}  (schema {raw['schema_version']}, from {raw['source']['spec']})")
+    click.echo(f"model    {g.family}, {g.image_size}px / {g.num_image_tokens} image tokens, "
+               f"decoder {g.text_layers}x{g.text_hidden} ({g.num_heads} heads, {g.num_kv_heads} kv), vocab {g.vocab_size}")
+    click.echo("graphs")
+    for name, entry in m.graphs.items():
+        size = sum((m.root / f).stat().st_size for f in (entry.file, *entry.data_files))
+        click.echo(f"  {name:<15} {entry.file:<22} {_fmt_bytes(size):>9}  {entry.precision}")
+        click.echo(f"  {'':<15} in:  {_io_summary(entry.inputs)}")
+        click.echo(f"  {'':<15} out: {_io_summary(entry.outputs)}")
+    parity = raw.get("parity")
+    click.echo("parity   " + ("not checked" if parity is None else ("ok: " if parity["ok"] else "FAILED: ")
+                              + _parity_line(parity)))
+    tools = raw.get("tools", {})
+    click.echo("tools    " + ", ".join(f"{k} {v}" for k, v in tools.items() if v is not None))
+
+
+@cli.command()
+def models():
+    """List the presets and the default model."""
+    from pgexport import sources
+
+    click.echo(f"default: {sources.default_model()}")
+    for name in sources.list_presets():
+        desc = json.loads((sources.PRESETS_DIR / f"{name}.json").read_text()).get("description", "")
+        click.echo(f"  {name:<20} {desc}")
+
+
+def _io_summary(names) -> str:
+    names = list(names)
+    kv = [n for n in names if n.startswith(("past_key_values.", "present."))]
+    rest = [n for n in names if n not in kv]
+    if kv:
+        rest.append(f"{kv[0].split('.')[0]}.{{0..{len(kv) // 2 - 1}}}.key/value")
+    return ", ".join(rest)
+
+
+def _parity_line(parity: dict) -> str:
+    checks = parity["checks"]
+    parts = [f"{k} {c['relative']:.1e}" for k, c in checks.items() if "relative" in c and k != "preprocessing"]
+    greedy = checks.get("greedy", {})
+    if greedy:
+        parts.append(f"greedy {'=' if greedy['match'] else '!='} transformers ({max(greedy['tokens'])} tokens)")
+    return ", ".join(parts)
+
+
+def _size(path: Path) -> str:
+    return _fmt_bytes(sum(p.stat().st_size for p in path.iterdir() if p.is_file()))
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def main() -> None:
+    """Entry point: user mistakes become one line on stderr and exit status 2, never a traceback."""
+    try:
+        rc = cli.main(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except click.exceptions.Abort:
+        click.echo("interrupted; nothing was written", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted; nothing was written", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Decoder-with-past graph: one graph for prefill (S > 1, empty past) and decode (S = 1).
+
+Every module that holds weights is transformers' own (embedding, norms, q/k/v/o projections, MLP,
+rotary embedding); only the wiring of a layer is written out here, because the graph has to take the
+KV cache and the prefix-LM mask as plain tensors, which transformers' Cache objects and mask factories
+do not export. Parity with transformers is measured at every build (pgexport.parity).
+
+Inputs (pgexport_runtime.io_names): input_ids, image_embeds, attention_mask, position_ids,
+token_type_ids, logits_index, past_key_values.{i}.key/value. Outputs: logits, present.{i}.key/value.
+
+Quirks, as transformers 5.x does them:
+- text embeddings are multiplied by sqrt(hidden) inside embed_tokens; image embeddings are not scaled.
+- position ids are 1-based (the runtime computes them from the padding mask).
+- attention over the prefix (image + bos + prompt + "\\n", token_type 0) is bidirectional, the suffix is
+  causal, padding is masked; in Gemma 2 the prefix block also ignores the sliding window (transformers
+  ORs the block mask onto the sliding-window causal mask).
+- Gemma 2: attention logits soft-capped before the mask, final logits soft-capped, post-attention and
+  pre/post-feedforward norms, sliding window on alternate layers, scale query_pre_attn_scalar**-0.5.
+- the lm_head is tied to the embedding table: the graph reuses that one initializer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pgexport_runtime import io_names as io
+from pgexport_runtime.geometry import Geometry
+
+
+class DecoderWithPast(nn.Module):
+    def __init__(self, model, g: Geometry):
+        super().__init__()
+        lm = model.model.language_model
+        self.g = g
+        self.embed = lm.embed_tokens  # GemmaTextScaledWordEmbedding: lookup * sqrt(hidden)
+        self.layers = lm.layers
+        self.norm = lm.norm
+        self.rotary = lm.rotary_emb
+        self.lm_head = None if g.tie_word_embeddings else model.lm_head
+
+    def forward(self, input_ids, image_embeds, attention_mask, position_ids, token_type_ids, logits_index, past):
+        g = self.g
+        hidden = self._embed(input_ids, image_embeds)
+        past_len = past[0].shape[2]
+        full_bias, sliding_bias = self._attention_bias(attention_mask, token_type_ids, past_len)
+        cos, sin = self.rotary(hidden, position_ids)
+
+        presents = []
+        for i, layer in enumerate(self.layers):
+            bias = sliding_bias if g.sliding_layers[i] else full_bias
+            hidden, k, v = self._layer(layer, hidden, cos, sin, bias, past[2 * i], past[2 * i + 1])
+            presents += [k, v]
+
+        hidden = self.norm(hidden)
+        # Only the rows the caller asks for go through the (vocab-sized) lm_head.
+        index = logits_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        hidden = torch.gather(hidden, 1, index)
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(hidden, weight)
+        if g.final_softcap is not None:
+            logits = torch.tanh(logits / g.final_softcap) * g.final_softcap
+        return (logits, *presents)
+
+    def _embed(self, input_ids, image_embeds):
+        """Token embeddings, with the k-th <image> token of each row taking image_embeds[row, k].
+
+        As in transformers: only as many <image> tokens as there are image embeddings are replaced (in
+        decode steps there are none, and a generated <image> id keeps its own embedding); ids past the
+        embedding table (an out-of-vocabulary image token) are looked up as id 0 before replacement.
+        """
+        is_image = input_ids == self.g.image_token_id
+        slot = torch.cumsum(is_image.to(torch.int64), dim=1) * is_image.to(torch.int64)
+        is_image = is_image & (slot <= image_embeds.shape[1])
+        slot = torch.where(is_image, slot, torch.zeros_like(slot))
+        lookup = torch.where(input_ids >= self.embed.weight.shape[0], torch.zeros_like(input_ids), input_ids)
+        text = self.embed(lookup)
+        # A zero row in front: slot 0 (not an image token) reads it, so decode steps may pass no images.
+        padded = F.pad(image_embeds, (0, 0, 1, 0))
+        image = torch.gather(padded, 1, slot.unsqueeze(-1).expand(-1, -1, padded.shape[-1]))
+        return torch.where(is_image.unsqueeze(-1), image, text)
+
+    def _attention_bias(self, attention_mask, token_type_ids, past_len):
+        """Additive [B,1,S,T] biases (0 = attend, dtype-min = masked) for full and sliding layers."""
+        g = self.g
+        seq = token_type_ids.shape[1]
+        total = attention_mask.shape[1]
+        q_pos = torch.arange(seq, device=attention_mask.device) + past_len  # absolute index of each query
+        k_pos = torch.arange(total, device=attention_mask.device)
+        causal = k_pos[None, :] <= q_pos[:, None]  # [S, T]
+        # Prefix block: both query and key are prefix tokens of this call. Cached keys never are, which is
+        # what transformers does (the block mask is built on the first iteration only).
+        key_type = torch.cat([torch.ones_like(attention_mask[:, :past_len]), token_type_ids], dim=1)
+        block = (token_type_ids[:, :, None] == 0) & (key_type[:, None, :] == 0)  # [B, S, T]
+        keep = attention_mask[:, None, :].to(torch.bool)
+        minval = torch.finfo(torch.float32).min
+        zero = torch.zeros((), dtype=torch.float32)
+        full = torch.where((causal[None] | block) & keep, zero, minval).unsqueeze(1)
+        if g.sliding_window is None or not any(g.sliding_layers):
+            return full, full
+        in_window = (q_pos[:, None] - k_pos[None, :]) < g.sliding_window
+        sliding = torch.where(((causal & in_window)[None] | block) & keep, zero, minval).unsqueeze(1)
+        return full, sliding
+
+    def _layer(self, layer, hidden, cos, sin, bias, past_k, past_v):
+        g = self.g
+        residual = hidden
+        x = layer.input_layernorm(hidden)
+        attn_out, k, v = self._attention(layer.self_attn, x, cos, sin, bias, past_k, past_v)
+        if g.family == "paligemma2":
+            hidden = residual + layer.post_attention_layernorm(attn_out)
+            hidden = hidden + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
+        else:
+            hidden = residual + attn_out
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return hidden, k, v
+
+    def _attention(self, attn, x, cos, sin, bias, past_k, past_v):
+        g = self.g
+        b, s, _ = x.shape
+        q = attn.q_proj(x).view(b, s, g.num_heads, g.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(b, s, g.num_kv_heads, g.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(b, s, g.num_kv_heads, g.head_dim).transpose(1, 2)
+        q, k = _apply_rope(q, k, cos, sin)
+        k = torch.cat([past_k, k], dim=2)  # present = past + this call's keys
+        v = torch.cat([past_v, v], dim=2)
+        groups = g.num_heads // g.num_kv_heads
+        k_all = k.repeat_interleave(groups, dim=1) if groups > 1 else k
+        v_all = v.repeat_interleave(groups, dim=1) if groups > 1 else v
+        scores = torch.matmul(q, k_all.transpose(2, 3)) * g.attn_scale
+        if g.attn_softcap is not None:
+            scores = torch.tanh(scores / g.attn_softcap) * g.attn_softcap
+        probs = torch.softmax(scores + bias, dim=-1)
+        out = torch.matmul(probs, v_all).transpose(1, 2).reshape(b, s, g.num_heads * g.head_dim)
+        return attn.o_proj(out), k, v
+
+
+def _apply_rope(q, k, cos, sin):
+    """Rotary embedding as in transformers' apply_rotary_pos_emb (rotate_half convention)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    half = q.shape[-1] // 2
+
+    def rotate(x):
+        return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+    return q * cos + rotate(q) * sin, k * cos + rotate(k) * sin
+
+
+def sample_inputs(g: Geometry) -> tuple:
+    """Batch 2, two new tokens after two cached ones: no dimension is 0 or 1, so none gets specialised."""
+    batch, seq, past = 2, 3, 2
+    ids = torch.tensor([[g.image_token_id, g.bos_token_id, 5], [g.image_token_id, g.bos_token_id, 6]])
+    image_embeds = torch.randn(batch, 2, g.text_hidden, generator=torch.Generator().manual_seed(2))
+    attention_mask = torch.ones(batch, past + seq, dtype=torch.int64)
+    position_ids = torch.arange(past + 1, past + seq + 1).repeat(batch, 1)
+    token_type_ids = torch.zeros(batch, seq, dtype=torch.int64)
+    logits_index = torch.tensor([[1, 2], [1, 2]])
+    kv = [torch.randn(batch, g.num_kv_heads, past, g.head_dim) for _ in range(2 * g.text_layers)]
+    return (ids, image_embeds, attention_mask, position_ids, token_type_ids, logits_index, kv)
+
+
+def input_names(g: Geometry) -> list[str]:
+    names = [io.INPUT_IDS, io.DECODER_IMAGE_EMBEDS, io.ATTENTION_MASK, io.POSITION_IDS, io.TOKEN_TYPE_IDS, io.LOGITS_INDEX]
+    for i in range(g.text_layers):
+        names += [io.past_key(i), io.past_value(i)]
+    return names
+
+
+def output_names(g: Geometry) -> list[str]:
+    names = [io.LOGITS]
+    for i in range(g.text_layers):
+        names += [io.present_key(i), io.present_value(i)]
+    return names
+
+
+def dynamic_shapes(g: Geometry) -> tuple:
+    bs = {0: io.BATCH, 1: io.SEQ}
+    kv = [{0: io.BATCH, 2: io.PAST} for _ in range(2 * g.text_layers)]
+    return (
+        bs,
+        {0: io.BATCH, 1: io.IMAGE_TOKENS},
+        {0: io.BATCH, 1: io.TOTAL},
+        bs,
+        bs,
+        {0: io.BATCH, 1: io.KEEP},
+        kv,
+    )

@@ -1,0 +1,11 @@
+"""pgexport-runtime: run pgexport PaliGemma bundles with onnxruntime and numpy only (no torch)."""
+
+from .errors import BundleError, UserError
+from .geometry import Geometry
+from .manifest import load_manifest
+from .pipeline import PaliGemma, Result
+from .sampling import Sampling
+from .session import SessionConfig
+
+__all__ = ["PaliGemma", "Result", "Sampling", "SessionConfig", "Geometry", "load_manifest", "BundleError", "UserError"]
+__version__ = "0.1.0"

@@ -1,0 +1,42 @@
+"""PaliGemma prompts: `<image>`×N + `<bos>` + prompt + "\\n", tokenized exactly like PaliGemmaProcessor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .errors import UserError
+from .geometry import Geometry
+
+
+class PromptTokenizer:
+    def __init__(self, tokenizer_file: Path, geometry: Geometry, image_token: str = "<image>", bos_token: str = "<bos>"):
+        self.tok = Tokenizer.from_file(str(tokenizer_file))
+        self.g = geometry
+        self.image_token = image_token
+        self.bos_token = bos_token
+
+    def prefix_ids(self, prompt: str) -> list[int]:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError("empty prompt: give a task prefix such as 'caption en', 'ocr' or 'detect cat'")
+        text = self.image_token * self.g.num_image_tokens + self.bos_token + prompt + "\n"
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        if ids.count(self.g.image_token_id) != self.g.num_image_tokens:
+            raise UserError("the prompt must not contain <image> tokens; the runtime adds them")
+        return ids
+
+    def batch(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Left-padded input_ids and attention_mask [B, S] (int64), as transformers pads PaliGemma."""
+        rows = [self.prefix_ids(p) for p in prompts]
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.g.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = r
+            mask[i, width - len(r):] = 1
+        return ids, mask
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -1,0 +1,53 @@
+"""onnxruntime sessions for a bundle's graphs: providers, threads, optimisation level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .errors import UserError
+
+_OPT = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How to run the graphs. device "cuda" uses onnxruntime-gpu with the KV cache on the device."""
+
+    device: str = "cpu"  # "cpu" or "cuda"
+    device_id: int = 0
+    intra_op_threads: int = 0  # 0 = onnxruntime's default (one per physical core)
+    inter_op_threads: int = 0
+    optimization: str = "all"
+
+    @property
+    def providers(self) -> list:
+        if self.device == "cuda":
+            return [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    @property
+    def ort_device(self) -> str:
+        return "cuda" if self.device == "cuda" else "cpu"
+
+
+def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
+    if cfg.device not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {cfg.device!r} (use cpu or cuda)")
+    if cfg.optimization not in _OPT:
+        raise UserError(f"unknown optimization level {cfg.optimization!r} (use one of {', '.join(_OPT)})")
+    if cfg.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise UserError("device cuda needs onnxruntime-gpu (pip install 'pgexport-runtime[gpu]') and a CUDA GPU")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = cfg.intra_op_threads
+    opts.inter_op_num_threads = cfg.inter_op_threads
+    opts.graph_optimization_level = _OPT[cfg.optimization]
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=cfg.providers)

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny PaliGemma 1 and 2 presets, their transformers models, and bundles built from them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def pytest_configure(config):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+class Tiny:
+    """A preset's source, geometry, float32 transformers model and processor."""
+
+    def __init__(self, name: str):
+        from transformers import AutoProcessor
+
+        from pgexport import sources
+
+        self.name = name
+        self.source = sources.resolve(name)
+        self.geometry = sources.load_geometry(self.source)
+        self.model = sources.load_model(self.source)
+        self.processor = AutoProcessor.from_pretrained(self.source.directory)
+
+    def hf_inputs(self, images, prompts, suffixes=None):
+        kw = {"suffix": suffixes} if suffixes else {}
+        return self.processor(images=list(images), text=["<image>" + p for p in prompts], return_tensors="pt",
+                              padding="longest", **kw)
+
+    def hf_generate(self, images, prompts, n: int) -> list[list[int]]:
+        import torch
+
+        inputs = self.hf_inputs(images, prompts)
+        with torch.no_grad():
+            out = self.model.generate(**{k: v for k, v in inputs.items() if k != "labels"}, max_new_tokens=n,
+                                      do_sample=False)
+        rows = [r[inputs["input_ids"].shape[1]:].tolist() for r in out]
+        eos = self.geometry.eos_token_id
+        return [r[: r.index(eos) + 1] if eos in r else r for r in rows]
+
+
+@pytest.fixture(scope="session", params=["tiny-pg1", "tiny-pg2"])
+def tiny(request) -> Tiny:
+    return _tiny(request.param)
+
+
+_CACHE: dict = {}
+
+
+def _tiny(name: str) -> Tiny:
+    if name not in _CACHE:
+        _CACHE[name] = Tiny(name)
+    return _CACHE[name]
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory) -> dict:
+    """tiny-pg1 and tiny-pg2 bundles, built once with the real `pgexport build` path (parity included)."""
+    from pgexport.build import BuildOptions, build
+
+    root = tmp_path_factory.mktemp("bundles")
+    return {name: build(BuildOptions(model=name, out=root / name)) for name in ("tiny-pg1", "tiny-pg2")}
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Three different deterministic RGB images of odd sizes."""
+    from pgexport.parity import parity_image
+
+    rng = np.random.default_rng(7)
+    from PIL import Image
+
+    noise = Image.fromarray((rng.random((45, 61, 3)) * 255).astype(np.uint8))
+    return [parity_image(40, seed=1), noise, parity_image(57, seed=2).rotate(90, expand=True)]
+
+
+PROMPTS = ["caption en", "answer en what is the colour of the big circle on the left side?", "detect cat ; dog"]

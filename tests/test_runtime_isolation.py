@@ -1,0 +1,44 @@
+"""The runtime imports and generates with torch and transformers unavailable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "transformers", "pgexport"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    from PIL import Image
+    from pgexport_runtime import PaliGemma
+
+    pg = PaliGemma(sys.argv[1])
+    result = pg(Image.open(sys.argv[2]), "caption en", max_new_tokens=8)
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "pgexport"))
+    print(json.dumps({"tokens": result.tokens, "loaded": loaded}))
+    """
+)
+
+
+def test_runtime_runs_without_torch_or_transformers(bundles, images, tmp_path):
+    from pgexport_runtime import PaliGemma
+
+    image_path = tmp_path / "image.png"
+    images[0].save(image_path)
+    bundle = bundles["tiny-pg1"]
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(bundle), str(image_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["loaded"] == []
+    expected = PaliGemma(bundle)(images[0], "caption en", max_new_tokens=8).tokens
+    assert got["tokens"] == expected and len(expected) == 8
