@@ -52,20 +52,31 @@ def build(opts: BuildOptions, progress=None) -> Path:
             reference = parity.torch_reference(model, source.directory, geometry, opts.parity_tokens)
         _export_graphs(model, geometry, writer, step)
         del model
-        gc.collect()
+        _release_memory()  # the fp32 model must be gone before onnxruntime loads the graphs (3B: 11.7 GB each)
         shutil.copy(source.directory / "tokenizer.json", writer.path("tokenizer.json"))
         manifest = _manifest(source, geometry, opts, sorted(p.name for p in writer.tmp.iterdir()))
         step("hash files")
-        writer.write_manifest(manifest)
+        writer.write_manifest(manifest, final=False)
         if reference is not None:
             step("parity check")
-            report = parity.compare(writer.tmp, reference, opts.tolerance)
+            report = parity.compare(writer.tmp, reference, opts.tolerance, manifest_file=writer.partial_name)
             manifest["parity"] = report
             if not report["ok"]:
                 raise ParityError(f"parity check failed: {parity.summarize_failure(report)}")
         manifest["build"]["seconds"] = round(time.time() - t0, 1)
-        writer.write_manifest(manifest)
+        writer.write_manifest(manifest, final=True)
         return writer.commit()
+
+
+def _release_memory() -> None:
+    """Collect, then hand freed heap pages back to the OS (glibc keeps them otherwise)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _export_graphs(model, g: Geometry, writer: BundleWriter, step) -> None:
@@ -76,10 +87,13 @@ def _export_graphs(model, g: Geometry, writer: BundleWriter, step) -> None:
     m = vision.VisionEncoder(model)
     export_graph(m, vision.sample_inputs(g), writer.path(VISION_FILE), vision.INPUT_NAMES, vision.OUTPUT_NAMES,
                  vision.DYNAMIC_SHAPES, param_bytes(m))
+    del m
+    _release_memory()
     step("export projector")
     m = projector.Projector(model)
     export_graph(m, projector.sample_inputs(g), writer.path(PROJECTOR_FILE), projector.INPUT_NAMES,
                  projector.OUTPUT_NAMES, projector.DYNAMIC_SHAPES, param_bytes(m))
+    del m
     step("export decoder")
     m = decoder.DecoderWithPast(model, g)
     export_graph(m, decoder.sample_inputs(g), writer.path(DECODER_FILE), decoder.input_names(g),

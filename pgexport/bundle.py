@@ -27,6 +27,11 @@ class BundleWriter:
         self._hashes: dict = {}
 
     def __enter__(self) -> "BundleWriter":
+        # temp dirs of earlier builds of this target that were killed (their process is gone)
+        for stale in self.out.parent.glob(f".pgexport-tmp-{self.out.name}-*"):
+            pid = stale.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
         return self
@@ -39,11 +44,20 @@ class BundleWriter:
     def path(self, name: str) -> Path:
         return self.tmp / name
 
-    def write_manifest(self, manifest: dict) -> None:
-        """Hash every file in the bundle and write manifest.json (schema first, files last)."""
-        files = {p.name: self._hash(p) for p in sorted(self.tmp.iterdir()) if p.is_file() and p.name != MANIFEST}
+    partial_name = "manifest.partial.json"
+
+    def write_manifest(self, manifest: dict, final: bool) -> None:
+        """Hash every file and write the manifest (schema first, files last).
+
+        Before the last step it is written as manifest.partial.json, which the parity check reads: a build
+        killed before the end (even by SIGKILL) never leaves a manifest.json behind.
+        """
+        skip = {MANIFEST, self.partial_name}
+        files = {p.name: self._hash(p) for p in sorted(self.tmp.iterdir()) if p.is_file() and p.name not in skip}
         body = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **manifest, "files": files}
-        (self.tmp / MANIFEST).write_text(json.dumps(body, indent=2) + "\n")
+        (self.tmp / (MANIFEST if final else self.partial_name)).write_text(json.dumps(body, indent=2) + "\n")
+        if final:
+            (self.tmp / self.partial_name).unlink(missing_ok=True)
 
     def _hash(self, p: Path) -> str:
         st = p.stat()

@@ -49,21 +49,12 @@ def build(model, out, force, parity_tokens, tolerance, skip_parity, max_new_toke
     The bundle is built in a temporary directory next to --out and renamed into place only when every
     step, the parity check included, has passed.
     """
-    from tqdm import tqdm
-
     from pgexport.build import BuildOptions, ParityError, build as run_build
     from pgexport.parity import Tolerance
 
     steps = [s for s in BUILD_STEPS if not (skip_parity and s in ("PyTorch reference", "parity check"))]
     bars: list = []  # created at the first step, so that an early user error prints no empty bar
-
-    def progress(name: str) -> None:
-        if not bars:
-            bars.append(tqdm(total=len(steps), file=sys.stderr, dynamic_ncols=True,
-                             bar_format="{desc:<24} {bar} {n_fmt}/{total_fmt} [{elapsed}]"))
-        else:
-            bars[0].update(1)
-        bars[0].set_description_str(name)
+    progress = _step_bar(bars, steps)
 
     opts = BuildOptions(model=model, out=out, force=force, parity_tokens=parity_tokens,
                         tolerance=Tolerance(relative=tolerance), skip_parity=skip_parity, max_new_tokens=max_new_tokens)
@@ -143,6 +134,46 @@ def inspect(bundle, as_json, no_verify):
                               + _parity_line(parity)))
     tools = raw.get("tools", {})
     click.echo("tools    " + ", ".join(f"{k} {v}" for k, v in tools.items() if v is not None))
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bundles/demo"), show_default=True,
+              help="Where the default model's bundle is built (reused on later runs).")
+@click.option("--rebuild", is_flag=True, help="Build the bundle again even if it exists.")
+def demo(out, rebuild):
+    """Build the embedded default model (first run only) and answer generated sample images with it,
+    offline: the two-minute tour of what pgexport does."""
+    from pgexport.build import ParityError
+    from pgexport.quickstart import run_demo
+
+    bars: list = []
+    try:
+        bundle, answers = run_demo(out, _step_bar(bars, BUILD_STEPS), rebuild)
+    except ParityError as exc:
+        raise UserError(f"{exc}; nothing was written") from None
+    finally:
+        for bar in bars:
+            bar.close()
+    click.echo(f"bundle: {bundle}")
+    for a in answers:
+        click.echo(f"\n{a.image}\n  prompt:   {a.prompt}\n  answer:   {a.answer}")
+        if a.expected is not None:
+            click.echo(f"  expected: {a.expected}")
+
+
+def _step_bar(bars: list, steps: list[str]):
+    """A progress callback that shows one bar over the build steps, created at the first step."""
+    from tqdm import tqdm
+
+    def progress(name: str) -> None:
+        if not bars:
+            bars.append(tqdm(total=len(steps), file=sys.stderr, dynamic_ncols=True,
+                             bar_format="{desc:<24} {bar} {n_fmt}/{total_fmt} [{elapsed}]"))
+        else:
+            bars[0].update(1)
+        bars[0].set_description_str(name)
+
+    return progress
 
 
 @cli.command()

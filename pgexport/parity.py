@@ -90,13 +90,13 @@ def _rel(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return diff, diff / max(float(np.abs(b).max()), 1e-12)
 
 
-def compare(bundle_dir, ref: Reference, tol: Tolerance) -> dict:
+def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "manifest.json") -> dict:
     """Run the bundle with pgexport_runtime on the reference inputs; return the parity report."""
     from pgexport_runtime import PaliGemma
     from pgexport_runtime.generate import decoder_step
     from pgexport_runtime.kv_cache import KVCache
 
-    pg = PaliGemma(bundle_dir, verify=False)
+    pg = PaliGemma(bundle_dir, verify=False, manifest_file=manifest_file)
     g = pg.geometry
     report: dict = {"prompts": list(PROMPTS), "tolerance_relative": tol.relative, "checks": {}}
     checks = report["checks"]

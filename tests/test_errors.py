@@ -127,3 +127,20 @@ def test_failed_parity_writes_nothing(tmp_path, capsys):
     assert code != 0 and "Traceback" not in err
     assert "parity check failed" in err and "nothing was written" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hub_id_offline_says_how_to_use_a_local_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code, _, err = run_cli(["build", "--model", "google/paligemma-3b-pt-224", "--out", tmp_path / "b"], capsys)
+    assert_one_line_error(code, err, "could not fetch 'google/paligemma-3b-pt-224'")
+    assert "--model /path/to/paligemma-3b-pt-224" in err
+
+
+def test_cuda_without_onnxruntime_gpu_is_a_clear_error(bundle_copy, image_file, capsys):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has onnxruntime-gpu")
+    code, _, err = run_cli(["run", bundle_copy, "--image", image_file, "--prompt", "ocr", "--device", "cuda"], capsys)
+    assert_one_line_error(code, err, "device cuda needs onnxruntime-gpu")

@@ -60,14 +60,14 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def load_manifest(bundle: str | Path, verify: bool = True) -> Manifest:
+def load_manifest(bundle: str | Path, verify: bool = True, manifest_file: str = MANIFEST) -> Manifest:
     """Read and check a bundle's manifest; with verify, also the sha256 of every file it lists."""
     root = Path(bundle)
     if not root.is_dir():
         raise BundleError(f"{root}: no such bundle directory")
-    mpath = root / MANIFEST
+    mpath = root / manifest_file
     if not mpath.is_file():
-        raise BundleError(f"{root}: not a pgexport bundle (no {MANIFEST})")
+        raise BundleError(f"{root}: not a pgexport bundle (no {manifest_file})")
     try:
         raw = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -28,8 +28,9 @@ class Result:
 class PaliGemma:
     """A loaded bundle. `PaliGemma("bundle/").generate([image], ["caption en"])`."""
 
-    def __init__(self, bundle: str | Path, session: SessionConfig | None = None, verify: bool = True):
-        self.manifest = load_manifest(bundle, verify=verify)
+    def __init__(self, bundle: str | Path, session: SessionConfig | None = None, verify: bool = True,
+                 manifest_file: str = "manifest.json"):
+        self.manifest = load_manifest(bundle, verify=verify, manifest_file=manifest_file)
         self.geometry = self.manifest.geometry
         self.session_config = session or SessionConfig()
         m, cfg = self.manifest, self.session_config

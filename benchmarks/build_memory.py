@@ -1,0 +1,48 @@
+"""Build a bundle and log wall time and memory at every build step.
+
+    /usr/bin/time -v python benchmarks/build_memory.py --model paligemma-3b-224 --out /tmp/pg3b
+
+Prints one line per step: elapsed seconds, current RSS and peak RSS (VmHWM) of this process, so that a
+memory problem can be pinned to the step that causes it. /usr/bin/time -v gives the overall peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from pgexport.build import BuildOptions, build
+
+
+def memory_gb() -> tuple[float, float]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024**2
+    return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--parity-tokens", type=int, default=16)
+    args = ap.parse_args()
+    t0 = time.time()
+    last = ["start"]
+
+    def progress(name: str) -> None:
+        rss, peak = memory_gb()
+        print(f"{time.time() - t0:8.1f}s  rss {rss:5.1f} GB  peak {peak:5.1f} GB  | done: {last[0]:<22} next: {name}",
+              flush=True)
+        last[0] = name
+
+    path = build(BuildOptions(model=args.model, out=args.out, force=True, parity_tokens=args.parity_tokens), progress)
+    progress("(finished)")
+    print(f"bundle {path}: {sum(p.stat().st_size for p in path.iterdir()) / 1024**3:.2f} GB on disk")
+
+
+if __name__ == "__main__":
+    main()

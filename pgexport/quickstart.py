@@ -1,0 +1,62 @@
+"""`pgexport demo`: build the default model into a bundle (once) and answer a generated sample image."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import sources
+from .build import BuildOptions, build
+
+DEMO_SEED = 20261123  # not a training or eval seed of the demo model
+DEMO_TASKS = ("caption", "vqa", "ocr", "detect")
+
+
+@dataclass
+class DemoAnswer:
+    image: Path
+    prompt: str
+    answer: str
+    expected: str | None
+
+
+def ensure_bundle(out: Path, progress=None, rebuild: bool = False) -> Path:
+    """Reuse `out` if it already holds a bundle of the default model, else build it."""
+    model = sources.default_model()
+    manifest = out / "manifest.json"
+    if manifest.is_file() and not rebuild:
+        if json.loads(manifest.read_text())["source"]["spec"] == model:
+            return out
+    return build(BuildOptions(model=model, out=out, force=out.exists()), progress)
+
+
+def sample_questions(folder: Path) -> list[tuple[Path, str, str | None]]:
+    """One generated image per task with its prompt and ground truth (a plain test card before the demo
+    model exists)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (sources.DEMO_MODEL / "model.safetensors").is_file():
+        from .parity import parity_image
+
+        path = folder / "sample.png"
+        parity_image(224).save(path)
+        return [(path, "caption en", None), (path, "detect circle", None)]
+    from .demo.generator import make_example
+
+    questions = []
+    for task in DEMO_TASKS:
+        ex = make_example(DEMO_SEED, 0, task=task)
+        path = folder / f"sample-{task}.png"
+        ex.scene.image.save(path)
+        questions.append((path, ex.prefix, ex.suffix))
+    return questions
+
+
+def run_demo(out: Path, progress=None, rebuild: bool = False) -> tuple[Path, list[DemoAnswer]]:
+    from pgexport_runtime import PaliGemma
+
+    bundle = ensure_bundle(out, progress, rebuild)
+    questions = sample_questions(out.parent / f"{out.name}-samples")
+    pg = PaliGemma(bundle)
+    results = pg.generate([p for p, _, _ in questions], [q for _, q, _ in questions])
+    return bundle, [DemoAnswer(p, q, r.text, exp) for (p, q, exp), r in zip(questions, results)]
