@@ -17,6 +17,7 @@ from . import parity, sources
 from .bundle import BundleWriter
 
 VISION_FILE, PROJECTOR_FILE, DECODER_FILE = "vision_encoder.onnx", "projector.onnx", "decoder.onnx"
+MASK_DECODER_FILE = "mask_decoder.onnx"  # optional: only when mask-decoder weights are found
 
 
 class ParityError(Exception):
@@ -31,6 +32,7 @@ class BuildOptions:
     parity_tokens: int = 16
     tolerance: parity.Tolerance = parity.Tolerance()
     skip_parity: bool = False
+    mask_decoder: Path | None = None  # big_vision mask-decoder weights; default: the checkpoint directory's own
     max_new_tokens: int = 64
 
 
@@ -41,6 +43,7 @@ def build(opts: BuildOptions, progress=None) -> Path:
     step = progress or (lambda name: None)
     source = sources.resolve(opts.model)
     writer = BundleWriter(opts.out, force=opts.force)
+    mask = _load_mask_decoder(source, opts)  # bad weights are a user error before the slow steps
     t0 = time.time()
     with writer:
         step("load model")
@@ -53,13 +56,21 @@ def build(opts: BuildOptions, progress=None) -> Path:
         _export_graphs(model, geometry, writer, step)
         del model
         _release_memory()  # the fp32 model must be gone before onnxruntime loads the graphs (3B: 11.7 GB each)
+        mask_entry = _export_mask_decoder(mask, writer) if mask is not None else None
         shutil.copy(source.directory / "tokenizer.json", writer.path("tokenizer.json"))
         manifest = _manifest(source, geometry, opts, sorted(p.name for p in writer.tmp.iterdir()))
+        if mask_entry is not None:  # an optional, appended graph entry (older runtimes ignore it)
+            manifest["graphs"]["mask_decoder"] = mask_entry
         step("hash files")
         writer.write_manifest(manifest, final=False)
         if reference is not None:
             step("parity check")
             report = parity.compare(writer.tmp, reference, opts.tolerance, manifest_file=writer.partial_name)
+            if mask is not None:
+                from . import mask_parity
+
+                entry = mask_parity.check(writer.path(MASK_DECODER_FILE), mask[0], opts.tolerance.relative)
+                report = mask_parity.add_to_report(report, entry)
             manifest["parity"] = report
             if not report["ok"]:
                 raise ParityError(f"parity check failed: {parity.summarize_failure(report)}")
@@ -100,6 +111,26 @@ def _export_graphs(model, g: Geometry, writer: BundleWriter, step) -> None:
                  decoder.output_names(g), decoder.dynamic_shapes(g), param_bytes(m))
 
 
+def _load_mask_decoder(source: sources.Source, opts: BuildOptions):
+    """(torch module, weights path) from --mask-decoder or the checkpoint directory's own, else None."""
+    from .export import mask_decoder
+
+    weights = mask_decoder.find_weights(source.directory if source.kind != "preset" else None, opts.mask_decoder)
+    return None if weights is None else (mask_decoder.load(weights), weights)
+
+
+def _export_mask_decoder(mask, writer: BundleWriter) -> dict:
+    """Export the VQ-VAE mask decoder graph; -> its manifest entry."""
+    from .export import mask_decoder
+    from .export.onnx_export import export_graph, param_bytes
+
+    m, weights = mask
+    export_graph(m, mask_decoder.sample_inputs(m._vq_vae._embedding.shape[0]), writer.path(MASK_DECODER_FILE),
+                 mask_decoder.INPUT_NAMES, mask_decoder.OUTPUT_NAMES, mask_decoder.DYNAMIC_SHAPES, param_bytes(m))
+    entry = _graph_entry([], MASK_DECODER_FILE, mask_decoder.INPUT_NAMES, mask_decoder.OUTPUT_NAMES)
+    return entry | mask_decoder.manifest_fields(m, weights)
+
+
 def _graph_entry(files: list[str], file: str, inputs, outputs) -> dict:
     data = [f for f in files if f.startswith(file) and f != file]  # external data: decoder.onnx.data
     return {"file": file, "data_files": data, "precision": "fp32", "inputs": list(inputs), "outputs": list(outputs)}
@@ -129,8 +160,10 @@ def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: li
         "source": source.describe(),
         "geometry": g.to_dict(),
         "graphs": graphs,
-        "kv_cache": {"layout": "concat", "dtype": "float32",
-                     "past": io.past_key(0).replace("0", "{i}"), "present": io.present_key(0).replace("0", "{i}")},
+        # "concat": present = past + new, in separate buffers. A later "shared" layout (fused attention
+        # writing into one max-length buffer) is a new value here, not a change of the graph names.
+        "kv_cache": {"layout": "concat", "dtype": "float32", "past": [io.PAST_KEY, io.PAST_VALUE],
+                     "present": [io.PRESENT_KEY, io.PRESENT_VALUE]},
         "tokenizer": tok,
         "preprocessing": pre,
         "generation": {"max_new_tokens": opts.max_new_tokens, "eos_token_ids": [g.eos_token_id]},

@@ -21,20 +21,26 @@ LOGITS_INDEX = "logits_index"  # [batch, k] int64: positions within seq whose lo
 LOGITS = "logits"  # [batch, k, vocab] float32
 
 
+PAST_KEY = "past_key_values.{i}.key"  # [batch, kv_heads, past, head_dim]
+PAST_VALUE = "past_key_values.{i}.value"
+PRESENT_KEY = "present.{i}.key"  # [batch, kv_heads, past + seq, head_dim]
+PRESENT_VALUE = "present.{i}.value"
+
+
 def past_key(i: int) -> str:
-    return f"past_key_values.{i}.key"
+    return PAST_KEY.format(i=i)
 
 
 def past_value(i: int) -> str:
-    return f"past_key_values.{i}.value"
+    return PAST_VALUE.format(i=i)
 
 
 def present_key(i: int) -> str:
-    return f"present.{i}.key"
+    return PRESENT_KEY.format(i=i)
 
 
 def present_value(i: int) -> str:
-    return f"present.{i}.value"
+    return PRESENT_VALUE.format(i=i)
 
 
 # named dynamic axes, the same in every graph
@@ -44,3 +50,7 @@ PAST = "past_sequence"
 TOTAL = "total_sequence"
 IMAGE_TOKENS = "image_tokens"
 KEEP = "logits_kept"
+
+# mask decoder (optional graph: segmentation's VQ-VAE decoder)
+SEG_CODES = "seg_codes"  # [batch, 16] int64, the <segNNN> codes of one object (row-major 4x4)
+MASKS = "masks"  # [batch, 64, 64] float32, nominally in [-1, 1]; > 0 is the object

@@ -18,6 +18,8 @@ SCHEMA = "pgexport.bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPHS = ("vision_encoder", "projector", "decoder")
+OPTIONAL_GRAPHS = ("mask_decoder",)  # appended later; older bundles simply lack them
+KV_LAYOUTS = ("concat",)  # present = past + new tokens, written by ORT into a second buffer (kv_cache.py)
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,10 @@ def load_manifest(bundle: str | Path, verify: bool = True, manifest_file: str = 
         if verify and sha256_file(path) != digest:
             raise BundleError(f"{root}: {name} does not match its sha256 in the manifest (modified or corrupt)")
     graphs = {}
-    for name in GRAPHS:
+    for name in GRAPHS + OPTIONAL_GRAPHS:
         g = raw["graphs"].get(name)
+        if g is None and name in OPTIONAL_GRAPHS:
+            continue
         if g is None:
             raise BundleError(f"{mpath}: graph {name!r} is missing")
         for f in [g["file"], *g.get("data_files", [])]:
@@ -97,6 +101,9 @@ def load_manifest(bundle: str | Path, verify: bool = True, manifest_file: str = 
         graphs[name] = GraphEntry(
             g["file"], tuple(g.get("data_files", [])), g["precision"], tuple(g["inputs"]), tuple(g["outputs"])
         )
+    layout = raw.get("kv_cache", {}).get("layout")
+    if layout not in KV_LAYOUTS:
+        raise BundleError(f"{mpath}: KV-cache layout {layout!r} is not supported by this runtime ({', '.join(KV_LAYOUTS)})")
     if raw["tokenizer"]["file"] not in files:
         raise BundleError(f"{mpath}: tokenizer file is not covered by a sha256")
     return Manifest(root=root, raw=raw, geometry=Geometry.from_dict(raw["geometry"]), graphs=graphs)

@@ -12,10 +12,12 @@ from PIL import Image
 from .errors import UserError
 from .generate import Graphs, encode_image, generate
 from .manifest import load_manifest
+from .masks import MaskDecoder
 from .preprocess import load_image, preprocess
 from .prompt import PromptTokenizer
 from .sampling import Sampling
 from .session import SessionConfig, create_session
+from .structured import Answer, to_answer
 
 
 @dataclass
@@ -44,6 +46,9 @@ class PaliGemma:
         tok = m.raw["tokenizer"]
         self.tokenizer = PromptTokenizer(m.tokenizer_file, self.geometry, tok["image_token"], tok["bos_token"])
         self.eos_ids = set(m.generation["eos_token_ids"])
+        # optional graph (segment): 16 <seg> codes -> a 64x64 mask; None in bundles built without one
+        entry = m.graphs.get("mask_decoder")
+        self.mask_decoder = MaskDecoder(m.path(entry.file), cfg) if entry else None
 
     def pixel_values(self, images: Sequence[Image.Image | str | Path]) -> np.ndarray:
         pil = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
@@ -97,3 +102,13 @@ class PaliGemma:
 
     def __call__(self, image, prompt: str, **kwargs) -> Result:
         return self.generate([image], [prompt], **kwargs)[0]
+
+    def answers(self, images: Sequence[Image.Image | str | Path], prompts: Sequence[str], **kwargs) -> list[Answer]:
+        """`generate`, then each text parsed into detections / segments in pixels of the original image."""
+        pil = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+        results = self.generate(pil, prompts, **kwargs)
+        return [to_answer(r, im.width, im.height, self.mask_decoder) for r, im in zip(results, pil)]
+
+    def answer(self, image, prompt: str, **kwargs) -> Answer:
+        """One image and prompt -> Answer(text, tokens, detections, segments, warnings)."""
+        return self.answers([image], [prompt], **kwargs)[0]

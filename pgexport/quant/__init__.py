@@ -1,0 +1,1 @@
+"""Quantization of bundle graphs: recipes, block-wise packing, graph rewrites, GPTQ, accuracy gate."""

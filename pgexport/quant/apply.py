@@ -1,0 +1,71 @@
+"""Apply a recipe to the three graphs of a bundle being built (files rewritten in place)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import onnx_ir as ir
+
+from .blockwise import Packed
+from .recipes import Recipe
+from .rewrite import GraphReport, check_fast_path, rewrite_embedding, rewrite_linears, save_graph
+
+GRAPH_COMPONENTS = {"vision_encoder": "vision_encoder", "projector": "projector", "decoder": "decoder_linear"}
+
+
+class SlowPathError(RuntimeError):
+    """A graph would run MatMulNBits on onnxruntime's slow path; the bundle is refused."""
+
+
+def quantize_graphs(files: dict[str, Path], recipe: Recipe, gptq: dict[str, Packed] | None = None,
+                    progress=None) -> dict:
+    """files: graph name -> .onnx path. Returns the manifest's per-graph quantization report."""
+    out = {}
+    for name, path in files.items():
+        if progress:
+            progress(f"quantize {name}")
+        model = ir.load(path)
+        report = GraphReport()
+        rewrite_linears(model.graph, GRAPH_COMPONENTS[name], recipe, report, gptq if name == "decoder" else None)
+        if name == "decoder":
+            rewrite_embedding(model.graph, recipe, report)
+        problems = check_fast_path(model.graph)
+        if problems:
+            raise SlowPathError("refusing to write a slow-path MatMulNBits: " + "; ".join(problems[:3]))
+        if any(label != "fp32" for label in report.weights.values()):
+            save_graph(model, path)
+        del model
+        if report.dynamic_int8:
+            _dynamic_int8(path, report.dynamic_int8)
+        labels = Counter(report.weights.values())
+        out[name] = {
+            "precision": labels.most_common(1)[0][0] if len(labels) == 1 else "mixed",
+            "weights": report.weights,
+            "notes": report.notes,
+        }
+    return out
+
+
+def _dynamic_int8(path: Path, nodes: list[str]) -> None:
+    """Per-channel dynamic int8 (uint8 activations, int8 weights) for the named MatMuls, via onnxruntime."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from .rewrite import EXTERNAL_DATA_THRESHOLD
+
+    logging.getLogger("root").setLevel(logging.ERROR)
+    stage = path.parent / f".int8-{path.name}"
+    stage.mkdir(exist_ok=True)
+    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+    quantize_dynamic(path, stage / path.name, per_channel=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                     use_external_data_format=size > EXTERNAL_DATA_THRESHOLD,
+                     extra_options={"MatMulConstBOnly": True})
+    for old in path.parent.glob(path.name + "*"):
+        if old.is_file():
+            old.unlink()
+    for new in stage.iterdir():
+        new.rename(path.parent / new.name)
+    stage.rmdir()

@@ -1,0 +1,99 @@
+"""Block-wise weight quantization in MatMulNBits' layout.
+
+A weight W [K, N] (K = input features, N = outputs) becomes, for each output column n and each block of
+`block_size` consecutive k, `bits`-bit integers q and one float scale: W[k, n] ~ (q - zero) * scale.
+Packed layout (onnxruntime MatMulNBits): data uint8 [N, k_blocks, block_size * bits / 8], low nibble
+first for 4 bits; scales float32 [N, k_blocks]; symmetric quantization has no zero-point tensor and the
+kernel uses zero = 8 (4 bits) or 128 (8 bits). K is zero-padded up to a whole number of blocks.
+
+Round-to-nearest packing uses onnxruntime's own C++ quantizer so that what we write is exactly what
+its kernels expect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+
+@dataclass
+class Packed:
+    data: np.ndarray  # uint8 [N, k_blocks, blob]
+    scales: np.ndarray  # float32 [N, k_blocks]
+    zero_points: np.ndarray | None  # uint8 [N, ceil(k_blocks * bits / 8)] or None (symmetric)
+    bits: int
+    block_size: int
+    k: int
+    n: int
+
+    @property
+    def k_blocks(self) -> int:
+        return self.scales.shape[1]
+
+    def nbytes(self) -> int:
+        return self.data.nbytes + self.scales.nbytes + (0 if self.zero_points is None else self.zero_points.nbytes)
+
+
+def pack_rtn(w_kn: np.ndarray, bits: int, block_size: int, symmetric: bool = True) -> Packed:
+    """Round-to-nearest block quantization of W [K, N] (float32) with onnxruntime's quantizer."""
+    k, n = w_kn.shape
+    k_blocks = -(-k // block_size)
+    w = np.ascontiguousarray(w_kn, dtype=np.float32)
+    if k_blocks * block_size != k:
+        w = np.pad(w, ((0, k_blocks * block_size - k), (0, 0)))
+    data = np.zeros((n, k_blocks, block_size * bits // 8), dtype=np.uint8)
+    scales = np.zeros((n, k_blocks), dtype=np.float32)
+    zero_points = np.zeros((n, -(-k_blocks * bits // 8)), dtype=np.uint8)
+    fn = {4: quantize_matmul_4bits, 8: quantize_matmul_8bits}[bits]
+    fn(data, w, scales, zero_points, block_size, n, k_blocks * block_size, symmetric)
+    return Packed(data, scales, None if symmetric else zero_points, bits, block_size, k, n)
+
+
+def unpack_ints(packed: Packed) -> np.ndarray:
+    """The integer codes as uint8 [N, k_blocks, block_size]."""
+    if packed.bits == 8:
+        return packed.data.copy()
+    lo, hi = packed.data & 0x0F, packed.data >> 4
+    return np.stack([lo, hi], axis=-1).reshape(packed.n, packed.k_blocks, packed.block_size)
+
+
+def zero_point_values(packed: Packed) -> np.ndarray:
+    """Zero points as float [N, k_blocks] (the kernel's implicit 8 / 128 when symmetric)."""
+    if packed.zero_points is None:
+        return np.full(packed.scales.shape, 2 ** (packed.bits - 1), dtype=np.float32)
+    if packed.bits == 8:
+        return packed.zero_points[:, : packed.k_blocks].astype(np.float32)
+    lo, hi = packed.zero_points & 0x0F, packed.zero_points >> 4
+    return np.stack([lo, hi], axis=-1).reshape(packed.n, -1)[:, : packed.k_blocks].astype(np.float32)
+
+
+def dequantize(packed: Packed) -> np.ndarray:
+    """W [K, N] float32 as the kernel sees it."""
+    q = unpack_ints(packed).astype(np.float32)
+    w = (q - zero_point_values(packed)[..., None]) * packed.scales[..., None]  # [N, k_blocks, block]
+    return np.ascontiguousarray(w.reshape(packed.n, -1)[:, : packed.k].T)
+
+
+def pack_codes(codes: np.ndarray, scales: np.ndarray, zero: np.ndarray | None, bits: int, block_size: int,
+               k: int) -> Packed:
+    """Pack integer codes uint8 [N, k_blocks, block_size] chosen elsewhere (GPTQ, checkpoint import)."""
+    n, k_blocks, bs = codes.shape
+    if bs != block_size:
+        raise ValueError("codes must be [N, k_blocks, block_size]")
+    if bits == 4:
+        data = (codes[..., 0::2] & 0x0F) | ((codes[..., 1::2] & 0x0F) << 4)
+    else:
+        data = codes
+    zp = None
+    if zero is not None:
+        z = zero.astype(np.uint8)
+        if bits == 4:
+            if z.shape[1] % 2:
+                z = np.pad(z, ((0, 0), (0, 1)))
+            zp = (z[:, 0::2] & 0x0F) | ((z[:, 1::2] & 0x0F) << 4)
+        else:
+            zp = z
+    return Packed(np.ascontiguousarray(data, dtype=np.uint8), np.ascontiguousarray(scales, dtype=np.float32),
+                  zp, bits, block_size, k, n)

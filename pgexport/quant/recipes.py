@@ -1,0 +1,194 @@
+"""Quantization recipes: which precision each component of each graph gets, as data.
+
+A recipe names a precision for five components — vision encoder, projector, decoder linear layers,
+token embedding, lm_head — plus ordered overrides matched against module names (the exporter records
+each MatMul's module path, e.g. `layers.3.mlp.down_proj` or `tower.encoder.layers.0.mlp.fc1`).
+Named recipes live in RECIPES; a JSON file with the same fields is a custom recipe.
+
+Precisions (what each means in the graph):
+  fp32        unchanged
+  fp16        weights stored in float16, cast to float32 at load (halves the file, same compute)
+  int8        dynamic int8, per output channel (onnxruntime MatMulInteger path)
+  int8-wo     8-bit weight-only blocks (MatMulNBits bits=8; GatherBlockQuantized for the embedding)
+  int4        4-bit weight-only blocks, round to nearest (MatMulNBits bits=4)
+  int4-gptq   4-bit blocks chosen by GPTQ on image+prompt calibration data (decoder linears only)
+
+A tied lm_head shares the token embedding's table: `embedding` sets both and `lm_head` must agree.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from pgexport_runtime.errors import UserError
+
+KINDS = ("fp32", "fp16", "int8", "int8-wo", "int4", "int4-gptq")
+COMPONENTS = ("vision_encoder", "projector", "decoder_linear", "embedding", "lm_head")
+EMBEDDING_KINDS = ("fp32", "fp16", "int8-wo", "int4")  # a Gather table has no dynamic-int8 or GPTQ form
+
+
+@dataclass(frozen=True)
+class Precision:
+    kind: str = "fp32"
+    block_size: int = 32  # block-wise kinds: weights per scale along the input dimension
+    symmetric: bool = True  # no zero points: MatMulNBits' fastest path
+    accuracy_level: int = 0  # MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
+
+    @property
+    def bits(self) -> int | None:
+        return {"int8-wo": 8, "int4": 4, "int4-gptq": 4}.get(self.kind)
+
+    def label(self) -> str:
+        if self.bits is None:
+            return self.kind
+        return f"{self.kind}/b{self.block_size}" + ("" if self.symmetric else "/asym")
+
+    def check(self, where: str) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"{where}: unknown precision {self.kind!r} (one of {', '.join(KINDS)})")
+        if self.bits and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
+            raise UserError(f"{where}: block_size must be a power of two >= 16, got {self.block_size}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise UserError(f"{where}: accuracy_level must be 0..4, got {self.accuracy_level}")
+
+
+@dataclass(frozen=True)
+class Override:
+    match: str  # fnmatch pattern over module names, e.g. "layers.0.*" or "*.down_proj"
+    precision: Precision
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    vision_encoder: Precision = Precision()
+    projector: Precision = Precision()
+    decoder_linear: Precision = Precision()
+    embedding: Precision = Precision()
+    lm_head: Precision = Precision()
+    overrides: tuple[Override, ...] = field(default_factory=tuple)
+    calibration_samples: int = 32  # GPTQ: image+prompt pairs
+
+    def precision_for(self, component: str, module: str | None) -> Precision:
+        """The override that matches `module` first, else the component's precision."""
+        if module:
+            for o in self.overrides:
+                if fnmatch.fnmatchcase(module, o.match):
+                    return o.precision
+        return getattr(self, component)
+
+    @property
+    def needs_calibration(self) -> bool:
+        kinds = [getattr(self, c).kind for c in COMPONENTS] + [o.precision.kind for o in self.overrides]
+        return "int4-gptq" in kinds
+
+    @property
+    def is_identity(self) -> bool:
+        return all(getattr(self, c).kind == "fp32" for c in COMPONENTS) and not self.overrides
+
+    def verify(self, tied_lm_head: bool) -> "Recipe":
+        """Check the recipe against what the graphs can express; return it for chaining."""
+        for c in COMPONENTS:
+            getattr(self, c).check(f"recipe {self.name}: {c}")
+        for o in self.overrides:
+            o.precision.check(f"recipe {self.name}: override {o.match}")
+        if self.embedding.kind not in EMBEDDING_KINDS:
+            raise UserError(f"recipe {self.name}: embedding cannot be {self.embedding.kind} "
+                            f"(one of {', '.join(EMBEDDING_KINDS)})")
+        for c in ("vision_encoder", "projector", "lm_head"):
+            if getattr(self, c).kind == "int4-gptq":
+                raise UserError(f"recipe {self.name}: int4-gptq is implemented for decoder linears only, not {c}")
+        if tied_lm_head and self.lm_head != self.embedding:
+            raise UserError(f"recipe {self.name}: the lm_head is tied to the embedding (one table); "
+                            f"give both the same precision (embedding {self.embedding.label()}, "
+                            f"lm_head {self.lm_head.label()})")
+        return self
+
+    def summary(self) -> dict:
+        d = {c: getattr(self, c).label() for c in COMPONENTS}
+        d["overrides"] = [{"match": o.match, "precision": o.precision.label()} for o in self.overrides]
+        return d
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["overrides"] = [{"match": o.match, "precision": asdict(o.precision)} for o in self.overrides]
+        return d
+
+
+def _p(kind: str, **kw) -> Precision:
+    return Precision(kind=kind, **kw)
+
+
+def _int4(name: str, kind: str, block: int, description: str) -> Recipe:
+    # SigLIP is more sensitive than the decoder and small next to it: dynamic int8 there, fp32 projector.
+    return Recipe(name, description, vision_encoder=_p("int8"), projector=_p("fp32"),
+                  decoder_linear=_p(kind, block_size=block), embedding=_p("int4", block_size=block),
+                  lm_head=_p("int4", block_size=block))
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe("fp32", "No quantization: the exported float32 graphs."),
+        Recipe("fp16", "All weights stored in float16 (computed in float32 on CPU): half the size, ~same output.",
+               *(_p("fp16"),) * 5),
+        Recipe("int8", "Default 8-bit: dynamic int8 per-channel linears (vision + decoder), 8-bit block "
+               "embedding shared with the lm_head, fp32 projector.",
+               vision_encoder=_p("int8"), projector=_p("fp32"), decoder_linear=_p("int8"),
+               embedding=_p("int8-wo", block_size=32), lm_head=_p("int8-wo", block_size=32)),
+        Recipe("int8-wo", "8-bit weight-only blocks (MatMulNBits) everywhere but the projector.",
+               vision_encoder=_p("int8-wo"), projector=_p("fp32"), decoder_linear=_p("int8-wo"),
+               embedding=_p("int8-wo"), lm_head=_p("int8-wo")),
+        _int4("int4", "int4", 32, "Default 4-bit: int4 round-to-nearest blocks of 32 for decoder linears and "
+              "the shared embedding/lm_head table; dynamic int8 vision encoder; fp32 projector."),
+        _int4("int4-rtn-b32", "int4", 32, "int4 round-to-nearest, block 32."),
+        _int4("int4-rtn-b64", "int4", 64, "int4 round-to-nearest, block 64."),
+        _int4("int4-rtn-b128", "int4", 128, "int4 round-to-nearest, block 128."),
+        _int4("int4-gptq", "int4-gptq", 32, "int4 GPTQ (block 32, act-order with static groups) for decoder "
+              "linears, calibrated on image+prompt pairs; int4 RTN embedding/lm_head; int8 vision."),
+    ]
+}
+
+
+def _precision(d: dict | str, where: str) -> Precision:
+    if isinstance(d, str):
+        return Precision(kind=d)
+    unknown = set(d) - {"kind", "block_size", "symmetric", "accuracy_level"}
+    if unknown:
+        raise UserError(f"{where}: unknown precision fields {sorted(unknown)}")
+    return Precision(**d)
+
+
+def recipe_from_dict(d: dict, name: str) -> Recipe:
+    base = RECIPES[d["base"]] if d.get("base") in RECIPES else RECIPES["fp32"]
+    if d.get("base") and d["base"] not in RECIPES:
+        raise UserError(f"recipe {name}: unknown base recipe {d['base']!r}")
+    unknown = set(d) - {"base", "name", "description", "overrides", "calibration_samples", *COMPONENTS}
+    if unknown:
+        raise UserError(f"recipe {name}: unknown fields {sorted(unknown)}")
+    changes = {c: _precision(d[c], f"recipe {name}: {c}") for c in COMPONENTS if c in d}
+    overrides = tuple(Override(o["match"], _precision(o["precision"], f"recipe {name}: override"))
+                      for o in d.get("overrides", []))
+    return replace(base, name=d.get("name", name), description=d.get("description", base.description),
+                   overrides=overrides or base.overrides,
+                   calibration_samples=int(d.get("calibration_samples", base.calibration_samples)), **changes)
+
+
+def resolve_recipe(spec: str) -> Recipe:
+    """A named recipe, or a path to a JSON recipe file."""
+    if spec in RECIPES:
+        return RECIPES[spec]
+    path = Path(spec)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise UserError(f"recipe file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"recipe file {path}: invalid JSON ({exc})") from None
+        return recipe_from_dict(data, path.stem)
+    raise UserError(f"unknown recipe {spec!r}: use one of {', '.join(RECIPES)} or a recipe .json file")

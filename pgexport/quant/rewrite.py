@@ -1,0 +1,264 @@
+"""Rewrite one exported graph to the precisions a recipe asks for.
+
+Weights are found structurally: a MatMul whose second input is a 2-D float initializer is a linear layer
+(its module path comes from the exporter's `pkg.torch.onnx.name_scopes` metadata); in the decoder, the
+Gather on the embedding table and the lm_head MatMul on Transpose(that table) are the tied pair. The tied
+pair is rewritten together: ONE packed table serves GatherBlockQuantized (embedding) and MatMulNBits
+(lm_head) — onnxruntime's own quantizer would skip the lm_head, whose weight is not an initializer.
+
+Dynamic int8 is delegated to onnxruntime.quantization.quantize_dynamic (per-channel), on the MatMuls the
+recipe selects; everything else is written here with onnx_ir, which keeps external data lazy, so a 10 GB
+decoder is rewritten one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from .blockwise import Packed, pack_rtn
+from .recipes import Precision, Recipe
+
+MS_DOMAIN = "com.microsoft"
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+@dataclass
+class GraphReport:
+    """What happened to each weight: module -> precision label, plus sizes."""
+
+    weights: dict[str, str] = field(default_factory=dict)
+    dynamic_int8: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def module_name(node: ir.Node) -> str | None:
+    scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+    if not scopes:
+        return None
+    try:
+        parts = [p for p in ast.literal_eval(scopes) if p]
+    except (ValueError, SyntaxError):
+        return None
+    # ['', 'layers.0.self_attn.q_proj', 'linear'] -> 'layers.0.self_attn.q_proj'
+    return parts[-2] if len(parts) >= 2 else (parts[0] if parts else None)
+
+
+def _linear_weight(node: ir.Node) -> ir.Value | None:
+    if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+        return None
+    b = node.inputs[1]
+    if b is None or b.const_value is None or not b.is_initializer():
+        return None
+    if len(b.const_value.shape) != 2 or b.const_value.dtype != ir.DataType.FLOAT:
+        return None
+    return b
+
+
+def _add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=_namer(graph).unique(name), const_value=ir.tensor(array))
+    value.const_value.name = value.name
+    value.shape = ir.Shape(array.shape)
+    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+    graph.register_initializer(value)
+    return value
+
+
+def _namer(graph: ir.Graph) -> "_Namer":
+    if "pgexport.namer" not in graph.meta:
+        graph.meta["pgexport.namer"] = _Namer(graph)
+    return graph.meta["pgexport.namer"]
+
+
+class _Namer:
+    def __init__(self, graph: ir.Graph):
+        self.used = set(graph.initializers) | {v.name for n in graph for v in n.outputs if v.name}
+        self.used |= {n.name for n in graph if n.name}
+
+    def unique(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.used:
+            i += 1
+            name = f"{base}_{i}"
+        self.used.add(name)
+        return name
+
+
+def _matmul_nbits(graph: ir.Graph, node: ir.Node, packed: Packed, prec: Precision, base: str) -> ir.Node:
+    inputs = [node.inputs[0], _add_initializer(graph, f"{base}.q{packed.bits}", packed.data),
+              _add_initializer(graph, f"{base}.scales", packed.scales)]
+    if packed.zero_points is not None:
+        inputs.append(_add_initializer(graph, f"{base}.zero_points", packed.zero_points))
+    attrs = {"K": packed.k, "N": packed.n, "bits": packed.bits, "block_size": packed.block_size}
+    if prec.accuracy_level:
+        attrs["accuracy_level"] = prec.accuracy_level
+    return ir.node("MatMulNBits", inputs, attrs, domain=MS_DOMAIN, name=(node.name or base) + "_nbits",
+                   metadata_props=dict(node.metadata_props))
+
+
+def _replace(graph: ir.Graph, old: ir.Node, new_nodes: list[ir.Node], new_output: ir.Value) -> None:
+    graph.insert_before(old, new_nodes)
+    out = old.outputs[0]
+    name = out.name if out in graph.outputs else None
+    out.replace_all_uses_with(new_output, replace_graph_outputs=True)
+    if name is not None:  # a graph output keeps its contract name (e.g. "logits")
+        out.name = None
+        new_output.name = name
+    graph.remove(old, safe=True)
+
+
+def _drop_unused_initializers(graph: ir.Graph) -> None:
+    for name in [n for n, v in graph.initializers.items() if not v.uses() and v not in graph.outputs]:
+        graph.initializers.pop(name)
+
+
+def _fp16_cast(graph: ir.Graph, weight: ir.Value, base: str) -> tuple[ir.Node, ir.Value]:
+    w16 = _add_initializer(graph, f"{base}.fp16", weight.const_value.numpy().astype(np.float16))
+    cast = ir.node("Cast", [w16], {"to": ir.DataType.FLOAT}, name=f"{base}_cast_fp32")
+    return cast, cast.outputs[0]
+
+
+def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: GraphReport,
+                    gptq: dict[str, Packed] | None = None) -> None:
+    """MatMul(x, W) -> MatMulNBits / Cast(fp16 W) per the recipe; dynamic int8 ones are only marked."""
+    for node in list(graph):
+        weight = _linear_weight(node)
+        if weight is None:
+            continue
+        module = module_name(node) or weight.name
+        comp = "lm_head" if module == "lm_head" else component
+        prec = recipe.precision_for(comp, module)
+        report.weights[module] = prec.label()
+        base = module
+        if prec.kind == "fp32":
+            continue
+        if prec.kind == "int8":
+            if not node.name:
+                node.name = _namer(graph).unique(f"{module}_matmul")
+            report.dynamic_int8.append(node.name)
+            continue
+        if prec.kind == "fp16":
+            cast, w32 = _fp16_cast(graph, weight, base)
+            graph.insert_before(node, cast)
+            node.replace_input_with(1, w32)
+            continue
+        w = weight.const_value.numpy()
+        if prec.kind == "int4-gptq":
+            if gptq is None or module not in gptq:
+                raise RuntimeError(f"no GPTQ weights for {module}")
+            packed = gptq[module]
+        else:
+            packed = pack_rtn(w, prec.bits, prec.block_size, prec.symmetric)
+        new = _matmul_nbits(graph, node, packed, prec, base)
+        _replace(graph, node, [new], new.outputs[0])
+    _drop_unused_initializers(graph)
+
+
+def _tied_pair(graph: ir.Graph) -> tuple[ir.Value, ir.Node | None, ir.Node | None, ir.Node | None]:
+    """The embedding table, its Gather, and the Transpose -> MatMul of a tied lm_head."""
+    gathers = [n for n in graph if n.op_type == "Gather" and n.inputs[0] is not None
+               and n.inputs[0].is_initializer() and n.inputs[0].const_value is not None
+               and len(n.inputs[0].const_value.shape) == 2]
+    if len(gathers) != 1:
+        raise RuntimeError(f"expected one embedding Gather in the decoder, found {len(gathers)}")
+    gather = gathers[0]
+    table = gather.inputs[0]
+    transpose = next((u.node for u in table.uses() if u.node.op_type == "Transpose"), None)
+    head = None
+    if transpose is not None:
+        head = next((u.node for u in transpose.outputs[0].uses() if u.node.op_type == "MatMul"), None)
+    return table, gather, transpose, head
+
+
+def _largest_dividing_block(hidden: int, block: int) -> int:
+    while block > 16 and hidden % block:
+        block //= 2
+    return block
+
+
+def rewrite_embedding(graph: ir.Graph, recipe: Recipe, report: GraphReport) -> None:
+    """Token embedding (+ tied lm_head sharing the same table)."""
+    prec = recipe.embedding
+    table, gather, transpose, head = _tied_pair(graph)
+    tied = head is not None
+    report.weights["embed_tokens" + (" (+ tied lm_head)" if tied else "")] = prec.label()
+    if prec.kind == "fp32":
+        return
+    e = table.const_value.numpy()  # [V, H]
+    vocab, hidden = e.shape
+    if prec.kind == "fp16":
+        cast, e32 = _fp16_cast(graph, table, "embed_tokens")
+        graph.insert_before(gather, cast)
+        gather.replace_input_with(0, e32)
+        if tied:
+            transpose.replace_input_with(0, e32)
+        _drop_unused_initializers(graph)
+        return
+    block = _largest_dividing_block(hidden, prec.block_size)
+    if block != prec.block_size:
+        report.notes.append(f"embedding: hidden size {hidden} is not a multiple of {prec.block_size}; "
+                            f"used block {block}")
+    # MatMulNBits wants W as [K, N] = [hidden, vocab]; the table is [vocab, hidden], so N = vocab rows.
+    packed = pack_rtn(e.T, prec.bits, block, prec.symmetric)
+    data = _add_initializer(graph, f"embed_tokens.q{packed.bits}", packed.data)  # [V, k_blocks, blob]
+    scales = _add_initializer(graph, "embed_tokens.scales", packed.scales)  # [V, k_blocks]
+    inputs3 = [ir.node("Reshape", [scales, _add_initializer(graph, "embed_tokens.scales_shape",
+                                                             np.array([vocab, packed.k_blocks, 1], np.int64))],
+                       name="embed_tokens_scales_3d")]
+    gbq_inputs = [data, gather.inputs[1], inputs3[0].outputs[0]]
+    if packed.zero_points is not None:
+        zp = _add_initializer(graph, "embed_tokens.zero_points", packed.zero_points)
+        inputs3.append(ir.node("Reshape", [zp, _add_initializer(graph, "embed_tokens.zp_shape",
+                                                                 np.array([vocab, -1, 1], np.int64))],
+                               name="embed_tokens_zp_3d"))
+        gbq_inputs.append(inputs3[-1].outputs[0])
+    # GatherBlockQuantized over the 3-D table: [B, S, k_blocks, block] -> Reshape to [B, S, hidden]
+    gbq = ir.node("GatherBlockQuantized", gbq_inputs,
+                  {"gather_axis": 0, "quantize_axis": 2, "block_size": block, "bits": packed.bits},
+                  domain=MS_DOMAIN, name="embed_tokens_gbq")
+    flat = ir.node("Reshape", [gbq.outputs[0], _add_initializer(graph, "embed_tokens.out_shape",
+                                                                np.array([0, 0, hidden], np.int64))],
+                   name="embed_tokens_gbq_reshape")
+    _replace(graph, gather, [*inputs3, gbq, flat], flat.outputs[0])
+    if tied:
+        new = _matmul_nbits(graph, head, packed, prec, "lm_head")
+        _replace(graph, head, [new], new.outputs[0])
+        graph.remove(transpose, safe=True)
+    _drop_unused_initializers(graph)
+
+
+def check_fast_path(graph: ir.Graph) -> list[str]:
+    """MatMulNBits nodes that would run onnxruntime's slow unpacked path: g_idx or float zero points."""
+    problems = []
+    for node in graph:
+        if node.op_type != "MatMulNBits":
+            continue
+        inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
+        if inputs[4] is not None:
+            problems.append(f"{node.name}: has g_idx (act-order without static groups)")
+        zp = inputs[3]
+        if zp is not None and zp.const_value is not None and zp.const_value.dtype != ir.DataType.UINT8:
+            problems.append(f"{node.name}: zero points are {zp.const_value.dtype.name}, not packed uint8")
+    return problems
+
+
+def save_graph(model: ir.Model, path: Path) -> None:
+    """Save `model` as `path` (+ `path`.data when large), replacing the files it was loaded from."""
+    model.opset_imports.setdefault(MS_DOMAIN, 1)
+    stage = path.parent / f".stage-{path.name}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    external = size > EXTERNAL_DATA_THRESHOLD
+    ir.save(model, stage / path.name, external_data=(path.name + ".data") if external else None)
+    for old in path.parent.glob(path.name + "*"):
+        if old.is_file():
+            old.unlink()
+    for new in stage.iterdir():
+        new.rename(path.parent / new.name)
+    stage.rmdir()

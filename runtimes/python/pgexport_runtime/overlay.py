@@ -1,0 +1,43 @@
+"""Draw an Answer on its image: semi-transparent masks, then boxes and labels (PIL only)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .preprocess import to_rgb
+from .structured import Answer
+
+PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+           (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
+MASK_ALPHA = 0.45
+
+
+def draw_answer(image: Image.Image, answer: Answer) -> Image.Image:
+    """A copy of `image` (RGB) with the answer's masks, boxes and labels; one colour per label."""
+    out = to_rgb(image).copy()
+    colours: dict[str, tuple[int, int, int]] = {}
+
+    def colour(label: str) -> tuple[int, int, int]:
+        return colours.setdefault(label, PALETTE[len(colours) % len(PALETTE)])
+
+    pixels = np.asarray(out, dtype=np.float32).copy()
+    for seg in answer.segments:
+        if seg.mask is not None and seg.mask.shape == pixels.shape[:2]:
+            c = np.asarray(colour(seg.label), dtype=np.float32)
+            pixels[seg.mask] = (1 - MASK_ALPHA) * pixels[seg.mask] + MASK_ALPHA * c
+    out = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+
+    draw = ImageDraw.Draw(out)
+    width = max(1, round(min(out.size) / 160))
+    font = ImageFont.load_default(size=max(10, min(out.size) // 16))
+    for obj in [*answer.detections, *answer.segments]:
+        c = colour(obj.label)
+        x0, y0, x1, y1 = obj.box
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=c, width=width)
+        if obj.label:
+            l, t, r, b = draw.textbbox((0, 0), obj.label, font=font)
+            ty = y0 - (b - t) - 2 if y0 - (b - t) - 2 >= 0 else y0  # above the box, inside if no room
+            draw.rectangle([x0, ty, x0 + (r - l) + 3, ty + (b - t) + 2], fill=c)
+            draw.text((x0 + 2 - l, ty + 1 - t), obj.label, fill=(255, 255, 255), font=font)
+    return out
