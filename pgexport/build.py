@@ -24,6 +24,10 @@ class ParityError(Exception):
     """The exported graphs do not reproduce PyTorch; the message names the first graph that diverges."""
 
 
+class GateError(Exception):
+    """The quantized bundle agrees with PyTorch less than --min-agreement asks."""
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     model: str | None = None
@@ -34,14 +38,38 @@ class BuildOptions:
     skip_parity: bool = False
     mask_decoder: Path | None = None  # big_vision mask-decoder weights; default: the checkpoint directory's own
     max_new_tokens: int = 64
+    quant: str = "fp32"  # recipe name or recipe .json file
+    min_agreement: float | None = None  # fail the build if the gate's sequence agreement is lower
+    gate_samples: int = 16
+    gate_tokens: int = 32
+    calibration: Path | None = None  # JSONL of {"image", "prompt"} for GPTQ; default: generated samples
+
+
+def planned_steps(opts: BuildOptions) -> list[str]:
+    """The progress steps `build` will report, for a progress bar's total."""
+    from .quant.recipes import resolve_recipe
+
+    recipe = resolve_recipe(opts.quant)
+    steps = ["load model"] + ([] if opts.skip_parity else ["PyTorch reference"])
+    if not recipe.is_identity:
+        steps += ["gate reference"] * (opts.gate_samples > 0) + ["GPTQ"] * recipe.needs_calibration
+    steps += ["export vision encoder", "export projector", "export decoder", "hash files"]
+    steps += [] if opts.skip_parity else ["parity check"]
+    if not recipe.is_identity:
+        steps += ["quantize vision_encoder", "quantize projector", "quantize decoder", "hash files"]
+        steps += ["accuracy gate"] * (opts.gate_samples > 0)
+    return steps
 
 
 def build(opts: BuildOptions, progress=None) -> Path:
     """Export, check and write a bundle. `progress(step_name)` is called as each step starts."""
     import torch
 
+    from .quant.recipes import resolve_recipe
+
     step = progress or (lambda name: None)
     source = sources.resolve(opts.model)
+    recipe = resolve_recipe(opts.quant).verify(sources.load_geometry(source).tie_word_embeddings)
     writer = BundleWriter(opts.out, force=opts.force)
     mask = _load_mask_decoder(source, opts)  # bad weights are a user error before the slow steps
     t0 = time.time()
@@ -53,6 +81,7 @@ def build(opts: BuildOptions, progress=None) -> Path:
         if not opts.skip_parity:
             step("PyTorch reference")
             reference = parity.torch_reference(model, source.directory, geometry, opts.parity_tokens)
+        gate_ref, gptq_weights = _quantization_references(model, source, geometry, recipe, opts, step)
         _export_graphs(model, geometry, writer, step)
         del model
         _release_memory()  # the fp32 model must be gone before onnxruntime loads the graphs (3B: 11.7 GB each)
@@ -74,9 +103,64 @@ def build(opts: BuildOptions, progress=None) -> Path:
             manifest["parity"] = report
             if not report["ok"]:
                 raise ParityError(f"parity check failed: {parity.summarize_failure(report)}")
+        if not recipe.is_identity:
+            _quantize(writer, manifest, recipe, gptq_weights, gate_ref, opts, step)
         manifest["build"]["seconds"] = round(time.time() - t0, 1)
         writer.write_manifest(manifest, final=True)
         return writer.commit()
+
+
+def _quantization_references(model, source, g: Geometry, recipe, opts: BuildOptions, step):
+    """While the PyTorch model is loaded: the gate's reference outputs and, for GPTQ, the quantized weights."""
+    if recipe.is_identity:
+        return None, None
+    from .quant import gate, samples
+
+    gate_ref = None
+    if opts.gate_samples > 0:
+        step("gate reference")
+        gate_ref = gate.torch_reference(model, source.directory, g, samples.gate_samples(source, opts.gate_samples,
+                                                                                          g.image_size),
+                                        opts.gate_tokens)
+    gptq_weights = None
+    if recipe.needs_calibration:
+        from .quant import gptq
+
+        step("GPTQ")
+        calib = samples.calibration_samples(source, recipe.calibration_samples, g.image_size, opts.calibration)
+        gptq_weights = gptq.quantize_decoder(model, source.directory, g, recipe, calib)
+    return gate_ref, gptq_weights
+
+
+def _quantize(writer: BundleWriter, manifest: dict, recipe, gptq_weights, gate_ref, opts: BuildOptions, step) -> None:
+    """Rewrite the (parity-checked) float32 graphs per the recipe, then measure them against PyTorch."""
+    from pgexport_runtime import PaliGemma, SessionConfig
+
+    from .quant import gate
+    from .quant.apply import quantize_graphs
+
+    files = {name: writer.path(manifest["graphs"][name]["file"]) for name in ("vision_encoder", "projector", "decoder")}
+    report = quantize_graphs(files, recipe, gptq_weights, step)
+    names = sorted(p.name for p in writer.tmp.iterdir())
+    for name, entry in report.items():
+        graph = manifest["graphs"][name]
+        graph["precision"] = entry["precision"]
+        graph["data_files"] = [f for f in names if f.startswith(graph["file"]) and f != graph["file"]]
+    manifest["quantization"] = {"recipe": recipe.to_dict(), "summary": recipe.summary(), "graphs": report,
+                                "accuracy": None}
+    step("hash files")
+    writer.write_manifest(manifest, final=False)
+    if gate_ref is None:
+        return
+    step("accuracy gate")
+    pg = PaliGemma(writer.tmp, SessionConfig(prepack=False), verify=False, manifest_file=writer.partial_name)
+    accuracy = gate.evaluate(pg, gate_ref, opts.gate_tokens)
+    del pg
+    manifest["quantization"]["accuracy"] = accuracy
+    if opts.min_agreement is not None and accuracy["sequence_agreement"] < opts.min_agreement:
+        raise GateError(f"accuracy gate failed: sequence agreement {accuracy['sequence_agreement']:.3f} < "
+                        f"--min-agreement {opts.min_agreement} over {accuracy['samples']} held-out samples "
+                        f"(token agreement {accuracy['token_agreement']:.3f}, mean KL {accuracy['mean_kl']:.4f})")
 
 
 def _release_memory() -> None:

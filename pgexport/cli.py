@@ -10,9 +10,6 @@ import click
 
 from pgexport_runtime.errors import UserError
 
-BUILD_STEPS = ["load model", "PyTorch reference", "export vision encoder", "export projector", "export decoder",
-               "hash files", "parity check"]
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="pgexport")
@@ -42,27 +39,41 @@ def cli():
 @click.option("--skip-parity", is_flag=True, help="Do not compare with PyTorch (the manifest records that).")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="Default generation length stored in the bundle.")
-def build(model, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens):
+@click.option("--mask-decoder", "mask_decoder", type=click.Path(path_type=Path), default=None, metavar="PATH",
+              help="big_vision's segmentation mask-decoder weights (.npz or .safetensors), exported as "
+                   "mask_decoder.onnx. Default: vqvae.safetensors / vae-oid.npz in the checkpoint directory.")
+@click.option("--quant", "quant", default="fp32", show_default=True, metavar="RECIPE",
+              help="Quantization recipe: fp32, fp16, int8, int8-wo, int4, int4-rtn-b32/b64/b128, int4-gptq, "
+                   "or a recipe .json file (see `pgexport recipes`).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+              help="Fail the build if the quantized bundle's greedy sequences agree with PyTorch on fewer than "
+                   "this fraction of held-out samples.")
+@click.option("--gate-samples", type=click.IntRange(0, 10_000), default=16, show_default=True,
+              help="Held-out samples for the accuracy gate of quantized builds (0 = skip the gate).")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None,
+              help="JSONL of {\"image\": path, \"prompt\": text} for GPTQ (default: generated samples).")
+def build(model, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens, mask_decoder, quant,
+          min_agreement, gate_samples, calibration):
     """Export a checkpoint to a bundle: vision encoder, projector and decoder-with-past ONNX graphs, tokenizer
     and manifest, checked against PyTorch (features, logits and greedy tokens) before it is written.
 
     The bundle is built in a temporary directory next to --out and renamed into place only when every
     step, the parity check included, has passed.
     """
-    from pgexport.build import BuildOptions, ParityError, build as run_build
+    from pgexport.build import BuildOptions, GateError, ParityError, build as run_build, planned_steps
     from pgexport.parity import Tolerance
 
-    steps = [s for s in BUILD_STEPS if not (skip_parity and s in ("PyTorch reference", "parity check"))]
-    bars: list = []  # created at the first step, so that an early user error prints no empty bar
-    progress = _step_bar(bars, steps)
-
     opts = BuildOptions(model=model, out=out, force=force, parity_tokens=parity_tokens,
-                        tolerance=Tolerance(relative=tolerance), skip_parity=skip_parity, max_new_tokens=max_new_tokens)
+                        tolerance=Tolerance(relative=tolerance), skip_parity=skip_parity, max_new_tokens=max_new_tokens,
+                        mask_decoder=mask_decoder, quant=quant, min_agreement=min_agreement,
+                        gate_samples=gate_samples, calibration=calibration)
+    bars: list = []  # created at the first step, so that an early user error prints no empty bar
+    progress = _step_bar(bars, planned_steps(opts))
     try:
         path = run_build(opts, progress)
         if bars:
             bars[0].update(1)
-    except ParityError as exc:
+    except (ParityError, GateError) as exc:
         raise UserError(f"{exc}; nothing was written") from None
     finally:
         for bar in bars:
@@ -71,6 +82,11 @@ def build(model, out, force, parity_tokens, tolerance, skip_parity, max_new_toke
     parity = manifest.get("parity")
     verdict = "parity not checked" if parity is None else "parity ok: " + _parity_line(parity)
     click.echo(f"wrote {path} ({_size(path)}); {verdict}")
+    quant_info = manifest.get("quantization")
+    if quant_info:
+        click.echo(f"recipe {quant_info['recipe']['name']}: {_recipe_line(quant_info['summary'])}")
+        if quant_info.get("accuracy"):
+            click.echo("accuracy vs PyTorch fp32: " + _accuracy_line(quant_info["accuracy"]))
 
 
 @cli.command()
@@ -87,20 +103,31 @@ def build(model, out, force, parity_tokens, tolerance, skip_parity, max_new_toke
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="0 = onnxruntime default.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object with text and tokens.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON object: text, tokens, detections and segments (boxes in pixels, masks as RLE).")
+@click.option("--overlay", type=click.Path(path_type=Path), default=None, metavar="PNG",
+              help="Also write the image with the answer's boxes, labels and masks drawn on it.")
 def run(bundle, image, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, stop, stream, device, threads,
-        as_json):
+        as_json, overlay):
     """Generate an answer for one image and prompt with the torch-free runtime."""
     from pgexport_runtime import PaliGemma, Sampling, SessionConfig
+    from pgexport_runtime.overlay import check_output_path, save_overlay
     from pgexport_runtime.preprocess import load_image
 
-    img = load_image(image)  # a bad image fails before the (slower) bundle load
+    img = load_image(image)  # a bad image or --overlay path fails before the (slower) bundle load
+    if overlay is not None:
+        check_output_path(overlay)
     pg = PaliGemma(bundle, SessionConfig(device=device, intra_op_threads=threads))
     on_token = (lambda row, tok, text: click.echo(text, nl=False)) if stream and not as_json else None
-    result = pg(img, prompt, max_new_tokens=max_new_tokens, stop_strings=stop, on_token=on_token,
-                sampling=Sampling(do_sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+    sampling = Sampling(do_sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    result = pg.answer(img, prompt, max_new_tokens=max_new_tokens, stop_strings=stop, on_token=on_token,
+                       sampling=sampling)
+    if overlay is not None:
+        save_overlay(img, result, overlay)
+    for w in result.warnings if not as_json else ():
+        click.echo(f"warning: {w}", err=True)
     if as_json:
-        click.echo(json.dumps({"prompt": prompt, "text": result.text, "tokens": result.tokens}))
+        click.echo(json.dumps(result.to_json()))
     elif stream:
         click.echo()
     else:
@@ -132,6 +159,11 @@ def inspect(bundle, as_json, no_verify):
     parity = raw.get("parity")
     click.echo("parity   " + ("not checked" if parity is None else ("ok: " if parity["ok"] else "FAILED: ")
                               + _parity_line(parity)))
+    quant = raw.get("quantization")
+    click.echo("recipe   " + ("fp32 (not quantized)" if not quant else
+                              f"{quant['recipe']['name']}: {_recipe_line(quant['summary'])}"))
+    if quant and quant.get("accuracy"):
+        click.echo("accuracy " + _accuracy_line(quant["accuracy"]))
     tools = raw.get("tools", {})
     click.echo("tools    " + ", ".join(f"{k} {v}" for k, v in tools.items() if v is not None))
 
@@ -148,7 +180,9 @@ def demo(out, rebuild):
 
     bars: list = []
     try:
-        bundle, answers = run_demo(out, _step_bar(bars, BUILD_STEPS), rebuild)
+        from pgexport.build import BuildOptions, planned_steps
+
+        bundle, answers = run_demo(out, _step_bar(bars, planned_steps(BuildOptions())), rebuild)
     except ParityError as exc:
         raise UserError(f"{exc}; nothing was written") from None
     finally:
@@ -159,6 +193,68 @@ def demo(out, rebuild):
         click.echo(f"\n{a.image}\n  prompt:   {a.prompt}\n  answer:   {a.answer}")
         if a.expected is not None:
             click.echo(f"  expected: {a.expected}")
+
+
+@cli.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--reference", metavar="SRC", default=None,
+              help="Model source of the PyTorch reference. Default: the source recorded in each bundle's manifest.")
+@click.option("--reference-dtype", "reference_dtypes", multiple=True, type=click.Choice(["bf16", "fp32"]),
+              help="Reference precision (repeatable; accuracy is measured against the first). "
+                   "Default: bf16 (full mode), bf16 and fp32 (speed mode).")
+@click.option("--eval", "eval_set", metavar="SET", default=None,
+              help="'demo' (the demo model's held-out set) or a JSONL of {image, prompt, answer?}. "
+                   "Default: demo, or generated inputs in speed mode.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Items to run. Default: 20 (1 in speed mode).")
+@click.option("--mode", type=click.Choice(["auto", "full", "speed"]), default="auto", show_default=True,
+              help="full: latency + accuracy; speed: latency and memory only. auto: speed when the source is a "
+                   "random-weight preset.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed runs first.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Timed runs per model.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Threads for onnxruntime and torch alike (0 = every CPU).")
+@click.option("--new-tokens", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Speed mode: tokens generated per run (EOS ignored).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Full mode: cap on generated tokens per item (default: per task, 32 for JSONL).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench"), show_default=True,
+              help="Where bench.json, bench.md and the plots go (worker files under OUT/work).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
+def bench(bundles, reference, reference_dtypes, eval_set, limit, mode, warmup, repeats, threads, new_tokens,
+          max_new_tokens, out, as_json):
+    """Latency per stage, peak memory, size and accuracy of bundles against their PyTorch reference.
+
+    Every bundle and every reference runs in its own process on the same pixel values and token ids.
+    The report's schema is pgexport/bench/schema.json.
+    """
+    from tqdm import tqdm
+
+    from pgexport.bench import BenchOptions, run_bench
+    from pgexport.bench.report import write_outputs
+
+    opts = BenchOptions(bundles=tuple(bundles), reference=reference, reference_dtypes=reference_dtypes or None,
+                        eval_set=eval_set, limit=limit, mode=mode, warmup=warmup, repeats=repeats, threads=threads,
+                        new_tokens=new_tokens, max_new_tokens=max_new_tokens, work_dir=out / "work")
+    bars: list = []  # created at the first progress report, so that an early user error prints no empty bar
+
+    def progress(name: str, done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, file=sys.stderr, dynamic_ncols=True,
+                             bar_format="{desc:<28} {bar} {n_fmt}/{total_fmt} [{elapsed}]"))
+        bars[0].set_description_str(name[:28])
+        bars[0].update(done - bars[0].n)
+
+    try:
+        report = run_bench(opts, progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    paths = write_outputs(report, out)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo((out / "bench.md").read_text())
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def _step_bar(bars: list, steps: list[str]):
@@ -185,6 +281,27 @@ def models():
     for name in sources.list_presets():
         desc = json.loads((sources.PRESETS_DIR / f"{name}.json").read_text()).get("description", "")
         click.echo(f"  {name:<20} {desc}")
+
+
+@cli.command()
+def recipes():
+    """List the named quantization recipes and what each does per component."""
+    from pgexport.quant.recipes import RECIPES
+
+    for name, r in RECIPES.items():
+        click.echo(f"{name:<14} {r.description}")
+        click.echo(f"{'':<14} {_recipe_line(r.summary())}")
+
+
+def _recipe_line(summary: dict) -> str:
+    parts = [f"{k}={v}" for k, v in summary.items() if k != "overrides"]
+    parts += [f"{o['match']}={o['precision']}" for o in summary.get("overrides", [])]
+    return ", ".join(parts)
+
+
+def _accuracy_line(acc: dict) -> str:
+    return (f"sequence agreement {acc['sequence_agreement']:.1%}, token agreement {acc['token_agreement']:.1%}, "
+            f"top-1 {acc['top1_agreement']:.1%}, mean KL {acc['mean_kl']:.4f} ({acc['samples']} held-out samples)")
 
 
 def _io_summary(names) -> str:

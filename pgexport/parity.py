@@ -92,11 +92,12 @@ def _rel(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "manifest.json") -> dict:
     """Run the bundle with pgexport_runtime on the reference inputs; return the parity report."""
-    from pgexport_runtime import PaliGemma
+    from pgexport_runtime import PaliGemma, SessionConfig
     from pgexport_runtime.generate import decoder_step
     from pgexport_runtime.kv_cache import KVCache
 
-    pg = PaliGemma(bundle_dir, verify=False, manifest_file=manifest_file)
+    # no prepacking: a 3B fp32 decoder would otherwise sit in memory twice (mmapped file + packed copy)
+    pg = PaliGemma(bundle_dir, SessionConfig(prepack=False), verify=False, manifest_file=manifest_file)
     g = pg.geometry
     report: dict = {"prompts": list(PROMPTS), "tolerance_relative": tol.relative, "checks": {}}
     checks = report["checks"]

@@ -26,6 +26,9 @@ class SessionConfig:
     intra_op_threads: int = 0  # 0 = onnxruntime's default (one per physical core)
     inter_op_threads: int = 0
     optimization: str = "all"
+    # Prepacking copies MatMul weights into kernel-friendly heap buffers at load: faster, but a second copy
+    # of every weight. Off, onnxruntime serves external-data weights from the mmapped file (page cache).
+    prepack: bool = True
 
     @property
     def providers(self) -> list:
@@ -50,4 +53,6 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
     opts.inter_op_num_threads = cfg.inter_op_threads
     opts.graph_optimization_level = _OPT[cfg.optimization]
     opts.log_severity_level = 3
+    if not cfg.prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     return ort.InferenceSession(str(path), sess_options=opts, providers=cfg.providers)

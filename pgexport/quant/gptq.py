@@ -1,0 +1,181 @@
+"""GPTQ for the decoder's linear layers, calibrated on image+prompt pairs through the real prefix-LM.
+
+Why here and not gptqmodel: gptqmodel 7.7 requires torch>=2.14.1 (this project pins the 2.13 CPU build;
+newer torch here is the multi-GB CUDA build), has no PaliGemma definition, and calibrates on text only.
+
+The algorithm (Frantar et al., "GPTQ", 2022), as done here:
+- calibration: each sample runs through the real SigLIP tower and projector, then the decoder wrapper
+  that the ONNX graph is exported from, with the prefix-LM mask (image + prompt bidirectional) and the
+  model's own greedy answer as a causal suffix, so every layer sees image-conditioned activations;
+- sequential: layer i is quantized from inputs produced by the already-quantized layers < i;
+- per linear: H = 2/n * sum(x x^T) over real tokens, dampened by 1 % of its mean diagonal; act-order
+  (columns by decreasing H_jj) with STATIC groups: the scales of each block of 32/64/128 original columns
+  are fixed before the sweep, so the result is a plain block layout and no g_idx reaches the graph;
+  lazy batch updates over 128 columns; error feedback through the upper Cholesky factor of H^-1;
+- grid: the symmetric 4-bit grid onnxruntime's RTN packer uses (scale = signed absmax / -8, codes 0..15,
+  zero point 8), so GPTQ and RTN differ only in rounding decisions; with H = I this module returns RTN;
+- output: integer codes and scales packed straight into MatMulNBits' layout (no second rounding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from pgexport_runtime.geometry import Geometry
+
+from .blockwise import Packed, pack_codes
+
+DAMP = 0.01
+LAZY_BLOCK = 128
+
+
+def group_scales(w: torch.Tensor, block: int, bits: int = 4) -> torch.Tensor:
+    """Per-block scales of W [N, K] along K, on onnxruntime's symmetric grid: signed absmax / -2**(bits-1)."""
+    n, k = w.shape
+    groups = -(-k // block)
+    padded = torch.zeros(n, groups * block, dtype=w.dtype)
+    padded[:, :k] = w
+    blocks = padded.view(n, groups, block)
+    idx = blocks.abs().argmax(dim=-1, keepdim=True)
+    signed_max = torch.gather(blocks, -1, idx).squeeze(-1)
+    scales = signed_max / -(2 ** (bits - 1))
+    return torch.where(scales == 0, torch.ones_like(scales), scales)
+
+
+def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, block: int, bits: int = 4,
+                  damp: float = DAMP, lazy: int = LAZY_BLOCK) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Quantize W [N, K] given H [K, K]. Returns codes uint8 [N, groups, block], scales [N, groups], W_q."""
+    w = w.detach().to(torch.float32).clone()
+    h = hessian.detach().to(torch.float32).clone()
+    n, k = w.shape
+    zero = 2 ** (bits - 1)
+    qmax = 2**bits - 1
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    scales = group_scales(w, block, bits)  # static groups, from the original column order
+
+    perm = torch.argsort(torch.diag(h), descending=True)  # act-order
+    w = w[:, perm]
+    h = h[perm][:, perm]
+    col_group = perm // block
+    h += torch.eye(k) * (damp * torch.mean(torch.diag(h)))
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+    codes = torch.zeros(n, k, dtype=torch.int64)
+    q_all = torch.zeros_like(w)
+    for i1 in range(0, k, lazy):
+        i2 = min(i1 + lazy, k)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        for j in range(i2 - i1):
+            col = w1[:, j]
+            s = scales[:, col_group[i1 + j]]
+            q = torch.clamp(torch.round(col / s) + zero, 0, qmax)
+            wq = (q - zero) * s
+            codes[:, i1 + j] = q.to(torch.int64)
+            q_all[:, i1 + j] = wq
+            e = (col - wq) / hinv1[j, j]
+            w1[:, j:] -= e.unsqueeze(1) * hinv1[j, j:].unsqueeze(0)
+            err1[:, j] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+
+    inv = torch.argsort(perm)
+    codes, q_all = codes[:, inv], q_all[:, inv]
+    groups = scales.shape[1]
+    padded = torch.full((n, groups * block), zero, dtype=torch.int64)
+    padded[:, :k] = codes
+    return padded.view(n, groups, block).numpy().astype(np.uint8), scales.numpy(), q_all
+
+
+def to_packed(codes: np.ndarray, scales: np.ndarray, bits: int, block: int, k: int) -> Packed:
+    """MatMulNBits layout: N = output features = rows of the torch weight."""
+    return pack_codes(codes, scales, None, bits, block, k)
+
+
+def quantize_decoder(model, source_dir, g: Geometry, recipe, samples, progress=None) -> dict[str, Packed]:
+    """GPTQ every decoder linear the recipe marks int4-gptq; module names match the exported graph's."""
+    from pgexport.export.decoder import DecoderWithPast
+
+    dec = DecoderWithPast(model, g)
+    states = _calibration_inputs(model, dec, source_dir, g, samples)
+    out: dict[str, Packed] = {}
+    with torch.no_grad():
+        for i, layer in enumerate(dec.layers):
+            if progress:
+                progress(i, len(dec.layers))
+            targets = {}
+            for sub, mod in layer.named_modules():
+                name = f"layers.{i}.{sub}"
+                if isinstance(mod, nn.Linear) and recipe.precision_for("decoder_linear", name).kind == "int4-gptq":
+                    targets[name] = mod
+            hessians = {name: torch.zeros(m.in_features, m.in_features) for name, m in targets.items()}
+            counts = dict.fromkeys(targets, 0)
+
+            def hook(name):
+                def fn(_module, inputs):
+                    x, keep = inputs[0], _current_keep[0]
+                    x = x.reshape(-1, x.shape[-1])[keep.reshape(-1)].to(torch.float32)
+                    n_new = x.shape[0]
+                    total = counts[name] + n_new
+                    hessians[name].mul_(counts[name] / total).add_(x.T @ x, alpha=2.0 / total)
+                    counts[name] = total
+                return fn
+
+            _current_keep: list = [None]
+            handles = [m.register_forward_pre_hook(hook(name)) for name, m in targets.items()]
+            for s in states:
+                _current_keep[0] = s["keep"]
+                _run_layer(dec, layer, i, s)
+            for h in handles:
+                h.remove()
+            originals = {}
+            for name, mod in targets.items():
+                prec = recipe.precision_for("decoder_linear", name)
+                codes, scales, wq = gptq_quantize(mod.weight, hessians[name], prec.block_size)
+                out[name] = to_packed(codes, scales, 4, prec.block_size, mod.in_features)
+                originals[name] = mod.weight.detach().clone()
+                mod.weight.copy_(wq)
+            # the next layer calibrates on what this quantized layer produces
+            for s in states:
+                s["hidden"] = _run_layer(dec, layer, i, s)
+            for name, mod in targets.items():  # the float32 model is exported afterwards: restore it
+                mod.weight.copy_(originals[name])
+    return out
+
+
+def _run_layer(dec, layer, i: int, s: dict) -> torch.Tensor:
+    g = dec.g
+    bias = s["sliding"] if g.sliding_layers[i] else s["full"]
+    empty = torch.zeros(1, g.num_kv_heads, 0, g.head_dim)
+    hidden, _, _ = dec._layer(layer, s["hidden"], s["cos"], s["sin"], bias, empty, empty)
+    return hidden
+
+
+def _calibration_inputs(model, dec, source_dir, g: Geometry, samples, answer_tokens: int = 32) -> list[dict]:
+    """Layer-0 inputs per sample: image+prompt prefix (bidirectional) + the model's greedy answer (causal)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(source_dir)
+    states = []
+    with torch.no_grad():
+        for image, prompt in samples:
+            inputs = processor(images=[image], text=["<image>" + prompt], return_tensors="pt")
+            inputs.pop("labels", None)
+            out = model.generate(**inputs, max_new_tokens=answer_tokens, do_sample=False)
+            ids = out[:, : inputs["input_ids"].shape[1] + answer_tokens]
+            prefix = inputs["input_ids"].shape[1]
+            token_type = torch.zeros_like(ids)
+            token_type[:, prefix:] = 1
+            mask = torch.ones_like(ids)
+            embeds = model.model.get_image_features(inputs["pixel_values"]).pooler_output
+            hidden = dec._embed(ids, embeds)
+            full, sliding = dec._attention_bias(mask, token_type, 0)
+            positions = torch.arange(1, ids.shape[1] + 1).unsqueeze(0)
+            cos, sin = dec.rotary(hidden, positions)
+            states.append({"hidden": hidden, "full": full, "sliding": sliding, "cos": cos, "sin": sin,
+                           "keep": mask.to(torch.bool)})
+    return states
