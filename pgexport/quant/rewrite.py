@@ -89,11 +89,15 @@ class _Namer:
         return name
 
 
-def _matmul_nbits(graph: ir.Graph, node: ir.Node, packed: Packed, prec: Precision, base: str) -> ir.Node:
-    inputs = [node.inputs[0], _add_initializer(graph, f"{base}.q{packed.bits}", packed.data),
-              _add_initializer(graph, f"{base}.scales", packed.scales)]
-    if packed.zero_points is not None:
-        inputs.append(_add_initializer(graph, f"{base}.zero_points", packed.zero_points))
+def _matmul_nbits(graph: ir.Graph, node: ir.Node, packed: Packed, prec: Precision, base: str,
+                  shared: list[ir.Value] | None = None) -> ir.Node:
+    """MatMulNBits replacing `node`; `shared` = existing [data, scales(, zero points)] initializers to reuse."""
+    if shared is None:
+        shared = [_add_initializer(graph, f"{base}.q{packed.bits}", packed.data),
+                  _add_initializer(graph, f"{base}.scales", packed.scales)]
+        if packed.zero_points is not None:
+            shared.append(_add_initializer(graph, f"{base}.zero_points", packed.zero_points))
+    inputs = [node.inputs[0], *shared]
     attrs = {"K": packed.k, "N": packed.n, "bits": packed.bits, "block_size": packed.block_size}
     if prec.accuracy_level:
         attrs["accuracy_level"] = prec.accuracy_level
@@ -211,8 +215,10 @@ def rewrite_embedding(graph: ir.Graph, recipe: Recipe, report: GraphReport) -> N
                                                              np.array([vocab, packed.k_blocks, 1], np.int64))],
                        name="embed_tokens_scales_3d")]
     gbq_inputs = [data, gather.inputs[1], inputs3[0].outputs[0]]
+    shared = [data, scales]
     if packed.zero_points is not None:
         zp = _add_initializer(graph, "embed_tokens.zero_points", packed.zero_points)
+        shared.append(zp)
         inputs3.append(ir.node("Reshape", [zp, _add_initializer(graph, "embed_tokens.zp_shape",
                                                                  np.array([vocab, -1, 1], np.int64))],
                                name="embed_tokens_zp_3d"))
@@ -226,7 +232,7 @@ def rewrite_embedding(graph: ir.Graph, recipe: Recipe, report: GraphReport) -> N
                    name="embed_tokens_gbq_reshape")
     _replace(graph, gather, [*inputs3, gbq, flat], flat.outputs[0])
     if tied:
-        new = _matmul_nbits(graph, head, packed, prec, "lm_head")
+        new = _matmul_nbits(graph, head, packed, prec, "lm_head", shared=shared)  # the same table, not a copy
         _replace(graph, head, [new], new.outputs[0])
         graph.remove(transpose, safe=True)
     _drop_unused_initializers(graph)
