@@ -2,13 +2,15 @@
 
     /usr/bin/time -v python benchmarks/build_memory.py --model paligemma-3b-224 --out /tmp/pg3b
 
-Prints one line per step: elapsed seconds, current RSS and peak RSS (VmHWM) of this process, so that a
-memory problem can be pinned to the step that causes it. /usr/bin/time -v gives the overall peak.
+Prints one line per step: elapsed seconds, current and peak RSS (VmHWM) of this process, and the peak RSS
+of the PyTorch child process (load, references, export run there), so that a memory problem can be
+pinned to the step that causes it. /usr/bin/time -v gives the overall peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from pathlib import Path
 
@@ -29,17 +31,22 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--parity-tokens", type=int, default=16)
+    ap.add_argument("--quant", default="fp32")
+    ap.add_argument("--gate-samples", type=int, default=16)
+    ap.add_argument("--gate-tokens", type=int, default=32)
     args = ap.parse_args()
     t0 = time.time()
     last = ["start"]
 
     def progress(name: str) -> None:
         rss, peak = memory_gb()
-        print(f"{time.time() - t0:8.1f}s  rss {rss:5.1f} GB  peak {peak:5.1f} GB  | done: {last[0]:<22} next: {name}",
-              flush=True)
+        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+        print(f"{time.time() - t0:8.1f}s  rss {rss:5.1f} GB  peak {peak:5.1f} GB  child peak {child:5.1f} GB"
+              f"  | done: {last[0]:<22} next: {name}", flush=True)
         last[0] = name
 
-    path = build(BuildOptions(model=args.model, out=args.out, force=True, parity_tokens=args.parity_tokens), progress)
+    path = build(BuildOptions(model=args.model, out=args.out, force=True, parity_tokens=args.parity_tokens,
+                              quant=args.quant, gate_samples=args.gate_samples, gate_tokens=args.gate_tokens), progress)
     progress("(finished)")
     print(f"bundle {path}: {sum(p.stat().st_size for p in path.iterdir()) / 1024**3:.2f} GB on disk")
 

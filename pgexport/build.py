@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import platform
 import shutil
 import time
@@ -13,7 +12,7 @@ from pgexport_runtime import io_names as io
 from pgexport_runtime.errors import UserError
 from pgexport_runtime.geometry import Geometry
 
-from . import parity, sources
+from . import parity, sources, torch_phase
 from .bundle import BundleWriter
 
 VISION_FILE, PROJECTOR_FILE, DECODER_FILE = "vision_encoder.onnx", "projector.onnx", "decoder.onnx"
@@ -63,28 +62,26 @@ def planned_steps(opts: BuildOptions) -> list[str]:
 
 def build(opts: BuildOptions, progress=None) -> Path:
     """Export, check and write a bundle. `progress(step_name)` is called as each step starts."""
-    import torch
-
     from .quant.recipes import resolve_recipe
 
     step = progress or (lambda name: None)
     source = sources.resolve(opts.model)
     recipe = resolve_recipe(opts.quant).verify(sources.load_geometry(source).tie_word_embeddings)
+    if opts.calibration is not None and not Path(opts.calibration).is_file():
+        raise UserError(f"calibration file not found: {opts.calibration}")
     writer = BundleWriter(opts.out, force=opts.force)
     mask = _load_mask_decoder(source, opts)  # bad weights are a user error before the slow steps
     t0 = time.time()
     with writer:
-        step("load model")
+        # the PyTorch phase runs in a child process: its memory is back with the OS before onnxruntime loads
+        results = torch_phase.run(torch_phase.TorchJob(
+            model=source.spec, out_dir=str(writer.tmp), parity_tokens=opts.parity_tokens,
+            skip_parity=opts.skip_parity, quant=opts.quant, gate_samples=opts.gate_samples,
+            gate_tokens=opts.gate_tokens, calibration=str(opts.calibration) if opts.calibration else None), step)
         geometry = sources.load_geometry(source)
-        model = sources.load_model(source, torch.float32)
-        reference = None
-        if not opts.skip_parity:
-            step("PyTorch reference")
-            reference = parity.torch_reference(model, source.directory, geometry, opts.parity_tokens)
-        gate_ref, gptq_weights = _quantization_references(model, source, geometry, recipe, opts, step)
-        _export_graphs(model, geometry, writer, step)
-        del model
-        _release_memory()  # the fp32 model must be gone before onnxruntime loads the graphs (3B: 11.7 GB each)
+        reference = results.parity
+        gate_ref = _gate_reference(source, geometry, results, opts)
+        gptq_weights = results.gptq
         mask_entry = _export_mask_decoder(mask, writer) if mask is not None else None
         shutil.copy(source.directory / "tokenizer.json", writer.path("tokenizer.json"))
         manifest = _manifest(source, geometry, opts, sorted(p.name for p in writer.tmp.iterdir()))
@@ -110,26 +107,14 @@ def build(opts: BuildOptions, progress=None) -> Path:
         return writer.commit()
 
 
-def _quantization_references(model, source, g: Geometry, recipe, opts: BuildOptions, step):
-    """While the PyTorch model is loaded: the gate's reference outputs and, for GPTQ, the quantized weights."""
-    if recipe.is_identity:
-        return None, None
+def _gate_reference(source, g: Geometry, results, opts: BuildOptions):
+    """The gate's samples (regenerated: they are deterministic) with the child's reference outputs."""
+    if results.gate_greedy is None:
+        return None
     from .quant import gate, samples
 
-    gate_ref = None
-    if opts.gate_samples > 0:
-        step("gate reference")
-        gate_ref = gate.torch_reference(model, source.directory, g, samples.gate_samples(source, opts.gate_samples,
-                                                                                          g.image_size),
-                                        opts.gate_tokens)
-    gptq_weights = None
-    if recipe.needs_calibration:
-        from .quant import gptq
-
-        step("GPTQ")
-        calib = samples.calibration_samples(source, recipe.calibration_samples, g.image_size, opts.calibration)
-        gptq_weights = gptq.quantize_decoder(model, source.directory, g, recipe, calib)
-    return gate_ref, gptq_weights
+    return gate.GateReference(samples.gate_samples(source, opts.gate_samples, g.image_size),
+                              results.gate_greedy, results.gate_logprobs)
 
 
 def _quantize(writer: BundleWriter, manifest: dict, recipe, gptq_weights, gate_ref, opts: BuildOptions, step) -> None:
@@ -163,35 +148,22 @@ def _quantize(writer: BundleWriter, manifest: dict, recipe, gptq_weights, gate_r
                         f"(token agreement {accuracy['token_agreement']:.3f}, mean KL {accuracy['mean_kl']:.4f})")
 
 
-def _release_memory() -> None:
-    """Collect, then hand freed heap pages back to the OS (glibc keeps them otherwise)."""
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _export_graphs(model, g: Geometry, writer: BundleWriter, step) -> None:
+def export_graphs(model, g: Geometry, out_dir: Path, step) -> None:
+    """The three float32 graphs into out_dir (called in the PyTorch child process)."""
     from .export import decoder, projector, vision
     from .export.onnx_export import export_graph, param_bytes
 
     step("export vision encoder")
     m = vision.VisionEncoder(model)
-    export_graph(m, vision.sample_inputs(g), writer.path(VISION_FILE), vision.INPUT_NAMES, vision.OUTPUT_NAMES,
+    export_graph(m, vision.sample_inputs(g), out_dir / VISION_FILE, vision.INPUT_NAMES, vision.OUTPUT_NAMES,
                  vision.DYNAMIC_SHAPES, param_bytes(m))
-    del m
-    _release_memory()
     step("export projector")
     m = projector.Projector(model)
-    export_graph(m, projector.sample_inputs(g), writer.path(PROJECTOR_FILE), projector.INPUT_NAMES,
+    export_graph(m, projector.sample_inputs(g), out_dir / PROJECTOR_FILE, projector.INPUT_NAMES,
                  projector.OUTPUT_NAMES, projector.DYNAMIC_SHAPES, param_bytes(m))
-    del m
     step("export decoder")
     m = decoder.DecoderWithPast(model, g)
-    export_graph(m, decoder.sample_inputs(g), writer.path(DECODER_FILE), decoder.input_names(g),
+    export_graph(m, decoder.sample_inputs(g), out_dir / DECODER_FILE, decoder.input_names(g),
                  decoder.output_names(g), decoder.dynamic_shapes(g), param_bytes(m))
 
 

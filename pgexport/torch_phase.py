@@ -1,0 +1,157 @@
+"""The PyTorch half of a build, run in a child process: load the model, compute the references, run GPTQ,
+export the graphs.
+
+Why a child process: the float32 model is as large as the graphs (11.7 GB for a 3B model), and
+onnxscript 0.7's rewrite rules keep a reference to the last graph they optimised (SimplePatternMatcher
+stores it and never lets go), which pins every exported weight after export returns. When the child
+exits, all of it goes back to the OS before onnxruntime loads a single graph. Results come back as files
+in the build's temporary directory: .npz arrays (read with allow_pickle=False) and JSON.
+
+Child protocol on stdout: `@@step NAME` per progress step, `@@error MESSAGE` for a user error (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pgexport_runtime.errors import UserError
+
+from . import parity
+
+WORK = ".torch"
+
+
+@dataclass(frozen=True)
+class TorchJob:
+    model: str
+    out_dir: str  # the build's temporary bundle directory
+    parity_tokens: int
+    skip_parity: bool
+    quant: str
+    gate_samples: int
+    gate_tokens: int
+    calibration: str | None
+
+
+@dataclass
+class TorchResults:
+    parity: parity.Reference | None
+    gate_greedy: list[list[int]] | None
+    gate_logprobs: list[np.ndarray] | None
+    gptq: dict | None  # module name -> blockwise.Packed
+
+
+def run(job: TorchJob, progress) -> TorchResults:
+    """Run the job in a child Python; relay its progress; load what it wrote."""
+    work = Path(job.out_dir) / WORK
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "job.json").write_text(json.dumps(asdict(job)))
+    with open(work / "stderr.log", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pgexport.torch_phase", str(work / "job.json")],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        user_error = None
+        for line in proc.stdout:
+            if line.startswith("@@step "):
+                progress(line[7:].rstrip("\n"))
+            elif line.startswith("@@error "):
+                user_error = line[8:].rstrip("\n")
+        code = proc.wait()
+    if user_error is not None:
+        raise UserError(user_error)
+    if code != 0:
+        tail = (work / "stderr.log").read_text().strip().splitlines()[-12:]
+        raise RuntimeError(f"the PyTorch phase failed (exit {code}):\n" + "\n".join(tail))
+    results = _load(work)
+    shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def _main(job_path: str) -> int:
+    job = TorchJob(**json.loads(Path(job_path).read_text()))
+    work = Path(job_path).parent
+
+    def step(name: str) -> None:
+        print(f"@@step {name}", flush=True)
+
+    try:
+        _child(job, work, step)
+    except UserError as exc:
+        print(f"@@error {exc}", flush=True)
+        return 2
+    return 0
+
+
+def _child(job: TorchJob, work: Path, step) -> None:
+    import torch
+
+    from . import build, sources
+    from .quant.recipes import resolve_recipe
+
+    source = sources.resolve(job.model)
+    geometry = sources.load_geometry(source)
+    recipe = resolve_recipe(job.quant)
+    step("load model")
+    model = sources.load_model(source, torch.float32)
+    if not job.skip_parity:
+        step("PyTorch reference")
+        ref = parity.torch_reference(model, source.directory, geometry, job.parity_tokens)
+        np.savez(work / "parity.npz", pixel_values=ref.pixel_values, vision_features=ref.vision_features,
+                 image_embeds=ref.image_embeds, input_ids=ref.input_ids, attention_mask=ref.attention_mask,
+                 logits=ref.logits)
+        (work / "parity.json").write_text(json.dumps({"greedy": ref.greedy}))
+        del ref
+    if not recipe.is_identity:
+        from .quant import gate, samples
+
+        if job.gate_samples > 0:
+            step("gate reference")
+            gate_set = samples.gate_samples(source, job.gate_samples, geometry.image_size)
+            gref = gate.torch_reference(model, source.directory, geometry, gate_set, job.gate_tokens)
+            np.savez(work / "gate.npz", **{f"lp{i}": lp for i, lp in enumerate(gref.logprobs)})
+            (work / "gate.json").write_text(json.dumps({"greedy": gref.greedy}))
+        if recipe.needs_calibration:
+            from .quant import gptq
+
+            step("GPTQ")
+            calib = samples.calibration_samples(source, recipe.calibration_samples, geometry.image_size,
+                                                Path(job.calibration) if job.calibration else None)
+            packed = gptq.quantize_decoder(model, source.directory, geometry, recipe, calib)
+            arrays = {}
+            for name, p in packed.items():
+                arrays[f"{name}|data"], arrays[f"{name}|scales"] = p.data, p.scales
+            np.savez(work / "gptq.npz", **arrays)
+            (work / "gptq.json").write_text(json.dumps({n: [p.bits, p.block_size, p.k, p.n] for n, p in packed.items()}))
+    build.export_graphs(model, geometry, Path(job.out_dir), step)
+
+
+def _load(work: Path) -> TorchResults:
+    from .quant.blockwise import Packed
+
+    ref = None
+    if (work / "parity.npz").is_file():
+        with np.load(work / "parity.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        ref = parity.Reference(greedy=json.loads((work / "parity.json").read_text())["greedy"], **arrays)
+    greedy = logprobs = None
+    if (work / "gate.npz").is_file():
+        greedy = json.loads((work / "gate.json").read_text())["greedy"]
+        with np.load(work / "gate.npz", allow_pickle=False) as z:
+            logprobs = [z[f"lp{i}"] for i in range(len(greedy))]
+    gptq = None
+    if (work / "gptq.npz").is_file():
+        meta = json.loads((work / "gptq.json").read_text())
+        with np.load(work / "gptq.npz", allow_pickle=False) as z:
+            gptq = {n: Packed(z[f"{n}|data"], z[f"{n}|scales"], None, bits, block, k, n_out)
+                    for n, (bits, block, k, n_out) in meta.items()}
+    return TorchResults(ref, greedy, logprobs, gptq)
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1]))
