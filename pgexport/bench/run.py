@@ -1,0 +1,283 @@
+"""`pgexport bench`: latency, memory and accuracy of bundles against their PyTorch reference.
+
+The parent process never loads a model. It prepares the inputs once per reference (images, token ids and
+pixel values from the runtime's own preprocessing), then runs every PyTorch reference and every bundle in
+its own worker process (`pgexport.bench.worker`), one after the other, so that peak memory and timings
+do not mix. The references run first: their greedy tokens are what the bundles are teacher-forced on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pgexport_runtime.errors import UserError
+from pgexport_runtime.manifest import MANIFEST, load_manifest
+
+from . import accuracy, evalset, stats, tasks
+from .schema import SCHEMA, SCHEMA_VERSION, validate
+
+MODES = ("auto", "full", "speed")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    bundles: tuple[Path, ...]
+    reference: str | None = None  # model source for the reference; default: each bundle's manifest source
+    reference_dtypes: tuple[str, ...] | None = None  # default: ("bf16",) in full mode, ("bf16", "fp32") in speed mode
+    eval_set: str | None = None  # "demo", a JSONL path; default: demo (full mode), generated inputs (speed mode)
+    limit: int | None = None  # items; default 20 (full mode), 1 (speed mode)
+    mode: str = "auto"  # auto: speed mode when the reference is a random-weight preset, else full
+    warmup: int = 1
+    repeats: int = 5
+    threads: int = 0  # 0: every CPU core, for onnxruntime and torch alike
+    new_tokens: int = 32  # speed mode: tokens per run, EOS ignored
+    max_new_tokens: int | None = None  # full mode: cap on tokens per item (default: per task / 32)
+    work_dir: Path = Path("bench-work")
+
+
+@dataclass
+class _Worker:
+    name: str
+    spec: dict
+    units: int
+    group: int
+    bundle: Path | None = None
+    manifest: object | None = None
+    source: str = ""
+    dtype: str | None = None
+
+
+Progress = Callable[[str, int, int], None]  # (run name, units done, units total)
+
+
+def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
+    """Run the benchmark and return the report (validated against schema.json)."""
+    if not opts.bundles:
+        raise UserError("give at least one bundle")
+    manifests = [load_manifest(b) for b in opts.bundles]
+    specs = [opts.reference or _source_spec(m) for m in manifests]
+    mode = _mode(opts, manifests)
+    dtypes = list(opts.reference_dtypes or (("bf16", "fp32") if mode == "speed" else ("bf16",)))
+    threads = opts.threads or os.cpu_count() or 1
+    work = Path(opts.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    items, examples, eval_name = _items(opts, mode, manifests[0])
+    groups = list(dict.fromkeys(specs))  # one reference (and one set of inputs) per model source
+    workers: list[_Worker] = []
+    for k, spec in enumerate(groups):
+        members = [i for i, s in enumerate(specs) if s == spec]
+        items_file = evalset.materialize(items, opts.bundles[members[0]], work / f"inputs-{k}")
+        common = {"items": str(items_file), "threads": threads, "warmup": opts.warmup, "repeats": opts.repeats,
+                  "generate": mode == "full", "ignore_eos": mode == "speed"}
+        suffix = f" ({spec})" if len(groups) > 1 else ""
+        ref_tokens = work / f"reference-{k}-tokens.json"
+        for j, dtype in enumerate(dtypes):
+            primary = j == 0 and mode == "full"
+            name = f"torch-{dtype}{suffix}"
+            spec_ = {**common, "kind": "reference", "source": spec, "dtype": dtype, "teacher_self": primary,
+                     "exact_weights": mode == "full", "logprobs_dir": str(work / f"logprobs-ref-{k}")}
+            workers.append(_Worker(name, spec_, _units(opts, len(items), mode, primary), k, source=spec, dtype=dtype))
+        for i in members:
+            spec_ = {**common, "kind": "bundle", "bundle": str(Path(opts.bundles[i]).resolve()),
+                     "teacher_tokens": str(ref_tokens) if mode == "full" else None,
+                     "logprobs_dir": str(work / f"logprobs-{i}")}
+            workers.append(_Worker(_bundle_name(opts.bundles, i), spec_, _units(opts, len(items), mode, mode == "full"),
+                                   k, bundle=Path(opts.bundles[i]), manifest=manifests[i], source=spec))
+
+    total = sum(w.units for w in workers)
+    done = 0
+    results = {}
+    for n, w in enumerate(workers):
+        w.spec["out"] = str(work / f"result-{n}.json")
+        results[w.name] = _run_worker(w, work / f"worker-{n}.log", lambda u, w=w, base=done: progress and progress(
+            w.name, base + u, total))
+        done += w.units
+        if w.dtype is not None and w.spec.get("teacher_self"):
+            (work / f"reference-{w.group}-tokens.json").write_text(json.dumps(results[w.name]["outputs"]))
+    if progress:
+        progress("done", total, total)
+
+    decode_fn, why = (None, None)
+    if mode == "full" and examples is not None:
+        decode_fn, why = tasks.load_mask_decoder(_vqvae_dirs(groups))
+        if why and any(e.task == "segment" for e in examples):
+            notes.append(why)
+    runs = []
+    for w in workers:
+        ref = next((x for x in workers if x.group == w.group and x.spec.get("teacher_self")), None)
+        runs.append(_run_entry(w, results[w.name], ref and results[ref.name], ref and ref.name, items, examples,
+                               decode_fn, manifests[specs.index(w.source)], mode))
+    if mode == "speed":
+        notes.append("speed mode: the reference is a random-weight preset, so accuracy and task metrics are skipped")
+    report = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created_unix": int(time.time()),
+        "settings": {"mode": mode, "eval_set": eval_name, "n_items": len(items), "warmup": opts.warmup,
+                     "repeats": opts.repeats, "threads": threads, "reference_dtypes": dtypes,
+                     "new_tokens": opts.new_tokens if mode == "speed" else None,
+                     "max_new_tokens": opts.max_new_tokens},
+        "system": stats.system_info(),
+        "items": [{"id": it.id, "task": it.task, "prompt": it.prompt, "answer": it.answer} for it in items],
+        "runs": runs,
+        "notes": notes,
+    }
+    validate(report)
+    return report
+
+
+def _units(opts: BenchOptions, n: int, mode: str, teacher: bool) -> int:
+    return opts.warmup + opts.repeats + (n if mode == "full" else 0) + (n if teacher else 0)
+
+
+def _source_spec(m) -> str:
+    src = m.raw.get("source") or {}
+    spec = src.get("spec")
+    if not spec:
+        raise UserError(f"{m.root}: the manifest records no source; pass --reference SRC")
+    if src.get("kind") == "local" and not Path(spec).is_dir():
+        from pgexport import sources
+
+        for cand in (Path(src.get("directory", "")), sources.REPO_ROOT / spec):
+            if cand.is_dir():
+                return str(cand)
+        raise UserError(f"{m.root}: its source {spec} is not here; pass --reference SRC")
+    return spec
+
+
+def _mode(opts: BenchOptions, manifests) -> str:
+    if opts.mode not in MODES:
+        raise UserError(f"--mode {opts.mode}: use one of {', '.join(MODES)}")
+    if opts.mode != "auto":
+        return opts.mode
+    from pgexport import sources
+
+    if opts.reference is not None:
+        return "speed" if opts.reference in sources.list_presets() else "full"
+    # presets carry seeded random weights: there is nothing meaningful to be accurate about
+    return "speed" if all((m.raw.get("source") or {}).get("kind") == "preset" for m in manifests) else "full"
+
+
+def _items(opts: BenchOptions, mode: str, manifest) -> tuple[list, list | None, str]:
+    eval_set = opts.eval_set or (evalset.DEMO if mode == "full" else evalset.GENERATED)
+    limit = opts.limit or (20 if mode == "full" else 1)
+    if eval_set == evalset.GENERATED:
+        return evalset.generated_items(limit, manifest.geometry.image_size, opts.new_tokens), None, eval_set
+    if mode == "speed":  # speed mode on real images: fixed token counts all the same
+        max_new = opts.new_tokens
+    else:
+        max_new = opts.max_new_tokens
+    if eval_set == evalset.DEMO:
+        items, examples = evalset.demo_items(limit, max_new)
+        return items, examples, eval_set
+    return evalset.jsonl_items(Path(eval_set), limit, max_new), None, str(eval_set)
+
+
+def _bundle_name(bundles, i: int) -> str:
+    name = Path(bundles[i]).resolve().name
+    same = [j for j, b in enumerate(bundles) if Path(b).resolve().name == name]
+    return name if len(same) == 1 else f"{name}#{same.index(i) + 1}"
+
+
+def _run_worker(w: _Worker, log: Path, advance: Callable[[int], None]) -> dict:
+    spec_file = log.with_suffix(".spec.json")
+    spec_file.write_text(json.dumps(w.spec))
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pgexport.bench.worker", str(spec_file)],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        for line in proc.stdout:
+            if line.startswith("@@progress"):
+                advance(int(line.split()[1]))
+        rc = proc.wait()
+    if rc != 0:
+        tail = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:] or ["no output"]
+        raise UserError(f"bench worker for {w.name} failed (exit {rc}): {tail[0][:300]} (full log: {log})")
+    return json.loads(Path(w.spec["out"]).read_text())
+
+
+def _vqvae_dirs(groups: list[str]) -> list[Path]:
+    from pgexport import sources
+
+    dirs = [Path(g) for g in groups if Path(g).is_dir()]
+    return dirs + [sources.DEMO_MODEL]
+
+
+def _run_entry(w: _Worker, res: dict, ref_res: dict | None, ref_name: str | None, items, examples, decode_fn,
+               manifest, mode: str) -> dict:
+    samples = res["samples_ms"]
+    latency = {k: stats.summarize(samples[k]) for k in stats.STAGES}
+    per_tok = latency["decode_per_token"]
+    throughput = {
+        "decode_tokens_per_s_median": round(1e3 / per_tok["median_ms"], 2) if per_tok["median_ms"] else None,
+        "decode_tokens_per_s_p90": round(1e3 / per_tok["p90_ms"], 2) if per_tok["p90_ms"] else None,
+        "decode_tokens_mean": float(np.mean(res["decode_tokens"])) if res["decode_tokens"] else 0.0,
+    }
+    entry = {
+        "name": w.name,
+        "kind": res["kind"],
+        "path": str(w.bundle) if w.bundle else None,
+        "source": w.source,
+        "precision": w.dtype or _precision(w.manifest),
+        "threads": int(res["threads"]),
+        "load_seconds": res["load_seconds"],
+        "memory": res["memory"],
+        "latency": latency,
+        "throughput": throughput,
+        "size": _size(w.manifest) if w.manifest is not None else None,
+        "reference": ref_name if w.bundle is not None and mode == "full" else None,
+        "accuracy": None,
+        "task_metrics": None,
+        "task_metrics_skipped": [],
+        "checks": res["checks"],
+    }
+    if mode != "full":
+        return entry
+    outputs = res["outputs"]
+    decode = _decoder(manifest)
+    entry["outputs"] = [{"id": it.id, "text": decode(outputs[it.id]), "tokens": outputs[it.id]} for it in items]
+    if w.bundle is not None and ref_res is not None:
+        acc = accuracy.compare_sequences(ref_res["outputs"], outputs)
+        acc["teacher_forced"] = accuracy.compare_distributions(Path(ref_res["logprobs_dir"]), Path(res["logprobs_dir"]),
+                                                               [it.id for it in items])
+        entry["accuracy"] = acc
+    preds = [o["text"] for o in entry["outputs"]]
+    if examples is not None:
+        entry["task_metrics"], entry["task_metrics_skipped"] = tasks.demo_metrics(examples, preds, decode_fn)
+    else:
+        entry["task_metrics"], entry["task_metrics_skipped"] = tasks.answer_metrics(items, preds)
+    entry["task_metrics"] = entry["task_metrics"] or None
+    return entry
+
+
+def _decoder(manifest):
+    """Token ids -> text as the demo evaluation reads it (special tokens kept, cut at EOS)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(manifest.tokenizer_file))
+    eos = manifest.raw["tokenizer"]["eos_token"]
+    return lambda ids: tasks.clean(tok.decode(ids, skip_special_tokens=False), eos)
+
+
+def _precision(manifest) -> str:
+    precisions = {name: g.precision for name, g in manifest.graphs.items()}
+    if len(set(precisions.values())) == 1:
+        return next(iter(precisions.values()))
+    return ", ".join(f"{k}={v}" for k, v in precisions.items())
+
+
+def _size(manifest) -> dict:
+    graphs = {name: stats.dir_bytes(manifest.root / f for f in (g.file, *g.data_files))
+              for name, g in manifest.graphs.items()}
+    files = [manifest.root / f for f in manifest.raw.get("files", {})] + [manifest.root / MANIFEST]
+    return {"total_bytes": stats.dir_bytes(files), "graphs": graphs}
