@@ -284,6 +284,42 @@ def models():
 
 
 @cli.command()
+@click.option("--model", "model", metavar="SRC", default=None, help="Preset, checkpoint directory or hub id.")
+@click.option("--quant", "quant", default="int4", show_default=True, metavar="RECIPE",
+              help="Recipe whose per-layer precisions are measured.")
+@click.option("--samples", type=click.IntRange(1, 1000), default=8, show_default=True,
+              help="Image+prompt calibration samples.")
+@click.option("--top", type=click.IntRange(1, 10_000), default=15, show_default=True, help="Rows to print.")
+@click.option("--json", "as_json", is_flag=True, help="Print every layer as JSON.")
+def sensitivity(model, quant, samples, top, as_json):
+    """Show how much error each quantized layer adds on its own (relative output error on image+prompt
+    activations), most sensitive first, with the recipe overrides that would keep the worst at 8 bits."""
+    import torch
+
+    from pgexport import sources
+    from pgexport.quant import samples as sample_sets
+    from pgexport.quant.recipes import resolve_recipe
+    from pgexport.quant.sensitivity import layer_errors, suggest_overrides, summary_stats
+
+    source = sources.resolve(model)
+    g = sources.load_geometry(source)
+    recipe = resolve_recipe(quant).verify(g.tie_word_embeddings)
+    calib = sample_sets.calibration_samples(source, samples, g.image_size)
+    errors = layer_errors(sources.load_model(source, torch.float32), source.directory, g, recipe, calib)
+    if as_json:
+        click.echo(json.dumps({"recipe": recipe.name, "summary": summary_stats(errors),
+                               "layers": [e.__dict__ for e in errors]}, indent=2))
+        return
+    stats = summary_stats(errors)
+    click.echo(f"recipe {recipe.name}: {stats['quantized']} of {stats['layers']} linears quantized; relative output "
+               f"error median {stats['median']:.2e}, max {stats['max']:.2e}")
+    for e in errors[:top]:
+        click.echo(f"  {e.relative_error:10.3e}  {e.precision:<14} {e.module}")
+    click.echo("keep the worst at 8 bits with these recipe overrides:")
+    click.echo("  " + json.dumps(suggest_overrides(errors, 3)))
+
+
+@cli.command()
 def recipes():
     """List the named quantization recipes and what each does per component."""
     from pgexport.quant.recipes import RECIPES

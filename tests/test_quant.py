@@ -218,3 +218,19 @@ def test_gate_fails_a_build_above_what_the_recipe_reaches(tmp_path, capsys):
                             "1.0", "--gate-samples", "4", "--parity-tokens", "4"], capsys)
     assert code != 0 and "accuracy gate failed" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sensitivity_report_ranks_layers(capsys):
+    from test_errors import run_cli
+
+    code, out, err = run_cli(["sensitivity", "--model", "tiny-pg1", "--quant", "int4", "--samples", "2", "--json"],
+                             capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    errors = [layer["relative_error"] for layer in report["layers"]]
+    assert errors == sorted(errors, reverse=True)
+    by_precision = {}
+    for layer in report["layers"]:
+        by_precision.setdefault(layer["precision"].split("/")[0], []).append(layer["relative_error"])
+    assert min(by_precision["int4"]) > 0 and max(by_precision["int4"]) < 0.5
+    assert max(by_precision["int8"]) < min(by_precision["int4"])  # 8-bit vision adds less than 4-bit decoder
