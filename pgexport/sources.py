@@ -163,10 +163,22 @@ def load_model(source: Source, dtype=None):
     dtype = dtype or torch.float32
     if source.kind == "preset":
         return _random_model(source, dtype)
+    settings = gptq_settings(source)
+    if settings is not None:  # weights dequantized from the GPTQ integers (the same integers are imported)
+        from pgexport.quant.gptq_import import load_checkpoint
+
+        return load_checkpoint(source.directory, settings)[0].to(dtype)
     model = PaliGemmaForConditionalGeneration.from_pretrained(
         source.directory, dtype=dtype, use_safetensors=True, trust_remote_code=False
     )
     return model.eval()
+
+
+def gptq_settings(source: Source) -> dict | None:
+    """bits / group size / format of a GPTQ checkpoint directory, or None."""
+    from pgexport.quant.gptq_import import gptq_settings as read
+
+    return read(json.loads((source.directory / "config.json").read_text()))
 
 
 def _random_model(source: Source, dtype):

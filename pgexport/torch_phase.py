@@ -98,7 +98,14 @@ def _child(job: TorchJob, work: Path, step) -> None:
     geometry = sources.load_geometry(source)
     recipe = resolve_recipe(job.quant)
     step("load model")
-    model = sources.load_model(source, torch.float32)
+    settings = sources.gptq_settings(source) if source.kind != "preset" else None
+    imported = None
+    if settings is not None:  # a GPTQ checkpoint: dequantized model + its own integers for the graphs
+        from .quant.gptq_import import load_checkpoint
+
+        model, imported = load_checkpoint(source.directory, settings)
+    else:
+        model = sources.load_model(source, torch.float32)
     if not job.skip_parity:
         step("PyTorch reference")
         ref = parity.torch_reference(model, source.directory, geometry, job.parity_tokens)
@@ -117,15 +124,22 @@ def _child(job: TorchJob, work: Path, step) -> None:
             np.savez(work / "gate.npz", **{f"lp{i}": lp for i, lp in enumerate(gref.logprobs)})
             (work / "gate.json").write_text(json.dumps({"greedy": gref.greedy}))
         if recipe.needs_calibration:
-            from .quant import gptq
-
             step("GPTQ")
-            calib = samples.calibration_samples(source, recipe.calibration_samples, geometry.image_size,
-                                                Path(job.calibration) if job.calibration else None)
-            packed = gptq.quantize_decoder(model, source.directory, geometry, recipe, calib)
+            if imported is not None:  # the checkpoint's own integers, not a new calibration
+                packed = imported
+            else:
+                from .quant import gptq
+
+                calib = samples.calibration_samples(source, recipe.calibration_samples, geometry.image_size,
+                                                    Path(job.calibration) if job.calibration else None)
+                packed = gptq.quantize_decoder(model, source.directory, geometry, recipe, calib)
             arrays = {}
             for name, p in packed.items():
                 arrays[f"{name}|data"], arrays[f"{name}|scales"] = p.data, p.scales
+                if p.zero_points is not None:
+                    arrays[f"{name}|zero_points"] = p.zero_points
+                if p.input_perm is not None:
+                    arrays[f"{name}|input_perm"] = p.input_perm
             np.savez(work / "gptq.npz", **arrays)
             (work / "gptq.json").write_text(json.dumps({n: [p.bits, p.block_size, p.k, p.n] for n, p in packed.items()}))
     build.export_graphs(model, geometry, Path(job.out_dir), step)
@@ -148,8 +162,11 @@ def _load(work: Path) -> TorchResults:
     if (work / "gptq.npz").is_file():
         meta = json.loads((work / "gptq.json").read_text())
         with np.load(work / "gptq.npz", allow_pickle=False) as z:
-            gptq = {n: Packed(z[f"{n}|data"], z[f"{n}|scales"], None, bits, block, k, n_out)
-                    for n, (bits, block, k, n_out) in meta.items()}
+            def opt(key):
+                return z[key] if key in z.files else None
+
+            gptq = {n: Packed(z[f"{n}|data"], z[f"{n}|scales"], opt(f"{n}|zero_points"), bits, block, k, n_out,
+                              opt(f"{n}|input_perm")) for n, (bits, block, k, n_out) in meta.items()}
     return TorchResults(ref, greedy, logprobs, gptq)
 
 

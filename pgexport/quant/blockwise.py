@@ -27,6 +27,7 @@ class Packed:
     block_size: int
     k: int
     n: int
+    input_perm: np.ndarray | None = None  # GPTQ act-order import: MatMulNBits reads x[..., input_perm]
 
     @property
     def k_blocks(self) -> int:

@@ -159,7 +159,13 @@ def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: Gra
         else:
             packed = pack_rtn(w, prec.bits, prec.block_size, prec.symmetric)
         new = _matmul_nbits(graph, node, packed, prec, base)
-        _replace(graph, node, [new], new.outputs[0])
+        pre = []
+        if packed.input_perm is not None:  # act-order GPTQ import: permute activations, not g_idx
+            perm = _add_initializer(graph, f"{base}.input_perm", packed.input_perm)
+            gather = ir.node("Gather", [node.inputs[0], perm], {"axis": -1}, name=f"{base}_input_perm")
+            new.replace_input_with(0, gather.outputs[0])
+            pre.append(gather)
+        _replace(graph, node, [*pre, new], new.outputs[0])
     _drop_unused_initializers(graph)
 
 
