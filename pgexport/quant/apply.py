@@ -53,7 +53,7 @@ def _dynamic_int8(path: Path, nodes: list[str]) -> None:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from .rewrite import EXTERNAL_DATA_THRESHOLD
+    from .rewrite import EXTERNAL_DATA_THRESHOLD, replace_graph_files
 
     logging.getLogger("root").setLevel(logging.ERROR)
     stage = path.parent / f".int8-{path.name}"
@@ -63,9 +63,4 @@ def _dynamic_int8(path: Path, nodes: list[str]) -> None:
                      op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
                      use_external_data_format=size > EXTERNAL_DATA_THRESHOLD,
                      extra_options={"MatMulConstBOnly": True})
-    for old in path.parent.glob(path.name + "*"):
-        if old.is_file():
-            old.unlink()
-    for new in stage.iterdir():
-        new.rename(path.parent / new.name)
-    stage.rmdir()
+    replace_graph_files(path, stage)

@@ -268,6 +268,11 @@ def save_graph(model: ir.Model, path: Path) -> None:
     size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     external = size > EXTERNAL_DATA_THRESHOLD
     ir.save(model, stage / path.name, external_data=(path.name + ".data") if external else None)
+    replace_graph_files(path, stage)
+
+
+def replace_graph_files(path: Path, stage: Path) -> None:
+    """Swap `path` and its external data for the files written into `stage`."""
     for old in path.parent.glob(path.name + "*"):
         if old.is_file():
             old.unlink()
