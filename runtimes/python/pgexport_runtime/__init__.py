@@ -8,5 +8,6 @@ from .sampling import Sampling
 from .session import SessionConfig
 from .structured import Answer, Detection, Segment
 
-__all__ = ["PaliGemma", "Result", "Answer", "Detection", "Segment", "Sampling", "SessionConfig", "Geometry", "load_manifest", "BundleError", "UserError"]
+__all__ = ["PaliGemma", "Result", "Answer", "Detection", "Segment", "Sampling", "SessionConfig", "Geometry",
+           "load_manifest", "BundleError", "UserError"]
 __version__ = "0.1.0"

@@ -50,8 +50,8 @@ def paste_mask(mask64: np.ndarray, box: Sequence[float], width: int, height: int
     out = np.zeros((height, width), dtype=bool)
     if x1 - x0 < 1 or y1 - y0 < 1:
         return out
-    resized = Image.fromarray(np.asarray(mask64, dtype=np.float32), mode="F").resize(
-        (x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
+    image = Image.fromarray(np.asarray(mask64, dtype=np.float32))  # float32 -> PIL mode "F", no uint8 rounding
+    resized = image.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
     out[y0:y1, x0:x1] = np.asarray(resized) > 0.0
     return out
 

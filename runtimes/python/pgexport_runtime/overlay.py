@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import UserError
 from .preprocess import to_rgb
 from .structured import Answer
 
@@ -41,3 +44,22 @@ def draw_answer(image: Image.Image, answer: Answer) -> Image.Image:
             draw.rectangle([x0, ty, x0 + (r - l) + 3, ty + (b - t) + 2], fill=c)
             draw.text((x0 + 2 - l, ty + 1 - t), obj.label, fill=(255, 255, 255), font=font)
     return out
+
+
+def check_output_path(path: Path) -> None:
+    """Fail before generating if the picture could not be written (missing folder, unknown format)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"--overlay {path}: folder {path.parent} does not exist")
+    Image.init()
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise UserError(f"--overlay {path}: unknown image format {path.suffix!r} (use .png or .jpg)")
+
+
+def save_overlay(image: Image.Image, answer: Answer, path: Path) -> Path:
+    check_output_path(path)
+    try:
+        draw_answer(image, answer).save(path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc}") from None
+    return Path(path)

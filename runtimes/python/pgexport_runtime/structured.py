@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .answers import ParsedObject, is_structured_prompt, parse_objects
+from .answers import is_structured_prompt, parse_objects
 from .masks import mask_to_rle, paste_mask
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original image
@@ -86,4 +86,4 @@ def to_answer(result, width: int, height: int, mask_decoder: MaskDecodeFn | None
                   tuple(warnings))
 
 
-__all__ = ["Answer", "Detection", "Segment", "ParsedObject", "to_answer"]
+__all__ = ["Answer", "Detection", "Segment", "to_answer"]
