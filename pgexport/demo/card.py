@@ -110,8 +110,9 @@ PyTorch on CPU, HF's prefix-LM loss (image + `<bos>` + prefix + `\\n` bidirectio
 `<eos>` causal and labelled), AdamW (peak lr 1.5e-3, betas 0.9/0.98, wd 0.01, warm-up 150 steps, cosine to 5 %
 on a time budget), batch {batch}, examples generated on the fly from training seed 1 (task mix caption 15 %,
 VQA 25 %, OCR 15 %, detect 20 %, segment 25 %). The `<loc>` embeddings start as smooth sinusoidal features of
-the bin index. This checkpoint: {steps} steps ({steps * batch:,} examples), {minutes:.0f} min on one busy
-CPU core (fp32; bf16 autocast was ~7x slower on this CPU).
+the bin index and the SigLIP position embeddings as 2D sinusoidal features of the patch centre (both stay
+learnable). This checkpoint: {steps} steps ({steps * batch:,} examples), {minutes:.0f} min of fp32 training on
+2 CPU cores.
 
 ## Held-out evaluation
 

@@ -1,0 +1,166 @@
+"""The shipped demo model (models/pg-demo): a genuine HF PaliGemma checkpoint that loads offline, a tokenizer whose
+<loc>/<seg> tokens round-trip, a deterministic generator, training inputs equal to the processor's, and a CI-sized
+held-out check of the model's quality against its model card."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pgexport.demo import evaluate, generator, metrics
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "pg-demo"
+HAS_MODEL = (MODEL_DIR / "model.safetensors").is_file()
+needs_model = pytest.mark.skipif(not HAS_MODEL, reason="models/pg-demo/model.safetensors is not there")
+CI_N = 50  # held-out samples per task in the CI check
+
+# How far the CI check may fall below the model card's numbers for the same 50 samples. Greedy decoding on
+# another CPU (other BLAS kernels) can flip a near-tie token, which changes a whole answer: 3 of 50 answers
+# for exact match, and the equivalent slack for the continuous metrics.
+SLACK = {"caption_em": 0.06, "vqa_em": 0.06, "ocr_cer": 0.03, "detect_miou": 0.04, "detect_recall": 0.06,
+         "segment_miou": 0.04}
+
+
+@pytest.fixture(scope="module")
+def hf(monkeypatch_module):
+    return evaluate.load(MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("TRANSFORMERS_OFFLINE", "1")
+    yield mp
+    mp.undo()
+
+
+@needs_model
+def test_loads_offline_as_a_paligemma_checkpoint(hf):
+    from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+
+    model, processor = hf
+    assert isinstance(model, PaliGemmaForConditionalGeneration) and isinstance(processor, PaliGemmaProcessor)
+    cfg = model.config
+    assert cfg.model_type == "paligemma" and cfg.text_config.model_type == "gemma"
+    assert cfg.vision_config.model_type == "siglip_vision_model"
+    assert processor.image_seq_length == (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
+    size = sum(p.stat().st_size for p in MODEL_DIR.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20, f"models/pg-demo is {size / 2**20:.1f} MB (limit 25 MB)"
+    assert not list(MODEL_DIR.glob("*.bin")) and not list(MODEL_DIR.glob("*.pt")), "pickle files in the model dir"
+
+
+@needs_model
+def test_loc_and_seg_tokens_round_trip(hf):
+    tok = hf[1].tokenizer
+    specials = [f"<loc{i:04d}>" for i in range(1024)] + [f"<seg{i:03d}>" for i in range(128)]
+    ids = [tok.encode(s, add_special_tokens=False) for s in specials]
+    assert all(len(i) == 1 for i in ids), "a <loc>/<seg> token splits into several ids"
+    assert len({i[0] for i in ids}) == len(specials)
+    assert [tok.decode(i) for i in ids] == specials
+    text = "<loc0012><loc0100><loc0733><loc1023><seg005><seg127> circle ; <loc0000><loc0001><loc0002><loc0003> star"
+    enc = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(enc) == text
+    assert sum(1 for i in enc if tok.convert_ids_to_tokens(i).startswith(("<loc", "<seg"))) == 10
+
+
+def _example_key(ex: generator.Example):
+    return ex.task, ex.prefix, ex.suffix, np.asarray(ex.scene.image).tobytes()
+
+
+def test_generator_is_deterministic_and_order_independent():
+    a = [generator.make_example(7, i) for i in (3, 11, 5)]
+    b = [generator.make_example(7, i) for i in (5, 3, 11)]
+    assert _example_key(a[0]) == _example_key(b[1]) and _example_key(a[2]) == _example_key(b[0])
+    other = generator.make_example(8, 3)
+    assert np.asarray(other.scene.image).tobytes() != np.asarray(a[0].scene.image).tobytes()
+
+
+def test_held_out_set_is_disjoint_from_training():
+    from pgexport.demo import train
+
+    assert evaluate.EVAL_SEED != train.TRAIN_SEED
+    train_imgs = {np.asarray(generator.make_example(train.TRAIN_SEED, i).scene.image).tobytes() for i in range(100)}
+    for task in generator.TASKS:
+        for ex in evaluate.eval_examples(task, 10):
+            assert ex.task == task and np.asarray(ex.scene.image).tobytes() not in train_imgs
+
+
+def test_every_task_has_its_paligemma_format():
+    seen = {}
+    for i in range(60):
+        ex = generator.make_example(3, i, encode_masks=lambda crops: np.zeros((len(crops), 16), np.int64))
+        seen.setdefault(ex.task, ex)
+    assert set(seen) == set(generator.TASKS)
+    assert seen["caption"].prefix == "caption en" and seen["caption"].suffix.endswith("background.")
+    assert seen["vqa"].prefix.startswith("answer en ")
+    assert seen["ocr"].prefix == "ocr" and seen["ocr"].suffix == seen["ocr"].scene.text
+    det = metrics.parse_objects(seen["detect"].suffix, 128, 128)
+    assert [o["label"] for o in det] == [o.kind for o in seen["detect"].targets]
+    for o, t in zip(det, seen["detect"].targets):
+        assert np.abs(np.array(o["box"]) - np.array(t.box)).max() <= 0.07  # half a bin: 128 / 1023 / 2 px
+    seg = metrics.parse_objects(seen["segment"].suffix, 128, 128)
+    assert all(o["codes"] is not None and len(o["codes"]) == 16 for o in seg)
+
+
+@needs_model
+def test_training_inputs_equal_the_processor(hf):
+    """The trainer builds its prefix-LM batches itself; they must be what PaliGemmaProcessor(suffix=...) makes."""
+    from pgexport.demo.train import Batcher
+
+    processor = hf[1]
+    data = Batcher(MODEL_DIR, MODEL_DIR)
+    exs = [data.example(i) for i in range(6)]
+    ours = data.collate(exs)
+    for j, ex in enumerate(exs):
+        ref = processor(images=[ex.scene.image], text=["<image>" + ex.prefix], suffix=[ex.suffix],
+                        return_tensors="pt")
+        n = int(ref["attention_mask"].sum())
+        assert ours["input_ids"][j, :n].tolist() == ref["input_ids"][0, -n:].tolist()
+        assert ours["token_type_ids"][j, :n].tolist() == ref["token_type_ids"][0, -n:].tolist()
+        assert ours["labels"][j, :n].tolist() == ref["labels"][0, -n:].tolist()
+        assert np.abs(ours["pixel_values"][j].numpy() - ref["pixel_values"][0].numpy()).max() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def card_results() -> dict:
+    return json.loads((MODEL_DIR / "eval.json").read_text())
+
+
+@needs_model
+def test_held_out_quality_matches_the_model_card(hf, card_results):
+    """50 held-out samples per task, greedy, transformers fp32: the shipped weights still score what the card
+    says (its `ci50` block is the same 50 samples); caption and VQA answers are diverse and VQA beats the
+    majority answer. The checkpoint misses the issue's quality bars (see its card), so this guards the
+    shipped numbers rather than the bars."""
+    import torch
+
+    torch.set_num_threads(2)
+    model, processor = hf
+    got = {}
+    for task in generator.TASKS:
+        exs = evaluate.eval_examples(task, CI_N)
+        preds = evaluate.generate(model, processor, exs, evaluate.TASK_MAX_NEW[task])
+        if task in ("caption", "vqa"):  # the tasks this checkpoint has learned to read from the image (card)
+            assert len(set(preds)) >= (6 if task == "vqa" else CI_N // 3), f"{task}: answers are not diverse"
+        if task == "vqa":  # far above always giving the most common answer of the held-out set
+            majority = max(Counter(e.suffix for e in exs).values()) / len(exs)
+            assert evaluate.score(task, exs, preds)["vqa_em"] >= 2 * majority
+        vq = None
+        if task == "segment":
+            from pgexport.demo.vqvae import load_vqvae
+
+            vq = load_vqvae(MODEL_DIR).decode_np
+        got.update(evaluate.score(task, exs, preds, decode_fn=vq))
+    ref = card_results["ci50"]
+    worse = []
+    for key, slack in SLACK.items():
+        op, _ = metrics.BARS[key]
+        ok = got[key] <= ref[key] + slack if op == "<=" else got[key] >= ref[key] - slack
+        if not ok:
+            worse.append(f"{key}: {got[key]:.3f} vs card {ref[key]:.3f}")
+    assert not worse, worse
