@@ -95,13 +95,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="Model source (default: the demo model).")
     ap.add_argument("--work", type=Path, default=Path("quant-table"))
-    ap.add_argument("--recipes", default=",".join(RECIPES), help="Comma-separated recipe names.")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help="Comma-separated recipe names or recipe .json files.")
     ap.add_argument("--limit", type=int, default=100, help="Held-out items (interleaved over the five tasks).")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--rebuild", action="store_true")
     args = ap.parse_args()
     model = args.model or sources.default_model()
-    bundles = [ensure_bundle(model, r, args.work / f"bundle-{r}", args.rebuild) for r in args.recipes.split(",")]
+    bundles = [ensure_bundle(model, r, args.work / f"bundle-{Path(r).stem}", args.rebuild)
+               for r in args.recipes.split(",")]
     report = run_bench(BenchOptions(bundles=tuple(bundles), mode="full", reference_dtypes=("fp32",), limit=args.limit,
                                     warmup=0, repeats=1, threads=args.threads, work_dir=args.work / "report" / "work"),
                        progress=lambda name, done, total: print(f"\r{name:<28} {done}/{total}", end="", file=sys.stderr))

@@ -52,7 +52,7 @@ def ensure_bundle(model: str, recipe: str, out: Path, rebuild: bool) -> Path:
     if manifest.is_file() and not rebuild:
         raw = json.loads(manifest.read_text())
         built = ((raw.get("quantization") or {}).get("recipe") or {}).get("name", "fp32")
-        if raw["source"]["spec"] == model and built == recipe:
+        if raw["source"]["spec"] == model and built in (recipe, Path(recipe).stem):
             print(f"reusing {out}", flush=True)
             return out
     print(f"building {out} ({recipe})", flush=True)
