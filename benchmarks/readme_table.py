@@ -77,8 +77,9 @@ def readme_table(report: dict) -> str:
         cells += ["–" if k not in (r["task_metrics"] or {}) else f"{r['task_metrics'][k]:.3f}" for k in tm_keys]
         lines.append("| " + " | ".join(cells) + " |")
     s, sysinfo = report["settings"], report["system"]
+    ref = next((r["reference"] for r in report["runs"] if r.get("reference")), "the PyTorch reference")
     lines.append(f"\n{s['eval_set']} set, {s['n_items']} items, {s['threads']} threads on {sysinfo['cpu_model']}; "
-                 "medians; accuracy against the PyTorch reference on the same inputs (`pgexport bench`).")
+                 f"medians; token and top-1 agreement against {ref} on the same inputs (`pgexport bench`).")
     return "\n".join(lines) + "\n"
 
 
