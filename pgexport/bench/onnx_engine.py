@@ -18,8 +18,8 @@ from pgexport_runtime.kv_cache import KVCache
 class OnnxEngine:
     kind = "bundle"
 
-    def __init__(self, bundle: str, threads: int):
-        self.pg = PaliGemma(bundle, SessionConfig(intra_op_threads=threads))
+    def __init__(self, bundle: str, threads: int, session: SessionConfig | None = None):
+        self.pg = PaliGemma(bundle, session or SessionConfig(intra_op_threads=threads))
         self.g = self.pg.geometry
         self.threads = threads
         self.eos_ids = set(self.pg.eos_ids)

@@ -29,6 +29,9 @@ class SessionConfig:
     # Prepacking copies MatMul weights into kernel-friendly heap buffers at load: faster, but a second copy
     # of every weight. Off, onnxruntime serves external-data weights from the mmapped file (page cache).
     prepack: bool = True
+    # onnxruntime's per-node profiler: a JSON trace per graph, PREFIX_<graph>_<time>.json, written when the
+    # session's end_profiling() is called (benchmarks/profile_ops.py reads them). Off by default.
+    profile_prefix: str = ""
 
     @property
     def providers(self) -> list:
@@ -55,4 +58,7 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
     opts.log_severity_level = 3
     if not cfg.prepack:
         opts.add_session_config_entry("session.disable_prepacking", "1")
+    if cfg.profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = f"{cfg.profile_prefix}_{Path(path).stem}"
     return ort.InferenceSession(str(path), sess_options=opts, providers=cfg.providers)

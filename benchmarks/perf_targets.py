@@ -1,0 +1,130 @@
+"""The full-scale performance targets, all ratios from ONE run of this script.
+
+    python benchmarks/perf_targets.py BUNDLE [--genai DIR] [--repeats 3] [--new-tokens 32] [--out bench-perf]
+
+BUNDLE is a bundle built from a random-weight preset (e.g. `pgexport build --model paligemma-3b-224
+--quant int4`). In one run, each engine in its own process, one after the other:
+  1. `pgexport bench` speed mode: the bundle and the PyTorch bf16 eager reference on the same generated
+     image + prompt (time to first token = preprocessing + vision + projector + prefill), EOS ignored;
+  2. onnxruntime-genai (benchmark-only extra) on the same decoder geometry and the same random weights,
+     built by genai's own builder (`benchmarks/genai_reference.py`; built here when --genai is not given),
+     prefilled with as many tokens as the bundle's prefix, then greedy decode.
+Prints the three ratios against their targets and writes OUT/perf.json (and the bench report beside it).
+Targets (issue 7): TTFT <= 0.8x PyTorch bf16; decode tokens/s >= 1.15x genai int4; runtime peak RSS
+<= 2.5 GB; bundle <= 2.2 GB on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+TTFT_MAX, DECODE_MIN, RSS_MAX_MB, SIZE_MAX_GB = 0.8, 1.15, 2500.0, 2.2
+
+
+def main() -> None:
+    from pgexport.bench import BenchOptions, run_bench
+    from pgexport.bench.report import write_outputs
+    from pgexport_runtime.manifest import load_manifest
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--genai", type=Path, help="a built onnxruntime-genai model folder (default: build one)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=0, help="0: every core, for every engine")
+    parser.add_argument("--out", type=Path, default=Path("bench-perf"))
+    args = parser.parse_args()
+
+    manifest = load_manifest(args.bundle)
+    source = manifest.raw["source"]["spec"]
+    genai_dir = args.genai
+    if genai_dir is None:
+        import genai_reference
+
+        ckpt = genai_reference.export_gemma(source, args.out / "genai" / f"{source}-gemma")
+        genai_dir = genai_reference.build_genai(ckpt, args.out / "genai" / f"{source}-genai-int4")
+
+    opts = BenchOptions(bundles=(args.bundle,), reference_dtypes=("bf16",), mode="speed", repeats=args.repeats,
+                        new_tokens=args.new_tokens, threads=args.threads, work_dir=args.out / "bench")
+    report = run_bench(opts, progress=lambda name, done, total: print(f"\r{name}: {done}/{total}", end="", flush=True))
+    print()
+    write_outputs(report, args.out / "report")
+    items = json.loads((args.out / "bench" / "inputs-0" / "items.json").read_text())
+    prompt_tokens = len(items[0]["input_ids"])
+    threads = report["settings"]["threads"]
+    cmd = [sys.executable, str(HERE / "genai_reference.py"), "time", str(genai_dir), "--prompt-tokens",
+           str(prompt_tokens), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+           "--threads", str(threads)]
+    genai = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+    probe = json.loads(subprocess.run([sys.executable, str(HERE / "gemm_probe.py"), "--threads", str(threads)],
+                                      check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    runs = {r["kind"]: r for r in report["runs"]}
+    ref, ours = runs["reference"], runs["bundle"]
+    result = {
+        "bundle": str(args.bundle),
+        "source": source,
+        "threads": threads,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "system": report["system"],
+        "torch_bf16": _summary(ref),
+        "bundle_run": _summary(ours),
+        "genai_int4": genai,
+        "torch_gemm_gflops": probe,
+        "ratios": {
+            "ttft_vs_torch_bf16": ours["latency"]["ttft"]["median_ms"] / ref["latency"]["ttft"]["median_ms"],
+            "decode_vs_genai_int4": ours["throughput"]["decode_tokens_per_s_median"] / genai["decode_tokens_per_s"],
+        },
+        "bundle_peak_rss_mb": ours["memory"]["peak_rss_mb"],
+        "bundle_bytes": ours["size"]["total_bytes"],
+    }
+    checks = [
+        ("TTFT / PyTorch bf16", result["ratios"]["ttft_vs_torch_bf16"], f"<= {TTFT_MAX}",
+         result["ratios"]["ttft_vs_torch_bf16"] <= TTFT_MAX),
+        ("decode tok/s / genai int4", result["ratios"]["decode_vs_genai_int4"], f">= {DECODE_MIN}",
+         result["ratios"]["decode_vs_genai_int4"] >= DECODE_MIN),
+        ("runtime peak RSS (MB)", result["bundle_peak_rss_mb"], f"<= {RSS_MAX_MB:.0f}",
+         result["bundle_peak_rss_mb"] <= RSS_MAX_MB),
+        ("bundle on disk (GB)", result["bundle_bytes"] / 1e9, f"<= {SIZE_MAX_GB}", result["bundle_bytes"] / 1e9 <= SIZE_MAX_GB),
+    ]
+    result["targets"] = [{"what": w, "value": v, "target": t, "met": bool(ok)} for w, v, t, ok in checks]
+    (args.out / "perf.json").write_text(json.dumps(result, indent=1))
+    print(_table(result, checks))
+
+
+def _summary(run: dict) -> dict:
+    lat = run["latency"]
+    return {"ttft_ms": lat["ttft"]["median_ms"], "vision_ms": lat["vision_encoder"]["median_ms"],
+            "prefill_ms": lat["prefill"]["median_ms"], "decode_ms_per_token": lat["decode_per_token"]["median_ms"],
+            "decode_tokens_per_s": run["throughput"]["decode_tokens_per_s_median"],
+            "peak_rss_mb": run["memory"]["peak_rss_mb"]}
+
+
+def _table(r: dict, checks) -> str:
+    t, b, g = r["torch_bf16"], r["bundle_run"], r["genai_int4"]
+    lines = [f"{r['source']}, {r['prompt_tokens']} prefix tokens, {r['new_tokens']} new tokens, {r['threads']} threads, "
+             f"{r['system']['cpu_model']}",
+             "| engine | TTFT ms | vision ms | prefill ms | decode tok/s | peak RSS MB |", "|---|---:|---:|---:|---:|---:|",
+             f"| PyTorch bf16 eager | {t['ttft_ms']:.0f} | {t['vision_ms']:.0f} | {t['prefill_ms']:.0f} | "
+             f"{t['decode_tokens_per_s']:.2f} | {t['peak_rss_mb']:.0f} |",
+             f"| bundle ({Path(r['bundle']).name}) | {b['ttft_ms']:.0f} | {b['vision_ms']:.0f} | {b['prefill_ms']:.0f} | "
+             f"{b['decode_tokens_per_s']:.2f} | {b['peak_rss_mb']:.0f} |",
+             f"| onnxruntime-genai int4 (text only, causal) | – | – | {g['prefill_ms']:.0f} | "
+             f"{g['decode_tokens_per_s']:.2f} | {g['peak_rss_mb']:.0f} |",
+             "", "| target | measured | wanted | met |", "|---|---:|---:|---|"]
+    lines += [f"| {w} | {v:.3f} | {want} | {'yes' if ok else 'NO'} |" for w, v, want, ok in checks]
+    lines += ["", "PyTorch GEMM on this machine, GFLOP/s (fp32 / bf16): " + "; ".join(
+        f"{k} {v['fp32']:.0f} / {v['bf16']:.0f}" for k, v in r["torch_gemm_gflops"]["gflops"].items())]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

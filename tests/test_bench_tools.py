@@ -1,0 +1,67 @@
+"""The issue-7 measuring tools in benchmarks/: the accuracy_level variant and the per-op profile."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from pgexport.quant.recipes import RECIPES
+from pgexport_runtime import PaliGemma
+from pgexport_runtime.manifest import load_manifest, sha256_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import accuracy_level_variant  # noqa: E402
+import profile_ops  # noqa: E402
+from test_quant import quantized_copy  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def int4_bundle(bundles, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int4") / "b"
+    report = quantized_copy(bundles["tiny-pg1"], out, RECIPES["int4"])
+    manifest = json.loads((out / "manifest.json").read_text())  # the recipe record `pgexport build` writes
+    manifest["quantization"] = {"recipe": RECIPES["int4"].to_dict(), "graphs": report,
+                                "accuracy": {"sequence_agreement": 1.0}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def _levels(path: Path) -> list[int]:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [next((a.i for a in n.attribute if a.name == "accuracy_level"), 0)
+            for n in graph.node if n.op_type == "MatMulNBits"]
+
+
+def test_accuracy_level_variant_changes_only_that_attribute(int4_bundle, images, tmp_path):
+    before = {f: sha256_file(int4_bundle / f) for f in load_manifest(int4_bundle).raw["files"]}
+    dst = accuracy_level_variant.derive(int4_bundle, tmp_path / "acc4", 4)
+    assert {f: sha256_file(int4_bundle / f) for f in before} == before  # the source is untouched
+    levels = _levels(dst / "decoder.onnx")
+    assert levels and set(levels) == {4} and set(_levels(int4_bundle / "decoder.onnx")) == {0}
+    src_graph = onnx.load(str(int4_bundle / "decoder.onnx"), load_external_data=False).graph
+    new_graph = onnx.load(str(dst / "decoder.onnx"), load_external_data=False).graph
+    assert [n.op_type for n in src_graph.node] == [n.op_type for n in new_graph.node]
+    assert [t.raw_data for t in src_graph.initializer] == [t.raw_data for t in new_graph.initializer]
+    raw = load_manifest(dst).raw  # every sha256 verified
+    assert raw["quantization"]["recipe"]["decoder_linear"]["accuracy_level"] == 4
+    assert raw["build"]["derived"]["matmulnbits_accuracy_level"] == 4
+    assert "accuracy" not in raw["quantization"]  # not measured on these graphs
+    a = PaliGemma(int4_bundle)(images[0], "caption en", max_new_tokens=6).tokens
+    b = PaliGemma(dst)(images[0], "caption en", max_new_tokens=6).tokens
+    assert len(a) == len(b) == 6  # int8 activations may change a near-tie; both generate
+
+
+def test_profile_ops_splits_prefill_and_decode(int4_bundle, tmp_path):
+    result = profile_ops.run(int4_bundle, new_tokens=5, threads=1, out=tmp_path)
+    stages = result["stages"]
+    assert set(stages) == {"vision", "projector", "prefill", "decode (per token)"}
+    for s in stages.values():
+        assert s["ms"] > 0 and abs(sum(s["by_op_ms"].values()) - s["ms"]) < 1e-6
+    assert "MatMulNBits" in stages["prefill"]["by_op_ms"] and "MatMulNBits" in stages["decode (per token)"]["by_op_ms"]
+    assert json.loads((tmp_path / "profile.json").read_text())["new_tokens"] == 5
+    assert "| op | ms | share |" in profile_ops.table(result, 3)
