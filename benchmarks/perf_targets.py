@@ -34,7 +34,7 @@ def main() -> None:
     from pgexport_runtime.manifest import load_manifest
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundle", type=Path)
+    parser.add_argument("bundles", type=Path, nargs="+", help="bundles of the same random-weight preset")
     parser.add_argument("--genai", type=Path, help="a built onnxruntime-genai model folder (default: build one)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -42,8 +42,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-perf"))
     args = parser.parse_args()
 
-    manifest = load_manifest(args.bundle)
-    source = manifest.raw["source"]["spec"]
+    sources_ = {load_manifest(b).raw["source"]["spec"] for b in args.bundles}
+    if len(sources_) != 1:
+        sys.exit(f"error: the bundles come from different sources ({', '.join(sorted(sources_))}); give one source's bundles")
+    source = sources_.pop()
     genai_dir = args.genai
     if genai_dir is None:
         import genai_reference
@@ -51,9 +53,9 @@ def main() -> None:
         ckpt = genai_reference.export_gemma(source, args.out / "genai" / f"{source}-gemma")
         genai_dir = genai_reference.build_genai(ckpt, args.out / "genai" / f"{source}-genai-int4")
 
-    opts = BenchOptions(bundles=(args.bundle,), reference_dtypes=("bf16",), mode="speed", repeats=args.repeats,
+    opts = BenchOptions(bundles=tuple(args.bundles), reference_dtypes=("bf16",), mode="speed", repeats=args.repeats,
                         new_tokens=args.new_tokens, threads=args.threads, work_dir=args.out / "bench")
-    report = run_bench(opts, progress=lambda name, done, total: print(f"\r{name}: {done}/{total}", end="", flush=True))
+    report = run_bench(opts, progress=lambda name, done, total: print(f"\r{name}: {done}/{total}  ", end="", flush=True))
     print()
     write_outputs(report, args.out / "report")
     items = json.loads((args.out / "bench" / "inputs-0" / "items.json").read_text())
@@ -63,41 +65,26 @@ def main() -> None:
            str(prompt_tokens), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
            "--threads", str(threads)]
     genai = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-
     probe = json.loads(subprocess.run([sys.executable, str(HERE / "gemm_probe.py"), "--threads", str(threads)],
                                       check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    runs = {r["kind"]: r for r in report["runs"]}
-    ref, ours = runs["reference"], runs["bundle"]
-    result = {
-        "bundle": str(args.bundle),
-        "source": source,
-        "threads": threads,
-        "prompt_tokens": prompt_tokens,
-        "new_tokens": args.new_tokens,
-        "system": report["system"],
-        "torch_bf16": _summary(ref),
-        "bundle_run": _summary(ours),
-        "genai_int4": genai,
-        "torch_gemm_gflops": probe,
-        "ratios": {
-            "ttft_vs_torch_bf16": ours["latency"]["ttft"]["median_ms"] / ref["latency"]["ttft"]["median_ms"],
-            "decode_vs_genai_int4": ours["throughput"]["decode_tokens_per_s_median"] / genai["decode_tokens_per_s"],
-        },
-        "bundle_peak_rss_mb": ours["memory"]["peak_rss_mb"],
-        "bundle_bytes": ours["size"]["total_bytes"],
-    }
-    checks = [
-        ("TTFT / PyTorch bf16", result["ratios"]["ttft_vs_torch_bf16"], f"<= {TTFT_MAX}",
-         result["ratios"]["ttft_vs_torch_bf16"] <= TTFT_MAX),
-        ("decode tok/s / genai int4", result["ratios"]["decode_vs_genai_int4"], f">= {DECODE_MIN}",
-         result["ratios"]["decode_vs_genai_int4"] >= DECODE_MIN),
-        ("runtime peak RSS (MB)", result["bundle_peak_rss_mb"], f"<= {RSS_MAX_MB:.0f}",
-         result["bundle_peak_rss_mb"] <= RSS_MAX_MB),
-        ("bundle on disk (GB)", result["bundle_bytes"] / 1e9, f"<= {SIZE_MAX_GB}", result["bundle_bytes"] / 1e9 <= SIZE_MAX_GB),
-    ]
-    result["targets"] = [{"what": w, "value": v, "target": t, "met": bool(ok)} for w, v, t, ok in checks]
+
+    ref = next(r for r in report["runs"] if r["kind"] == "reference")
+    result = {"source": source, "threads": threads, "prompt_tokens": prompt_tokens, "new_tokens": args.new_tokens,
+              "system": report["system"], "torch_bf16": _summary(ref), "genai_int4": genai,
+              "torch_gemm_gflops": probe, "bundles": []}
+    for run in (r for r in report["runs"] if r["kind"] == "bundle"):
+        ttft = run["latency"]["ttft"]["median_ms"] / ref["latency"]["ttft"]["median_ms"]
+        decode = run["throughput"]["decode_tokens_per_s_median"] / genai["decode_tokens_per_s"]
+        rss, size = run["memory"]["peak_rss_mb"], run["size"]["total_bytes"] / 1e9
+        checks = [("TTFT / PyTorch bf16", ttft, f"<= {TTFT_MAX}", ttft <= TTFT_MAX),
+                  ("decode tok/s / genai int4", decode, f">= {DECODE_MIN}", decode >= DECODE_MIN),
+                  ("runtime peak RSS (MB)", rss, f"<= {RSS_MAX_MB:.0f}", rss <= RSS_MAX_MB),
+                  ("bundle on disk (GB)", size, f"<= {SIZE_MAX_GB}", size <= SIZE_MAX_GB)]
+        result["bundles"].append({"name": run["name"], "path": run["path"], **_summary(run), "bundle_gb": size,
+                                  "targets": [{"what": w, "value": v, "target": t, "met": bool(ok)}
+                                              for w, v, t, ok in checks]})
     (args.out / "perf.json").write_text(json.dumps(result, indent=1))
-    print(_table(result, checks))
+    print(_table(result))
 
 
 def _summary(run: dict) -> dict:
@@ -108,21 +95,23 @@ def _summary(run: dict) -> dict:
             "peak_rss_mb": run["memory"]["peak_rss_mb"]}
 
 
-def _table(r: dict, checks) -> str:
-    t, b, g = r["torch_bf16"], r["bundle_run"], r["genai_int4"]
+def _table(r: dict) -> str:
+    t, g = r["torch_bf16"], r["genai_int4"]
+    row = lambda name, x: (f"| {name} | {x['ttft_ms']:.0f} | {x['vision_ms']:.0f} | {x['prefill_ms']:.0f} | "  # noqa: E731
+                           f"{x['decode_tokens_per_s']:.2f} | {x['peak_rss_mb']:.0f} |")
     lines = [f"{r['source']}, {r['prompt_tokens']} prefix tokens, {r['new_tokens']} new tokens, {r['threads']} threads, "
              f"{r['system']['cpu_model']}",
              "| engine | TTFT ms | vision ms | prefill ms | decode tok/s | peak RSS MB |", "|---|---:|---:|---:|---:|---:|",
-             f"| PyTorch bf16 eager | {t['ttft_ms']:.0f} | {t['vision_ms']:.0f} | {t['prefill_ms']:.0f} | "
-             f"{t['decode_tokens_per_s']:.2f} | {t['peak_rss_mb']:.0f} |",
-             f"| bundle ({Path(r['bundle']).name}) | {b['ttft_ms']:.0f} | {b['vision_ms']:.0f} | {b['prefill_ms']:.0f} | "
-             f"{b['decode_tokens_per_s']:.2f} | {b['peak_rss_mb']:.0f} |",
-             f"| onnxruntime-genai int4 (text only, causal) | – | – | {g['prefill_ms']:.0f} | "
-             f"{g['decode_tokens_per_s']:.2f} | {g['peak_rss_mb']:.0f} |",
-             "", "| target | measured | wanted | met |", "|---|---:|---:|---|"]
-    lines += [f"| {w} | {v:.3f} | {want} | {'yes' if ok else 'NO'} |" for w, v, want, ok in checks]
-    lines += ["", "PyTorch GEMM on this machine, GFLOP/s (fp32 / bf16): " + "; ".join(
-        f"{k} {v['fp32']:.0f} / {v['bf16']:.0f}" for k, v in r["torch_gemm_gflops"]["gflops"].items())]
+             row("PyTorch bf16 eager", t)]
+    lines += [row(f"bundle {b['name']}", b) for b in r["bundles"]]
+    lines += [f"| onnxruntime-genai int4 (text only, causal) | – | – | {g['prefill_ms']:.0f} | "
+              f"{g['decode_tokens_per_s']:.2f} | {g['peak_rss_mb']:.0f} |", ""]
+    for b in r["bundles"]:
+        lines += [f"targets for {b['name']}:", "| target | measured | wanted | met |", "|---|---:|---:|---|"]
+        lines += [f"| {c['what']} | {c['value']:.3f} | {c['target']} | {'yes' if c['met'] else 'NO'} |" for c in b["targets"]]
+        lines.append("")
+    lines.append("PyTorch GEMM on this machine, GFLOP/s (fp32 / bf16): " + "; ".join(
+        f"{k} {v['fp32']:.0f} / {v['bf16']:.0f}" for k, v in r["torch_gemm_gflops"]["gflops"].items()))
     return "\n".join(lines)
 
 
