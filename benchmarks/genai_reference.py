@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -77,8 +76,12 @@ def time_genai(model_dir: Path, prompt_tokens: int, new_tokens: int, repeats: in
     import numpy as np
     import onnxruntime_genai as og
 
+    from pgexport.bench.stats import memory_mb
+
     model = og.Model(og.Config(str(model_dir)))
-    rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not getrusage: ru_maxrss survives exec, so a child of a process that just held the 3B
+    # checkpoint would report the parent's peak.
+    rss_after_load = memory_mb()["peak_rss_mb"]
     rng = np.random.default_rng(0)
     vocab = json.loads((model_dir / "genai_config.json").read_text())["model"]["vocab_size"]
     prefill, per_token = [], []
@@ -103,7 +106,7 @@ def time_genai(model_dir: Path, prompt_tokens: int, new_tokens: int, repeats: in
     return {"prefill_ms": statistics.median(prefill), "decode_ms_per_token": decode_ms,
             "decode_tokens_per_s": 1e3 / decode_ms, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
             "repeats": repeats, "rss_after_load_mb": rss_after_load,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": memory_mb()["peak_rss_mb"],
             "onnxruntime_genai": og.__version__}
 
 

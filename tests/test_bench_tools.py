@@ -39,17 +39,17 @@ def _levels(path: Path) -> list[int]:
 
 def test_accuracy_level_variant_changes_only_that_attribute(int4_bundle, images, tmp_path):
     before = {f: sha256_file(int4_bundle / f) for f in load_manifest(int4_bundle).raw["files"]}
-    dst = accuracy_level_variant.derive(int4_bundle, tmp_path / "acc4", 4)
+    dst = accuracy_level_variant.derive(int4_bundle, tmp_path / "acc1", 1)
     assert {f: sha256_file(int4_bundle / f) for f in before} == before  # the source is untouched
     levels = _levels(dst / "decoder.onnx")
-    assert levels and set(levels) == {4} and set(_levels(int4_bundle / "decoder.onnx")) == {0}
+    assert levels and set(levels) == {1} and set(_levels(int4_bundle / "decoder.onnx")) == {4}  # int4's default
     src_graph = onnx.load(str(int4_bundle / "decoder.onnx"), load_external_data=False).graph
     new_graph = onnx.load(str(dst / "decoder.onnx"), load_external_data=False).graph
     assert [n.op_type for n in src_graph.node] == [n.op_type for n in new_graph.node]
     assert [t.raw_data for t in src_graph.initializer] == [t.raw_data for t in new_graph.initializer]
     raw = load_manifest(dst).raw  # every sha256 verified
-    assert raw["quantization"]["recipe"]["decoder_linear"]["accuracy_level"] == 4
-    assert raw["build"]["derived"]["matmulnbits_accuracy_level"] == 4
+    assert raw["quantization"]["recipe"]["decoder_linear"]["accuracy_level"] == 1
+    assert raw["build"]["derived"]["matmulnbits_accuracy_level"] == 1
     assert "accuracy" not in raw["quantization"]  # not measured on these graphs
     a = PaliGemma(int4_bundle)(images[0], "caption en", max_new_tokens=6).tokens
     b = PaliGemma(dst)(images[0], "caption en", max_new_tokens=6).tokens

@@ -125,14 +125,19 @@ class DecoderWithPast(nn.Module):
         q, k = _apply_rope(q, k, cos, sin)
         k = torch.cat([past_k, k], dim=2)  # present = past + this call's keys
         v = torch.cat([past_v, v], dim=2)
+        # Grouped-query attention without repeating K/V per query head: the query heads that share a KV head
+        # (consecutive, as repeat_interleave would pair them) are stacked along the sequence axis, so one
+        # MatMul per KV head reads the cache once. Repeating it (an Expand in the graph) copied the whole
+        # cache every decode step: 7 of 106 ms per token at 3B.
         groups = g.num_heads // g.num_kv_heads
-        k_all = k.repeat_interleave(groups, dim=1) if groups > 1 else k
-        v_all = v.repeat_interleave(groups, dim=1) if groups > 1 else v
-        scores = torch.matmul(q, k_all.transpose(2, 3)) * g.attn_scale
+        total = k.shape[2]
+        qg = q.reshape(b, g.num_kv_heads, groups * s, g.head_dim)
+        scores = torch.matmul(qg, k.transpose(2, 3)).view(b, g.num_heads, s, total) * g.attn_scale
         if g.attn_softcap is not None:
             scores = torch.tanh(scores / g.attn_softcap) * g.attn_softcap
         probs = torch.softmax(scores + bias, dim=-1)
-        out = torch.matmul(probs, v_all).transpose(1, 2).reshape(b, s, g.num_heads * g.head_dim)
+        out = torch.matmul(probs.view(b, g.num_kv_heads, groups * s, total), v)
+        out = out.view(b, g.num_heads, s, g.head_dim).transpose(1, 2).reshape(b, s, g.num_heads * g.head_dim)
         return attn.o_proj(out), k, v
 
 
