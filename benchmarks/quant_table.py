@@ -25,7 +25,7 @@ from pgexport import sources
 from pgexport.bench import BenchOptions, run_bench
 from pgexport.bench.report import write_outputs
 
-RECIPES = ["fp32", "fp16", "int8", "int8-wo", "int4", "int4-rtn-b64", "int4-rtn-b128", "int4-gptq"]
+RECIPES = ["fp32", "fp16", "int8", "int8-dynamic", "int8-wo", "int4", "int4-rtn-b64", "int4-rtn-b128", "int4-gptq"]
 METRICS = [("caption_em", "caption EM"), ("vqa_em", "VQA EM"), ("ocr_cer", "OCR CER"), ("detect_miou", "det IoU"),
            ("detect_recall", "det recall"), ("segment_miou", "seg mIoU")]
 LOWER_IS_BETTER = {"ocr_cer"}

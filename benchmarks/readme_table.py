@@ -23,6 +23,7 @@ from pgexport import sources
 from pgexport.bench import BenchOptions, run_bench
 from pgexport.bench.report import write_outputs
 from pgexport.build import BuildOptions, build
+from pgexport.quant.recipes import resolve_recipe
 
 VARIANTS = ["fp32", "fp16", "int8", "int8-wo", "int4", "int4-gptq"]
 
@@ -51,8 +52,10 @@ def ensure_bundle(model: str, recipe: str, out: Path, rebuild: bool) -> Path:
     manifest = out / "manifest.json"
     if manifest.is_file() and not rebuild:
         raw = json.loads(manifest.read_text())
-        built = ((raw.get("quantization") or {}).get("recipe") or {}).get("name", "fp32")
-        if raw["source"]["spec"] == model and built in (recipe, Path(recipe).stem):
+        built = (raw.get("quantization") or {}).get("recipe")
+        wanted = None if recipe == "fp32" else resolve_recipe(recipe).to_dict()
+        # The whole recipe must match, not just its name: a named recipe's settings can change between versions.
+        if raw["source"]["spec"] == model and built == wanted:
             print(f"reusing {out}", flush=True)
             return out
     print(f"building {out} ({recipe})", flush=True)
