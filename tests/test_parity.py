@@ -101,3 +101,25 @@ def test_build_recorded_parity(tiny, bundles):
     parity = manifest["parity"]
     assert parity["ok"] and parity["checks"]["greedy"]["match"]
     assert set(parity["checks"]) >= {"preprocessing", "vision_encoder", "projector", "decoder_prefill", "greedy"}
+
+
+def test_graphs_carry_onnxruntime_fusions(tiny, bundles):
+    """Norms, GELU and rotary embedding are exported as onnxruntime's fused ops (parity above is measured on
+    them); the elementwise patterns they replace are gone."""
+    from collections import Counter
+
+    import onnx
+
+    def ops(name):
+        return Counter(n.op_type for n in onnx.load(str(bundles[tiny.name] / name), load_external_data=False).graph.node)
+
+    dec, vis = ops("decoder.onnx"), ops("vision_encoder.onnx")
+    layers = tiny.geometry.text_layers
+    norms_per_layer = 4 if tiny.geometry.family == "paligemma2" else 2
+    assert dec["SimplifiedLayerNormalization"] + dec["SkipSimplifiedLayerNormalization"] == layers * norms_per_layer + 1
+    assert dec["SkipSimplifiedLayerNormalization"] >= layers
+    assert dec["FastGelu"] == layers and dec["RotaryEmbedding"] == 2 * layers
+    assert dec["Pow"] == 0 and dec["Neg"] == 0 and dec["Reciprocal"] == 0
+    if tiny.geometry.attn_softcap is None:  # Gemma 2's soft-capping is a Tanh of its own
+        assert dec["Tanh"] == 0
+    assert vis["FastGelu"] >= 1 and vis["SkipLayerNormalization"] >= 1 and vis["Pow"] == 0

@@ -9,12 +9,16 @@ from pathlib import Path
 import onnx
 import torch
 
+from .fusions import fuse_for_ort
+
 OPSET = 18
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # past 1 GiB of weights, write a .data file (the protobuf limit is 2 GiB)
 
 
-def export_graph(module, args, path: Path, input_names, output_names, dynamic_shapes, param_bytes: int) -> None:
-    """Export `module(*args)` to `path` with named inputs/outputs and named dynamic axes."""
+def export_graph(module, args, path: Path, input_names, output_names, dynamic_shapes, param_bytes: int,
+                 fuse: bool = True) -> dict[str, int]:
+    """Export `module(*args)` to `path` with named inputs/outputs and named dynamic axes; with `fuse`, apply
+    onnxruntime's operator fusions (`fusions.fuse_for_ort`) first. Returns the fusion counts."""
     module.eval()
     external = param_bytes > EXTERNAL_DATA_THRESHOLD
     with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
@@ -32,9 +36,11 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_sh
             verbose=False,
             report=False,
         )
+    counts = fuse_for_ort(program.model) if fuse else {}
     program.save(str(path), external_data=external)
     del program
     _check_io(path, input_names, output_names)
+    return counts
 
 
 def _check_io(path: Path, input_names, output_names) -> None:
