@@ -134,8 +134,8 @@ def card_results() -> dict:
 @needs_model
 def test_held_out_quality_matches_the_model_card(hf, card_results):
     """50 held-out samples per task, greedy, transformers fp32: the shipped weights still score what the card
-    says (its `ci50` block is the same 50 samples); caption and VQA answers are diverse and VQA beats the
-    majority answer. The checkpoint misses the issue's quality bars (see its card), so this guards the
+    says (its `ci50` block is the same 50 samples); caption, VQA and detect answers are diverse and VQA beats
+    the majority answer. The checkpoint misses the issue's quality bars (see its card), so this guards the
     shipped numbers rather than the bars."""
     import torch
 
@@ -145,7 +145,7 @@ def test_held_out_quality_matches_the_model_card(hf, card_results):
     for task in generator.TASKS:
         exs = evaluate.eval_examples(task, CI_N)
         preds = evaluate.generate(model, processor, exs, evaluate.TASK_MAX_NEW[task])
-        if task in ("caption", "vqa"):  # the tasks this checkpoint has learned to read from the image (card)
+        if task in ("caption", "vqa", "detect"):  # tasks this checkpoint reads from the image (card)
             assert len(set(preds)) >= (6 if task == "vqa" else CI_N // 3), f"{task}: answers are not diverse"
         if task == "vqa":  # far above always giving the most common answer of the held-out set
             majority = max(Counter(e.suffix for e in exs).values()) / len(exs)
@@ -164,3 +164,26 @@ def test_held_out_quality_matches_the_model_card(hf, card_results):
         if not ok:
             worse.append(f"{key}: {got[key]:.3f} vs card {ref[key]:.3f}")
     assert not worse, worse
+
+
+def test_patch_targets_describe_the_scene():
+    """The training-only dense targets (pgexport/demo/aux.py) say what lies under each patch of a scene."""
+    from pgexport.demo import aux
+
+    grid = 8
+    ex = next(generator.make_example(1, i, task="ocr") for i in range(50)
+              if len(generator.make_example(1, i, task="ocr").scene.objects) >= 2)
+    scene = ex.scene
+    t = aux.patch_targets(scene, grid)
+    assert t["bg"].tolist() == [list(generator.BACKGROUNDS).index(scene.background)] * grid * grid
+    assert int(t["centre"].sum()) <= len(scene.objects) and t["centre"].sum() >= 1
+    covered = t["kind"] > 0
+    assert covered.any() and (covered == (t["colour"] > 0)).all()
+    for p in np.nonzero(covered)[0]:  # each covered patch names an object of the scene and carries its box
+        y, x = divmod(int(p), grid)
+        obj = [o for o in scene.objects if tuple(t["box"][p] * 128) == tuple(float(v) for v in o.box)]
+        assert obj and generator.KINDS[t["kind"][p] - 1] == obj[0].kind
+        assert obj[0].mask[y * 16:(y + 1) * 16, x * 16:(x + 1) * 16].mean() >= aux.COVER
+    chars = [c for c in scene.text if c in aux.CHARS]
+    assert t["text"].sum() >= 1
+    assert set(np.nonzero(t["chars"].sum(0))[0]) == {aux.CHARS.index(c) for c in chars}

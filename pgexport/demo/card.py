@@ -111,7 +111,10 @@ PyTorch on CPU, HF's prefix-LM loss (image + `<bos>` + prefix + `\\n` bidirectio
 on a time budget), batch {batch}, examples generated on the fly from training seed 1 (task mix caption 15 %,
 VQA 25 %, OCR 15 %, detect 20 %, segment 25 %). The `<loc>` embeddings start as smooth sinusoidal features of
 the bin index and the SigLIP position embeddings as 2D sinusoidal features of the patch centre (both stay
-learnable). This checkpoint: {steps} steps ({steps * batch:,} examples), {minutes:.0f} min of fp32 training on
+learnable). A dense auxiliary loss (`pgexport/demo/aux.py`, weight 1) supervises the vision tower directly: a
+linear head on its output predicts, for every patch, the colour, kind and box of the object under it, whether it
+holds an object's centre, the background colour, and which characters of the text lie in it. The head is
+training-only; the checkpoint is a plain PaliGemma. This checkpoint: {steps} steps ({steps * batch:,} examples), {minutes:.0f} min of fp32 training on
 2 CPU cores.
 
 ## Held-out evaluation

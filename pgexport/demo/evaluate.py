@@ -104,6 +104,32 @@ def evaluate(model_dir: str | Path, n: int, tasks=None, verbose: bool = False, o
     return results
 
 
+def image_reliance(model_dir: str | Path, n: int = 32) -> dict:
+    """Teacher-forced suffix loss per task on n held-out examples, with the true images, with the images
+    shuffled across the batch (each answer paired with another scene) and with blank images. A task whose
+    loss does not rise without its image is answered from the language prior alone."""
+    import torch
+
+    from .train import Batcher
+    from .vqvae import load_vqvae
+
+    model, _ = load(model_dir)
+    data = Batcher(Path(model_dir), Path(model_dir), seed=EVAL_SEED)
+    vq = load_vqvae(model_dir)
+    out = {}
+    for task in generator.TASKS:
+        exs = [generator.make_example(EVAL_SEED, 3_000_000 + 1000 * generator.TASKS.index(task) + i, task=task,
+                                      encode_masks=vq.encode_np) for i in range(n)]
+        batch = data.collate(exs)
+        pix = batch["pixel_values"]
+        row = {}
+        for name, p in (("true", pix), ("shuffled", pix.roll(1, dims=0)), ("blank", torch.zeros_like(pix))):
+            with torch.inference_mode():
+                row[name] = float(model(**{**batch, "pixel_values": p}).loss)
+        out[task] = row
+    return out
+
+
 def check_bars(results: dict, looseness: float = 1.0) -> list[str]:
     """Failed bars; looseness < 1 relaxes them (>= bars scaled by it, <= bars divided by it)."""
     failed = []
@@ -125,6 +151,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--image-check", action="store_true",
+                    help="also print the teacher-forced loss with true, shuffled and blank images per task")
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -135,6 +163,11 @@ def main() -> None:
     failed = check_bars(res)
     print(json.dumps(res, indent=2))
     print("all bars met" if not failed else "bars not met: " + "; ".join(failed))
+    if args.image_check:
+        res["image_reliance"] = image_reliance(args.model)
+        print("| task | true image | shuffled images | blank image |\n|---|---:|---:|---:|")
+        for task, row in res["image_reliance"].items():
+            print(f"| {task} | {row['true']:.3f} | {row['shuffled']:.3f} | {row['blank']:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
 

@@ -1,6 +1,6 @@
 """Training recipe of the demo model (PyTorch, CPU, seeded, resumable).
 
-    python -m pgexport.demo.train --ckpt /work/pgdemo-ckpt/run --model-dir models/pg-demo --steps 6000
+    python -m pgexport.demo.train --ckpt /work/pgdemo-ckpt/run --model-dir models/pg-demo --budget-min 95 --steps 100000
 
 - data: generated on the fly, examples seen..seen+batch-1 of the training seed (the eval seed differs)
 - loss: HF's PaliGemma prefix-LM loss. Inputs are built exactly like PaliGemmaProcessor(suffix=...):
@@ -9,6 +9,8 @@
 - checkpoints: {model, optimizer, scheduler, step, RNG} to --ckpt every --save-min minutes (atomic),
   plus the current weights exported to --model-dir (safetensors) each time; --resume continues from it.
 - --bf16 runs forward/backward under CPU bf16 autocast (fp32 master weights).
+- --aux-weight (default 1): the dense per-patch loss of `aux.py` on the vision tower's output, added to the
+  language loss. Without it the tower stayed blind to positions within the budget (see the model card).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from tokenizers import Tokenizer
 
 from . import build, generator
+from .aux import PatchHead, collate_targets
 from .vqvae import load_vqvae
 
 TRAIN_SEED = 1
@@ -45,7 +48,7 @@ class Batcher:
     def example(self, index: int, task: str | None = None):
         return generator.make_example(self.seed, index, task=task, encode_masks=self.encode_masks)
 
-    def collate(self, examples) -> dict[str, torch.Tensor]:
+    def collate(self, examples, aux: bool = False) -> dict:
         rows = []
         for ex in examples:
             a = self.tok.encode(self.prompt_head + ex.prefix + "\n", add_special_tokens=False).ids
@@ -65,11 +68,25 @@ class Batcher:
             labels[i, la : la + lb] = torch.tensor(b)
         pix = np.stack([np.asarray(ex.scene.image, dtype=np.float32) for ex in examples])
         pix = torch.from_numpy(pix / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
-        return {"input_ids": ids, "attention_mask": att, "token_type_ids": tt, "labels": labels, "pixel_values": pix}
+        out = {"input_ids": ids, "attention_mask": att, "token_type_ids": tt, "labels": labels, "pixel_values": pix}
+        if aux:
+            out["aux"] = collate_targets([ex.scene for ex in examples], build.IMAGE_SIZE // build.PATCH_SIZE)
+        return out
 
-    def batch(self, start: int, size: int) -> dict[str, torch.Tensor]:
+    def batch(self, start: int, size: int, aux: bool = False) -> dict:
         """Examples start .. start+size-1 of the training seed."""
-        return self.collate([self.example(start + j) for j in range(size)])
+        return self.collate([self.example(start + j) for j in range(size)], aux=aux)
+
+
+class VisionTap:
+    """Keeps the vision tower's last output of each forward pass (for the auxiliary patch loss)."""
+
+    def __init__(self, model):
+        self.out = None
+        model.model.vision_tower.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        self.out = output.last_hidden_state
 
 
 def progress(step: int, total: int, train_time: float, budget_min: float) -> float:
@@ -87,8 +104,10 @@ def lr_at(step: int, prog: float, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
 
 
-def save_checkpoint(path: Path, model, opt, step: int, train_time: float, seen: int, pos2d_added: bool) -> None:
+def save_checkpoint(path: Path, model, opt, step: int, train_time: float, seen: int, pos2d_added: bool,
+                    head=None) -> None:
     state = {
+        "aux_head": head.state_dict() if head is not None else None,
         "pos2d_added": pos2d_added,
         "model": model.state_dict(),
         "opt": opt.state_dict(),
@@ -145,6 +164,8 @@ def main() -> None:
     ap.add_argument("--pos2d-scale", type=float, default=4.0,
                     help="scale of the features added by --add-pos2d-on-resume (match the patch-embedding variation)")
     ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--aux-weight", type=float, default=1.0,
+                    help="weight of the dense per-patch loss on the vision tower (pgexport/demo/aux.py); 0 = off")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -159,8 +180,12 @@ def main() -> None:
     data = Batcher(model_dir, Path(args.vq_dir or model_dir))
     model = build.init_model(build.make_config(), seed=args.seed, pos2d=not args.no_pos2d)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    use_aux = args.aux_weight > 0
+    head = PatchHead(model.config.vision_config.hidden_size) if use_aux else None
+    tap = VisionTap(model) if use_aux else None
+    named = list(model.named_parameters()) + (list(head.named_parameters(prefix="aux")) if use_aux else [])
+    decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr, betas=(0.9, 0.98), eps=1e-8,
@@ -170,6 +195,8 @@ def main() -> None:
     if args.resume and ckpt.exists():
         st = torch.load(ckpt, weights_only=False)
         model.load_state_dict(st["model"])
+        if use_aux and st.get("aux_head") is not None:
+            head.load_state_dict(st["aux_head"])
         opt.load_state_dict(st["opt"])
         step, train_time = st["step"], st["train_time"]
         seen = st.get("seen", step * 32)
@@ -194,7 +221,8 @@ def main() -> None:
     loss_ema = None
     while progress(step, args.steps, train_time, args.budget_min) < 1.0:
         t0 = time.time()
-        batch = data.batch(seen, args.batch)
+        batch = data.batch(seen, args.batch, aux=use_aux)
+        aux_t = batch.pop("aux", None)
         seen += args.batch
         prog = progress(step, args.steps, train_time, args.budget_min)
         lr = lr_at(step, prog, args.lr, args.warmup)
@@ -202,21 +230,26 @@ def main() -> None:
             g["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             out = model(**batch)
-        loss = out.loss
+        loss = lm_loss = out.loss
+        if use_aux:
+            aux_loss, aux_parts = head.loss(tap.out, aux_t)
+            loss = lm_loss + args.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         opt.step()
         step += 1
         train_time += time.time() - t0
-        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        loss_ema = lm_loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * lm_loss.item()
         if step % args.log_every == 0:
             rate = (step - run_step0) / (time.time() - run_t0)
-            print(f"step {step} progress {prog:.3f} loss {loss.item():.4f} (ema {loss_ema:.4f}) lr {lr:.2e} "
-                  f"{rate:.2f} it/s {rate * args.batch:.1f} ex/s trained {train_time / 60:.1f} min", flush=True)
+            aux_txt = (" aux " + " ".join(f"{k} {v:.3f}" for k, v in aux_parts.items())) if use_aux else ""
+            print(f"step {step} progress {prog:.3f} loss {lm_loss.item():.4f} (ema {loss_ema:.4f}) lr {lr:.2e} "
+                  f"{rate:.2f} it/s {rate * args.batch:.1f} ex/s trained {train_time / 60:.1f} min{aux_txt}",
+                  flush=True)
         done = progress(step, args.steps, train_time, args.budget_min) >= 1.0
         if time.time() - t_save >= args.save_min * 60 or done:
-            save_checkpoint(ckpt, model, opt, step, train_time, seen, pos2d_added)
+            save_checkpoint(ckpt, model, opt, step, train_time, seen, pos2d_added, head)
             if not args.no_export:
                 export(model, model_dir)
             pr = probe(model, probe_batch, args.bf16)
