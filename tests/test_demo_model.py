@@ -187,3 +187,33 @@ def test_patch_targets_describe_the_scene():
     chars = [c for c in scene.text if c in aux.CHARS]
     assert t["text"].sum() >= 1
     assert set(np.nonzero(t["chars"].sum(0))[0]) == {aux.CHARS.index(c) for c in chars}
+
+
+def test_training_checkpoint_resumes_without_pickle(tmp_path):
+    """The resumable training state loads with torch.load(weights_only=True) and restores every RNG."""
+    import random
+
+    import torch
+
+    from pgexport.demo import train
+
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    np.random.seed(7)
+    random.seed(7)
+    np.random.normal()  # leaves a cached gaussian in numpy's state
+    ckpt = tmp_path / "last.pt"
+    train.save_checkpoint(ckpt, model, opt, step=5, train_time=1.5, seen=160, pos2d_added=True)
+    expected = (np.random.normal(size=3), random.random(), torch.rand(2))
+
+    np.random.seed(0), random.seed(0), torch.manual_seed(0)
+    st = torch.load(ckpt, weights_only=True)
+    train._set_numpy_rng_state(st["rng"]["numpy"])
+    random.setstate(st["rng"]["python"])
+    torch.set_rng_state(st["rng"]["torch"])
+    got = (np.random.normal(size=3), random.random(), torch.rand(2))
+    assert np.array_equal(got[0], expected[0]) and got[1] == expected[1] and torch.equal(got[2], expected[2])
+    assert st["step"] == 5 and st["seen"] == 160
+    assert torch.equal(st["model"]["weight"], model.state_dict()["weight"])

@@ -35,7 +35,8 @@ EVAL_SEED = 2  # held-out; evaluate.py uses it
 
 
 class Batcher:
-    def __init__(self, model_dir: Path, vq_dir: Path, seed: int = TRAIN_SEED):
+    def __init__(self, model_dir: Path, vq_dir: Path, seed: int = TRAIN_SEED, task_weights: list[float] | None = None):
+        self.task_weights = task_weights  # None: the generator's own mixture (generator.TASK_WEIGHTS)
         self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.vq = load_vqvae(vq_dir)
         self.seed = seed
@@ -46,6 +47,9 @@ class Batcher:
         return self.vq.encode_np(crops)
 
     def example(self, index: int, task: str | None = None):
+        if task is None and self.task_weights is not None:  # a training mixture of our own, still seeded by index
+            pick = np.random.default_rng([int(self.seed), int(index), 0x7A5C]).choice(len(generator.TASKS), p=self.task_weights)
+            task = generator.TASKS[pick]
         return generator.make_example(self.seed, index, task=task, encode_masks=self.encode_masks)
 
     def collate(self, examples, aux: bool = False) -> dict:
@@ -89,6 +93,22 @@ class VisionTap:
         self.out = output.last_hidden_state
 
 
+def parse_task_weights(spec: str | None) -> list[float] | None:
+    """"caption=0.2,ocr=0.3,..." -> weights in generator.TASKS order (missing tasks 0), normalised."""
+    if not spec:
+        return None
+    w = dict.fromkeys(generator.TASKS, 0.0)
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        if name.strip() not in w:
+            raise SystemExit(f"--task-weights: unknown task {name.strip()!r} (one of {', '.join(generator.TASKS)})")
+        w[name.strip()] = float(value)
+    total = sum(w.values())
+    if total <= 0:
+        raise SystemExit("--task-weights: the weights must sum to more than 0")
+    return [w[t] / total for t in generator.TASKS]
+
+
 def progress(step: int, total: int, train_time: float, budget_min: float) -> float:
     """Schedule progress in [0, 1]: by steps, or by training wall time when a time budget is set
     (whichever is further), so a run on a busy machine still anneals before its budget ends."""
@@ -104,6 +124,17 @@ def lr_at(step: int, prog: float, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
 
 
+def _numpy_rng_state() -> dict:
+    # tensors and plain values only, so the checkpoint loads with torch.load(weights_only=True): no pickled objects
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _set_numpy_rng_state(d: dict) -> None:
+    np.random.set_state((d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["gauss"]))
+
+
 def save_checkpoint(path: Path, model, opt, step: int, train_time: float, seen: int, pos2d_added: bool,
                     head=None) -> None:
     state = {
@@ -114,7 +145,7 @@ def save_checkpoint(path: Path, model, opt, step: int, train_time: float, seen: 
         "step": step,
         "seen": seen,
         "train_time": train_time,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -166,6 +197,9 @@ def main() -> None:
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--aux-weight", type=float, default=1.0,
                     help="weight of the dense per-patch loss on the vision tower (pgexport/demo/aux.py); 0 = off")
+    ap.add_argument("--task-weights", default=None,
+                    help="training task mixture, e.g. caption=0.15,vqa=0.15,ocr=0.3,detect=0.2,segment=0.2 "
+                    "(default: the generator's; the held-out sets never change)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -177,7 +211,7 @@ def main() -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / "last.pt"
 
-    data = Batcher(model_dir, Path(args.vq_dir or model_dir))
+    data = Batcher(model_dir, Path(args.vq_dir or model_dir), task_weights=parse_task_weights(args.task_weights))
     model = build.init_model(build.make_config(), seed=args.seed, pos2d=not args.no_pos2d)
     model.train()
     use_aux = args.aux_weight > 0
@@ -193,7 +227,7 @@ def main() -> None:
     step, train_time, seen = 0, 0.0, 0
     pos2d_added = not args.no_pos2d
     if args.resume and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
+        st = torch.load(ckpt, weights_only=True)
         model.load_state_dict(st["model"])
         if use_aux and st.get("aux_head") is not None:
             head.load_state_dict(st["aux_head"])
@@ -206,7 +240,7 @@ def main() -> None:
             pos2d_added = True
             print("added 2D sinusoidal position features to the vision position embeddings", flush=True)
         torch.set_rng_state(st["rng"]["torch"])
-        np.random.set_state(st["rng"]["numpy"])
+        _set_numpy_rng_state(st["rng"]["numpy"])
         random.setstate(st["rng"]["python"])
         print(f"resumed at step {step}, {seen} examples seen ({train_time / 60:.1f} min trained)", flush=True)
     print(f"params {build.count_params(model):,}  batch {args.batch}  steps {args.steps}  bf16 {args.bf16}", flush=True)
