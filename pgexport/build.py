@@ -13,7 +13,7 @@ from pgexport_runtime.errors import UserError
 from pgexport_runtime.geometry import Geometry
 
 from . import parity, sources, torch_phase
-from .bundle import BundleWriter
+from .bundle import BundleWriter, check_graph_files
 
 VISION_FILE, PROJECTOR_FILE, DECODER_FILE = "vision_encoder.onnx", "projector.onnx", "decoder.onnx"
 MASK_DECODER_FILE = "mask_decoder.onnx"  # optional: only when mask-decoder weights are found
@@ -102,6 +102,7 @@ def build(opts: BuildOptions, progress=None) -> Path:
                 raise ParityError(f"parity check failed: {parity.summarize_failure(report)}")
         if not recipe.is_identity:
             _quantize(writer, manifest, recipe, gptq_weights, gate_ref, opts, step)
+        check_graph_files(writer.tmp, manifest)
         manifest["build"]["seconds"] = round(time.time() - t0, 1)
         writer.write_manifest(manifest, final=True)
         return writer.commit()

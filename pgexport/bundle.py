@@ -15,6 +15,34 @@ from pgexport_runtime.errors import UserError
 from pgexport_runtime.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_file
 
 
+class GraphFilesError(Exception):
+    """A graph refers to an external-data file that the bundle does not hold (a build bug, caught before commit)."""
+
+
+def check_graph_files(directory: Path, manifest: dict) -> None:
+    """Every external-data file a graph names must be in the bundle and listed under the graph's data_files.
+
+    Structural only (the graphs are read without their weights), so it runs even when parity and the
+    accuracy gate are skipped: a bundle that onnxruntime cannot open is never committed.
+    """
+    import onnx
+
+    for name, graph in manifest["graphs"].items():
+        proto = onnx.load(directory / graph["file"], load_external_data=False)
+        tensors = list(proto.graph.initializer)
+        tensors += [a.t for node in proto.graph.node for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+        named = set()
+        for t in tensors:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                named.update(e.value for e in t.external_data if e.key == "location")
+        missing = sorted(f for f in named if not (directory / f).is_file())
+        unlisted = sorted(named - set(graph.get("data_files", [])))
+        if missing or unlisted:
+            raise GraphFilesError(f"{name} graph {graph['file']} refers to external data "
+                                  f"{', '.join(missing or unlisted)} that the bundle "
+                                  f"{'does not hold' if missing else 'does not list'}")
+
+
 class BundleWriter:
     def __init__(self, out: Path, force: bool = False):
         self.out = Path(out)

@@ -61,6 +61,7 @@ def build(model, out, force, parity_tokens, tolerance, skip_parity, max_new_toke
     step, the parity check included, has passed.
     """
     from pgexport.build import BuildOptions, GateError, ParityError, build as run_build, planned_steps
+    from pgexport.bundle import GraphFilesError
     from pgexport.parity import Tolerance
 
     opts = BuildOptions(model=model, out=out, force=force, parity_tokens=parity_tokens,
@@ -73,7 +74,7 @@ def build(model, out, force, parity_tokens, tolerance, skip_parity, max_new_toke
         path = run_build(opts, progress)
         if bars:
             bars[0].update(1)
-    except (ParityError, GateError) as exc:
+    except (ParityError, GateError, GraphFilesError) as exc:
         raise UserError(f"{exc}; nothing was written") from None
     finally:
         for bar in bars:

@@ -85,6 +85,22 @@ def test_empty_prompt(bundle_copy, image_file, capsys):
     assert_one_line_error(code, err, "empty prompt")
 
 
+def test_graph_onnxruntime_cannot_load_is_one_line(bundle_copy, image_file, capsys):
+    """A graph that passes the sha256 check but names a weights file that is gone (what a build bug once wrote)."""
+    import onnx
+
+    from pgexport_runtime.manifest import sha256_file
+
+    path = bundle_copy / "projector.onnx"
+    onnx.save(onnx.load(path), path, save_as_external_data=True, location="projector.onnx.data", size_threshold=0)
+    (bundle_copy / "projector.onnx.data").unlink()
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["files"]["projector.onnx"] = sha256_file(path)
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(["run", bundle_copy, "--image", image_file, "--prompt", "caption en"], capsys)
+    assert_one_line_error(code, err, "projector.onnx: onnxruntime cannot load this graph")
+
+
 def test_unknown_schema_version(bundle_copy, image_file, capsys):
     path = bundle_copy / "manifest.json"
     manifest = json.loads(path.read_text())

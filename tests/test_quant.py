@@ -234,3 +234,49 @@ def test_sensitivity_report_ranks_layers(capsys):
         by_precision.setdefault(layer["precision"].split("/")[0], []).append(layer["relative_error"])
     assert min(by_precision["int4"]) > 0 and max(by_precision["int4"]) < 0.5
     assert max(by_precision["int8"]) < min(by_precision["int4"])  # 8-bit vision adds less than 4-bit decoder
+
+
+def _external_matmul_graph(path):
+    """y = x @ W + b with both initializers in `path`.data, as a large export writes them."""
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "W")
+    b = onnx.numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "W"], ["xw"]), onnx.helper.make_node("Add", ["xw", "b"], ["y"])],
+        "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])], [w, b])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(model, path, save_as_external_data=True, location=path.name + ".data", size_threshold=0)
+
+
+def test_rewritten_small_graph_keeps_no_reference_to_the_old_data_file(tmp_path):
+    """A graph exported with external data and rewritten small enough to be inline must carry its untouched
+    tensors with it (the 3B 4-bit vision encoder lost its conv weight this way)."""
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    from pgexport.bundle import check_graph_files
+    from pgexport.quant.rewrite import save_graph
+
+    path = tmp_path / "g.onnx"
+    _external_matmul_graph(path)
+    x = np.ones((2, 8), np.float32)
+    before = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    save_graph(ir.load(path), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx"]
+    assert np.array_equal(ort.InferenceSession(str(path)).run(None, {"x": x})[0], before)
+    check_graph_files(tmp_path, {"graphs": {"g": {"file": "g.onnx", "data_files": []}}})
+
+
+def test_bundle_check_refuses_a_graph_whose_data_file_is_missing(tmp_path):
+    from pgexport.bundle import GraphFilesError, check_graph_files
+
+    path = tmp_path / "g.onnx"
+    _external_matmul_graph(path)
+    entry = {"graphs": {"g": {"file": "g.onnx", "data_files": ["g.onnx.data"]}}}
+    check_graph_files(tmp_path, entry)
+    with pytest.raises(GraphFilesError, match="does not list"):
+        check_graph_files(tmp_path, {"graphs": {"g": {"file": "g.onnx", "data_files": []}}})
+    (tmp_path / "g.onnx.data").unlink()
+    with pytest.raises(GraphFilesError, match="does not hold"):
+        check_graph_files(tmp_path, entry)

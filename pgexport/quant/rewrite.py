@@ -267,6 +267,10 @@ def save_graph(model: ir.Model, path: Path) -> None:
     stage.mkdir()
     size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     external = size > EXTERNAL_DATA_THRESHOLD
+    if not external:
+        # Tensors left untouched (a conv weight, a norm) still point into the old `path`.data, which
+        # replace_graph_files deletes: read them in so that the new file is self-contained.
+        ir.external_data.load_to_model(model)
     ir.save(model, stage / path.name, external_data=(path.name + ".data") if external else None)
     replace_graph_files(path, stage)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .errors import UserError
+from .errors import BundleError, UserError
 
 _OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -61,4 +61,10 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
     if cfg.profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = f"{cfg.profile_prefix}_{Path(path).stem}"
-    return ort.InferenceSession(str(path), sess_options=opts, providers=cfg.providers)
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=cfg.providers)
+    except Exception as exc:  # onnxruntime's own errors (Fail, InvalidGraph, NoSuchFile, ...): a broken bundle
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{Path(path).name}: onnxruntime cannot load this graph ({first[:300]})") from None
