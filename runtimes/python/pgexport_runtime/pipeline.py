@@ -12,6 +12,7 @@ from PIL import Image
 from .errors import UserError
 from .generate import Graphs, encode_image, generate
 from .manifest import load_manifest
+from .mapped import release_mapped_pages
 from .masks import MaskDecoder
 from .preprocess import load_image, preprocess
 from .prompt import PromptTokenizer
@@ -37,9 +38,9 @@ class PaliGemma:
         self.session_config = session or SessionConfig()
         m, cfg = self.manifest, self.session_config
         self.graphs = Graphs(
-            vision=create_session(m.path(m.graphs["vision_encoder"].file), cfg),
-            projector=create_session(m.path(m.graphs["projector"].file), cfg),
-            decoder=create_session(m.path(m.graphs["decoder"].file), cfg),
+            vision=self._session("vision_encoder"),
+            projector=self._session("projector"),
+            decoder=self._session("decoder"),
             device=cfg.ort_device,
             device_id=cfg.device_id,
         )
@@ -49,6 +50,14 @@ class PaliGemma:
         # optional graph (segment): 16 <seg> codes -> a 64x64 mask; None in bundles built without one
         entry = m.graphs.get("mask_decoder")
         self.mask_decoder = MaskDecoder(m.path(entry.file), cfg) if entry else None
+
+    def _session(self, graph: str):
+        entry, cfg = self.manifest.graphs[graph], self.session_config
+        session = create_session(self.manifest.path(entry.file), cfg)
+        if cfg.release_mapped_weights and cfg.prepack and entry.data_files:
+            # one graph at a time, so that the next graph loads with this one's copies already given back
+            release_mapped_pages(self.manifest.path(f) for f in entry.data_files)
+        return session
 
     def pixel_values(self, images: Sequence[Image.Image | str | Path]) -> np.ndarray:
         pil = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
