@@ -25,7 +25,9 @@ from .blockwise import Packed, pack_rtn
 from .recipes import Precision, Recipe
 
 MS_DOMAIN = "com.microsoft"
-EXTERNAL_DATA_THRESHOLD = 1 << 30
+# Past 64 MiB of weights a rewritten graph keeps them in a .data file: onnxruntime then maps them instead of
+# parsing a protobuf copy (a 265 MB inline 3B 4-bit vision encoder held 555 MB after load, 433 MB external).
+EXTERNAL_DATA_THRESHOLD = 64 << 20
 
 
 @dataclass
