@@ -35,7 +35,8 @@ EVAL_SEED = 2  # held-out; evaluate.py uses it
 
 
 class Batcher:
-    def __init__(self, model_dir: Path, vq_dir: Path, seed: int = TRAIN_SEED, task_weights: list[float] | None = None):
+    def __init__(self, model_dir: Path, vq_dir: Path, seed: int = TRAIN_SEED,
+                 task_weights: list[float] | None = None):
         self.task_weights = task_weights  # None: the generator's own mixture (generator.TASK_WEIGHTS)
         self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.vq = load_vqvae(vq_dir)
@@ -48,8 +49,8 @@ class Batcher:
 
     def example(self, index: int, task: str | None = None):
         if task is None and self.task_weights is not None:  # a training mixture of our own, still seeded by index
-            pick = np.random.default_rng([int(self.seed), int(index), 0x7A5C]).choice(len(generator.TASKS), p=self.task_weights)
-            task = generator.TASKS[pick]
+            rng = np.random.default_rng([int(self.seed), int(index), 0x7A5C])
+            task = generator.TASKS[rng.choice(len(generator.TASKS), p=self.task_weights)]
         return generator.make_example(self.seed, index, task=task, encode_masks=self.encode_masks)
 
     def collate(self, examples, aux: bool = False) -> dict:
