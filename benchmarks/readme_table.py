@@ -55,7 +55,8 @@ def ensure_bundle(model: str, recipe: str, out: Path, rebuild: bool) -> Path:
         built = (raw.get("quantization") or {}).get("recipe")
         wanted = None if recipe == "fp32" else resolve_recipe(recipe).to_dict()
         # The whole recipe must match, not just its name: a named recipe's settings can change between versions.
-        if raw["source"]["spec"] == model and built == wanted:
+        same_model = (raw.get("source") or {}).get("sha256") == sources.resolve(model).describe().get("sha256")
+        if same_model and built == wanted:
             print(f"reusing {out}", flush=True)
             return out
     print(f"building {out} ({recipe})", flush=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ class GateError(Exception):
 @dataclass(frozen=True)
 class BuildOptions:
     model: str | None = None
+    adapter: Path | None = None  # a peft adapter directory, merged into the model before export
     out: Path = Path("bundle")
     force: bool = False
     parity_tokens: int = 16
@@ -50,8 +50,9 @@ def planned_steps(opts: BuildOptions) -> list[str]:
 
     recipe = resolve_recipe(opts.quant)
     steps = ["load model"] + ([] if opts.skip_parity else ["PyTorch reference"])
-    if not recipe.is_identity:
-        steps += ["gate reference"] * (opts.gate_samples > 0) + ["GPTQ"] * recipe.needs_calibration
+    steps += ["gate reference"] * (not recipe.is_identity and opts.gate_samples > 0)
+    steps += ["merge adapter"] * (sources.resolve(opts.model, opts.adapter).adapter is not None)
+    steps += ["GPTQ"] * recipe.needs_calibration
     steps += ["export vision encoder", "export projector", "export decoder", "hash files"]
     steps += [] if opts.skip_parity else ["parity check"]
     if not recipe.is_identity:
@@ -65,7 +66,7 @@ def build(opts: BuildOptions, progress=None) -> Path:
     from .quant.recipes import resolve_recipe
 
     step = progress or (lambda name: None)
-    source = sources.resolve(opts.model)
+    source = sources.resolve(opts.model, opts.adapter)
     recipe = resolve_recipe(opts.quant).verify(sources.load_geometry(source).tie_word_embeddings)
     if opts.calibration is not None and not Path(opts.calibration).is_file():
         raise UserError(f"calibration file not found: {opts.calibration}")
@@ -75,7 +76,8 @@ def build(opts: BuildOptions, progress=None) -> Path:
     with writer:
         # the PyTorch phase runs in a child process: its memory is back with the OS before onnxruntime loads
         results = torch_phase.run(torch_phase.TorchJob(
-            model=source.spec, out_dir=str(writer.tmp), parity_tokens=opts.parity_tokens,
+            model=source.spec, adapter=str(source.adapter.directory) if source.adapter else None,
+            out_dir=str(writer.tmp), parity_tokens=opts.parity_tokens,
             skip_parity=opts.skip_parity, quant=opts.quant, gate_samples=opts.gate_samples,
             gate_tokens=opts.gate_tokens, calibration=str(opts.calibration) if opts.calibration else None), step)
         geometry = sources.load_geometry(source)
@@ -83,8 +85,9 @@ def build(opts: BuildOptions, progress=None) -> Path:
         gate_ref = _gate_reference(source, geometry, results, opts)
         gptq_weights = results.gptq
         mask_entry = _export_mask_decoder(mask, writer) if mask is not None else None
-        shutil.copy(source.directory / "tokenizer.json", writer.path("tokenizer.json"))
-        manifest = _manifest(source, geometry, opts, sorted(p.name for p in writer.tmp.iterdir()))
+        processor = sources.load_processor(source.directory)
+        sources.write_tokenizer(source, writer.path("tokenizer.json"), processor)
+        manifest = _manifest(source, geometry, opts, sorted(p.name for p in writer.tmp.iterdir()), processor)
         if mask_entry is not None:  # an optional, appended graph entry (older runtimes ignore it)
             manifest["graphs"]["mask_decoder"] = mask_entry
         step("hash files")
@@ -197,7 +200,7 @@ def _graph_entry(files: list[str], file: str, inputs, outputs) -> dict:
     return {"file": file, "data_files": data, "precision": "fp32", "inputs": list(inputs), "outputs": list(outputs)}
 
 
-def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: list[str]) -> dict:
+def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: list[str], processor) -> dict:
     import importlib.metadata as md
 
     from .export import decoder, projector, vision
@@ -210,8 +213,8 @@ def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: li
 
     from .export.onnx_export import OPSET
 
-    tok = sources.load_tokenizer_info(source, g)
-    pre = sources.load_preprocessing(source, g)
+    tok = sources.load_tokenizer_info(source, g, processor)
+    pre = sources.load_preprocessing(source, g, processor)
     graphs = {
         "vision_encoder": _graph_entry(files, VISION_FILE, vision.INPUT_NAMES, vision.OUTPUT_NAMES),
         "projector": _graph_entry(files, PROJECTOR_FILE, projector.INPUT_NAMES, projector.OUTPUT_NAMES),

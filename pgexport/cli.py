@@ -29,6 +29,10 @@ def cli():
 @cli.command()
 @click.option("--model", "model", metavar="SRC", default=None,
               help="Preset name, checkpoint directory or hub id. Default: the embedded demo model.")
+@click.option("--adapter", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="A peft adapter (LoRA, ...) as peft's save_pretrained writes it: merged into --model by peft "
+                   "before export; parity and the accuracy gate compare with the peft model. An adapter "
+                   "directory may also be given as --model when its config names a base found here.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bundle"), show_default=True,
               help="Bundle directory to create.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out (only once the new one is complete).")
@@ -52,7 +56,7 @@ def cli():
               help="Held-out samples for the accuracy gate of quantized builds (0 = skip the gate).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="JSONL of {\"image\": path, \"prompt\": text} for GPTQ (default: generated samples).")
-def build(model, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens, mask_decoder, quant,
+def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens, mask_decoder, quant,
           min_agreement, gate_samples, calibration):
     """Export a checkpoint to a bundle: vision encoder, projector and decoder-with-past ONNX graphs, tokenizer
     and manifest, checked against PyTorch (features, logits and greedy tokens) before it is written.
@@ -64,7 +68,7 @@ def build(model, out, force, parity_tokens, tolerance, skip_parity, max_new_toke
     from pgexport.bundle import GraphFilesError
     from pgexport.parity import Tolerance
 
-    opts = BuildOptions(model=model, out=out, force=force, parity_tokens=parity_tokens,
+    opts = BuildOptions(model=model, adapter=adapter, out=out, force=force, parity_tokens=parity_tokens,
                         tolerance=Tolerance(relative=tolerance), skip_parity=skip_parity, max_new_tokens=max_new_tokens,
                         mask_decoder=mask_decoder, quant=quant, min_agreement=min_agreement,
                         gate_samples=gate_samples, calibration=calibration)

@@ -52,11 +52,11 @@ def parity_image(size: int = 224, seed: int = 0) -> Image.Image:
 
 def torch_reference(model, source_dir, g: Geometry, new_tokens: int) -> Reference:
     import torch
-    from transformers import AutoProcessor
+    from pgexport.sources import load_processor
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    processor = AutoProcessor.from_pretrained(source_dir)
+    processor = load_processor(source_dir)
     image = parity_image(g.image_size)
     inputs = processor(
         images=[image] * len(PROMPTS), text=["<image>" + p for p in PROMPTS], return_tensors="pt", padding="longest"

@@ -26,7 +26,8 @@ def ensure_bundle(out: Path, progress=None, rebuild: bool = False) -> Path:
     model = sources.default_model()
     manifest = out / "manifest.json"
     if manifest.is_file() and not rebuild:
-        if json.loads(manifest.read_text())["source"]["spec"] == model:
+        recorded = (json.loads(manifest.read_text()).get("source") or {}).get("sha256")
+        if recorded is not None and recorded == sources.resolve(model).describe()["sha256"]:
             return out
     return build(BuildOptions(model=model, out=out, force=out.exists()), progress)
 

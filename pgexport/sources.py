@@ -12,31 +12,49 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pgexport_runtime.errors import UserError
 from pgexport_runtime.geometry import Geometry
+
+from . import adapters, checkpoint
+from .adapters import Adapter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
 PRESETS_DIR = MODELS_DIR / "presets"
 DEMO_MODEL = MODELS_DIR / "pg-demo"
 FALLBACK_DEFAULT = "tiny-pg1"
-CHECKPOINT_FILES = ("config.json", "tokenizer.json", "preprocessor_config.json")
 
 
 @dataclass(frozen=True)
 class Source:
-    """A resolved --model argument."""
+    """A resolved --model argument (plus --adapter)."""
 
     spec: str  # what the user typed (or the default)
     kind: str  # "preset", "local" or "hub"
-    directory: Path  # config.json + tokenizer/processor files (+ model.safetensors unless preset)
+    directory: Path  # config.json + tokenizer/processor files (+ safetensors weights unless preset)
     preset: dict | None = None
+    adapter: Adapter | None = None  # a peft adapter merged into the weights before export
+    revision: str | None = None  # hub sources: the snapshot's commit
 
     def describe(self) -> dict:
-        return {"spec": self.spec, "kind": self.kind, "directory": str(self.directory)}
+        """The manifest's record of where the model came from, without paths of the builder's machine:
+        a preset or hub id by name (and revision), a local checkpoint by its directory name and content hash."""
+        entry: dict = {"kind": self.kind, "name": self.spec if self.kind != "local" else self.directory.resolve().name}
+        if self.kind == "preset":
+            entry |= {"spec": self.spec, "sha256": _preset_digest(self.preset)}
+        elif self.kind == "hub":
+            entry |= {"spec": self.spec, "revision": self.revision}
+        else:
+            entry["sha256"] = checkpoint.check_directory(self.directory).content_sha256()
+            inside = _repo_relative(self.directory)
+            if inside is not None:  # the shipped demo model: a path any clone of the repository resolves
+                entry["spec"] = inside
+        if self.adapter is not None:
+            entry["adapter"] = self.adapter.manifest_entry()
+        return entry
 
 
 def default_model() -> str:
@@ -52,35 +70,56 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PGEXPORT_CACHE", Path.home() / ".cache" / "pgexport"))
 
 
-def resolve(spec: str | None) -> Source:
+def resolve(spec: str | None, adapter: str | Path | None = None) -> Source:
+    """--model (and --adapter) -> a checked Source. An adapter directory given as --model brings its base."""
     spec = spec or default_model()
+    path = Path(spec).expanduser()
+    if path.is_dir() and adapters.is_adapter_dir(path):
+        if adapter is not None:
+            raise UserError(f"--model {spec} is a peft adapter; give its base as --model and it as --adapter")
+        found = adapters.read_adapter(path)
+        if found.base_model is None:
+            raise UserError(f"--model {spec}: the adapter names no base model; pass --model BASE --adapter {spec}")
+        base = _adapter_base(found, path)
+        return resolve(base, path)
+    source = _resolve_model(spec, path)
+    if adapter is None:
+        return source
+    if source.kind != "preset" and gptq_settings(source) is not None:
+        raise UserError(f"--adapter with the GPTQ checkpoint {spec} is not supported: merge the adapter into the "
+                        "float checkpoint, then quantize it with --quant int4-gptq")
+    return replace(source, adapter=adapters.read_adapter(Path(adapter)))
+
+
+def _resolve_model(spec: str, path: Path) -> Source:
     if spec in list_presets():
         preset = json.loads((PRESETS_DIR / f"{spec}.json").read_text())
         return Source(spec, "preset", _materialize_preset(spec, preset), preset)
-    path = Path(spec).expanduser()
     if path.is_dir():
-        return Source(spec, "local", _check_checkpoint_dir(path))
+        checkpoint.check_directory(path)
+        return Source(spec, "local", path)
     if path.exists():
         raise UserError(f"--model {spec}: expected a checkpoint directory, got a file")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-        return Source(spec, "hub", _download(spec))
+        directory = _download(spec)
+        return Source(spec, "hub", directory, revision=directory.name)
     raise UserError(
         f"--model {spec!r}: not a preset ({', '.join(list_presets())}), a local checkpoint directory, "
         "or a hub id like google/paligemma-3b-pt-224"
     )
 
 
-def _check_checkpoint_dir(path: Path) -> Path:
-    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
-    if missing:
-        raise UserError(f"{path} is not a PaliGemma checkpoint directory: missing {', '.join(missing)}")
-    if not list(path.glob("*.safetensors")):
-        found = sorted(p.name for p in path.glob("*.bin")) or ["no weights"]
-        raise UserError(f"{path}: no *.safetensors weights (found {', '.join(found)}); pickle files are never loaded")
-    return path
+def _adapter_base(adapter: Adapter, adapter_dir: Path) -> str:
+    """The base an adapter's config names: a preset, a path (as written, or next to the adapter), a hub id."""
+    base = adapter.base_model
+    for cand in (Path(base).expanduser(), adapter_dir / base):
+        if cand.is_dir():
+            return str(cand)
+    return base
 
 
 def _download(repo_id: str) -> Path:
+    """A hub checkpoint: from the local Hugging Face cache when offline (HF_HUB_OFFLINE=1), else fetched."""
     try:
         from huggingface_hub import snapshot_download
 
@@ -94,7 +133,19 @@ def _download(repo_id: str) -> Path:
             f"could not fetch {repo_id!r} from the Hugging Face hub ({reason[:160]}). Download it where the hub "
             f"is reachable and pass the directory: --model /path/to/{repo_id.split('/')[-1]}"
         ) from None
-    return _check_checkpoint_dir(Path(local))
+    checkpoint.check_directory(Path(local))
+    return Path(local)
+
+
+def _preset_digest(preset: dict) -> str:
+    return hashlib.sha256(json.dumps(preset, sort_keys=True).encode()).hexdigest()
+
+
+def _repo_relative(path: Path) -> str | None:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return None
 
 
 def _materialize_preset(name: str, preset: dict) -> Path:
@@ -107,7 +158,7 @@ def _materialize_preset(name: str, preset: dict) -> Path:
         write_processor_files,
     )
 
-    digest = hashlib.sha256(json.dumps(preset, sort_keys=True).encode()).hexdigest()[:12]
+    digest = _preset_digest(preset)[:12]
     out = cache_dir() / "presets" / f"{name}-{digest}"
     if (out / "config.json").is_file():
         return out
@@ -146,39 +197,51 @@ def _materialize_preset(name: str, preset: dict) -> Path:
 def load_config(source: Source):
     from transformers import PaliGemmaConfig
 
-    return PaliGemmaConfig.from_pretrained(source.directory)
+    try:
+        return PaliGemmaConfig.from_pretrained(source.directory)
+    except Exception as exc:  # transformers' and huggingface_hub's validators raise their own types
+        raise UserError(f"{source.spec}: invalid config.json ({checkpoint.first_line(exc)[:200]})") from None
 
 
 def load_geometry(source: Source) -> Geometry:
     from pgexport.geometry import geometry_from_config
 
-    return geometry_from_config(load_config(source))
+    try:
+        return geometry_from_config(load_config(source))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"{source.spec}: config.json describes no model pgexport can export "
+                        f"({checkpoint.first_line(exc)[:200]})") from None
 
 
-def load_model(source: Source, dtype=None):
-    """A PaliGemmaForConditionalGeneration in eval mode (float32 unless dtype says otherwise)."""
+def load_model(source: Source, dtype=None, merge_adapter: bool = True):
+    """A PaliGemmaForConditionalGeneration in eval mode (float32 unless dtype says otherwise).
+
+    With an adapter: merged by peft (the default), or, with merge_adapter=False, the peft model with the
+    adapter attached and unmerged, the reference the merged graphs are checked against.
+    """
     import torch
-    from transformers import PaliGemmaForConditionalGeneration
 
     dtype = dtype or torch.float32
     if source.kind == "preset":
-        return _random_model(source, dtype)
-    settings = gptq_settings(source)
-    if settings is not None:  # weights dequantized from the GPTQ integers (the same integers are imported)
+        model = _random_model(source, dtype)
+    elif (settings := gptq_settings(source)) is not None:
+        # weights dequantized from the GPTQ integers (the same integers are imported)
         from pgexport.quant.gptq_import import load_checkpoint
 
-        return load_checkpoint(source.directory, settings)[0].to(dtype)
-    model = PaliGemmaForConditionalGeneration.from_pretrained(
-        source.directory, dtype=dtype, use_safetensors=True, trust_remote_code=False
-    )
-    return model.eval()
+        model = load_checkpoint(source.directory, settings)[0].to(dtype)
+    else:
+        model = checkpoint.load_strict(source.directory, dtype)
+    if source.adapter is None:
+        return model
+    peft_model = adapters.attach(model, source.adapter)
+    return adapters.merge(peft_model) if merge_adapter else peft_model
 
 
 def gptq_settings(source: Source) -> dict | None:
     """bits / group size / format of a GPTQ checkpoint directory, or None."""
     from pgexport.quant.gptq_import import gptq_settings as read
 
-    return read(json.loads((source.directory / "config.json").read_text()))
+    return read(checkpoint.read_json(source.directory / "config.json", "config.json"))
 
 
 def _random_model(source: Source, dtype):
@@ -214,32 +277,70 @@ def _random_model(source: Source, dtype):
 _RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
-def load_preprocessing(source: Source, g: Geometry) -> dict:
-    """The SigLIP image-processor parameters the runtime needs, from preprocessor_config.json."""
-    cfg = json.loads((source.directory / "preprocessor_config.json").read_text())
-    size = cfg.get("size", {})
+def load_processor(directory: Path):
+    """transformers' PaliGemmaProcessor for the source, padding on the left as the runtime does.
+
+    A checkpoint's tokenizer may say padding_side "right" or nothing (transformers then pads right); a
+    right-padded batch puts pad tokens between the prompt and the answer. Generation pads left, so every
+    PyTorch reference pgexport computes (parity, accuracy gate, GPTQ calibration, bench) pads left too.
+    """
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(directory)
+    except Exception as exc:  # whatever transformers' loaders raise on untrusted files: one line for the user
+        raise UserError(f"{directory}: transformers cannot load its processor/tokenizer "
+                        f"({checkpoint.first_line(exc)[:200]})") from None
+    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+        raise UserError(f"{directory}: AutoProcessor gave a {type(processor).__name__}, not PaliGemma's processor")
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def load_preprocessing(source: Source, g: Geometry, processor=None) -> dict:
+    """The SigLIP image-processor parameters the runtime needs, as transformers' own processor holds them
+    (whichever file they came from: preprocessor_config.json or processor_config.json)."""
+    ip = (processor or load_processor(source.directory)).image_processor
+    size = getattr(ip, "size", None) or {}
     height, width = size.get("height", g.image_size), size.get("width", g.image_size)
     if (height, width) != (g.image_size, g.image_size):
         raise UserError(f"{source.spec}: processor size {height}x{width} != vision tower size {g.image_size}")
-    if not cfg.get("do_resize", True) or not cfg.get("do_rescale", True) or not cfg.get("do_normalize", True):
+    if not all(getattr(ip, flag, True) for flag in ("do_resize", "do_rescale", "do_normalize")):
         raise UserError(f"{source.spec}: only the standard SigLIP preprocessing (resize, rescale, normalize) is supported")
-    resample = cfg.get("resample", 3)
+    resample = int(getattr(ip, "resample", 3))
     if resample not in _RESAMPLE:
         raise UserError(f"{source.spec}: unsupported resample mode {resample}")
+    mean, std = getattr(ip, "image_mean", None), getattr(ip, "image_std", None)
     return {
         "size": [height, width],
         "resample": _RESAMPLE[resample],
-        "rescale_factor": float(cfg.get("rescale_factor", 1 / 255)),
-        "mean": [float(x) for x in cfg.get("image_mean", [0.5, 0.5, 0.5])],
-        "std": [float(x) for x in cfg.get("image_std", [0.5, 0.5, 0.5])],
+        "rescale_factor": float(getattr(ip, "rescale_factor", 1 / 255)),
+        "mean": [float(x) for x in (mean if mean is not None else [0.5, 0.5, 0.5])],
+        "std": [float(x) for x in (std if std is not None else [0.5, 0.5, 0.5])],
     }
 
 
-def load_tokenizer_info(source: Source, g: Geometry) -> dict:
-    """Special-token strings and ids, checked against the geometry."""
+def write_tokenizer(source: Source, dest: Path, processor=None) -> None:
+    """tokenizer.json for the bundle: the pipeline transformers itself tokenizes with.
+
+    transformers 5.x builds GemmaTokenizer's pipeline from its class and takes only the vocabulary and merges
+    from the checkpoint's files, so the backend it ends up with (not the file on disk) is what the runtime
+    must reproduce; parity then checks the ids. Padding and truncation are the runtime's business.
+    """
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(source.directory / "tokenizer.json"))
+    backend = getattr((processor or load_processor(source.directory)).tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(f"{source.spec}: its tokenizer has no fast (tokenizers) backend the runtime could use")
+    tok = Tokenizer.from_str(backend.to_str())
+    tok.no_padding()
+    tok.no_truncation()
+    tok.save(str(dest))
+
+
+def load_tokenizer_info(source: Source, g: Geometry, processor=None) -> dict:
+    """Special-token strings and ids, checked against the geometry."""
+    tok = (processor or load_processor(source.directory)).tokenizer.backend_tokenizer
     info = {
         "file": "tokenizer.json",
         "image_token": tok.id_to_token(g.image_token_id),

@@ -31,6 +31,7 @@ WORK = ".torch"
 @dataclass(frozen=True)
 class TorchJob:
     model: str
+    adapter: str | None  # peft adapter directory: references from the peft model, export of the merged one
     out_dir: str  # the build's temporary bundle directory
     parity_tokens: int
     skip_parity: bool
@@ -94,7 +95,7 @@ def _child(job: TorchJob, work: Path, step) -> None:
     from . import build, sources
     from .quant.recipes import resolve_recipe
 
-    source = sources.resolve(job.model)
+    source = sources.resolve(job.model, job.adapter)
     geometry = sources.load_geometry(source)
     recipe = resolve_recipe(job.quant)
     step("load model")
@@ -105,24 +106,35 @@ def _child(job: TorchJob, work: Path, step) -> None:
 
         model, imported = load_checkpoint(source.directory, settings)
     else:
-        model = sources.load_model(source, torch.float32)
+        model = sources.load_model(source, torch.float32, merge_adapter=False)
+    # With an adapter, `model` is now the peft model, adapter attached and unmerged: the references below are
+    # what the user trained, computed by peft; the graphs are exported from peft's merge of it (further down).
+    reference = model.get_base_model() if source.adapter is not None else model
     if not job.skip_parity:
         step("PyTorch reference")
-        ref = parity.torch_reference(model, source.directory, geometry, job.parity_tokens)
+        ref = parity.torch_reference(reference, source.directory, geometry, job.parity_tokens)
         np.savez(work / "parity.npz", pixel_values=ref.pixel_values, vision_features=ref.vision_features,
                  image_embeds=ref.image_embeds, input_ids=ref.input_ids, attention_mask=ref.attention_mask,
                  logits=ref.logits)
         (work / "parity.json").write_text(json.dumps({"greedy": ref.greedy}))
         del ref
-    if not recipe.is_identity:
+    if not recipe.is_identity and job.gate_samples > 0:
         from .quant import gate, samples
 
-        if job.gate_samples > 0:
-            step("gate reference")
-            gate_set = samples.gate_samples(source, job.gate_samples, geometry.image_size)
-            gref = gate.torch_reference(model, source.directory, geometry, gate_set, job.gate_tokens)
-            np.savez(work / "gate.npz", **{f"lp{i}": lp for i, lp in enumerate(gref.logprobs)})
-            (work / "gate.json").write_text(json.dumps({"greedy": gref.greedy}))
+        step("gate reference")
+        gate_set = samples.gate_samples(source, job.gate_samples, geometry.image_size)
+        gref = gate.torch_reference(reference, source.directory, geometry, gate_set, job.gate_tokens)
+        np.savez(work / "gate.npz", **{f"lp{i}": lp for i, lp in enumerate(gref.logprobs)})
+        (work / "gate.json").write_text(json.dumps({"greedy": gref.greedy}))
+    del reference
+    if source.adapter is not None:
+        from . import adapters
+
+        step("merge adapter")
+        model = adapters.merge(model)
+    if not recipe.is_identity:
+        from .quant import samples
+
         if recipe.needs_calibration:
             step("GPTQ")
             if imported is not None:  # the checkpoint's own integers, not a new calibration

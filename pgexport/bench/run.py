@@ -142,17 +142,21 @@ def _units(opts: BenchOptions, n: int, mode: str, teacher: bool) -> int:
 
 
 def _source_spec(m) -> str:
+    """The model a bundle was built from, when the manifest names one this machine has (a preset, a hub id,
+    the repository's own demo model); else the user passes --reference."""
     src = m.raw.get("source") or {}
     spec = src.get("spec")
+    if src.get("adapter"):
+        raise UserError(f"{m.root}: built with the adapter {src['adapter'].get('name')}; pass --reference "
+                        "ADAPTER_DIR (an adapter directory whose config names its base)")
     if not spec:
-        raise UserError(f"{m.root}: the manifest records no source; pass --reference SRC")
-    if src.get("kind") == "local" and not Path(spec).is_dir():
+        raise UserError(f"{m.root}: built from the local checkpoint {src.get('name')!r}; pass --reference DIR")
+    if src.get("kind") == "local":
         from pgexport import sources
 
-        for cand in (Path(src.get("directory", "")), sources.REPO_ROOT / spec):
-            if cand.is_dir():
-                return str(cand)
-        raise UserError(f"{m.root}: its source {spec} is not here; pass --reference SRC")
+        if not (sources.REPO_ROOT / spec).is_dir():
+            raise UserError(f"{m.root}: its source {spec} is not here; pass --reference SRC")
+        return str(sources.REPO_ROOT / spec)
     return spec
 
 

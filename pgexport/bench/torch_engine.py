@@ -18,7 +18,7 @@ class TorchEngine:
     kind = "reference"
 
     def __init__(self, source_spec: str, dtype: str, threads: int, exact_weights: bool):
-        from transformers import AutoProcessor
+        from pgexport.sources import load_processor
         from transformers.utils import logging as hf_logging
 
         from pgexport import sources
@@ -34,7 +34,7 @@ class TorchEngine:
             self.model = sources.load_model(source, torch.float32).to(self.dtype)
         else:
             self.model = sources.load_model(source, self.dtype)
-        self.processor = AutoProcessor.from_pretrained(source.directory)
+        self.processor = load_processor(source.directory)
         g = sources.load_geometry(source)
         self.eos_ids = {g.eos_token_id}
         self.image_token_id = g.image_token_id

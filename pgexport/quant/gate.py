@@ -37,9 +37,9 @@ def _until_eos(tokens: list[int], eos: int) -> list[int]:
 
 def torch_reference(model, source_dir, g: Geometry, samples, max_new_tokens: int, progress=None) -> GateReference:
     import torch
-    from transformers import AutoProcessor
+    from pgexport.sources import load_processor
 
-    processor = AutoProcessor.from_pretrained(source_dir)
+    processor = load_processor(source_dir)
     greedy, logprobs = [], []
     for i, (image, prompt) in enumerate(samples):
         if progress:

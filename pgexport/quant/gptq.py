@@ -157,9 +157,9 @@ def _run_layer(dec, layer, i: int, s: dict) -> torch.Tensor:
 
 def _calibration_inputs(model, dec, source_dir, g: Geometry, samples, answer_tokens: int = 32) -> list[dict]:
     """Layer-0 inputs per sample: image+prompt prefix (bidirectional) + the model's greedy answer (causal)."""
-    from transformers import AutoProcessor
+    from pgexport.sources import load_processor
 
-    processor = AutoProcessor.from_pretrained(source_dir)
+    processor = load_processor(source_dir)
     states = []
     with torch.no_grad():
         for image, prompt in samples:

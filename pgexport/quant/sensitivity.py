@@ -51,9 +51,9 @@ def layer_errors(model, source_dir, g, recipe: Recipe, samples, progress=None) -
     tower = model.model.vision_tower
     linears = [(f"tower.{n}", "vision_encoder", m) for n, m in tower.named_modules() if isinstance(m, nn.Linear)]
     linears += [(f"layers.{n}", "decoder_linear", m) for n, m in dec.layers.named_modules() if isinstance(m, nn.Linear)]
-    from transformers import AutoProcessor
+    from pgexport.sources import load_processor
 
-    processor = AutoProcessor.from_pretrained(source_dir)
+    processor = load_processor(source_dir)
     with torch.no_grad():
         states = _calibration_inputs(model, dec, source_dir, g, samples)
     # hooks only now: each layer sees each sample once (the generate() above would add decode steps)
