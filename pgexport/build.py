@@ -13,6 +13,7 @@ from pgexport_runtime.geometry import Geometry
 
 from . import parity, sources, torch_phase
 from .bundle import BundleWriter, check_graph_files
+from .files import write_errors
 
 VISION_FILE, PROJECTOR_FILE, DECODER_FILE = "vision_encoder.onnx", "projector.onnx", "decoder.onnx"
 MASK_DECODER_FILE = "mask_decoder.onnx"  # optional: only when mask-decoder weights are found
@@ -63,11 +64,17 @@ def planned_steps(opts: BuildOptions) -> list[str]:
 
 def build(opts: BuildOptions, progress=None) -> Path:
     """Export, check and write a bundle. `progress(step_name)` is called as each step starts."""
+    with write_errors(opts.out):  # a full disk or read-only target: one line, and the temp dir is gone
+        return _build(opts, progress or (lambda name: None))
+
+
+def _build(opts: BuildOptions, step) -> Path:
     from .quant.recipes import resolve_recipe
 
-    step = progress or (lambda name: None)
     source = sources.resolve(opts.model, opts.adapter)
     recipe = resolve_recipe(opts.quant).verify(sources.load_geometry(source).tie_word_embeddings)
+    if opts.calibration is not None and not recipe.needs_calibration:
+        raise UserError(f"--calibration is only used by recipes that calibrate (int4-gptq); {recipe.name} does not")
     if opts.calibration is not None and not Path(opts.calibration).is_file():
         raise UserError(f"calibration file not found: {opts.calibration}")
     writer = BundleWriter(opts.out, force=opts.force)
@@ -77,7 +84,7 @@ def build(opts: BuildOptions, progress=None) -> Path:
         # the PyTorch phase runs in a child process: its memory is back with the OS before onnxruntime loads
         results = torch_phase.run(torch_phase.TorchJob(
             model=source.spec, adapter=str(source.adapter.directory) if source.adapter else None,
-            out_dir=str(writer.tmp), parity_tokens=opts.parity_tokens,
+            out_dir=str(writer.tmp), target=str(opts.out), parity_tokens=opts.parity_tokens,
             skip_parity=opts.skip_parity, quant=opts.quant, gate_samples=opts.gate_samples,
             gate_tokens=opts.gate_tokens, calibration=str(opts.calibration) if opts.calibration else None), step)
         geometry = sources.load_geometry(source)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from pgexport_runtime.errors import UserError
@@ -43,9 +44,36 @@ def check_graph_files(directory: Path, manifest: dict) -> None:
                                   f"{'does not hold' if missing else 'does not list'}")
 
 
+def remove_stale(directory: Path, notify) -> None:
+    """Remove the temp directories that killed builds left in `directory` (their process is gone).
+
+    A build writes into `.pgexport-tmp-NAME-PID` and only renames it at the end; SIGKILL or a power cut
+    leaves it behind. The PID says whether its build still runs: a live process's directory is never touched.
+    """
+    for stale in sorted(directory.glob(".pgexport-*-*")):
+        kind, _, pid = stale.name.rpartition("-")
+        if not (kind.startswith((".pgexport-tmp-", ".pgexport-old-")) and pid.isdigit() and stale.is_dir()):
+            continue
+        if _process_alive(int(pid)):
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+        notify(f"removed {stale.name}, left by an interrupted build (process {pid} is gone)")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 class BundleWriter:
-    def __init__(self, out: Path, force: bool = False):
+    def __init__(self, out: Path, force: bool = False, notify=None):
         self.out = Path(out)
+        self.notify = notify or (lambda line: print(line, file=sys.stderr, flush=True))
         if self.out.exists() and not force:
             raise UserError(f"{self.out} already exists (use --force to replace it)")
         if self.out.exists() and not (self.out / MANIFEST).is_file():
@@ -55,11 +83,7 @@ class BundleWriter:
         self._hashes: dict = {}
 
     def __enter__(self) -> "BundleWriter":
-        # temp dirs of earlier builds of this target that were killed (their process is gone)
-        for stale in self.out.parent.glob(f".pgexport-tmp-{self.out.name}-*"):
-            pid = stale.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                shutil.rmtree(stale, ignore_errors=True)
+        remove_stale(self.out.parent, self.notify)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
         return self

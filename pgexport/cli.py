@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import sys
 from pathlib import Path
 
 import click
 
+from pgexport_runtime import limits
 from pgexport_runtime.errors import UserError
 
 
@@ -24,6 +27,12 @@ def cli():
 
     --model takes a preset (see `pgexport models`), a local Hugging Face checkpoint directory, or a hub id.
     """
+    # SIGTERM (kill, a container stop) cleans up as Ctrl-C does: temp directories removed, the child stopped
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 @cli.command()
@@ -98,33 +107,47 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--image", required=True, type=click.Path(path_type=Path), help="Image file (any format Pillow reads).")
 @click.option("--prompt", required=True, help='Task prompt: "caption en", "answer en <q>", "ocr", "detect <obj>", ...')
-@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=None, help="Default: the bundle's setting.")
+@click.option("--max-new-tokens", type=int, default=None,
+              help="Default: the bundle's setting. Image + prompt tokens + this must fit the model's positions.")
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 = off.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="1 = off.")
-@click.option("--seed", type=int, default=None, help="Seed for sampling.")
-@click.option("--stop", "stop", multiple=True, help="Stop when this string appears (repeatable).")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Finite, >= 1e-6.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="0 = off; at most the vocabulary.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="In (0, 1]; 1 = off.")
+@click.option("--seed", type=int, default=None, help="Seed for sampling, 0 .. 2**64-1.")
+@click.option("--stop", "stop", multiple=True, help="Stop when this (non-empty) string appears (repeatable).")
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="0 = onnxruntime default.")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="0 = onnxruntime default; at most min(256, 4 x CPUs).")
+@click.option("--max-image-pixels", type=int, default=limits.DEFAULT_MAX_IMAGE_PIXELS, show_default=True, metavar="N",
+              help="Refuse larger images before decoding them (a small PNG can expand to gigabytes).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON object: text, tokens, detections and segments (boxes in pixels, masks as RLE).")
 @click.option("--overlay", type=click.Path(path_type=Path), default=None, metavar="PNG",
-              help="Also write the image with the answer's boxes, labels and masks drawn on it.")
+              help="Also write the image with the answer's boxes, labels and masks drawn on it (not over --image).")
 def run(bundle, image, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, stop, stream, device, threads,
-        as_json, overlay):
+        max_image_pixels, as_json, overlay):
     """Generate an answer for one image and prompt with the torch-free runtime."""
-    from pgexport_runtime import PaliGemma, Sampling, SessionConfig
-    from pgexport_runtime.overlay import check_output_path, save_overlay
-    from pgexport_runtime.preprocess import load_image
+    import warnings
 
-    img = load_image(image)  # a bad image or --overlay path fails before the (slower) bundle load
-    if overlay is not None:
-        check_output_path(overlay)
-    pg = PaliGemma(bundle, SessionConfig(device=device, intra_op_threads=threads))
-    on_token = (lambda row, tok, text: click.echo(text, nl=False)) if stream and not as_json else None
+    from PIL import Image
+
+    from pgexport_runtime import PaliGemma, Sampling, SessionConfig
+    from pgexport_runtime.images import load_image
+    from pgexport_runtime.overlay import check_output_path, save_overlay
+
+    # Every bound first (limits.py, the API's own checks), then the image and the --overlay path: all fail
+    # before the (slower) bundle load. The bounds that need the model (positions, top-k) are the API's.
+    limits.check_request([prompt], max_new_tokens, stop)
+    limits.check_threads(threads, "--threads")
     sampling = Sampling(do_sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    session = SessionConfig(device=device, intra_op_threads=threads)
+    if overlay is not None:
+        check_output_path(overlay, image)
+    warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's guard: our one-line error
+    img = load_image(image, max_image_pixels)
+    pg = PaliGemma(bundle, session, max_image_pixels=max_image_pixels)
+    on_token = (lambda row, tok, text: click.echo(text, nl=False)) if stream and not as_json else None
     result = pg.answer(img, prompt, max_new_tokens=max_new_tokens, stop_strings=stop, on_token=on_token,
                        sampling=sampling)
     if overlay is not None:
@@ -152,7 +175,9 @@ def inspect(bundle, as_json, no_verify):
         click.echo(json.dumps(m.raw, indent=2))
         return
     g, raw = m.geometry, m.raw
-    click.echo(f"bundle   {m.root}  (schema {raw['schema_version']}, from {raw['source']['spec']})")
+    source = raw.get("source") or {}  # its shape is checked at load (provenance.py)
+    spec = source.get("spec") or source.get("name") or "an unrecorded source"
+    click.echo(f"bundle   {m.root}  (schema {raw['schema_version']}, from {spec})")
     click.echo(f"model    {g.family}, {g.image_size}px / {g.num_image_tokens} image tokens, "
                f"decoder {g.text_layers}x{g.text_hidden} ({g.num_heads} heads, {g.num_kv_heads} kv), vocab {g.vocab_size}")
     click.echo("graphs")
@@ -216,8 +241,8 @@ def demo(out, rebuild):
                    "random-weight preset.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed runs first.")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Timed runs per model.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Threads for onnxruntime and torch alike (0 = every CPU).")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="Threads for onnxruntime and torch alike (0 = every CPU; at most min(256, 4 x CPUs)).")
 @click.option("--new-tokens", type=click.IntRange(min=1), default=32, show_default=True,
               help="Speed mode: tokens generated per run (EOS ignored).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
@@ -236,6 +261,9 @@ def bench(bundles, reference, reference_dtypes, eval_set, limit, mode, warmup, r
 
     from pgexport.bench import BenchOptions, run_bench
     from pgexport.bench.report import write_outputs
+    from pgexport.files import write_errors
+
+    limits.check_threads(threads, "--threads")  # the bound `run` and the API apply
 
     opts = BenchOptions(bundles=tuple(bundles), reference=reference, reference_dtypes=reference_dtypes or None,
                         eval_set=eval_set, limit=limit, mode=mode, warmup=warmup, repeats=repeats, threads=threads,
@@ -244,17 +272,23 @@ def bench(bundles, reference, reference_dtypes, eval_set, limit, mode, warmup, r
 
     def progress(name: str, done: int, total: int) -> None:
         if not bars:
-            bars.append(tqdm(total=total, file=sys.stderr, dynamic_ncols=True,
+            bars.append(tqdm(total=total, file=sys.stderr, dynamic_ncols=True, disable=None,
                              bar_format="{desc:<28} {bar} {n_fmt}/{total_fmt} [{elapsed}]"))
         bars[0].set_description_str(name[:28])
         bars[0].update(done - bars[0].n)
 
+    created = not out.exists()
     try:
-        report = run_bench(opts, progress)
+        with write_errors(out):  # a full disk or read-only --out: one line, and no half-written report
+            report = run_bench(opts, progress)
+            paths = write_outputs(report, out)
+    except UserError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         for bar in bars:
             bar.close()
-    paths = write_outputs(report, out)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -268,7 +302,8 @@ def _step_bar(bars: list, steps: list[str]):
 
     def progress(name: str) -> None:
         if not bars:
-            bars.append(tqdm(total=len(steps), file=sys.stderr, dynamic_ncols=True,
+            # disable=None: a bar only on a terminal; piped stderr (CI logs, scripts) keeps to one-line messages
+            bars.append(tqdm(total=len(steps), file=sys.stderr, dynamic_ncols=True, disable=None,
                              bar_format="{desc:<24} {bar} {n_fmt}/{total_fmt} [{elapsed}]"))
         else:
             bars[0].update(1)
@@ -384,9 +419,14 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("interrupted; nothing was written", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:  # `pgexport` alone: the help text, as click prints it
         exc.show()
         sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        # an unknown option, a missing or unparsable value: one line like every other user error, not
+        # click's usage block (which the command's --help still shows)
+        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(2)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

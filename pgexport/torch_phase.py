@@ -13,6 +13,7 @@ Child protocol on stdout: `@@step NAME` per progress step, `@@error MESSAGE` for
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,8 +25,11 @@ import numpy as np
 from pgexport_runtime.errors import UserError
 
 from . import parity
+from .files import write_errors
 
 WORK = ".torch"
+PARENT_ENV = "PGEXPORT_BUILD_PID"  # the build process the child belongs to
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class TorchJob:
     model: str
     adapter: str | None  # peft adapter directory: references from the peft model, export of the merged one
     out_dir: str  # the build's temporary bundle directory
+    target: str  # the bundle directory the user asked for (named in messages)
     parity_tokens: int
     skip_parity: bool
     quant: str
@@ -54,16 +59,22 @@ def run(job: TorchJob, progress) -> TorchResults:
     work = Path(job.out_dir) / WORK
     work.mkdir(parents=True, exist_ok=True)
     (work / "job.json").write_text(json.dumps(asdict(job)))
+    env = {**os.environ, PARENT_ENV: str(os.getpid())}
     with open(work / "stderr.log", "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "pgexport.torch_phase", str(work / "job.json")],
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-        user_error = None
-        for line in proc.stdout:
-            if line.startswith("@@step "):
-                progress(line[7:].rstrip("\n"))
-            elif line.startswith("@@error "):
-                user_error = line[8:].rstrip("\n")
-        code = proc.wait()
+                                stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        try:
+            user_error = None
+            for line in proc.stdout:
+                if line.startswith("@@step "):
+                    progress(line[7:].rstrip("\n"))
+                elif line.startswith("@@error "):
+                    user_error = line[8:].rstrip("\n")
+            code = proc.wait()
+        finally:  # interrupted (SIGINT, SIGTERM) or failed here: the child must not outlive the build
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if user_error is not None:
         raise UserError(user_error)
     if code != 0:
@@ -74,7 +85,26 @@ def run(job: TorchJob, progress) -> TorchResults:
     return results
 
 
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to SIGKILL this process when the build that started it dies, even by SIGKILL;
+    otherwise the child would keep exporting into a temp directory nobody will rename or remove."""
+    import ctypes
+    import signal
+
+    parent = os.environ.get(PARENT_ENV)
+    if not sys.platform.startswith("linux") or parent is None:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _main(job_path: str) -> int:
+    _die_with_parent()
     job = TorchJob(**json.loads(Path(job_path).read_text()))
     work = Path(job_path).parent
 
@@ -82,7 +112,8 @@ def _main(job_path: str) -> int:
         print(f"@@step {name}", flush=True)
 
     try:
-        _child(job, work, step)
+        with write_errors(Path(job.target)):
+            _child(job, work, step)
     except UserError as exc:
         print(f"@@error {exc}", flush=True)
         return 2

@@ -25,8 +25,10 @@ def int4_bundle(bundles, tmp_path_factory):
     out = tmp_path_factory.mktemp("int4") / "b"
     report = quantized_copy(bundles["tiny-pg1"], out, RECIPES["int4"])
     manifest = json.loads((out / "manifest.json").read_text())  # the recipe record `pgexport build` writes
-    manifest["quantization"] = {"recipe": RECIPES["int4"].to_dict(), "graphs": report,
-                                "accuracy": {"sequence_agreement": 1.0}}
+    manifest["quantization"] = {"recipe": RECIPES["int4"].to_dict(), "summary": RECIPES["int4"].summary(),
+                                "graphs": report,
+                                "accuracy": {"samples": 1, "sequence_agreement": 1.0, "token_agreement": 1.0,
+                                             "top1_agreement": 1.0, "mean_kl": 0.0}}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 

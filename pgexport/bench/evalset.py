@@ -90,8 +90,9 @@ def materialize(items: list[Item], bundle: Path, folder: Path) -> Path:
     """Write images, token ids and pixel values (the runtime's preprocessing of `bundle`) into `folder`.
 
     Returns the path of items.json; pixel values go to pixel_values.npy ([N, 3, H, W], one row per item)."""
+    from pgexport_runtime.images import load_image
     from pgexport_runtime.manifest import load_manifest
-    from pgexport_runtime.preprocess import load_image, preprocess
+    from pgexport_runtime.preprocess import preprocess
     from pgexport_runtime.prompt import PromptTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -120,6 +121,6 @@ def load_items(path: Path) -> tuple[list[Item], np.ndarray]:
 
 
 def as_pil(path: str) -> Image.Image:
-    from pgexport_runtime.preprocess import load_image
+    from pgexport_runtime.images import load_image
 
     return load_image(path)

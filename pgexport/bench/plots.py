@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_path
+
 BAR_STAGES = ("preprocess", "vision_encoder", "projector", "prefill", "decode_per_token", "ttft", "end_to_end")
 LABELS = {"preprocess": "preprocess", "vision_encoder": "vision\nencoder", "projector": "projector",
           "prefill": "prefill", "decode_per_token": "decode\n(per token)", "ttft": "time to\nfirst token",
@@ -49,7 +51,8 @@ def latency_by_stage(report: dict, path: Path) -> None:
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -82,5 +85,6 @@ def accuracy_vs(report: dict, axis: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..files import atomic_path
 from .stats import STAGES
 
 STAGE_LABELS = {"preprocess": "preproc", "vision_encoder": "vision", "projector": "projector", "prefill": "prefill",
@@ -17,8 +18,9 @@ def write_outputs(report: dict, out: Path) -> dict[str, Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "bench.json", "markdown": out / "bench.md"}
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    paths["markdown"].write_text(markdown(report))
+    for kind, text in (("json", json.dumps(report, indent=2) + "\n"), ("markdown", markdown(report))):
+        with atomic_path(paths[kind]) as tmp:
+            tmp.write_text(text)
     paths.update(plots.write_plots(report, out))
     return paths
 

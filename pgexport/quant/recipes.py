@@ -49,8 +49,8 @@ class Precision:
     def check(self, where: str) -> None:
         if self.kind not in KINDS:
             raise UserError(f"{where}: unknown precision {self.kind!r} (one of {', '.join(KINDS)})")
-        if self.bits and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
-            raise UserError(f"{where}: block_size must be a power of two >= 16, got {self.block_size}")
+        if self.bits and (not 16 <= self.block_size <= 4096 or self.block_size & (self.block_size - 1)):
+            raise UserError(f"{where}: block_size must be a power of two from 16 to 4096, got {self.block_size}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise UserError(f"{where}: accuracy_level must be 0..4, got {self.accuracy_level}")
 
@@ -173,13 +173,22 @@ RECIPES: dict[str, Recipe] = {
 def _precision(d: dict | str, where: str) -> Precision:
     if isinstance(d, str):
         return Precision(kind=d)
+    if not isinstance(d, dict):
+        raise UserError(f"{where}: a precision is a name or an object, not {type(d).__name__}")
     unknown = set(d) - {"kind", "block_size", "symmetric", "accuracy_level"}
     if unknown:
         raise UserError(f"{where}: unknown precision fields {sorted(unknown)}")
+    types = {"kind": str, "block_size": int, "symmetric": bool, "accuracy_level": int}
+    for key, value in d.items():
+        if not isinstance(value, types[key]) or (types[key] is int and isinstance(value, bool)):
+            raise UserError(f"{where}: {key} must be {types[key].__name__}, not {value!r}")
     return Precision(**d)
 
 
 def recipe_from_dict(d: dict, name: str) -> Recipe:
+    """A recipe file's content (untrusted): every field checked, each mistake one line naming it."""
+    if not isinstance(d, dict):
+        raise UserError(f"recipe {name}: a recipe file holds a JSON object, not {type(d).__name__}")
     base = RECIPES[d["base"]] if d.get("base") in RECIPES else RECIPES["fp32"]
     if d.get("base") and d["base"] not in RECIPES:
         raise UserError(f"recipe {name}: unknown base recipe {d['base']!r}")
@@ -187,11 +196,22 @@ def recipe_from_dict(d: dict, name: str) -> Recipe:
     if unknown:
         raise UserError(f"recipe {name}: unknown fields {sorted(unknown)}")
     changes = {c: _precision(d[c], f"recipe {name}: {c}") for c in COMPONENTS if c in d}
-    overrides = tuple(Override(o["match"], _precision(o["precision"], f"recipe {name}: override"))
-                      for o in d.get("overrides", []))
+    raw_overrides = d.get("overrides", [])
+    if not isinstance(raw_overrides, list):
+        raise UserError(f"recipe {name}: overrides must be a list of {{\"match\", \"precision\"}} objects")
+    overrides = []
+    for i, o in enumerate(raw_overrides):
+        if not isinstance(o, dict) or not isinstance(o.get("match"), str) or "precision" not in o:
+            raise UserError(f"recipe {name}: override {i} needs a \"match\" pattern and a \"precision\"")
+        overrides.append(Override(o["match"], _precision(o["precision"], f"recipe {name}: override {i}")))
+    samples = d.get("calibration_samples", base.calibration_samples)
+    if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= 100_000:
+        raise UserError(f"recipe {name}: calibration_samples must be an integer from 1 to 100000")
+    for field in ("name", "description"):
+        if field in d and not isinstance(d[field], str):
+            raise UserError(f"recipe {name}: {field} must be a string")
     return replace(base, name=d.get("name", name), description=d.get("description", base.description),
-                   overrides=overrides or base.overrides,
-                   calibration_samples=int(d.get("calibration_samples", base.calibration_samples)), **changes)
+                   overrides=tuple(overrides) or base.overrides, calibration_samples=samples, **changes)
 
 
 def resolve_recipe(spec: str) -> Recipe:
@@ -202,9 +222,11 @@ def resolve_recipe(spec: str) -> Recipe:
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
             raise UserError(f"recipe file not found: {path}")
+        if path.stat().st_size > 1 << 20:
+            raise UserError(f"recipe file {path}: over 1 MiB, not a recipe")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            data = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise UserError(f"recipe file {path}: invalid JSON ({exc})") from None
         return recipe_from_dict(data, path.stem)
     raise UserError(f"unknown recipe {spec!r}: use one of {', '.join(RECIPES)} or a recipe .json file")

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from pgexport_runtime.errors import UserError
-from pgexport_runtime.preprocess import load_image
+from pgexport_runtime.images import load_image
 
 from .. import sources
 

@@ -1,6 +1,6 @@
 """pgexport-runtime: run pgexport PaliGemma bundles with onnxruntime and numpy only (no torch)."""
 
-from .errors import BundleError, UserError
+from .errors import BundleError, LimitError, UserError
 from .geometry import Geometry
 from .manifest import load_manifest
 from .pipeline import PaliGemma, Result
@@ -9,5 +9,5 @@ from .session import SessionConfig
 from .structured import Answer, Detection, Segment
 
 __all__ = ["PaliGemma", "Result", "Answer", "Detection", "Segment", "Sampling", "SessionConfig", "Geometry",
-           "load_manifest", "BundleError", "UserError"]
+           "load_manifest", "BundleError", "LimitError", "UserError"]
 __version__ = "0.1.0"

@@ -32,6 +32,8 @@ NUM_LOC_BINS = 1024  # <loc0000> .. <loc1023>
 NUM_SEG_TOKENS = 16  # codes per mask (a 4x4 grid)
 NUM_SEG_CODES = 128  # <seg000> .. <seg127>, the VQ-VAE codebook
 STRUCTURED_TASKS = ("detect", "segment", "refer")  # prompts whose answer is a list of objects
+# PaliGemma's task prefixes (the mix checkpoints' "caption en", "answer en ...", "detect cat ; dog", ...)
+TASK_PREFIXES = ("caption", "describe", "answer", "question", "ocr", *STRUCTURED_TASKS)
 
 _TOKEN_RE = re.compile(r"<loc(\d{4})>|<seg(\d{3})>|(<[^<>]*>)|([^<]+|<)")
 
@@ -65,6 +67,42 @@ def is_structured_prompt(prompt: str) -> bool:
     return bool(words) and words[0].lower() in STRUCTURED_TASKS
 
 
+def task_warning(prompt: str) -> str | None:
+    """A warning for a prompt that starts with no known task prefix; the model still answers it."""
+    words = prompt.strip().split(maxsplit=1)
+    if words and words[0].lower() in TASK_PREFIXES:
+        return None
+    first = words[0][:40] if words else ""
+    return f"unknown task prefix {first!r} (PaliGemma knows {', '.join(TASK_PREFIXES)}); answered anyway"
+
+
+def collapse(warnings: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Repeated warnings as one counted line each: a degenerate answer that repeats a mistake in every
+    object ("'cat' without a box" x 50) reads as one line, naming the objects it came from."""
+    groups: dict[str, list] = {}  # key -> [first text, object numbers, count]
+    for w in warnings:
+        m = _OBJECT_WARNING.fullmatch(w)
+        body, n = (m[2], int(m[1])) if m else (w, None)
+        key = _TOKEN_NUMBER.sub(lambda t: f"<{t[1]}{'N' * len(t[2])}>", body)
+        g = groups.setdefault(key, [body, [], 0])
+        g[1] += [n] if n is not None else []
+        g[2] += 1
+    out = []
+    for key, (body, objects, count) in groups.items():
+        if count == 1:
+            out.append(f"object {objects[0]}: {body}" if objects else body)
+            continue
+        objects = sorted(set(objects))
+        where = "" if not objects else (f"object {objects[0]}: " if len(objects) == 1 else
+                                         f"{len(objects)} objects ({objects[0]}..{objects[-1]}): ")
+        out.append(f"{where}{key} ({count} times)")
+    return tuple(out)
+
+
+_OBJECT_WARNING = re.compile(r"object (\d+): (.*)", re.S)
+_TOKEN_NUMBER = re.compile(r"<(loc|seg)(\d+)>")
+
+
 def bins_to_box(bins: tuple[int, int, int, int], width: int, height: int) -> tuple[float, float, float, float]:
     """(y0, x0, y1, x1) bins -> ordered, clamped (x0, y0, x1, y1) pixels of a width x height image."""
     y0, x0, y1, x1 = bins
@@ -89,7 +127,7 @@ def parse_objects(text: str, width: int, height: int, structured: bool = True) -
             _parse_chunk(chunk, n, width, height, objects, warnings)
         elif text.strip():
             warnings.append(f"object {n}: empty (stray ';')")
-    return Parsed(tuple(objects), tuple(warnings))
+    return Parsed(tuple(objects), collapse(warnings))
 
 
 def _parse_chunk(chunk: str, n: int, width: int, height: int, objects: list, warnings: list) -> None:

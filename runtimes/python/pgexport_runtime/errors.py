@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class BundleError(UserError):
     """A bundle that is missing files, was tampered with, or has a schema this runtime does not know."""
+
+
+class LimitError(UserError, ValueError):
+    """A value outside what the runtime allows (limits.py). Also a ValueError, which Sampling used to raise."""

@@ -6,7 +6,11 @@ manifest.json; the runtime rebuilds it from there. Nothing downstream inspects a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from . import fields
+
+FAMILIES = ("paligemma", "paligemma2")
 
 
 @dataclass(frozen=True)
@@ -50,16 +54,43 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Geometry":
-        names = {f.name for f in fields(cls)}
-        missing = names - d.keys()
-        if missing:
-            raise ValueError(f"geometry is missing fields: {sorted(missing)}")
-        # fields may be appended in later schema versions: ignore what this version does not know
-        kwargs = {k: d[k] for k in names}
-        kwargs["sliding_layers"] = tuple(bool(x) for x in d["sliding_layers"])
-        return cls(**kwargs)
+        """Read and bound-check a manifest's geometry (fields.FieldError, a BundleError, on anything odd).
+
+        The bounds are far above any PaliGemma (3B: 2048 hidden, 26 layers, 257k vocab, 8192 positions) and
+        exist so that a tampered manifest cannot size a KV cache or a logits buffer by a garbage number.
+        """
+        w = "geometry"
+        if not isinstance(d, dict):
+            raise fields.FieldError(f"{w} must be an object")
+        v: dict = {name: fields.integer(d, name, w, lo, hi) for name, (lo, hi) in _INT_BOUNDS.items()}
+        v["family"] = fields.text(d, "family", w, choices=FAMILIES)
+        for name, (lo, hi) in _FLOAT_BOUNDS.items():
+            v[name] = fields.number(d, name, w, lo, hi, optional=name in _OPTIONAL)
+        v["sliding_window"] = fields.integer(d, "sliding_window", w, 1, _MAX_POSITIONS, optional=True)
+        v["sliding_layers"] = fields.flags(d, "sliding_layers", w, v["text_layers"])
+        v["tie_word_embeddings"] = fields.flag(d, "tie_word_embeddings", w)
+        for name in ("image_token_id", "bos_token_id", "eos_token_id", "pad_token_id"):
+            v[name] = fields.integer(d, name, w, 0, v["vocab_size"] - 1)
+        if v["num_heads"] % v["num_kv_heads"]:
+            raise fields.FieldError(f"{w}: num_heads {v['num_heads']} is not a multiple of num_kv_heads "
+                                    f"{v['num_kv_heads']}")
+        # fields may be appended in later schema versions: what this version does not know is ignored
+        return cls(**v)
 
     @property
     def kv_shape_tail(self) -> tuple[int, int]:
         """(kv heads, head dim): a past/present tensor is [batch, kv_heads, length, head_dim]."""
         return self.num_kv_heads, self.head_dim
+
+
+_MAX_POSITIONS = 1 << 22
+_INT_BOUNDS = {  # name: (lo, hi), inclusive
+    "image_size": (1, 8192), "patch_size": (1, 8192), "num_image_tokens": (1, 1 << 16),
+    "vision_hidden": (1, 1 << 16), "vision_layers": (1, 1024), "vision_heads": (1, 1024),
+    "vision_intermediate": (1, 1 << 18), "text_hidden": (1, 1 << 16), "text_layers": (1, 1024),
+    "num_heads": (1, 1024), "num_kv_heads": (1, 1024), "head_dim": (1, 4096), "text_intermediate": (1, 1 << 18),
+    "vocab_size": (1, 1 << 22), "max_position_embeddings": (1, _MAX_POSITIONS),
+}
+_FLOAT_BOUNDS = {"rope_theta": (0, 1e12), "rms_norm_eps": (0, 1), "attn_scale": (0, 1e3),
+                 "attn_softcap": (0, 1e6), "final_softcap": (0, 1e6)}
+_OPTIONAL = ("attn_softcap", "final_softcap")  # null in Gemma 1

@@ -54,3 +54,20 @@ KEEP = "logits_kept"
 # mask decoder (optional graph: segmentation's VQ-VAE decoder)
 SEG_CODES = "seg_codes"  # [batch, 16] int64, the <segNNN> codes of one object (row-major 4x4)
 MASKS = "masks"  # [batch, 64, 64] float32, nominally in [-1, 1]; > 0 is the object
+
+
+def expected(graph: str, g, image_hw: tuple[int, int]) -> dict[str, dict[int, int]]:
+    """The names the runtime feeds or binds on `graph`, each with the axes whose size it derives from the
+    manifest (geometry, preprocessing size): session.check_io compares them with the loaded graph."""
+    if graph == "vision_encoder":
+        return {PIXEL_VALUES: {1: 3, 2: image_hw[0], 3: image_hw[1]}, VISION_FEATURES: {}}
+    if graph == "projector":
+        return {VISION_FEATURES: {}, IMAGE_EMBEDS: {2: g.text_hidden}}
+    if graph == "mask_decoder":
+        return {SEG_CODES: {1: 16}, MASKS: {}}
+    kv = {1: g.num_kv_heads, 3: g.head_dim}  # KVCache sizes its buffers from these
+    names = {INPUT_IDS: {}, DECODER_IMAGE_EMBEDS: {2: g.text_hidden}, ATTENTION_MASK: {}, POSITION_IDS: {},
+             TOKEN_TYPE_IDS: {}, LOGITS_INDEX: {}, LOGITS: {2: g.vocab_size}}  # logits are bound at vocab_size
+    for i in range(g.text_layers):
+        names |= {past_key(i): kv, past_value(i): kv, present_key(i): kv, present_value(i): kv}
+    return names

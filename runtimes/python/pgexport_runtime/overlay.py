@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,20 +49,56 @@ def draw_answer(image: Image.Image, answer: Answer) -> Image.Image:
     return out
 
 
-def check_output_path(path: Path) -> None:
-    """Fail before generating if the picture could not be written (missing folder, unknown format)."""
+def check_output_path(path: Path, image: Path | None = None) -> None:
+    """Fail before generating if the picture could not be written (missing folder, unknown format), or would
+    overwrite the input image (compared after resolving links and '..')."""
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"--overlay {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"--overlay {path}: folder {path.parent} is not writable")
+    if path.is_dir():
+        raise UserError(f"--overlay {path} is a directory")
+    if image is not None and _same_file(path, Path(image)):
+        raise UserError(f"--overlay {path} is the input image; write the overlay to another file")
+    _format(path)
+
+
+def _format(path: Path) -> str:
     Image.init()
-    if path.suffix.lower() not in Image.registered_extensions():
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
         raise UserError(f"--overlay {path}: unknown image format {path.suffix!r} (use .png or .jpg)")
+    return fmt
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:  # one of them does not exist
+        return False
 
 
 def save_overlay(image: Image.Image, answer: Answer, path: Path) -> Path:
+    """Write the overlay atomically: into a temporary file beside `path`, renamed over it when complete, so
+    that a failed write (read-only folder, full disk) leaves neither a partial file nor a changed target."""
+    path = Path(path)
     check_output_path(path)
+    picture = draw_answer(image, answer)
+    tmp = None
     try:
-        draw_answer(image, answer).save(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the picture from others; 0644 is open()'s usual
+        with os.fdopen(fd, "wb") as f:
+            picture.save(f, format=_format(path))
+        os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc}") from None
-    return Path(path)
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return path

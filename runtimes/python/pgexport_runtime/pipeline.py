@@ -9,16 +9,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import io_names, limits
 from .errors import UserError
 from .generate import Graphs, encode_image, generate
+from .images import as_image
 from .manifest import load_manifest
 from .mapped import release_mapped_pages
 from .masks import MaskDecoder
-from .preprocess import load_image, preprocess
+from .preprocess import preprocess
 from .prompt import PromptTokenizer
 from .sampling import Sampling
-from .session import SessionConfig, create_session
+from .session import SessionConfig, check_io, create_session
 from .structured import Answer, to_answer
+
+ImageLike = Image.Image | str | Path | np.ndarray  # a path, a PIL image, or uint8 HxW / HxWx3 / HxWx4
 
 
 @dataclass
@@ -29,14 +33,22 @@ class Result:
 
 
 class PaliGemma:
-    """A loaded bundle. `PaliGemma("bundle/").generate([image], ["caption en"])`."""
+    """A loaded bundle. `PaliGemma("bundle/").generate([image], ["caption en"])`.
+
+    max_image_pixels bounds every image before it is decoded (limits.py); raise it for trusted large images.
+    One object may serve several threads at once: a generation keeps its state (KV cache, IO binding) local.
+    """
 
     def __init__(self, bundle: str | Path, session: SessionConfig | None = None, verify: bool = True,
-                 manifest_file: str = "manifest.json"):
+                 manifest_file: str = "manifest.json", max_image_pixels: int = limits.DEFAULT_MAX_IMAGE_PIXELS):
+        self.max_image_pixels = limits.check_max_image_pixels(max_image_pixels)
         self.manifest = load_manifest(bundle, verify=verify, manifest_file=manifest_file)
         self.geometry = self.manifest.geometry
         self.session_config = session or SessionConfig()
         m, cfg = self.manifest, self.session_config
+        tok = m.tokenizer  # before the graphs: a broken tokenizer is found without loading them
+        self.tokenizer = PromptTokenizer(m.tokenizer_file, self.geometry, tok.image_token, tok.bos_token)
+        self.eos_ids = set(m.generation.eos_token_ids)
         self.graphs = Graphs(
             vision=self._session("vision_encoder"),
             projector=self._session("projector"),
@@ -44,31 +56,37 @@ class PaliGemma:
             device=cfg.ort_device,
             device_id=cfg.device_id,
         )
-        tok = m.raw["tokenizer"]
-        self.tokenizer = PromptTokenizer(m.tokenizer_file, self.geometry, tok["image_token"], tok["bos_token"])
-        self.eos_ids = set(m.generation["eos_token_ids"])
         # optional graph (segment): 16 <seg> codes -> a 64x64 mask; None in bundles built without one
         entry = m.graphs.get("mask_decoder")
         self.mask_decoder = MaskDecoder(m.path(entry.file), cfg) if entry else None
+        if self.mask_decoder is not None:
+            check_io(self.mask_decoder.session, m.path(entry.file), self._expected_io("mask_decoder"))
+
+    def _expected_io(self, graph: str) -> dict:
+        return io_names.expected(graph, self.geometry, self.manifest.preprocessing.size)
 
     def _session(self, graph: str):
         entry, cfg = self.manifest.graphs[graph], self.session_config
         session = create_session(self.manifest.path(entry.file), cfg)
+        check_io(session, self.manifest.path(entry.file), self._expected_io(graph))
         if cfg.release_mapped_weights and cfg.prepack and entry.data_files:
             # one graph at a time, so that the next graph loads with this one's copies already given back
             release_mapped_pages(self.manifest.path(f) for f in entry.data_files)
         return session
 
-    def pixel_values(self, images: Sequence[Image.Image | str | Path]) -> np.ndarray:
-        pil = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
-        return preprocess(pil, self.manifest.preprocessing)
+    def images(self, images: Sequence[ImageLike]) -> list[Image.Image]:
+        """Paths, PIL images or uint8 arrays -> upright PIL images within max_image_pixels (images.py)."""
+        return [as_image(im, self.max_image_pixels) for im in images]
 
-    def image_embeddings(self, images: Sequence[Image.Image | str | Path]) -> np.ndarray:
+    def pixel_values(self, images: Sequence[ImageLike]) -> np.ndarray:
+        return preprocess(self.images(images), self.manifest.preprocessing)
+
+    def image_embeddings(self, images: Sequence[ImageLike]) -> np.ndarray:
         return encode_image(self.graphs, self.pixel_values(images))
 
     def generate(
         self,
-        images: Sequence[Image.Image | str | Path],
+        images: Sequence[ImageLike],
         prompts: Sequence[str],
         max_new_tokens: int | None = None,
         sampling: Sampling | None = None,
@@ -76,13 +94,25 @@ class PaliGemma:
         on_token: Callable[[int, int, str], None] | None = None,
         image_embeds: np.ndarray | None = None,
     ) -> list[Result]:
-        """Answer one prompt per image. on_token(row, token_id, new_text) streams as tokens arrive."""
-        if len(images) != len(prompts) and image_embeds is None:
+        """Answer one prompt per image. on_token(row, token_id, new_text) streams as tokens arrive.
+
+        Every bound (limits.py) is checked before any image is decoded or graph is run; no prompts, no
+        results: `generate([], [])` is `[]`.
+        """
+        if isinstance(prompts, str) or isinstance(images, (str, Path, Image.Image, np.ndarray)):
+            raise UserError("generate takes lists: generate([image], [prompt]); for one pair use pg(image, prompt)")
+        sampling = Sampling() if sampling is None else sampling
+        if not isinstance(sampling, Sampling):
+            raise UserError(f"sampling must be a Sampling, not {type(sampling).__name__}")
+        limits.check_request(prompts, max_new_tokens, stop_strings)
+        limits.check_top_k(sampling.top_k, self.geometry.vocab_size)
+        if image_embeds is None and len(images) != len(prompts):
             raise UserError(f"{len(images)} images for {len(prompts)} prompts: give one image per prompt")
-        max_new_tokens = max_new_tokens or self.manifest.generation["max_new_tokens"]
-        if max_new_tokens < 1:
-            raise UserError("max_new_tokens must be at least 1")
+        if not prompts:
+            return []
+        max_new_tokens = self.manifest.generation.max_new_tokens if max_new_tokens is None else max_new_tokens
         ids, mask = self.tokenizer.batch(list(prompts))
+        limits.check_positions(ids.shape[1], max_new_tokens, self.geometry)
         embeds = self.image_embeddings(images) if image_embeds is None else image_embeds
         texts = [""] * len(prompts)
 
@@ -98,7 +128,7 @@ class PaliGemma:
             return bool(stop_strings) and any(s in self.tokenizer.decode(tokens) for s in stop_strings)
 
         streamed: list[list[int]] = [[] for _ in prompts]
-        rows = generate(self.graphs, self.geometry, embeds, ids, mask, max_new_tokens, sampling or Sampling(),
+        rows = generate(self.graphs, self.geometry, embeds, ids, mask, max_new_tokens, sampling,
                         self.eos_ids, should_stop if stop_strings else None, stream)
         results = []
         for prompt, tokens in zip(prompts, rows):
@@ -109,15 +139,17 @@ class PaliGemma:
             results.append(Result(prompt=prompt, text=text, tokens=tokens))
         return results
 
-    def __call__(self, image, prompt: str, **kwargs) -> Result:
+    def __call__(self, image: ImageLike, prompt: str, **kwargs) -> Result:
         return self.generate([image], [prompt], **kwargs)[0]
 
-    def answers(self, images: Sequence[Image.Image | str | Path], prompts: Sequence[str], **kwargs) -> list[Answer]:
-        """`generate`, then each text parsed into detections / segments in pixels of the original image."""
-        pil = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+    def answers(self, images: Sequence[ImageLike], prompts: Sequence[str], **kwargs) -> list[Answer]:
+        """`generate`, then each text parsed into detections / segments in pixels of the original (upright) image."""
+        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+            raise UserError("answers takes lists: answers([image], [prompt]); for one pair use answer(image, prompt)")
+        pil = self.images(images)
         results = self.generate(pil, prompts, **kwargs)
         return [to_answer(r, im.width, im.height, self.mask_decoder) for r, im in zip(results, pil)]
 
-    def answer(self, image, prompt: str, **kwargs) -> Answer:
+    def answer(self, image: ImageLike, prompt: str, **kwargs) -> Answer:
         """One image and prompt -> Answer(text, tokens, detections, segments, warnings)."""
         return self.answers([image], [prompt], **kwargs)[0]

@@ -7,20 +7,28 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .errors import UserError
+from . import limits
+from .errors import BundleError, UserError
 from .geometry import Geometry
 
 
 class PromptTokenizer:
     def __init__(self, tokenizer_file: Path, geometry: Geometry, image_token: str = "<image>", bos_token: str = "<bos>"):
-        self.tok = Tokenizer.from_file(str(tokenizer_file))
+        try:
+            self.tok = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as exc:  # noqa: BLE001  the tokenizers library raises a bare Exception on bad JSON
+            first = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise BundleError(f"{tokenizer_file}: not a tokenizer the tokenizers library can read ({first})") from None
+        if self.tok.token_to_id(image_token) != geometry.image_token_id:
+            # a valid tokenizer of another model: every prompt would fail the <image> count below
+            raise BundleError(f"{tokenizer_file}: {image_token!r} is not token {geometry.image_token_id} as the "
+                              "geometry says; the tokenizer does not belong to this model")
         self.g = geometry
         self.image_token = image_token
         self.bos_token = bos_token
 
     def prefix_ids(self, prompt: str) -> list[int]:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UserError("empty prompt: give a task prefix such as 'caption en', 'ocr' or 'detect cat'")
+        limits.check_prompt(prompt)
         text = self.image_token * self.g.num_image_tokens + self.bos_token + prompt + "\n"
         ids = self.tok.encode(text, add_special_tokens=False).ids
         if ids.count(self.g.image_token_id) != self.g.num_image_tokens:

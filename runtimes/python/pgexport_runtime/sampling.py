@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import limits
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -16,12 +18,9 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self):
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.top_k < 0:
-            raise ValueError("top_k must be >= 0")
+        # LimitError (a ValueError): NaN, infinities, negative seeds are refused here, top_k > vocabulary
+        # once the model is known (PaliGemma.generate)
+        limits.check_sampling(self.do_sample, self.temperature, self.top_k, self.top_p, self.seed)
 
 
 def choose(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> np.ndarray:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from . import limits
 from .errors import BundleError, UserError
 
 _OPT = {
@@ -35,6 +36,11 @@ class SessionConfig:
     # onnxruntime's per-node profiler: a JSON trace per graph, PREFIX_<graph>_<time>.json, written when the
     # session's end_profiling() is called (benchmarks/profile_ops.py reads them). Off by default.
     profile_prefix: str = ""
+
+    def __post_init__(self):
+        # before any graph loads: onnxruntime starts every thread it is given (--threads 100000 hung)
+        limits.check_threads(self.intra_op_threads, "intra_op_threads")
+        limits.check_threads(self.inter_op_threads, "inter_op_threads")
 
     @property
     def providers(self) -> list:
@@ -71,3 +77,19 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"{Path(path).name}: onnxruntime cannot load this graph ({first[:300]})") from None
+
+
+def check_io(session: ort.InferenceSession, path: Path, expected: dict[str, dict[int, int]]) -> None:
+    """The names the runtime will feed or bind must be the graph's, with the sizes it derives from the manifest
+    (io_names.expected). A manifest whose geometry disagrees with its sha256-checked graphs is then a bundle
+    error at load, not an onnxruntime error in the middle of a generation."""
+    shapes = {a.name: a.shape for a in (*session.get_inputs(), *session.get_outputs())}
+    for name, axes in expected.items():
+        if name not in shapes:
+            raise BundleError(f"{Path(path).name}: the graph has no {name}; graph and manifest do not belong together")
+        shape = shapes[name]
+        for axis, size in axes.items():
+            have = shape[axis] if axis < len(shape) else None
+            if isinstance(have, int) and have != size:
+                raise BundleError(f"{Path(path).name}: {name} has size {have} on axis {axis} where the manifest "
+                                  f"says {size}; graph and manifest do not belong together")

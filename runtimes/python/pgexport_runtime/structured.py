@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .answers import is_structured_prompt, parse_objects
+from .answers import collapse, is_structured_prompt, parse_objects, task_warning
 from .masks import mask_to_rle, paste_mask
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original image
@@ -66,7 +66,7 @@ MaskDecodeFn = Callable[[np.ndarray], np.ndarray]  # codes [N, 16] -> masks [N, 
 def to_answer(result, width: int, height: int, mask_decoder: MaskDecodeFn | None) -> Answer:
     """Parse `result.text` for an image of width x height and decode its masks (one batched call)."""
     parsed = parse_objects(result.text, width, height, structured=is_structured_prompt(result.prompt))
-    warnings = list(parsed.warnings)
+    warnings = [w for w in [task_warning(result.prompt)] if w] + list(parsed.warnings)
     with_mask = [o for o in parsed.objects if o.codes is not None]
     masks64 = None
     if with_mask and mask_decoder is None:
@@ -83,7 +83,7 @@ def to_answer(result, width: int, height: int, mask_decoder: MaskDecodeFn | None
             warnings.append(f"segment {o.label!r}: empty mask")
         segments.append(Segment(o.label, o.box, mask, o.codes))
     return Answer(result.prompt, result.text, tuple(result.tokens), tuple(detections), tuple(segments),
-                  tuple(warnings))
+                  collapse(warnings))
 
 
 __all__ = ["Answer", "Detection", "Segment", "to_answer"]

@@ -1,0 +1,41 @@
+"""Writing files the user will keep: whole or not at all, and a full disk is one line.
+
+Every file a command writes goes to a temporary name beside its target and is renamed into place once
+complete (`atomic_path`), so an interrupted or failed write never leaves a truncated file under the real
+name. A full disk, a quota, a read-only or forbidden target (`write_errors`) is the user's to fix: a
+UserError naming the target, not a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pgexport_runtime.errors import UserError
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
+@contextmanager
+def write_errors(target: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise UserError(f"cannot write {target}: {exc.strerror or exc}; nothing was written") from None
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path to write; renamed to `path` when the block ends without error, removed otherwise."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")  # keeps the suffix: savefig reads it
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,107 @@
+"""Faults during a build: SIGTERM or SIGKILL, a full disk. Nothing that looks like a bundle is left, and no
+PyTorch child outlives the build."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _start_build(out: Path) -> tuple[subprocess.Popen, int]:
+    """A build of tiny-pg1, returned once its PyTorch child has started exporting."""
+    proc = subprocess.Popen([sys.executable, "-m", "pgexport.cli", "build", "--model", "tiny-pg1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        kids = _children(proc.pid)
+        tmp = list(out.parent.glob(f".pgexport-tmp-{out.name}-{proc.pid}/.torch/job.json"))
+        if kids and tmp:
+            time.sleep(2.0)  # well inside the PyTorch phase
+            return proc, kids[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the build's PyTorch child never started")
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _looks_like_a_bundle(root: Path) -> list[Path]:
+    return list(root.rglob("manifest.json")) + list(root.rglob("manifest.partial.json"))
+
+
+def test_sigterm_cleans_up_like_sigint(tmp_path):
+    out = tmp_path / "b"
+    proc, child = _start_build(out)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith("interrupted; nothing was written")
+    assert _wait_gone(child, 10), "the PyTorch child outlived the build"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_sigkill_takes_the_child_along_and_the_next_build_clears_the_leftovers(tmp_path):
+    out = tmp_path / "b"
+    proc, child = _start_build(out)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert _wait_gone(child, 10), "the PyTorch child outlived the build"
+    left = [p.name for p in tmp_path.iterdir()]
+    assert left == [f".pgexport-tmp-b-{proc.pid}"]  # SIGKILL leaves the temp dir (nothing can run) ...
+    assert _looks_like_a_bundle(tmp_path) == []  # ... but nothing in it looks like a bundle
+
+    done = subprocess.run([sys.executable, "-m", "pgexport.cli", "build", "--model", "tiny-pg1", "--out",
+                           str(tmp_path / "other"), "--skip-parity"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    notes = [ln for ln in done.stderr.splitlines() if "left by an interrupted build" in ln]
+    assert len(notes) == 1 and f".pgexport-tmp-b-{proc.pid}" in notes[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """RLIMIT_FSIZE makes every write past 300 kB fail with EFBIG, in the build and its child alike, as a full
+    disk does with ENOSPC (SIGXFSZ ignored, so the write returns the error instead of killing the process)."""
+    import resource
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    done = subprocess.run([sys.executable, "-m", "pgexport.cli", "build", "--model", "tiny-pg1", "--out",
+                           str(tmp_path / "b")], capture_output=True, text=True, timeout=600, preexec_fn=small_disk)
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {tmp_path / 'b'}:"), lines
+    assert "nothing was written" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
