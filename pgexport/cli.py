@@ -100,7 +100,9 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
     if quant_info:
         click.echo(f"recipe {quant_info['recipe']['name']}: {_recipe_line(quant_info['summary'])}")
         if quant_info.get("accuracy"):
-            click.echo("accuracy vs PyTorch fp32: " + _accuracy_line(quant_info["accuracy"]))
+            reference = "PyTorch fp32" + (" (base + adapter, peft)" if opts.adapter or
+                                          (manifest.get("source") or {}).get("adapter") else "")
+            click.echo(f"accuracy vs {reference}: " + _accuracy_line(quant_info["accuracy"]))
 
 
 @cli.command()
@@ -177,6 +179,9 @@ def inspect(bundle, as_json, no_verify):
     g, raw = m.geometry, m.raw
     source = raw.get("source") or {}  # its shape is checked at load (provenance.py)
     spec = source.get("spec") or source.get("name") or "an unrecorded source"
+    adapter = source.get("adapter")
+    if isinstance(adapter, dict):  # a peft adapter merged at build (pgexport/adapters.py)
+        spec += f" + adapter {adapter.get('name')} ({adapter.get('peft_type')}, rank {adapter.get('rank')})"
     click.echo(f"bundle   {m.root}  (schema {raw['schema_version']}, from {spec})")
     click.echo(f"model    {g.family}, {g.image_size}px / {g.num_image_tokens} image tokens, "
                f"decoder {g.text_layers}x{g.text_hidden} ({g.num_heads} heads, {g.num_kv_heads} kv), vocab {g.vocab_size}")
