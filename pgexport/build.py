@@ -160,7 +160,7 @@ def _quantize(writer: BundleWriter, manifest: dict, recipe, gptq_weights, gate_r
     if opts.min_agreement is not None and accuracy["sequence_agreement"] < opts.min_agreement:
         raise GateError(f"accuracy gate failed: sequence agreement {accuracy['sequence_agreement']:.3f} < "
                         f"--min-agreement {opts.min_agreement} over {accuracy['samples']} held-out samples "
-                        f"(token agreement {accuracy['token_agreement']:.3f}, mean KL {accuracy['mean_kl']:.4f})")
+                        f"(token agreement {accuracy['token_agreement']:.3f}, mean KL {accuracy['mean_kl']:.2e})")
 
 
 def export_graphs(model, g: Geometry, out_dir: Path, step) -> None:

@@ -94,9 +94,9 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
             bar.close()
     manifest = json.loads((path / "manifest.json").read_text())
     parity = manifest.get("parity")
-    verdict = "parity not checked" if parity is None else "parity ok: " + _parity_line(parity)
-    click.echo(f"wrote {path} ({_size(path)}); {verdict}")
     quant_info = manifest.get("quantization")
+    verdict = "parity not checked" if parity is None else f"parity ok{_parity_label(quant_info)}: {_parity_line(parity)}"
+    click.echo(f"wrote {path} ({_size(path)}); {verdict}")
     if quant_info:
         click.echo(f"recipe {quant_info['recipe']['name']}: {_recipe_line(quant_info['summary'])}")
         if quant_info.get("accuracy"):
@@ -192,9 +192,9 @@ def inspect(bundle, as_json, no_verify):
         click.echo(f"  {'':<15} in:  {_io_summary(entry.inputs)}")
         click.echo(f"  {'':<15} out: {_io_summary(entry.outputs)}")
     parity = raw.get("parity")
-    click.echo("parity   " + ("not checked" if parity is None else ("ok: " if parity["ok"] else "FAILED: ")
-                              + _parity_line(parity)))
     quant = raw.get("quantization")
+    click.echo("parity   " + ("not checked" if parity is None else ("ok" if parity["ok"] else "FAILED")
+                              + f"{_parity_label(quant)}: {_parity_line(parity)}"))
     click.echo("recipe   " + ("fp32 (not quantized)" if not quant else
                               f"{quant['recipe']['name']}: {_recipe_line(quant['summary'])}"))
     if quant and quant.get("accuracy"):
@@ -236,7 +236,7 @@ def demo(out, rebuild):
               help="Model source of the PyTorch reference. Default: the source recorded in each bundle's manifest.")
 @click.option("--reference-dtype", "reference_dtypes", multiple=True, type=click.Choice(["bf16", "fp32"]),
               help="Reference precision (repeatable; accuracy is measured against the first). "
-                   "Default: bf16 (full mode), bf16 and fp32 (speed mode).")
+                   "Default: fp32 (full mode: the model as trained), bf16 and fp32 (speed mode).")
 @click.option("--eval", "eval_set", metavar="SET", default=None,
               help="'demo' (the demo model's held-out set) or a JSONL of {image, prompt, answer?}. "
                    "Default: demo, or generated inputs in speed mode.")
@@ -380,9 +380,15 @@ def _recipe_line(summary: dict) -> str:
     return ", ".join(parts)
 
 
+def _parity_label(quant: dict | None) -> str:
+    # parity runs on the float32 graphs, before any recipe rewrites them: a quantized bundle's own agreement
+    # with PyTorch is the accuracy line, and must never be read off the parity line
+    return " (float32 graphs, before quantization)" if quant else ""
+
+
 def _accuracy_line(acc: dict) -> str:
     return (f"sequence agreement {acc['sequence_agreement']:.1%}, token agreement {acc['token_agreement']:.1%}, "
-            f"top-1 {acc['top1_agreement']:.1%}, mean KL {acc['mean_kl']:.4f} ({acc['samples']} held-out samples)")
+            f"top-1 {acc['top1_agreement']:.1%}, mean KL {acc['mean_kl']:.2e} ({acc['samples']} held-out samples)")
 
 
 def _io_summary(names) -> str:

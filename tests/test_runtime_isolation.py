@@ -42,3 +42,31 @@ def test_runtime_runs_without_torch_or_transformers(bundles, images, tmp_path):
     assert got["loaded"] == []
     expected = PaliGemma(bundle)(images[0], "caption en", max_new_tokens=8).tokens
     assert got["tokens"] == expected and len(expected) == 8
+
+
+UNBLOCKED = textwrap.dedent(
+    """
+    import json, sys
+    from PIL import Image
+    import pgexport_runtime
+    from pgexport_runtime import PaliGemma
+
+    pg = PaliGemma(sys.argv[1])
+    pg.answer(Image.open(sys.argv[2]), "detect cat", max_new_tokens=8)
+    print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "pgexport"))))
+    """
+)
+
+
+def test_runtime_leaves_torch_unimported_where_it_is_installed(bundles, images, tmp_path):
+    """The blocked run above would pass with a guarded `try: import torch`; with torch installed (as here), a
+    full run must still never import it: not in the runtime, not in anything the runtime imports."""
+    import importlib.util
+
+    assert importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+    image_path = tmp_path / "image.png"
+    images[0].save(image_path)
+    out = subprocess.run([sys.executable, "-c", UNBLOCKED, str(bundles["tiny-pg1"]), str(image_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
