@@ -58,7 +58,7 @@ def table(report: dict) -> tuple[str, dict]:
         mb = r["size"]["total_bytes"] / 2**20
         fp32_size = fp32_size or (mb if r["name"].endswith("fp32") else None)
         recipe = r["name"].removeprefix("bundle-")
-        by_recipe[recipe] = {"seq": acc["sequence_exact_match"], "tok": acc["token_agreement"],
+        by_recipe[recipe] = {"seq": acc["sequence_agreement"], "tok": acc["token_agreement"],
                              "kl": tf["mean_kl"], "top1": tf["top1_agreement"], "drop": drop_points(ref_tm, tm),
                              "mb": mb}
         v = by_recipe[recipe]

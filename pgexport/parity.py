@@ -15,6 +15,9 @@ from PIL import Image, ImageDraw
 from pgexport_runtime import io_names as io
 from pgexport_runtime.geometry import Geometry
 
+from . import agreement
+from .agreement import until_eos
+
 PROMPTS = ("caption en", "answer en what colour is the large shape on the left?")
 
 
@@ -69,7 +72,7 @@ def torch_reference(model, source_dir, g: Geometry, new_tokens: int) -> Referenc
             **{k: v for k, v in inputs.items() if k != "labels"},
             max_new_tokens=new_tokens, do_sample=False, min_new_tokens=0,
         )
-    greedy = [_until_eos(row[inputs["input_ids"].shape[1]:].tolist(), g.eos_token_id) for row in out]
+    greedy = [until_eos(row[inputs["input_ids"].shape[1]:].tolist(), g.eos_token_id) for row in out]
     return Reference(
         pixel_values=inputs["pixel_values"].numpy(),
         vision_features=feats.numpy(),
@@ -81,10 +84,6 @@ def torch_reference(model, source_dir, g: Geometry, new_tokens: int) -> Referenc
     )
 
 
-def _until_eos(tokens: list[int], eos: int) -> list[int]:
-    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
-
-
 def _rel(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     diff = float(np.abs(a.astype(np.float64) - b).max())
     return diff, diff / max(float(np.abs(b).max()), 1e-12)
@@ -92,8 +91,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "manifest.json") -> dict:
     """Run the bundle with pgexport_runtime on the reference inputs; return the parity report."""
-    from pgexport_runtime import PaliGemma, SessionConfig
-    from pgexport_runtime.generate import decoder_step
+    from pgexport_runtime import PaliGemma, SessionConfig, decoder
     from pgexport_runtime.kv_cache import KVCache
 
     # no prepacking: a 3B fp32 decoder would otherwise sit in memory twice (mmapped file + packed copy)
@@ -118,17 +116,16 @@ def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "ma
     checks["projector"] = _entry(*_rel(embeds, ref.image_embeds), tol.relative)
 
     batch, seq = ref.input_ids.shape
-    cache = KVCache(g, batch, seq)
-    positions = np.maximum(np.cumsum(ref.attention_mask, axis=1), 1).astype(np.int64)
-    logits = decoder_step(pg.graphs, g, cache, ref.input_ids, ref.image_embeds, ref.attention_mask, positions,
-                          np.zeros_like(ref.input_ids), np.tile(np.arange(seq, dtype=np.int64), (batch, 1)))
+    every = np.tile(np.arange(seq, dtype=np.int64), (batch, 1))  # logits at every position, not only the last
+    logits = decoder.prefill(pg.graphs, g, KVCache(g, batch, seq), ref.input_ids, ref.image_embeds,
+                             ref.attention_mask, logits_index=every)
     real = ref.attention_mask.astype(bool)
     checks["decoder_prefill"] = _entry(*_rel(logits[real], ref.logits[real]), tol.relative)
 
     # end to end: the runtime's own preprocessing, prompt building, prefill and IO-bound decode loop
     results = pg.generate([image] * len(PROMPTS), list(PROMPTS), max_new_tokens=max(len(r) for r in ref.greedy))
-    got = [_until_eos(r.tokens, g.eos_token_id) for r in results]
-    first_div = [_first_divergence(a, b) for a, b in zip(got, ref.greedy)]
+    got = [until_eos(r.tokens, g.eos_token_id) for r in results]
+    first_div = agreement.sequences(ref.greedy, got)["first_divergence"]
     checks["greedy"] = {
         "tokens": [len(r) for r in ref.greedy],
         "match": got == ref.greedy,
@@ -138,13 +135,6 @@ def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "ma
     report["ok"] = all(c["ok"] for c in checks.values())
     report["first_failure"] = next((k for k, c in checks.items() if not c["ok"]), None)
     return report
-
-
-def _first_divergence(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def _entry(max_abs: float, rel: float, limit: float, absolute: bool = False) -> dict:

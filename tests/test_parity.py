@@ -8,7 +8,7 @@ import torch
 
 from conftest import PROMPTS
 from pgexport_runtime import PaliGemma
-from pgexport_runtime.generate import decoder_step
+from pgexport_runtime import decoder
 from pgexport_runtime.kv_cache import KVCache
 
 N_TOKENS = 16
@@ -45,10 +45,9 @@ def test_batch_of_3_left_padded_matches_batch_1_and_transformers(tiny, runtime, 
 
 def _prefill_logits(runtime, ids, mask, embeds, token_type_ids):
     g = runtime.geometry
-    cache = KVCache(g, ids.shape[0], ids.shape[1])
-    pos = np.maximum(np.cumsum(mask, axis=1), 1).astype(np.int64)
     keep = np.tile(np.arange(ids.shape[1], dtype=np.int64), (ids.shape[0], 1))
-    return decoder_step(runtime.graphs, g, cache, ids, embeds, mask, pos, token_type_ids, keep)
+    return decoder.prefill(runtime.graphs, g, KVCache(g, ids.shape[0], ids.shape[1]), ids, embeds, mask,
+                           token_type_ids, keep)
 
 
 def test_prefill_logits_match_transformers_with_token_type_ids(tiny, runtime, images):

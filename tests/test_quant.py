@@ -17,7 +17,7 @@ from pgexport.quant.gptq import gptq_quantize, to_packed
 from pgexport.quant.recipes import RECIPES, Precision, resolve_recipe
 from pgexport_runtime import PaliGemma
 from pgexport_runtime.errors import UserError
-from pgexport_runtime.generate import decoder_step
+from pgexport_runtime import decoder
 from pgexport_runtime.kv_cache import KVCache
 from pgexport_runtime.manifest import sha256_file
 
@@ -91,9 +91,8 @@ def test_quantized_decoder_equals_torch_with_the_same_dequantized_weights(tiny, 
         lm.load_state_dict(saved)
     pg = PaliGemma(tmp_path / "q")
     ids, mask = inputs["input_ids"].numpy(), inputs["attention_mask"].numpy()
-    got = decoder_step(pg.graphs, pg.geometry, KVCache(pg.geometry, 2, ids.shape[1]), ids, embeds, mask,
-                       np.maximum(np.cumsum(mask, 1), 1), np.zeros_like(ids),
-                       np.tile(np.arange(ids.shape[1]), (2, 1)))
+    got = decoder.prefill(pg.graphs, pg.geometry, KVCache(pg.geometry, 2, ids.shape[1]), ids, embeds, mask,
+                          logits_index=np.tile(np.arange(ids.shape[1]), (2, 1)))
     real = mask.astype(bool)
     assert np.abs(got[real] - ref[real]).max() <= 1e-4 * np.abs(ref[real]).max()
 

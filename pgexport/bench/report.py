@@ -80,13 +80,13 @@ def markdown(report: dict) -> str:
     acc = [r for r in runs if r["accuracy"]]
     if acc:
         lines += ["", f"## Accuracy against the PyTorch reference ({acc[0]['reference']})", "",
-                  "| bundle | sequence match | token agreement | first divergence (min / mean) | mean KL (nats) "
+                  "| bundle | sequence agreement | token agreement | first divergence (min / mean) | mean KL (nats) "
                   "| top-1 agreement |", "|---|---:|---:|---:|---:|---:|"]
         for r in acc:
             a, fd, tf = r["accuracy"], r["accuracy"]["first_divergence"], r["accuracy"]["teacher_forced"]
             div = "none" if fd["items_diverged"] == 0 else f"{fd['min_position']} / {fd['mean_position']:.1f} " \
                                                           f"({fd['items_diverged']} items)"
-            lines.append(f"| {r['name']} | {_pct(a['sequence_exact_match'])} | {_pct(a['token_agreement'])} | {div} | "
+            lines.append(f"| {r['name']} | {_pct(a['sequence_agreement'])} | {_pct(a['token_agreement'])} | {div} | "
                          f"{tf['mean_kl']:.2e} | {_pct(tf['top1_agreement'])} |")
     scored = [r for r in runs if r["task_metrics"]]
     if scored:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from . import decoder
 from . import io_names as io
 from .geometry import Geometry
 from .kv_cache import KVCache
@@ -30,22 +31,6 @@ def encode_image(graphs: Graphs, pixel_values: np.ndarray) -> np.ndarray:
     return embeds
 
 
-def decoder_step(graphs, g: Geometry, cache: KVCache, ids, image_embeds, attention_mask, position_ids,
-                 token_type_ids, logits_index) -> np.ndarray:
-    """One decoder call through IO binding: the cache is read and written in place. Returns logits."""
-    binding = graphs.decoder.io_binding()
-    for name, value in ((io.INPUT_IDS, ids), (io.DECODER_IMAGE_EMBEDS, image_embeds),
-                        (io.ATTENTION_MASK, attention_mask), (io.POSITION_IDS, position_ids),
-                        (io.TOKEN_TYPE_IDS, token_type_ids), (io.LOGITS_INDEX, logits_index)):
-        binding.bind_cpu_input(name, np.ascontiguousarray(value))
-    cache.bind(binding, ids.shape[1])
-    logits = np.empty((ids.shape[0], logits_index.shape[1], g.vocab_size), dtype=np.float32)
-    binding.bind_output(io.LOGITS, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-    graphs.decoder.run_with_iobinding(binding)
-    cache.advance(ids.shape[1])
-    return logits
-
-
 def generate(graphs: Graphs, g: Geometry, image_embeds: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
              max_new_tokens: int, sampling: Sampling, eos_ids: set[int],
              should_stop: Callable[[int, list[int]], bool] | None = None,
@@ -55,13 +40,10 @@ def generate(graphs: Graphs, g: Geometry, image_embeds: np.ndarray, input_ids: n
     rng = np.random.default_rng(sampling.seed)
     cache = KVCache(g, batch, seq + max_new_tokens, graphs.device, graphs.device_id)
     # 1. Prefill: the whole prefix (image + bos + prompt + "\n") in one call, attending bidirectionally
-    #    (token_type 0) with padding masked. Positions are 1-based and skip the left padding.
-    positions = np.maximum(np.cumsum(attention_mask, axis=1), 1).astype(np.int64)
-    logits = decoder_step(graphs, g, cache, input_ids, image_embeds, attention_mask, positions,
-                          np.zeros_like(input_ids), np.full((batch, 1), seq - 1, dtype=np.int64))
+    #    with padding masked; logits at the last position only.
+    logits = decoder.prefill(graphs, g, cache, input_ids, image_embeds, attention_mask)
     out: list[list[int]] = [[] for _ in range(batch)]
     done = np.zeros(batch, dtype=bool)
-    no_image = np.zeros((batch, 0, g.text_hidden), dtype=np.float32)
     mask = attention_mask
     for step in range(max_new_tokens):
         # 2. Choose the next token of each row; finished rows keep emitting pad, which nobody reads.
@@ -76,7 +58,5 @@ def generate(graphs: Graphs, g: Geometry, image_embeds: np.ndarray, input_ids: n
             break
         # 3. Decode: one token per row, causal over everything cached.
         mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-        positions = mask.sum(axis=1, keepdims=True).astype(np.int64)
-        logits = decoder_step(graphs, g, cache, nxt[:, None].astype(np.int64), no_image, mask, positions,
-                              np.ones((batch, 1), dtype=np.int64), np.zeros((batch, 1), dtype=np.int64))
+        logits = decoder.decode(graphs, g, cache, nxt, mask)
     return out
