@@ -161,6 +161,7 @@ def load_strict(directory: Path, dtype):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the report below says what matters, in one line
+    hf_logging.disable_progress_bar()  # transformers' per-tensor bar: noise on stderr, and not one line
     try:
         model, info = PaliGemmaForConditionalGeneration.from_pretrained(
             directory, dtype=dtype, use_safetensors=True, trust_remote_code=False,

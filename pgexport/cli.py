@@ -158,10 +158,13 @@ def run(bundle, image, prompt, max_new_tokens, sample, temperature, top_k, top_p
         click.echo(f"warning: {w}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json()))
-    elif stream:
-        click.echo()
     else:
-        click.echo(result.text)
+        click.echo() if stream else click.echo(result.text)
+        for kind, found in (("detect", result.detections), ("segment", result.segments)):
+            for obj in found:  # boxes in pixels of the original image, as --json gives them
+                x0, y0, x1, y1 = obj.box
+                area = f", mask {int(obj.mask.sum())} px" if getattr(obj, "mask", None) is not None else ""
+                click.echo(f"  {obj.label}: box ({x0:.0f}, {y0:.0f}) - ({x1:.0f}, {y1:.0f}) px{area}")
 
 
 @cli.command()
@@ -335,8 +338,12 @@ def models():
 @click.option("--samples", type=click.IntRange(1, 1000), default=8, show_default=True,
               help="Image+prompt calibration samples.")
 @click.option("--top", type=click.IntRange(1, 10_000), default=15, show_default=True, help="Rows to print.")
+@click.option("--keep", type=click.IntRange(1, 10_000), default=3, show_default=True,
+              help="How many of the most sensitive layers the suggested recipe keeps at 8 bits.")
+@click.option("--write-recipe", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Write the suggested recipe here (a file for `pgexport build --quant FILE`).")
 @click.option("--json", "as_json", is_flag=True, help="Print every layer as JSON.")
-def sensitivity(model, quant, samples, top, as_json):
+def sensitivity(model, quant, samples, top, keep, write_recipe, as_json):
     """Show how much error each quantized layer adds on its own (relative output error on image+prompt
     activations), most sensitive first, with the recipe overrides that would keep the worst at 8 bits."""
     import torch
@@ -344,24 +351,30 @@ def sensitivity(model, quant, samples, top, as_json):
     from pgexport import sources
     from pgexport.quant import samples as sample_sets
     from pgexport.quant.recipes import resolve_recipe
-    from pgexport.quant.sensitivity import layer_errors, suggest_overrides, summary_stats
+    from pgexport.files import atomic_path, write_errors
+    from pgexport.quant.sensitivity import layer_errors, suggest_recipe, summary_stats
 
     source = sources.resolve(model)
     g = sources.load_geometry(source)
     recipe = resolve_recipe(quant).verify(g.tie_word_embeddings)
     calib = sample_sets.calibration_samples(source, samples, g.image_size)
     errors = layer_errors(sources.load_model(source, torch.float32), source.directory, g, recipe, calib)
+    suggested = suggest_recipe(recipe, errors, keep)
+    if write_recipe is not None:
+        with write_errors(write_recipe), atomic_path(write_recipe) as tmp:
+            tmp.write_text(json.dumps(suggested, indent=2) + "\n")
     if as_json:
         click.echo(json.dumps({"recipe": recipe.name, "summary": summary_stats(errors),
-                               "layers": [e.__dict__ for e in errors]}, indent=2))
+                               "layers": [e.__dict__ for e in errors], "suggested_recipe": suggested}, indent=2))
         return
     stats = summary_stats(errors)
     click.echo(f"recipe {recipe.name}: {stats['quantized']} of {stats['layers']} linears quantized; relative output "
                f"error median {stats['median']:.2e}, max {stats['max']:.2e}")
     for e in errors[:top]:
         click.echo(f"  {e.relative_error:10.3e}  {e.precision:<14} {e.module}")
-    click.echo("keep the worst at 8 bits with these recipe overrides:")
-    click.echo("  " + json.dumps(suggest_overrides(errors, 3)))
+    where = f"written to {write_recipe}" if write_recipe else "save it and pass it to build --quant FILE"
+    click.echo(f"a recipe that keeps the {keep} worst at 8 bits ({where}):")
+    click.echo(json.dumps(suggested, indent=2))
 
 
 @cli.command()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
 from pgexport.quant.blockwise import dequantize
+from pgexport_runtime import PaliGemma
 from pgexport.quant.gptq_import import dequantize_linear, read_linear, to_matmulnbits
 from pgexport.quant.recipes import Precision, Recipe
 from pgexport.quant.rewrite import GraphReport, check_fast_path, rewrite_linears
@@ -91,7 +93,9 @@ def _asym_codes(w_nk: np.ndarray, group: int):
     scale = np.maximum(hi - lo, 1e-8) / 15
     zero = np.clip(np.round(-lo / scale), 0, 15)
     codes = np.clip(np.round(g / scale[..., None]) + zero[..., None], 0, 15)
-    return codes.reshape(n, k).T.astype(np.int64), zero.T.astype(np.int64), scale.T.astype(np.float16)
+    # C order: astype keeps a transposed view's layout, and safetensors writes the buffer as it lies
+    return (codes.reshape(n, k).T.astype(np.int64), zero.T.astype(np.int64),
+            np.ascontiguousarray(scale.T.astype(np.float16)))
 
 
 def test_build_from_a_gptq_checkpoint_reproduces_it(tmp_path):
@@ -111,7 +115,7 @@ def test_build_from_a_gptq_checkpoint_reproduces_it(tmp_path):
     ckpt = tmp_path / "gptq-ckpt"
     shutil.copytree(src.directory, ckpt)
     rng = np.random.default_rng(0)
-    tensors = {}
+    tensors, independent = {}, {}
     for key, value in model.state_dict().items():
         if key == "lm_head.weight":
             continue  # tied to the embedding
@@ -124,9 +128,14 @@ def test_build_from_a_gptq_checkpoint_reproduces_it(tmp_path):
                 perm = rng.permutation(k)
                 codes, g_idx = codes[perm], g_idx[perm]
             tensors[f"{name}.qweight"] = _pack_rows(codes, 4)
-            tensors[f"{name}.qzeros"] = _pack_rows(((zeros - 1) & 15).T, 4).T.copy()
+            tensors[f"{name}.qzeros"] = _pack_rows(((zeros - 1) & 15).T, 4).T.copy()  # v1: zero - 1
             tensors[f"{name}.scales"] = scales
             tensors[f"{name}.g_idx"] = g_idx.astype(np.int32)
+            # the weight these tensors mean, computed here and nowhere in pgexport (auto-gptq v1 stores
+            # zero - 1 wrapped to 4 bits; its kernels add the 1 back and wrap again, so the zero is `zeros`)
+            scale = scales.astype(np.float32)[g_idx]  # [K, N]
+            w = scale * (codes - zeros[g_idx])
+            independent[key] = torch.from_numpy(np.ascontiguousarray(w.T.astype(np.float32)))
         else:
             tensors[key] = value.numpy()
     save_file(tensors, str(ckpt / "model.safetensors"))
@@ -143,6 +152,21 @@ def test_build_from_a_gptq_checkpoint_reproduces_it(tmp_path):
     assert manifest["parity"]["ok"]  # the fp32 graphs are the dequantized model
     acc = manifest["quantization"]["accuracy"]
     assert acc["sequence_agreement"] == 1.0 and acc["token_agreement"] == 1.0 and acc["mean_kl"] < 1e-6
+
+    # an independent reference: transformers with the weights the test computed itself from its own codes
+    from pgexport.parity import PROMPTS, parity_image
+
+    with torch.no_grad():
+        for key, w in independent.items():
+            model.get_parameter(key).copy_(w)
+    from checkpoints import hf_greedy
+
+    image = parity_image(40, seed=3)
+    pg = PaliGemma(out)
+    for prompt in PROMPTS:
+        want = hf_greedy(model, src.directory, [image], [prompt], 12)[0]
+        assert len(set(want)) >= 4
+        assert pg(image, prompt, max_new_tokens=12).tokens == want, prompt
     ops = [n.op_type for n in onnx.load(str(out / "decoder.onnx"), load_external_data=False).graph.node]
     assert ops.count("Gather") >= 1 and "MatMul" in ops  # the act-order layer reads permuted activations
     assert sum(op == "MatMulNBits" for op in ops) == 3 * 7  # every projection (the table stays fp32 here)

@@ -118,14 +118,29 @@ def test_fast_path_check_flags_g_idx():
     assert any("g_idx" in p for p in check_fast_path(graph))
 
 
-def test_siglip_width_not_divisible_by_block(bundles, images, tmp_path):
-    """tiny presets' SigLIP MLP width is 72, not a multiple of 32: K is padded, outputs stay sane."""
-    recipe = replace(RECIPES["fp32"], name="t", vision_encoder=Precision("int4", block_size=32))
-    quantized_copy(bundles["tiny-pg1"], tmp_path / "q", recipe)
-    fp = PaliGemma(bundles["tiny-pg1"]).image_embeddings(images[:1])
-    q = PaliGemma(tmp_path / "q").image_embeddings(images[:1])
-    rel = np.abs(q - fp).max() / np.abs(fp).max()
-    assert 0 < rel < 0.5
+def test_siglip_width_not_divisible_by_block(tiny, bundles, images, tmp_path):
+    """tiny presets' SigLIP MLP width is 72, not a multiple of 32: K is zero-padded to 96 in the packed weights.
+    The 4-bit vision encoder equals the PyTorch tower with the same dequantized weights (a wrong padding or
+    a misplaced block would be off by O(1), not 1e-5)."""
+    p = Precision("int4", block_size=32)
+    recipe = replace(RECIPES["fp32"], name="t", vision_encoder=p)
+    quantized_copy(bundles[tiny.name], tmp_path / "q", recipe)
+    tower = tiny.model.model.vision_tower
+    linears = [m for m in tower.modules() if isinstance(m, torch.nn.Linear)]
+    assert any(m.in_features % 32 for m in linears)  # the case this test is about
+    saved = {k: v.clone() for k, v in tower.state_dict().items()}
+    pg = PaliGemma(tmp_path / "q")
+    pixels = pg.pixel_values(images[:2])
+    try:
+        with torch.no_grad():
+            for mod in linears:
+                w = dequantize(pack_rtn(mod.weight.numpy().T, 4, 32)).T
+                mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+            ref = tower(torch.from_numpy(pixels)).last_hidden_state.numpy()
+    finally:
+        tower.load_state_dict(saved)
+    (got,) = pg.graphs.vision.run(["vision_features"], {"pixel_values": pixels})
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_gptq_with_identity_hessian_is_onnxruntime_rtn():
@@ -233,6 +248,21 @@ def test_sensitivity_report_ranks_layers(capsys):
         by_precision.setdefault(layer["precision"].split("/")[0], []).append(layer["relative_error"])
     assert min(by_precision["int4"]) > 0 and max(by_precision["int4"]) < 0.5
     assert max(by_precision["int8"]) < min(by_precision["int4"])  # 8-bit vision adds less than 4-bit decoder
+    heads = [layer for layer in report["layers"] if layer["component"] == "lm_head"]
+    assert len(heads) == 1 and heads[0]["relative_error"] > 0  # the shared table is ranked too
+
+    # the suggestion is a recipe file build reads, whose overrides put the three worst at 8 bits
+    from pgexport.quant.recipes import recipe_from_dict
+    from pgexport.quant.sensitivity import HEAD
+
+    suggested = recipe_from_dict(report["suggested_recipe"], "suggested")
+    for layer in report["layers"][:3]:
+        component = "lm_head" if layer["module"] == HEAD else layer["component"]
+        module = None if layer["module"] == HEAD else layer["module"]
+        assert suggested.precision_for(component, module).kind == "int8-wo", layer
+    for layer in report["layers"][3:]:
+        if layer["module"] != HEAD:
+            assert suggested.precision_for(layer["component"], layer["module"]).kind != "int8-wo", layer
 
 
 def _external_matmul_graph(path):

@@ -5,7 +5,9 @@ float32 model while hooks record the layer's inputs X; the layer's weight W is q
 precision the recipe gives it, and the report is the relative output error
     ||X W^T - X W_q^T||^2 / ||X W^T||^2
 (so 0.01 means the quantized layer's output is off by 1 % in energy). Layers at the top of the list are
-the ones to keep at a higher precision with a recipe override.
+the ones to keep at a higher precision with a recipe override. The lm_head is measured the same way on the
+final hidden states; with tied weights it is the embedding table, which the recipe's embedding and lm_head
+fields quantize together.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from torch import nn
 from .blockwise import dequantize, pack_rtn
 from .gptq import gptq_quantize
 from .recipes import Recipe
+
+
+HEAD = "lm_head (shared embedding table)"
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ def layer_errors(model, source_dir, g, recipe: Recipe, samples, progress=None) -
     inputs: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in linears}
     handles = [m.register_forward_pre_hook(lambda mod, inp, name=name: inputs[name].append(
         inp[0].reshape(-1, inp[0].shape[-1]).detach())) for name, _, m in linears]
+    finals = []  # the lm_head's inputs: final-norm hidden states
     try:
         with torch.no_grad():
             for image, _ in samples:
@@ -67,16 +73,24 @@ def layer_errors(model, source_dir, g, recipe: Recipe, samples, progress=None) -
             for s in states:
                 for i, layer in enumerate(dec.layers):
                     s["hidden"] = _run_layer(dec, layer, i, s)
+                finals.append(dec.norm(s["hidden"]).reshape(-1, g.text_hidden))
     finally:
         for h in handles:
             h.remove()
+    # The lm_head (tied: the embedding table itself) is the largest 4-bit error of the demo model's int4
+    # recipe, and the vocabulary-wide product is large: a few hundred rows of its inputs are enough.
+    head = dec.embed.weight if dec.lm_head is None else dec.lm_head.weight
+    rows = torch.cat(finals)
+    rows = rows[torch.linspace(0, len(rows) - 1, min(len(rows), 256)).long()]
+    linears.append((HEAD, "lm_head", None))
+    inputs[HEAD] = [rows]
     out = []
     for k, (name, component, mod) in enumerate(linears):
         if progress:
             progress(k, len(linears))
         prec = recipe.precision_for(component, name)
         x = torch.cat(inputs[name]).to(torch.float32)
-        w = mod.weight.detach().to(torch.float32)
+        w = (head if mod is None else mod.weight).detach().to(torch.float32)
         wq = _quantize(w, x, prec.kind, prec.block_size, prec.symmetric)
         if wq is None:
             err = 0.0
@@ -87,10 +101,21 @@ def layer_errors(model, source_dir, g, recipe: Recipe, samples, progress=None) -
     return sorted(out, key=lambda e: -e.relative_error)
 
 
-def suggest_overrides(errors: list[LayerError], keep: int) -> list[dict]:
-    """Recipe overrides that keep the `keep` most sensitive quantized layers at int8-wo."""
+def suggest_recipe(recipe: Recipe, errors: list[LayerError], keep: int) -> dict:
+    """A recipe file (as `pgexport build --quant FILE` reads it): `recipe` with its `keep` most sensitive
+    quantized layers at 8 bits weight-only. For the shared table, that is the embedding and lm_head fields
+    together (the tied table is one initializer, so both must say the same); for linears, overrides placed
+    before the recipe's own (the first matching override wins)."""
+    eight = {"kind": "int8-wo", "block_size": 32}
+    out = recipe.to_dict()
+    out["name"] = f"{recipe.name}-sensitive-w8"
+    out["description"] = f"{recipe.name} with its {keep} most sensitive layers at 8 bits (pgexport sensitivity)"
     picked = [e for e in errors if e.relative_error > 0][:keep]
-    return [{"match": e.module, "precision": "int8-wo"} for e in picked]
+    out["overrides"] = [{"match": e.module, "precision": eight} for e in picked if e.module != HEAD] + out["overrides"]
+    if any(e.module == HEAD for e in picked):
+        out["embedding"] = dict(eight)
+        out["lm_head"] = dict(eight)
+    return out
 
 
 def summary_stats(errors: list[LayerError]) -> dict:
