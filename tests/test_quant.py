@@ -97,6 +97,35 @@ def test_quantized_decoder_equals_torch_with_the_same_dequantized_weights(tiny, 
     assert np.abs(got[real] - ref[real]).max() <= 1e-4 * np.abs(ref[real]).max()
 
 
+def test_fp16_decoder_equals_torch_with_fp16_rounded_weights(tiny, bundles, images, tmp_path):
+    """The fp16 recipe stores the decoder's weights in float16 and computes in float32: its decoder equals
+    PyTorch whose language-model linears and embedding table are rounded to float16 (on the same image
+    embeddings), and is measurably not the float32 model."""
+    quantized_copy(bundles[tiny.name], tmp_path / "q", RECIPES["fp16"])
+    model = tiny.model
+    lm = model.model.language_model
+    saved = {k: v.clone() for k, v in lm.state_dict().items()}
+    inputs = tiny.hf_inputs(images[:2], ["caption en", "detect cat ; dog"])
+    try:
+        with torch.no_grad():
+            exact = model(**inputs).logits.numpy()
+            for mod in lm.modules():
+                if isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)):
+                    mod.weight.copy_(mod.weight.to(torch.float16).to(torch.float32))
+            ref = model(**inputs).logits.numpy()
+            embeds = model.model.get_image_features(inputs["pixel_values"]).pooler_output.numpy()
+    finally:
+        lm.load_state_dict(saved)
+    pg = PaliGemma(tmp_path / "q")
+    ids, mask = inputs["input_ids"].numpy(), inputs["attention_mask"].numpy()
+    got = decoder.prefill(pg.graphs, pg.geometry, KVCache(pg.geometry, 2, ids.shape[1]), ids, embeds, mask,
+                          logits_index=np.tile(np.arange(ids.shape[1]), (2, 1)))
+    real = mask.astype(bool)
+    err = np.abs(got[real] - ref[real]).max()
+    assert err <= 1e-4 * np.abs(ref[real]).max()
+    assert np.abs(exact[real] - ref[real]).max() > 10 * err  # the rounding is real, and the bundle has it
+
+
 def test_no_produced_graph_has_a_slow_path_matmulnbits(bundles, tmp_path):
     for name in ("int4", "int8-wo", "int4-rtn-b128"):
         quantized_copy(bundles["tiny-pg2"], tmp_path / name, RECIPES[name])

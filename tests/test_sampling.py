@@ -29,6 +29,8 @@ def test_seeded_sampling_is_reproducible_and_temperature_sharpens():
     a = choose(logits, Sampling(do_sample=True, seed=3), np.random.default_rng(3))
     b = choose(logits, Sampling(do_sample=True, seed=3), np.random.default_rng(3))
     assert a.tolist() == b.tolist()
+    other = [choose(logits, Sampling(do_sample=True), np.random.default_rng(seed)).tolist() for seed in range(4, 8)]
+    assert any(o != a.tolist() for o in other)  # the seed is what decides: another seed draws other tokens
     cold = [choose(logits, Sampling(do_sample=True, temperature=1e-3), np.random.default_rng(i)) for i in range(5)]
     assert all(c.tolist() == logits.argmax(-1).tolist() for c in cold)
 
