@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pgexport_runtime import limits
+from pgexport_runtime import describe, limits
 from pgexport_runtime.errors import UserError
 
 
@@ -95,14 +95,14 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
     manifest = json.loads((path / "manifest.json").read_text())
     parity = manifest.get("parity")
     quant_info = manifest.get("quantization")
-    verdict = "parity not checked" if parity is None else f"parity ok{_parity_label(quant_info)}: {_parity_line(parity)}"
+    verdict = "parity not checked" if parity is None else f"parity ok{describe.parity_label(quant_info)}: {describe.parity_line(parity)}"
     click.echo(f"wrote {path} ({_size(path)}); {verdict}")
     if quant_info:
-        click.echo(f"recipe {quant_info['recipe']['name']}: {_recipe_line(quant_info['summary'])}")
+        click.echo(f"recipe {quant_info['recipe']['name']}: {describe.recipe_line(quant_info['summary'])}")
         if quant_info.get("accuracy"):
             reference = "PyTorch fp32" + (" (base + adapter, peft)" if opts.adapter or
                                           (manifest.get("source") or {}).get("adapter") else "")
-            click.echo(f"accuracy vs {reference}: " + _accuracy_line(quant_info["accuracy"]))
+            click.echo(f"accuracy vs {reference}: " + describe.accuracy_line(quant_info["accuracy"]))
 
 
 @cli.command()
@@ -130,41 +130,20 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
 def run(bundle, image, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, stop, stream, device, threads,
         max_image_pixels, as_json, overlay):
     """Generate an answer for one image and prompt with the torch-free runtime."""
-    import warnings
+    from pgexport_runtime import Sampling
+    from pgexport_runtime.cli import answer_once
 
-    from PIL import Image
-
-    from pgexport_runtime import PaliGemma, Sampling, SessionConfig
-    from pgexport_runtime.images import load_image
-    from pgexport_runtime.overlay import check_output_path, save_overlay
-
-    # Every bound first (limits.py, the API's own checks), then the image and the --overlay path: all fail
-    # before the (slower) bundle load. The bounds that need the model (positions, top-k) are the API's.
-    limits.check_request([prompt], max_new_tokens, stop)
-    limits.check_threads(threads, "--threads")
     sampling = Sampling(do_sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    session = SessionConfig(device=device, intra_op_threads=threads)
-    if overlay is not None:
-        check_output_path(overlay, image)
-    warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's guard: our one-line error
-    img = load_image(image, max_image_pixels)
-    pg = PaliGemma(bundle, session, max_image_pixels=max_image_pixels)
     on_token = (lambda row, tok, text: click.echo(text, nl=False)) if stream and not as_json else None
-    result = pg.answer(img, prompt, max_new_tokens=max_new_tokens, stop_strings=stop, on_token=on_token,
-                       sampling=sampling)
-    if overlay is not None:
-        save_overlay(img, result, overlay)
+    result = answer_once(bundle, image, prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop,
+                         device=device, threads=threads, max_image_pixels=max_image_pixels, overlay=overlay,
+                         on_token=on_token)
     for w in result.warnings if not as_json else ():
         click.echo(f"warning: {w}", err=True)
-    if as_json:
-        click.echo(json.dumps(result.to_json()))
-    else:
-        click.echo() if stream else click.echo(result.text)
-        for kind, found in (("detect", result.detections), ("segment", result.segments)):
-            for obj in found:  # boxes in pixels of the original image, as --json gives them
-                x0, y0, x1, y1 = obj.box
-                area = f", mask {int(obj.mask.sum())} px" if getattr(obj, "mask", None) is not None else ""
-                click.echo(f"  {obj.label}: box ({x0:.0f}, {y0:.0f}) - ({x1:.0f}, {y1:.0f}) px{area}")
+    if stream and not as_json:
+        click.echo()
+    for line in describe.answer_lines(result, as_json, streamed=stream and not as_json):
+        click.echo(line)
 
 
 @cli.command()
@@ -176,34 +155,8 @@ def inspect(bundle, as_json, no_verify):
     from pgexport_runtime.manifest import load_manifest
 
     m = load_manifest(bundle, verify=not no_verify)
-    if as_json:
-        click.echo(json.dumps(m.raw, indent=2))
-        return
-    g, raw = m.geometry, m.raw
-    source = raw.get("source") or {}  # its shape is checked at load (provenance.py)
-    spec = source.get("spec") or source.get("name") or "an unrecorded source"
-    adapter = source.get("adapter")
-    if isinstance(adapter, dict):  # a peft adapter merged at build (pgexport/adapters.py)
-        spec += f" + adapter {adapter.get('name')} ({adapter.get('peft_type')}, rank {adapter.get('rank')})"
-    click.echo(f"bundle   {m.root}  (schema {raw['schema_version']}, from {spec})")
-    click.echo(f"model    {g.family}, {g.image_size}px / {g.num_image_tokens} image tokens, "
-               f"decoder {g.text_layers}x{g.text_hidden} ({g.num_heads} heads, {g.num_kv_heads} kv), vocab {g.vocab_size}")
-    click.echo("graphs")
-    for name, entry in m.graphs.items():
-        size = sum((m.root / f).stat().st_size for f in (entry.file, *entry.data_files))
-        click.echo(f"  {name:<15} {entry.file:<22} {_fmt_bytes(size):>9}  {entry.precision}")
-        click.echo(f"  {'':<15} in:  {_io_summary(entry.inputs)}")
-        click.echo(f"  {'':<15} out: {_io_summary(entry.outputs)}")
-    parity = raw.get("parity")
-    quant = raw.get("quantization")
-    click.echo("parity   " + ("not checked" if parity is None else ("ok" if parity["ok"] else "FAILED")
-                              + f"{_parity_label(quant)}: {_parity_line(parity)}"))
-    click.echo("recipe   " + ("fp32 (not quantized)" if not quant else
-                              f"{quant['recipe']['name']}: {_recipe_line(quant['summary'])}"))
-    if quant and quant.get("accuracy"):
-        click.echo("accuracy " + _accuracy_line(quant["accuracy"]))
-    tools = raw.get("tools", {})
-    click.echo("tools    " + ", ".join(f"{k} {v}" for k, v in tools.items() if v is not None))
+    for line in [json.dumps(m.raw, indent=2)] if as_json else describe.describe(m):
+        click.echo(line)
 
 
 @cli.command()
@@ -384,54 +337,11 @@ def recipes():
 
     for name, r in RECIPES.items():
         click.echo(f"{name:<14} {r.description}")
-        click.echo(f"{'':<14} {_recipe_line(r.summary())}")
-
-
-def _recipe_line(summary: dict) -> str:
-    parts = [f"{k}={v}" for k, v in summary.items() if k != "overrides"]
-    parts += [f"{o['match']}={o['precision']}" for o in summary.get("overrides", [])]
-    return ", ".join(parts)
-
-
-def _parity_label(quant: dict | None) -> str:
-    # parity runs on the float32 graphs, before any recipe rewrites them: a quantized bundle's own agreement
-    # with PyTorch is the accuracy line, and must never be read off the parity line
-    return " (float32 graphs, before quantization)" if quant else ""
-
-
-def _accuracy_line(acc: dict) -> str:
-    return (f"sequence agreement {acc['sequence_agreement']:.1%}, token agreement {acc['token_agreement']:.1%}, "
-            f"top-1 {acc['top1_agreement']:.1%}, mean KL {acc['mean_kl']:.2e} ({acc['samples']} held-out samples)")
-
-
-def _io_summary(names) -> str:
-    names = list(names)
-    kv = [n for n in names if n.startswith(("past_key_values.", "present."))]
-    rest = [n for n in names if n not in kv]
-    if kv:
-        rest.append(f"{kv[0].split('.')[0]}.{{0..{len(kv) // 2 - 1}}}.key/value")
-    return ", ".join(rest)
-
-
-def _parity_line(parity: dict) -> str:
-    checks = parity["checks"]
-    parts = [f"{k} {c['relative']:.1e}" for k, c in checks.items() if "relative" in c and k != "preprocessing"]
-    greedy = checks.get("greedy", {})
-    if greedy:
-        parts.append(f"greedy {'=' if greedy['match'] else '!='} transformers ({max(greedy['tokens'])} tokens)")
-    return ", ".join(parts)
+        click.echo(f"{'':<14} {describe.recipe_line(r.summary())}")
 
 
 def _size(path: Path) -> str:
-    return _fmt_bytes(sum(p.stat().st_size for p in path.iterdir() if p.is_file()))
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+    return describe.fmt_bytes(sum(p.stat().st_size for p in path.iterdir() if p.is_file()))
 
 
 def main() -> None:

@@ -70,3 +70,43 @@ def test_runtime_leaves_torch_unimported_where_it_is_installed(bundles, images, 
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+CLI = textwrap.dedent(
+    """
+    import importlib.abc, runpy, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "transformers", "pgexport", "click"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    sys.argv = ["pgexport-run", *sys.argv[1:]]
+    runpy.run_module("pgexport_runtime", run_name="__main__")
+    """
+)
+
+
+def test_runtime_command_line_runs_and_inspects_without_torch(bundles, images, tmp_path):
+    """`python -m pgexport_runtime` (`pgexport-run`): the same answer lines as `pgexport run`, with torch,
+    transformers, click and the exporter unavailable; mistakes are one line with status 2."""
+    image_path = tmp_path / "image.png"
+    images[0].save(image_path)
+    bundle = str(bundles["tiny-pg1"])
+
+    def runtime_cli(*args):
+        return subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True, timeout=300)
+
+    args = ["run", bundle, "--image", str(image_path), "--prompt", "detect cat", "--max-new-tokens", "8"]
+    got = runtime_cli(*args)
+    assert got.returncode == 0, got.stderr
+    want = subprocess.run([sys.executable, "-m", "pgexport.cli", *args], capture_output=True, text=True, timeout=300)
+    assert want.returncode == 0 and got.stdout == want.stdout
+    info = runtime_cli("inspect", bundle)
+    assert info.returncode == 0 and info.stdout.splitlines()[0].startswith("bundle   ")
+    bad = runtime_cli("run", bundle, "--image", str(image_path), "--prompt", "ocr", "--top-k", "-1")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: top_k must be an integer >= 0 "
+                                                                         "(0 = off), not -1"]
+    assert "Traceback" not in bad.stderr

@@ -1,0 +1,93 @@
+"""Human-readable lines about a bundle and an answer: what `inspect` and `run` print, in both command lines
+(`pgexport` and the runtime's own `python -m pgexport_runtime`)."""
+
+from __future__ import annotations
+
+import json
+
+from .manifest import Manifest
+
+
+def describe(m: Manifest) -> list[str]:
+    """`inspect`: graphs, sizes, precisions, I/O, geometry, parity, recipe, measured accuracy, tools."""
+    g, raw = m.geometry, m.raw
+    source = raw.get("source") or {}  # its shape is checked at load (provenance.py)
+    spec = source.get("spec") or source.get("name") or "an unrecorded source"
+    adapter = source.get("adapter")
+    if isinstance(adapter, dict):  # a peft adapter merged at build (pgexport/adapters.py)
+        spec += f" + adapter {adapter.get('name')} ({adapter.get('peft_type')}, rank {adapter.get('rank')})"
+    lines = [f"bundle   {m.root}  (schema {raw['schema_version']}, from {spec})",
+             f"model    {g.family}, {g.image_size}px / {g.num_image_tokens} image tokens, decoder {g.text_layers}x"
+             f"{g.text_hidden} ({g.num_heads} heads, {g.num_kv_heads} kv), vocab {g.vocab_size}",
+             "graphs"]
+    for name, entry in m.graphs.items():
+        size = sum((m.root / f).stat().st_size for f in (entry.file, *entry.data_files))
+        lines += [f"  {name:<15} {entry.file:<22} {fmt_bytes(size):>9}  {entry.precision}",
+                  f"  {'':<15} in:  {io_summary(entry.inputs)}",
+                  f"  {'':<15} out: {io_summary(entry.outputs)}"]
+    parity, quant = raw.get("parity"), raw.get("quantization")
+    lines.append("parity   " + ("not checked" if parity is None else ("ok" if parity["ok"] else "FAILED")
+                                + f"{parity_label(quant)}: {parity_line(parity)}"))
+    lines.append("recipe   " + ("fp32 (not quantized)" if not quant else
+                                f"{quant['recipe']['name']}: {recipe_line(quant['summary'])}"))
+    if quant and quant.get("accuracy"):
+        lines.append("accuracy " + accuracy_line(quant["accuracy"]))
+    tools = raw.get("tools", {})
+    lines.append("tools    " + ", ".join(f"{k} {v}" for k, v in tools.items() if v is not None))
+    return lines
+
+
+def answer_lines(result, as_json: bool = False, streamed: bool = False) -> list[str]:
+    """`run`: the answer's text (unless it was streamed), then each object's label and box in pixels of the
+    original image (and mask area); or the whole answer as one JSON object."""
+    if as_json:
+        return [json.dumps(result.to_json())]
+    lines = [] if streamed else [result.text]
+    for obj in [*result.detections, *result.segments]:
+        x0, y0, x1, y1 = obj.box
+        area = f", mask {int(obj.mask.sum())} px" if getattr(obj, "mask", None) is not None else ""
+        lines.append(f"  {obj.label}: box ({x0:.0f}, {y0:.0f}) - ({x1:.0f}, {y1:.0f}) px{area}")
+    return lines
+
+
+def recipe_line(summary: dict) -> str:
+    parts = [f"{k}={v}" for k, v in summary.items() if k != "overrides"]
+    parts += [f"{o['match']}={o['precision']}" for o in summary.get("overrides", [])]
+    return ", ".join(parts)
+
+
+def parity_label(quant: dict | None) -> str:
+    # parity runs on the float32 graphs, before any recipe rewrites them: a quantized bundle's own agreement
+    # with PyTorch is the accuracy line, and must never be read off the parity line
+    return " (float32 graphs, before quantization)" if quant else ""
+
+
+def parity_line(parity: dict) -> str:
+    checks = parity["checks"]
+    parts = [f"{k} {c['relative']:.1e}" for k, c in checks.items() if "relative" in c and k != "preprocessing"]
+    greedy = checks.get("greedy", {})
+    if greedy:
+        parts.append(f"greedy {'=' if greedy['match'] else '!='} transformers ({max(greedy['tokens'])} tokens)")
+    return ", ".join(parts)
+
+
+def accuracy_line(acc: dict) -> str:
+    return (f"sequence agreement {acc['sequence_agreement']:.1%}, token agreement {acc['token_agreement']:.1%}, "
+            f"top-1 {acc['top1_agreement']:.1%}, mean KL {acc['mean_kl']:.2e} ({acc['samples']} held-out samples)")
+
+
+def io_summary(names) -> str:
+    names = list(names)
+    kv = [n for n in names if n.startswith(("past_key_values.", "present."))]
+    rest = [n for n in names if n not in kv]
+    if kv:
+        rest.append(f"{kv[0].split('.')[0]}.{{0..{len(kv) // 2 - 1}}}.key/value")
+    return ", ".join(rest)
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
