@@ -89,12 +89,18 @@ def test_quantized_decoder_equals_torch_with_the_same_dequantized_weights(tiny, 
             embeds = model.model.get_image_features(inputs["pixel_values"]).pooler_output.numpy()
     finally:
         lm.load_state_dict(saved)
-    pg = PaliGemma(tmp_path / "q")
-    ids, mask = inputs["input_ids"].numpy(), inputs["attention_mask"].numpy()
-    got = decoder.prefill(pg.graphs, pg.geometry, KVCache(pg.geometry, 2, ids.shape[1]), ids, embeds, mask,
-                          logits_index=np.tile(np.arange(ids.shape[1]), (2, 1)))
-    real = mask.astype(bool)
+    got, real = _bundle_prefill(tmp_path / "q", inputs, embeds)
     assert np.abs(got[real] - ref[real]).max() <= 1e-4 * np.abs(ref[real]).max()
+
+
+def _bundle_prefill(bundle, inputs, embeds):
+    """The bundle decoder's logits at every position of transformers' (left-padded) inputs, on the given image
+    embeddings; and the mask of real positions."""
+    pg = PaliGemma(bundle)
+    ids, mask = inputs["input_ids"].numpy(), inputs["attention_mask"].numpy()
+    got = decoder.prefill(pg.graphs, pg.geometry, KVCache(pg.geometry, ids.shape[0], ids.shape[1]), ids, embeds,
+                          mask, logits_index=np.tile(np.arange(ids.shape[1]), (ids.shape[0], 1)))
+    return got, mask.astype(bool)
 
 
 def test_fp16_decoder_equals_torch_with_fp16_rounded_weights(tiny, bundles, images, tmp_path):
@@ -116,11 +122,7 @@ def test_fp16_decoder_equals_torch_with_fp16_rounded_weights(tiny, bundles, imag
             embeds = model.model.get_image_features(inputs["pixel_values"]).pooler_output.numpy()
     finally:
         lm.load_state_dict(saved)
-    pg = PaliGemma(tmp_path / "q")
-    ids, mask = inputs["input_ids"].numpy(), inputs["attention_mask"].numpy()
-    got = decoder.prefill(pg.graphs, pg.geometry, KVCache(pg.geometry, 2, ids.shape[1]), ids, embeds, mask,
-                          logits_index=np.tile(np.arange(ids.shape[1]), (2, 1)))
-    real = mask.astype(bool)
+    got, real = _bundle_prefill(tmp_path / "q", inputs, embeds)
     err = np.abs(got[real] - ref[real]).max()
     assert err <= 1e-4 * np.abs(ref[real]).max()
     assert np.abs(exact[real] - ref[real]).max() > 10 * err  # the rounding is real, and the bundle has it

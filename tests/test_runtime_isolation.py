@@ -110,3 +110,24 @@ def test_runtime_command_line_runs_and_inspects_without_torch(bundles, images, t
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: top_k must be an integer >= 0 "
                                                                          "(0 = off), not -1"]
     assert "Traceback" not in bad.stderr
+
+
+def test_runtime_package_takes_onnxruntime_from_one_extra():
+    """onnxruntime and onnxruntime-gpu both provide the `onnxruntime` module: the runtime package asks for
+    exactly one of them, by extra, and never both at once."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "runtimes/python/pyproject.toml"
+    project = tomllib.loads(path.read_text())["project"]
+
+    def names(reqs):
+        return {re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0] for r in reqs}
+
+    extras = project["optional-dependencies"]
+    assert not names(project["dependencies"]) & {"onnxruntime", "onnxruntime-gpu"}
+    assert names(extras["cpu"]) & {"onnxruntime", "onnxruntime-gpu"} == {"onnxruntime"}
+    assert names(extras["gpu"]) & {"onnxruntime", "onnxruntime-gpu"} == {"onnxruntime-gpu"}
+    assert {"numpy", "pillow", "tokenizers"} <= names(project["dependencies"])
+    assert not names(project["dependencies"]) & {"torch", "transformers"}
