@@ -166,14 +166,14 @@ def inspect(bundle, as_json, no_verify):
 def demo(out, rebuild):
     """Build the embedded default model (first run only) and answer generated sample images with it,
     offline: the two-minute tour of what pgexport does."""
-    from pgexport.build import ParityError
+    from pgexport.build import BuildOptions, ParityError, planned_steps
+    from pgexport.files import write_errors
     from pgexport.quickstart import run_demo
 
     bars: list = []
     try:
-        from pgexport.build import BuildOptions, planned_steps
-
-        bundle, answers = run_demo(out, _step_bar(bars, planned_steps(BuildOptions())), rebuild)
+        with write_errors(out):  # the bundle and the sample images: a full disk is one line
+            bundle, answers = run_demo(out, _step_bar(bars, planned_steps(BuildOptions())), rebuild)
     except ParityError as exc:
         raise UserError(f"{exc}; nothing was written") from None
     finally:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import sources
+from .files import atomic_path
 from .build import BuildOptions, build
 
 DEMO_SEED = 20261123  # not a training or eval seed of the demo model
@@ -40,7 +41,8 @@ def sample_questions(folder: Path) -> list[tuple[Path, str, str | None]]:
         from .parity import parity_image
 
         path = folder / "sample.png"
-        parity_image(224).save(path)
+        with atomic_path(path) as tmp:
+            parity_image(224).save(tmp)
         return [(path, "caption en", None), (path, "detect circle", None)]
     from .demo.generator import make_example
 
@@ -48,7 +50,8 @@ def sample_questions(folder: Path) -> list[tuple[Path, str, str | None]]:
     for task in DEMO_TASKS:
         ex = make_example(DEMO_SEED, 0, task=task)
         path = folder / f"sample-{task}.png"
-        ex.scene.image.save(path)
+        with atomic_path(path) as tmp:
+            ex.scene.image.save(tmp)
         questions.append((path, ex.prefix, ex.suffix))
     return questions
 
