@@ -357,5 +357,7 @@ CASES: list[Case] = [
     Case("build-parity-tokens-zero", (*BUILD, "--parity-tokens", "0"), "--parity-tokens", bundle=False),
     Case("bench-out-not-writable", ("bench", "{bundle}", "--out", "/sys/pgexport-bench"),
          "cannot write /sys/pgexport-bench"),
+    Case("demo-out-not-writable", ("demo", "--out", "/sys/pgexport-demo"), "cannot write /sys/pgexport-demo",
+         bundle=False),
     Case("build-min-agreement-above-one", (*BUILD, "--min-agreement", "1.5"), "--min-agreement", bundle=False),
 ]
