@@ -219,22 +219,32 @@ def load_model(source: Source, dtype=None, merge_adapter: bool = True):
     With an adapter: merged by peft (the default), or, with merge_adapter=False, the peft model with the
     adapter attached and unmerged, the reference the merged graphs are checked against.
     """
+    return load_model_and_integers(source, dtype, merge_adapter)[0]
+
+
+def load_model_and_integers(source: Source, dtype=None, merge_adapter: bool = True):
+    """(model as load_model gives it, the GPTQ checkpoint's own integers or None).
+
+    A GPTQ checkpoint loads as weights dequantized from its integers; the build imports the same integers
+    (module name -> blockwise.Packed) rather than quantizing again.
+    """
     import torch
 
     dtype = dtype or torch.float32
+    integers = None
     if source.kind == "preset":
         model = _random_model(source, dtype)
     elif (settings := gptq_settings(source)) is not None:
-        # weights dequantized from the GPTQ integers (the same integers are imported)
         from pgexport.quant.gptq_import import load_checkpoint
 
-        model = load_checkpoint(source.directory, settings)[0].to(dtype)
+        model, integers = load_checkpoint(source.directory, settings)
+        model = model.to(dtype)
     else:
         model = checkpoint.load_strict(source.directory, dtype)
-    if source.adapter is None:
-        return model
+    if source.adapter is None:  # resolve() refuses an adapter on a GPTQ checkpoint
+        return model, integers
     peft_model = adapters.attach(model, source.adapter)
-    return adapters.merge(peft_model) if merge_adapter else peft_model
+    return (adapters.merge(peft_model) if merge_adapter else peft_model), None
 
 
 def gptq_settings(source: Source) -> dict | None:

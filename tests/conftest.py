@@ -63,7 +63,11 @@ def bundles(tmp_path_factory) -> dict:
     from pgexport.build import BuildOptions, build
 
     root = tmp_path_factory.mktemp("bundles")
-    return {name: build(BuildOptions(model=name, out=root / name)) for name in ("tiny-pg1", "tiny-pg2")}
+    return {name: build(BuildOptions(model=name, out=root / name), PROGRESS.setdefault(name, []).append)
+            for name in ("tiny-pg1", "tiny-pg2")}
+
+
+PROGRESS: dict[str, list[str]] = {}  # the steps each `bundles` build reported, in order (tests/test_plan.py)
 
 
 @pytest.fixture(scope="session")

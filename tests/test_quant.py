@@ -241,10 +241,14 @@ def test_recipe_errors_are_user_errors(tmp_path):
 
 
 def test_gptq_build_records_recipe_and_accuracy(tmp_path):
-    from pgexport.build import BuildOptions, build
+    from pgexport.build import BuildOptions, build, planned_steps
 
-    out = build(BuildOptions(model="tiny-pg2", out=tmp_path / "b", quant="int4-gptq", gate_samples=4,
-                             gate_tokens=8, parity_tokens=4))
+    seen: list[str] = []
+    opts = BuildOptions(model="tiny-pg2", out=tmp_path / "b", quant="int4-gptq", gate_samples=4, gate_tokens=8,
+                        parity_tokens=4)
+    out = build(opts, seen.append)
+    assert seen == planned_steps(opts)  # the progress bar counts what runs
+    assert {"GPTQ", "gate reference", "quantize decoder", "accuracy gate"} <= set(seen)
     manifest = json.loads((out / "manifest.json").read_text())
     q = manifest["quantization"]
     assert q["recipe"]["name"] == "int4-gptq"

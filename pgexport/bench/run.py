@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,7 +100,7 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
     results = {}
     for n, w in enumerate(workers):
         w.spec["out"] = str(work / f"result-{n}.json")
-        results[w.name] = _run_worker(w, work / f"worker-{n}.log", lambda u, w=w, base=done: progress and progress(
+        results[w.name] = _run_worker(w, work / f"worker-{n}.json", lambda u, w=w, base=done: progress and progress(
             w.name, base + u, total))
         done += w.units
         if w.dtype is not None and w.spec.get("teacher_self"):
@@ -196,19 +194,16 @@ def _bundle_name(bundles, i: int) -> str:
     return name if len(same) == 1 else f"{name}#{same.index(i) + 1}"
 
 
-def _run_worker(w: _Worker, log: Path, advance: Callable[[int], None]) -> dict:
-    spec_file = log.with_suffix(".spec.json")
-    spec_file.write_text(json.dumps(w.spec))
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pgexport.bench.worker", str(spec_file)],
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-        for line in proc.stdout:
-            if line.startswith("@@progress"):
-                advance(int(line.split()[1]))
-        rc = proc.wait()
-    if rc != 0:
-        tail = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:] or ["no output"]
-        raise UserError(f"bench worker for {w.name} failed (exit {rc}): {tail[0][:300]} (full log: {log})")
+def _run_worker(w: _Worker, job_file: Path, advance: Callable[[int], None]) -> dict:
+    """The worker's spec in job_file; its stderr in the same name with .log."""
+    from pgexport import child
+
+    try:
+        child.run("pgexport.bench.worker", w.spec, job_file,
+                  lambda event, text: advance(int(text)) if event == "progress" else None)
+    except child.ChildFailed as exc:
+        raise UserError(f"bench worker for {w.name} failed (exit {exc.code}): {exc.tail[-1][:300]} "
+                        f"(full log: {exc.log})") from None
     return json.loads(Path(w.spec["out"]).read_text())
 
 

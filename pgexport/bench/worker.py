@@ -3,7 +3,7 @@
 A bundle or a PyTorch reference is loaded alone in a fresh process, so its peak RSS is its own. The
 worker reads the spec, runs warm-up, timed repeats, greedy generation over every item and teacher-forced
 scoring on the reference tokens (as asked), writes a result JSON (and per-item log-probabilities as .npy)
-and prints `@@progress N` lines on stdout for the parent's progress bar.
+and reports progress to the parent (pgexport.child) for its progress bar.
 
 Spec keys: kind ("bundle" | "reference"), bundle | source + dtype, items (items.json), threads, warmup,
 repeats, generate (bool), ignore_eos (bool: fixed token counts in speed mode), teacher_tokens (a JSON of
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pgexport import child
+
 from .evalset import Item, as_pil, load_items
 from .stats import memory_mb
-
-PROGRESS = "@@progress"
 
 
 def staged_run(engine, item: Item, pixels: np.ndarray, ignore_eos: bool) -> tuple[list[int], dict]:
@@ -63,7 +63,7 @@ def run(spec: dict) -> dict:
 
     def tick() -> None:
         done[0] += 1
-        print(f"{PROGRESS} {done[0]}", flush=True)
+        child.emit("progress", str(done[0]))
 
     checks = _input_checks(engine, items[0], pixels[0])
     for w in range(spec["warmup"]):
@@ -140,12 +140,9 @@ def _teacher_tokens(spec: dict, outputs: dict) -> dict | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(argv[0]).read_text())
-    result = run(spec)
-    Path(spec["out"]).write_text(json.dumps(result))
+def _main(spec: dict, spec_file: Path) -> None:
+    Path(spec["out"]).write_text(json.dumps(run(spec)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(child.main(_main))

@@ -18,33 +18,32 @@ class SlowPathError(RuntimeError):
     """A graph would run MatMulNBits on onnxruntime's slow path; the bundle is refused."""
 
 
-def quantize_graphs(files: dict[str, Path], recipe: Recipe, gptq: dict[str, Packed] | None = None,
-                    progress=None) -> dict:
+def quantize_graphs(files: dict[str, Path], recipe: Recipe, gptq: dict[str, Packed] | None = None) -> dict:
     """files: graph name -> .onnx path. Returns the manifest's per-graph quantization report."""
-    out = {}
-    for name, path in files.items():
-        if progress:
-            progress(f"quantize {name}")
-        model = ir.load(path)
-        report = GraphReport()
-        rewrite_linears(model.graph, GRAPH_COMPONENTS[name], recipe, report, gptq if name == "decoder" else None)
-        if name == "decoder":
-            rewrite_embedding(model.graph, recipe, report)
-        problems = check_fast_path(model.graph)
-        if problems:
-            raise SlowPathError("refusing to write a slow-path MatMulNBits: " + "; ".join(problems[:3]))
-        if any(label != "fp32" for label in report.weights.values()):
-            save_graph(model, path)
-        del model
-        if report.dynamic_int8:
-            _dynamic_int8(path, report.dynamic_int8)
-        labels = Counter(report.weights.values())
-        out[name] = {
-            "precision": labels.most_common(1)[0][0] if len(labels) == 1 else "mixed",
-            "weights": report.weights,
-            "notes": report.notes,
-        }
-    return out
+    return {name: quantize_graph(name, path, recipe, gptq) for name, path in files.items()}
+
+
+def quantize_graph(name: str, path: Path, recipe: Recipe, gptq: dict[str, Packed] | None = None) -> dict:
+    """Rewrite one graph file in place per the recipe (GPTQ weights apply to the decoder); -> its report."""
+    model = ir.load(path)
+    report = GraphReport()
+    rewrite_linears(model.graph, GRAPH_COMPONENTS[name], recipe, report, gptq if name == "decoder" else None)
+    if name == "decoder":
+        rewrite_embedding(model.graph, recipe, report)
+    problems = check_fast_path(model.graph)
+    if problems:
+        raise SlowPathError("refusing to write a slow-path MatMulNBits: " + "; ".join(problems[:3]))
+    if any(label != "fp32" for label in report.weights.values()):
+        save_graph(model, path)
+    del model
+    if report.dynamic_int8:
+        _dynamic_int8(path, report.dynamic_int8)
+    labels = Counter(report.weights.values())
+    return {
+        "precision": labels.most_common(1)[0][0] if len(labels) == 1 else "mixed",
+        "weights": report.weights,
+        "notes": report.notes,
+    }
 
 
 def _dynamic_int8(path: Path, nodes: list[str]) -> None:

@@ -1,0 +1,128 @@
+"""What a build does: its options, and the one list of steps they select.
+
+STEPS is the whole build in order. Each step names the process it runs in ("torch": the PyTorch child,
+torch_phase.py; "bundle": the build process, build.py) and the condition under which it runs. Both
+processes execute their share through `execute`, which looks each step's work up by name, and the progress
+bar's total is the length of the same list: a step cannot be run without being counted, or counted without
+being run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from pgexport_runtime.errors import UserError
+
+from .parity import Tolerance
+
+TORCH, BUNDLE = "torch", "bundle"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    model: str | None = None
+    adapter: Path | None = None  # a peft adapter directory, merged into the model before export
+    out: Path = Path("bundle")
+    force: bool = False
+    parity_tokens: int = 16
+    tolerance: Tolerance = Tolerance()
+    skip_parity: bool = False
+    mask_decoder: Path | None = None  # big_vision mask-decoder weights; default: the checkpoint directory's own
+    max_new_tokens: int = 64
+    quant: str = "fp32"  # recipe name or recipe .json file
+    min_agreement: float | None = None  # fail the build if the gate's sequence agreement is lower
+    gate_samples: int = 16
+    gate_tokens: int = 32
+    calibration: Path | None = None  # JSONL of {"image", "prompt"} for GPTQ; default: generated samples
+
+    def to_json(self) -> dict:
+        """For the child process: paths as strings, the tolerance as its fields."""
+        d = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BuildOptions":
+        kw = {k: Path(v) if k in _PATHS and v is not None else v for k, v in d.items()}
+        kw["tolerance"] = Tolerance(**d["tolerance"])
+        return cls(**kw)
+
+
+_PATHS = ("adapter", "out", "mask_decoder", "calibration")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The decisions a build's options and source imply; the conditions of STEPS read only these."""
+
+    options: BuildOptions
+    parity: bool  # PyTorch reference, then the parity check of the float32 graphs
+    gate: bool  # quantized, with held-out samples: gate reference, then the accuracy gate
+    adapter: bool  # a peft adapter to merge after the references
+    calibrate: bool  # GPTQ (or a GPTQ checkpoint's own integers)
+    quantize: bool  # the recipe changes the float32 graphs
+    mask_weights: Path | None  # mask-decoder (VQ-VAE) weights: --mask-decoder or the checkpoint's own
+
+    @classmethod
+    def of(cls, opts: BuildOptions) -> "Plan":
+        """Resolve the source and recipe (user errors surface here, before any step starts)."""
+        from . import sources
+        from .export import mask_decoder
+        from .quant.recipes import resolve_recipe
+
+        source = sources.resolve(opts.model, opts.adapter)
+        recipe = resolve_recipe(opts.quant).verify(sources.load_geometry(source).tie_word_embeddings)
+        if opts.calibration is not None and not recipe.needs_calibration:
+            raise UserError(f"--calibration is only used by recipes that calibrate (int4-gptq); "
+                            f"{recipe.name} does not")
+        if opts.calibration is not None and not Path(opts.calibration).is_file():
+            raise UserError(f"calibration file not found: {opts.calibration}")
+        quantize = not recipe.is_identity
+        mask = mask_decoder.find_weights(source.directory if source.kind != "preset" else None, opts.mask_decoder)
+        return cls(opts, parity=not opts.skip_parity, gate=quantize and opts.gate_samples > 0,
+                   adapter=source.adapter is not None, calibrate=recipe.needs_calibration, quantize=quantize,
+                   mask_weights=mask)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    process: str  # TORCH or BUNDLE
+    when: Callable[[Plan], bool] = lambda plan: True
+
+
+STEPS = (
+    Step("load model", TORCH),
+    Step("PyTorch reference", TORCH, lambda p: p.parity),
+    Step("gate reference", TORCH, lambda p: p.gate),
+    Step("merge adapter", TORCH, lambda p: p.adapter),
+    Step("GPTQ", TORCH, lambda p: p.calibrate),
+    Step("export vision encoder", TORCH),
+    Step("export projector", TORCH),
+    Step("export decoder", TORCH),
+    Step("export mask decoder", BUNDLE, lambda p: p.mask_weights is not None),
+    Step("write manifest", BUNDLE),
+    Step("parity check", BUNDLE, lambda p: p.parity),
+    Step("quantize vision encoder", BUNDLE, lambda p: p.quantize),
+    Step("quantize projector", BUNDLE, lambda p: p.quantize),
+    Step("quantize decoder", BUNDLE, lambda p: p.quantize),
+    Step("rewrite manifest", BUNDLE, lambda p: p.quantize),
+    Step("accuracy gate", BUNDLE, lambda p: p.gate),
+)
+
+
+def steps(plan: Plan, process: str | None = None) -> list[Step]:
+    """The steps this plan runs, in order (all of them, or one process's)."""
+    return [s for s in STEPS if s.when(plan) and process in (None, s.process)]
+
+
+def execute(plan: Plan, process: str, work: dict[str, Callable[[], None]], progress: Callable[[str], None]) -> None:
+    """Run one process's steps in order: progress(name), then its work."""
+    names = {s.name for s in STEPS if s.process == process}
+    if set(work) != names:  # a programming error: every step of the process has exactly one piece of work
+        raise AssertionError(f"{process} steps without work: {sorted(names - set(work))}; "
+                             f"work without a step: {sorted(set(work) - names)}")
+    for s in steps(plan, process):
+        progress(s.name)
+        work[s.name]()
