@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-perf"))
     args = parser.parse_args()
 
-    sources_ = {load_manifest(b).raw["source"]["spec"] for b in args.bundles}
+    sources_ = {(load_manifest(b).record.source or {}).get("spec") for b in args.bundles}
     if len(sources_) != 1:
         sys.exit(f"error: the bundles come from different sources ({', '.join(sorted(sources_))}); give one source's bundles")
     source = sources_.pop()

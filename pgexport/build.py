@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from pgexport_runtime import io_names as io
 from pgexport_runtime.geometry import Geometry
+from pgexport_runtime.manifest import GraphEntry, Generation, KvCache, Manifest, MaskCodes, Record
 
 from . import parity, sources, torch_phase
 from .bundle import BundleWriter, check_graph_files
@@ -50,7 +51,7 @@ class _Build:
         self.recipe = resolve_recipe(self.opts.quant)
         self.mask = _load_mask_decoder(plan.mask_weights)  # bad weights: a user error before the slow steps
         self.writer = BundleWriter(self.opts.out, force=self.opts.force)
-        self.manifest: dict = {}
+        self.manifest: Manifest | None = None
         self.quantized: dict = {}  # graph name -> its quantization report
         self.results = None
 
@@ -60,9 +61,10 @@ class _Build:
             # the PyTorch phase runs in a child process: its memory is back with the OS before onnxruntime loads
             self.results = torch_phase.run(self.opts, self.writer.tmp, self.progress)
             execute(self.plan, BUNDLE, self.work(), self.progress)
-            check_graph_files(self.writer.tmp, self.manifest)
-            self.manifest["build"]["seconds"] = round(time.time() - t0, 1)
-            self.writer.write_manifest(self.manifest, final=True)
+            record = self.manifest.record
+            self._update(record=replace(record, build=record.build | {"seconds": round(time.time() - t0, 1)}))
+            check_graph_files(self.writer.tmp, self.manifest.to_dict())
+            self.writer.write_manifest(self.manifest.to_dict(), final=True)
             return self.writer.commit()
 
     def work(self) -> dict:
@@ -87,9 +89,14 @@ class _Build:
         if self.mask is not None:  # an optional, appended graph entry (older runtimes ignore it)
             from .export import mask_decoder
 
-            self.manifest["graphs"]["mask_decoder"] = (_graph_entry(files, "mask_decoder", self.geometry)
-                                                       | mask_decoder.manifest_fields(*self.mask))
-        self.writer.write_manifest(self.manifest, final=False)
+            module, weights = self.mask
+            entry = _graph_entry(files, "mask_decoder", self.geometry, codes=MaskCodes(**mask_decoder.codes(module)),
+                                 weights=Path(weights).name)
+            self._update(graphs=self.manifest.graphs | {"mask_decoder": entry})
+        self.writer.write_manifest(self.manifest.to_dict(), final=False)
+
+    def _update(self, **sections) -> None:
+        self.manifest = replace(self.manifest, **sections)
 
     def parity_check(self) -> None:
         report = parity.compare(self.writer.tmp, self.results.parity, self.opts.tolerance,
@@ -100,7 +107,7 @@ class _Build:
             entry = mask_parity.check(self.writer.path(FILES["mask_decoder"]), self.mask[0],
                                       self.opts.tolerance.relative)
             report = mask_parity.add_to_report(report, entry)
-        self.manifest["parity"] = report
+        self._update(record=replace(self.manifest.record, parity=report))
         if not report["ok"]:
             raise ParityError(f"parity check failed: {parity.summarize_failure(report)}")
 
@@ -112,14 +119,16 @@ class _Build:
 
     def rewrite_manifest(self) -> None:
         """The quantized graphs' precisions, files and report (sha256s rehashed as the manifest is written)."""
-        self.manifest["quantization"] = {"recipe": self.recipe.to_dict(), "summary": self.recipe.summary(),
-                                         "graphs": self.quantized, "accuracy": None}
+        quantization = {"recipe": self.recipe.to_dict(), "summary": self.recipe.summary(), "graphs": self.quantized,
+                        "accuracy": None}
         names = sorted(p.name for p in self.writer.tmp.iterdir())
-        for name, entry in self.quantized.items():
-            graph = self.manifest["graphs"][name]
-            graph["precision"] = entry["precision"]
-            graph["data_files"] = [f for f in names if f.startswith(graph["file"]) and f != graph["file"]]
-        self.writer.write_manifest(self.manifest, final=False)
+        graphs = dict(self.manifest.graphs)
+        for name, report in self.quantized.items():
+            file = graphs[name].file
+            graphs[name] = replace(graphs[name], precision=report["precision"],
+                                   data_files=tuple(f for f in names if f.startswith(file) and f != file))
+        self._update(graphs=graphs, record=replace(self.manifest.record, quantization=quantization))
+        self.writer.write_manifest(self.manifest.to_dict(), final=False)
 
     def accuracy_gate(self) -> None:
         """The quantized bundle against the PyTorch reference's greedy tokens and log-probabilities.
@@ -139,7 +148,8 @@ class _Build:
                        manifest_file=self.writer.partial_name)
         accuracy = gate.evaluate(pg, ref, self.opts.gate_tokens)
         del pg
-        self.manifest["quantization"]["accuracy"] = accuracy
+        record = self.manifest.record
+        self._update(record=replace(record, quantization=record.quantization | {"accuracy": accuracy}))
         if self.opts.min_agreement is not None and accuracy["sequence_agreement"] < self.opts.min_agreement:
             raise GateError(f"accuracy gate failed: sequence agreement {accuracy['sequence_agreement']:.3f} < "
                             f"--min-agreement {self.opts.min_agreement} over {accuracy['samples']} held-out "
@@ -154,14 +164,14 @@ def _load_mask_decoder(weights: Path | None):
     return None if weights is None else (mask_decoder.load(weights), weights)
 
 
-def _graph_entry(files: list[str], name: str, g: Geometry) -> dict:
+def _graph_entry(files: list[str], name: str, g: Geometry, **extra) -> GraphEntry:
     file = FILES[name]
     inputs, outputs = IO[name](g)
-    data = [f for f in files if f.startswith(file) and f != file]  # external data: decoder.onnx.data
-    return {"file": file, "data_files": data, "precision": "fp32", "inputs": list(inputs), "outputs": list(outputs)}
+    data = tuple(f for f in files if f.startswith(file) and f != file)  # external data: decoder.onnx.data
+    return GraphEntry(file, data, "fp32", tuple(inputs), tuple(outputs), **extra)
 
 
-def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: list[str], processor) -> dict:
+def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: list[str], processor) -> Manifest:
     import importlib.metadata as md
 
     from .export.onnx_export import OPSET
@@ -172,22 +182,14 @@ def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: li
         except md.PackageNotFoundError:
             return None
 
-    tok = sources.load_tokenizer_info(source, g, processor)
-    pre = sources.load_preprocessing(source, g, processor)
-    graphs = {name: _graph_entry(files, name, g) for name in ("vision_encoder", "projector", "decoder")}
-    return {
-        "source": source.describe(),
-        "geometry": g.to_dict(),
-        "graphs": graphs,
-        # "concat": present = past + new, in separate buffers. A later "shared" layout (fused attention
-        # writing into one max-length buffer) is a new value here, not a change of the graph names.
-        "kv_cache": {"layout": "concat", "dtype": "float32", "past": [io.PAST_KEY, io.PAST_VALUE],
-                     "present": [io.PRESENT_KEY, io.PRESENT_VALUE]},
-        "tokenizer": tok,
-        "preprocessing": pre,
-        "generation": {"max_new_tokens": opts.max_new_tokens, "eos_token_ids": [g.eos_token_id]},
-        "tools": {name: version(name) for name in ("pgexport", "torch", "transformers", "onnx", "onnxscript", "onnxruntime")}
-        | {"opset": OPSET, "python": platform.python_version()},
-        "build": {"created_unix": int(time.time())},
-        "parity": None,
-    }
+    tools = {name: version(name) for name in ("pgexport", "torch", "transformers", "onnx", "onnxscript", "onnxruntime")}
+    return Manifest(
+        geometry=g,
+        graphs={name: _graph_entry(files, name, g) for name in ("vision_encoder", "projector", "decoder")},
+        kv_cache=KvCache(),
+        tokenizer=sources.load_tokenizer_info(source, g, processor),
+        preprocessing=sources.load_preprocessing(source, g, processor),
+        generation=Generation(max_new_tokens=opts.max_new_tokens),
+        record=Record(source=source.describe(), tools=tools | {"opset": OPSET, "python": platform.python_version()},
+                      build={"created_unix": int(time.time())}),
+    )

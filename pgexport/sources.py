@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pgexport_runtime.errors import UserError
 from pgexport_runtime.geometry import Geometry
+from pgexport_runtime.manifest import TokenizerInfo
+from pgexport_runtime.preprocess import Preprocessing
 
 from . import adapters, checkpoint
 from .adapters import Adapter
@@ -307,7 +309,7 @@ def load_processor(directory: Path):
     return processor
 
 
-def load_preprocessing(source: Source, g: Geometry, processor=None) -> dict:
+def load_preprocessing(source: Source, g: Geometry, processor=None) -> Preprocessing:
     """The SigLIP image-processor parameters the runtime needs, as transformers' own processor holds them
     (whichever file they came from: preprocessor_config.json or processor_config.json)."""
     ip = (processor or load_processor(source.directory)).image_processor
@@ -321,13 +323,10 @@ def load_preprocessing(source: Source, g: Geometry, processor=None) -> dict:
     if resample not in _RESAMPLE:
         raise UserError(f"{source.spec}: unsupported resample mode {resample}")
     mean, std = getattr(ip, "image_mean", None), getattr(ip, "image_std", None)
-    return {
-        "size": [height, width],
-        "resample": _RESAMPLE[resample],
-        "rescale_factor": float(getattr(ip, "rescale_factor", 1 / 255)),
-        "mean": [float(x) for x in (mean if mean is not None else [0.5, 0.5, 0.5])],
-        "std": [float(x) for x in (std if std is not None else [0.5, 0.5, 0.5])],
-    }
+    return Preprocessing(size=(height, width), resample=_RESAMPLE[resample],
+                         rescale_factor=float(getattr(ip, "rescale_factor", 1 / 255)),
+                         mean=tuple(float(x) for x in (mean if mean is not None else [0.5, 0.5, 0.5])),
+                         std=tuple(float(x) for x in (std if std is not None else [0.5, 0.5, 0.5])))
 
 
 def write_tokenizer(source: Source, dest: Path, processor=None) -> None:
@@ -348,20 +347,12 @@ def write_tokenizer(source: Source, dest: Path, processor=None) -> None:
     tok.save(str(dest))
 
 
-def load_tokenizer_info(source: Source, g: Geometry, processor=None) -> dict:
-    """Special-token strings and ids, checked against the geometry."""
+def load_tokenizer_info(source: Source, g: Geometry, processor=None) -> TokenizerInfo:
+    """Special-token strings of the geometry's ids, checked."""
     tok = (processor or load_processor(source.directory)).tokenizer.backend_tokenizer
-    info = {
-        "file": "tokenizer.json",
-        "image_token": tok.id_to_token(g.image_token_id),
-        "bos_token": tok.id_to_token(g.bos_token_id),
-        "eos_token": tok.id_to_token(g.eos_token_id),
-        "pad_token": tok.id_to_token(g.pad_token_id),
-        "image_token_id": g.image_token_id,
-        "bos_token_id": g.bos_token_id,
-        "eos_token_id": g.eos_token_id,
-        "pad_token_id": g.pad_token_id,
-    }
-    if info["image_token"] != "<image>":
-        raise UserError(f"{source.spec}: token {g.image_token_id} is {info['image_token']!r}, expected <image>")
+    info = TokenizerInfo(file="tokenizer.json", image_token=tok.id_to_token(g.image_token_id),
+                         bos_token=tok.id_to_token(g.bos_token_id), eos_token=tok.id_to_token(g.eos_token_id),
+                         pad_token=tok.id_to_token(g.pad_token_id))
+    if info.image_token != "<image>":
+        raise UserError(f"{source.spec}: token {g.image_token_id} is {info.image_token!r}, expected <image>")
     return info

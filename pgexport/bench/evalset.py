@@ -97,8 +97,7 @@ def materialize(items: list[Item], bundle: Path, folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     m = load_manifest(bundle, verify=False)
-    tok = m.raw["tokenizer"]
-    tokenizer = PromptTokenizer(m.tokenizer_file, m.geometry, tok["image_token"], tok["bos_token"])
+    tokenizer = PromptTokenizer(m.tokenizer_file, m.geometry, m.tokenizer.image_token, m.tokenizer.bos_token)
     pixels = []
     for item in items:
         if item.pil is not None:

@@ -144,7 +144,7 @@ def _units(opts: BenchOptions, n: int, mode: str, teacher: bool) -> int:
 def _source_spec(m) -> str:
     """The model a bundle was built from, when the manifest names one this machine has (a preset, a hub id,
     the repository's own demo model); else the user passes --reference."""
-    src = m.raw.get("source") or {}
+    src = m.record.source or {}
     spec = src.get("spec")
     if src.get("adapter"):
         raise UserError(f"{m.root}: built with the adapter {src['adapter'].get('name')}; pass --reference "
@@ -170,7 +170,7 @@ def _mode(opts: BenchOptions, manifests) -> str:
     if opts.reference is not None:
         return "speed" if opts.reference in sources.list_presets() else "full"
     # presets carry seeded random weights: there is nothing meaningful to be accurate about
-    return "speed" if all((m.raw.get("source") or {}).get("kind") == "preset" for m in manifests) else "full"
+    return "speed" if all((m.record.source or {}).get("kind") == "preset" for m in manifests) else "full"
 
 
 def _items(opts: BenchOptions, mode: str, manifest) -> tuple[list, list | None, str]:
@@ -266,7 +266,7 @@ def _decoder(manifest):
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(manifest.tokenizer_file))
-    eos = manifest.raw["tokenizer"]["eos_token"]
+    eos = manifest.tokenizer.eos_token
     return lambda ids: tasks.clean(tok.decode(ids, skip_special_tokens=False), eos)
 
 
@@ -280,5 +280,5 @@ def _precision(manifest) -> str:
 def _size(manifest) -> dict:
     graphs = {name: stats.dir_bytes(manifest.root / f for f in (g.file, *g.data_files))
               for name, g in manifest.graphs.items()}
-    files = [manifest.root / f for f in manifest.raw.get("files", {})] + [manifest.root / MANIFEST]
+    files = [manifest.root / f for f in manifest.files] + [manifest.root / MANIFEST]
     return {"total_bytes": stats.dir_bytes(files), "graphs": graphs}

@@ -177,8 +177,6 @@ def sample_inputs(num_codes: int = 128, batch: int = 2) -> tuple[torch.Tensor, .
     return (torch.randint(0, num_codes, (batch, NUM_TOKENS), generator=gen, dtype=torch.int64),)
 
 
-def manifest_fields(module: MaskDecoder, path: Path) -> dict:
-    """Appended to the graph's manifest entry: what the runtime needs to check an answer's codes."""
-    n, d = module._vq_vae._embedding.shape
-    return {"num_tokens": NUM_TOKENS, "num_codes": int(n), "mask_size": MASK_SIZE, "weights": Path(path).name,
-            "embedding_dim": int(d)}
+def codes(module: MaskDecoder) -> dict:
+    """The code format of the manifest's mask_decoder entry (runtime MaskCodes)."""
+    return {"num_tokens": NUM_TOKENS, "num_codes": int(module._vq_vae._embedding.shape[0]), "mask_size": MASK_SIZE}

@@ -10,13 +10,13 @@ from .manifest import Manifest
 
 def describe(m: Manifest) -> list[str]:
     """`inspect`: graphs, sizes, precisions, I/O, geometry, parity, recipe, measured accuracy, tools."""
-    g, raw = m.geometry, m.raw
-    source = raw.get("source") or {}  # its shape is checked at load (provenance.py)
+    g, record = m.geometry, m.record
+    source = record.source or {}  # its shape is checked at load (provenance.py)
     spec = source.get("spec") or source.get("name") or "an unrecorded source"
     adapter = source.get("adapter")
     if isinstance(adapter, dict):  # a peft adapter merged at build (pgexport/adapters.py)
         spec += f" + adapter {adapter.get('name')} ({adapter.get('peft_type')}, rank {adapter.get('rank')})"
-    lines = [f"bundle   {m.root}  (schema {raw['schema_version']}, from {spec})",
+    lines = [f"bundle   {m.root}  (schema {m.schema_version}, from {spec})",
              f"model    {g.family}, {g.image_size}px / {g.num_image_tokens} image tokens, decoder {g.text_layers}x"
              f"{g.text_hidden} ({g.num_heads} heads, {g.num_kv_heads} kv), vocab {g.vocab_size}",
              "graphs"]
@@ -25,15 +25,14 @@ def describe(m: Manifest) -> list[str]:
         lines += [f"  {name:<15} {entry.file:<22} {fmt_bytes(size):>9}  {entry.precision}",
                   f"  {'':<15} in:  {io_summary(entry.inputs)}",
                   f"  {'':<15} out: {io_summary(entry.outputs)}"]
-    parity, quant = raw.get("parity"), raw.get("quantization")
+    parity, quant = record.parity, record.quantization
     lines.append("parity   " + ("not checked" if parity is None else ("ok" if parity["ok"] else "FAILED")
                                 + f"{parity_label(quant)}: {parity_line(parity)}"))
     lines.append("recipe   " + ("fp32 (not quantized)" if not quant else
                                 f"{quant['recipe']['name']}: {recipe_line(quant['summary'])}"))
     if quant and quant.get("accuracy"):
         lines.append("accuracy " + accuracy_line(quant["accuracy"]))
-    tools = raw.get("tools", {})
-    lines.append("tools    " + ", ".join(f"{k} {v}" for k, v in tools.items() if v is not None))
+    lines.append("tools    " + ", ".join(f"{k} {v}" for k, v in record.tools.items() if v is not None))
     return lines
 
 

@@ -1,12 +1,15 @@
 """manifest.json: the contract between `pgexport build` and the runtime.
 
-The runtime reads nothing about a model except this file and the files it lists. Fields are only ever
-appended; SCHEMA_VERSION changes when a reader of an older version could misread a bundle.
+The runtime reads nothing about a model except this file and the files it lists. Each section is a small
+frozen dataclass with from_dict (typed and bounded: a malformed field is a one-line BundleError) and
+to_dict; the build writes the manifest through the same classes, so what is written is what is read.
+Fields are only ever appended; SCHEMA_VERSION changes when a reader of an older version could misread a
+bundle. Version 2 dropped what version 1 stored twice (special-token ids outside `geometry`, generation's
+stop ids, the KV-cache name patterns of io_names.py); version 1 bundles read as version 2.
 
 Loading checks, in this order and before any listed file is opened: the manifest's size and JSON; its
-schema; each section it reads, typed and bounded (fields.py, Geometry.from_dict, Preprocessing.from_dict,
-provenance.py); that every file it names is a plain file name inside the bundle and covered by a sha256;
-then, per file: not a symbolic link, present, and (verify) its sha256.
+schema; each section; that every file it names is a plain file name inside the bundle and covered by a
+sha256; then, per file: not a symbolic link, present, and (verify) its sha256.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import fields, provenance
@@ -23,11 +26,13 @@ from .geometry import Geometry
 from .preprocess import Preprocessing
 
 SCHEMA = "pgexport.bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READS = (1, 2)  # version 1 holds everything version 2 reads
 MANIFEST = "manifest.json"
 GRAPHS = ("vision_encoder", "projector", "decoder")
 OPTIONAL_GRAPHS = ("mask_decoder",)  # appended later; older bundles simply lack them
 KV_LAYOUTS = ("concat",)  # present = past + new tokens, written by ORT into a second buffer (kv_cache.py)
+KV_DTYPES = ("float32",)
 MAX_MANIFEST_BYTES = 8 << 20  # a 3B int4 manifest is about 20 KB
 MAX_TOKENIZER_BYTES = 256 << 20  # Gemma's tokenizer.json is 17 MB; it is read whole into memory
 MAX_FILES = 4096
@@ -35,39 +40,142 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
+class MaskCodes:
+    """The mask decoder's code format (segment answers): `num_tokens` <seg> codes per object, each below
+    `num_codes`, decoded to a mask_size x mask_size mask."""
+
+    num_tokens: int
+    num_codes: int
+    mask_size: int
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "MaskCodes":
+        return cls(fields.integer(d, "num_tokens", where, 1, 1024), fields.integer(d, "num_codes", where, 1, 1 << 16),
+                   fields.integer(d, "mask_size", where, 1, 4096))
+
+
+@dataclass(frozen=True)
 class GraphEntry:
     file: str
-    data_files: tuple[str, ...]
-    precision: str
-    inputs: tuple[str, ...]
+    data_files: tuple[str, ...]  # external data (decoder.onnx.data), each covered by a sha256
+    precision: str  # fp32, fp16, int8, int4, mixed: what the recipe made of the graph's weights
+    inputs: tuple[str, ...]  # the names the runtime feeds and fetches (io_names.py); checked against the graph
     outputs: tuple[str, ...]
+    codes: MaskCodes | None = None  # mask_decoder only
+    weights: str | None = None  # mask_decoder only: the file its weights came from (informational)
+
+    def to_dict(self) -> dict:
+        d = {"file": self.file, "data_files": list(self.data_files), "precision": self.precision,
+             "inputs": list(self.inputs), "outputs": list(self.outputs)}
+        if self.codes is not None:
+            d |= {"num_tokens": self.codes.num_tokens, "num_codes": self.codes.num_codes,
+                  "mask_size": self.codes.mask_size, "weights": self.weights}
+        return d
+
+    @classmethod
+    def from_dict(cls, g: dict, where: str, files: dict, mask: bool = False) -> "GraphEntry":
+        data = fields.texts(g, "data_files", where, optional=True)
+        return cls(file=_covered(fields.text(g, "file", where), f"{where}.file", files),
+                   data_files=tuple(_covered(f, f"{where}.data_files", files) for f in data),
+                   precision=fields.text(g, "precision", where),
+                   inputs=fields.texts(g, "inputs", where), outputs=fields.texts(g, "outputs", where),
+                   codes=MaskCodes.from_dict(g, where) if mask else None,
+                   weights=fields.text(g, "weights", where, optional=True) if mask else None)
+
+
+@dataclass(frozen=True)
+class KvCache:
+    layout: str = "concat"  # "concat": present = past + new, in separate buffers; a later "shared" layout
+    dtype: str = "float32"  # (fused attention writing into one max-length buffer) would be a new value here
+
+    def to_dict(self) -> dict:
+        return {"layout": self.layout, "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "KvCache":
+        layout = fields.text(d, "layout", "kv_cache")
+        if layout not in KV_LAYOUTS:
+            raise fields.FieldError(f"KV-cache layout {layout!r} is not supported by this runtime "
+                                    f"({', '.join(KV_LAYOUTS)})")
+        dtype = fields.text(d, "dtype", "kv_cache", optional=True) or "float32"
+        if dtype not in KV_DTYPES:
+            raise fields.FieldError(f"KV-cache dtype {dtype!r} is not supported by this runtime")
+        return cls(layout, dtype)
 
 
 @dataclass(frozen=True)
 class TokenizerInfo:
+    """The tokenizer file and its special tokens' strings (their ids are the geometry's)."""
+
     file: str
     image_token: str
     bos_token: str
     eos_token: str
     pad_token: str
 
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, t: dict, files: dict) -> "TokenizerInfo":
+        return cls(_covered(fields.text(t, "file", "tokenizer"), "tokenizer.file", files),
+                   *(fields.text(t, k, "tokenizer") for k in ("image_token", "bos_token", "eos_token", "pad_token")))
+
 
 @dataclass(frozen=True)
 class Generation:
-    max_new_tokens: int  # the default when a caller gives none
-    eos_token_ids: tuple[int, ...]
+    max_new_tokens: int  # the default when a caller gives none; generation stops at geometry.eos_token_id
+
+    def to_dict(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens}
+
+    @classmethod
+    def from_dict(cls, d: dict, g: Geometry) -> "Generation":
+        return cls(fields.integer(d, "max_new_tokens", "generation", 1, g.max_position_embeddings))
+
+
+@dataclass(frozen=True)
+class Record:
+    """The informational sections (provenance.py checks their shape): where the model came from, the tools,
+    the build, the parity report of the float32 graphs and the quantization report. Generation never reads
+    them; `inspect` prints them and `bench` picks its reference from `source`."""
+
+    source: dict | None = None
+    tools: dict = field(default_factory=dict)
+    build: dict = field(default_factory=dict)
+    parity: dict | None = None
+    quantization: dict | None = None
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Record":
+        provenance.check(raw)
+        return cls(raw.get("source"), raw.get("tools") or {}, raw.get("build") or {}, raw.get("parity"),
+                   raw.get("quantization"))
 
 
 @dataclass(frozen=True)
 class Manifest:
-    root: Path
-    raw: dict  # the whole JSON, for `inspect --json`; the runtime reads the typed sections below
     geometry: Geometry
     graphs: dict[str, GraphEntry]
+    kv_cache: KvCache
     tokenizer: TokenizerInfo
     preprocessing: Preprocessing
     generation: Generation
-    files: dict[str, str]  # plain file name -> sha256
+    record: Record
+    files: dict[str, str] = field(default_factory=dict)  # plain file name -> sha256 (the writer fills it)
+    root: Path | None = None  # the bundle directory, when read from one
+    raw: dict | None = field(default=None, repr=False)  # the file as read, for `inspect --json`
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        """The sections as written (schema and files are added by the writer)."""
+        return {"geometry": self.geometry.to_dict(), "graphs": {k: v.to_dict() for k, v in self.graphs.items()},
+                "kv_cache": self.kv_cache.to_dict(), "tokenizer": self.tokenizer.to_dict(),
+                "preprocessing": self.preprocessing.to_dict(), "generation": self.generation.to_dict(),
+                **self.record.to_dict()}
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -123,9 +231,9 @@ def _read_json(root: Path, mpath: Path) -> dict:
     if raw.get("schema") != SCHEMA:
         raise BundleError(f"{mpath}: not a pgexport manifest (schema {_short(raw.get('schema'))})")
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if version not in READS or isinstance(version, bool):
         raise BundleError(f"{mpath}: schema version {_short(version)} is not supported by this runtime "
-                          f"(it reads version {SCHEMA_VERSION})")
+                          f"(it reads versions {', '.join(map(str, READS))})")
     return raw
 
 
@@ -142,22 +250,14 @@ def _parse(root: Path, raw: dict) -> Manifest:
     for name in GRAPHS + OPTIONAL_GRAPHS:
         g = fields.section(graphs_raw, name, "graphs", optional=name in OPTIONAL_GRAPHS)
         if g is not None:
-            graphs[name] = _graph(g, f"graphs.{name}", files)
-    layout = fields.text(fields.section(raw, "kv_cache", "manifest"), "layout", "kv_cache")
-    if layout not in KV_LAYOUTS:
-        raise fields.FieldError(f"KV-cache layout {layout!r} is not supported by this runtime ({', '.join(KV_LAYOUTS)})")
-    t = fields.section(raw, "tokenizer", "manifest")
-    tokenizer = TokenizerInfo(_covered(fields.text(t, "file", "tokenizer"), "tokenizer.file", files),
-                              *(fields.text(t, k, "tokenizer") for k in ("image_token", "bos_token", "eos_token",
-                                                                          "pad_token")))
-    gen = fields.section(raw, "generation", "manifest")
-    generation = Generation(
-        fields.integer(gen, "max_new_tokens", "generation", 1, geometry.max_position_embeddings),
-        fields.integers(gen, "eos_token_ids", "generation", 0, geometry.vocab_size - 1, max_len=64))
-    preprocessing = Preprocessing.from_dict(fields.section(raw, "preprocessing", "manifest"))
-    provenance.check(raw)
-    return Manifest(root=root, raw=raw, geometry=geometry, graphs=graphs, tokenizer=tokenizer,
-                    preprocessing=preprocessing, generation=generation, files=files)
+            graphs[name] = GraphEntry.from_dict(g, f"graphs.{name}", files, mask=name == "mask_decoder")
+    return Manifest(geometry=geometry, graphs=graphs,
+                    kv_cache=KvCache.from_dict(fields.section(raw, "kv_cache", "manifest")),
+                    tokenizer=TokenizerInfo.from_dict(fields.section(raw, "tokenizer", "manifest"), files),
+                    preprocessing=Preprocessing.from_dict(fields.section(raw, "preprocessing", "manifest")),
+                    generation=Generation.from_dict(fields.section(raw, "generation", "manifest"), geometry),
+                    record=Record.from_dict(raw), files=files, root=root, raw=raw,
+                    schema_version=raw["schema_version"])
 
 
 def _files(files: dict) -> dict[str, str]:
@@ -168,17 +268,6 @@ def _files(files: dict) -> dict[str, str]:
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise fields.FieldError(f"files.{name} is not a sha256 (64 lowercase hex digits)")
     return files
-
-
-def _graph(g: dict, where: str, files: dict) -> GraphEntry:
-    return GraphEntry(
-        file=_covered(fields.text(g, "file", where), f"{where}.file", files),
-        data_files=tuple(_covered(f, f"{where}.data_files", files) for f in fields.texts(g, "data_files", where,
-                                                                                          optional=True)),
-        precision=fields.text(g, "precision", where),
-        inputs=fields.texts(g, "inputs", where),
-        outputs=fields.texts(g, "outputs", where),
-    )
 
 
 def _covered(name: str, where: str, files: dict) -> str:

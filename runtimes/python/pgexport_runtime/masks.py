@@ -23,15 +23,20 @@ MASK_SIZE = 64
 
 
 class MaskDecoder:
-    """The bundle's mask decoder graph: codes [N, 16] int64 -> masks [N, 64, 64] float32."""
+    """The bundle's mask decoder graph: codes [N, num_tokens] int64 -> masks [N, mask_size, mask_size] float32
+    (16 codes and 64x64 in every PaliGemma; the sizes are the manifest's MaskCodes)."""
 
-    def __init__(self, path: Path, session: SessionConfig | None = None):
+    def __init__(self, path: Path, codes, session: SessionConfig | None = None):
+        self.codes = codes
         self.session = create_session(path, session or SessionConfig())
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:
-        codes = np.ascontiguousarray(np.asarray(codes, dtype=np.int64).reshape(-1, 16))
+        c = self.codes
+        codes = np.ascontiguousarray(np.asarray(codes, dtype=np.int64).reshape(-1, c.num_tokens))
         if len(codes) == 0:
-            return np.zeros((0, MASK_SIZE, MASK_SIZE), dtype=np.float32)
+            return np.zeros((0, c.mask_size, c.mask_size), dtype=np.float32)
+        if codes.min() < 0 or codes.max() >= c.num_codes:  # a Gather out of range is an onnxruntime error
+            raise ValueError(f"<seg> codes must be in 0..{c.num_codes - 1}")
         (masks,) = self.session.run([io.MASKS], {io.SEG_CODES: codes})
         return masks
 

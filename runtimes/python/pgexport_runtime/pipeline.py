@@ -48,7 +48,7 @@ class PaliGemma:
         m, cfg = self.manifest, self.session_config
         tok = m.tokenizer  # before the graphs: a broken tokenizer is found without loading them
         self.tokenizer = PromptTokenizer(m.tokenizer_file, self.geometry, tok.image_token, tok.bos_token)
-        self.eos_ids = set(m.generation.eos_token_ids)
+        self.eos_ids = {self.geometry.eos_token_id}
         self.graphs = Graphs(
             vision=self._session("vision_encoder"),
             projector=self._session("projector"),
@@ -58,9 +58,9 @@ class PaliGemma:
         )
         # optional graph (segment): 16 <seg> codes -> a 64x64 mask; None in bundles built without one
         entry = m.graphs.get("mask_decoder")
-        self.mask_decoder = MaskDecoder(m.path(entry.file), cfg) if entry else None
+        self.mask_decoder = MaskDecoder(m.path(entry.file), entry.codes, cfg) if entry else None
         if self.mask_decoder is not None:
-            check_io(self.mask_decoder.session, m.path(entry.file), self._expected_io("mask_decoder"))
+            check_io(self.mask_decoder.session, m.path(entry.file), self._expected_io("mask_decoder"), entry)
 
     def _expected_io(self, graph: str) -> dict:
         return io_names.expected(graph, self.geometry, self.manifest.preprocessing.size)
@@ -68,7 +68,7 @@ class PaliGemma:
     def _session(self, graph: str):
         entry, cfg = self.manifest.graphs[graph], self.session_config
         session = create_session(self.manifest.path(entry.file), cfg)
-        check_io(session, self.manifest.path(entry.file), self._expected_io(graph))
+        check_io(session, self.manifest.path(entry.file), self._expected_io(graph), entry)
         if cfg.release_mapped_weights and cfg.prepack and entry.data_files:
             # one graph at a time, so that the next graph loads with this one's copies already given back
             release_mapped_pages(self.manifest.path(f) for f in entry.data_files)

@@ -28,6 +28,10 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    def to_dict(self) -> dict:
+        return {"size": list(self.size), "resample": self.resample, "rescale_factor": self.rescale_factor,
+                "mean": list(self.mean), "std": list(self.std)}
+
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
         w = "preprocessing"

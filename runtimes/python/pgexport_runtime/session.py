@@ -79,10 +79,16 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
         raise BundleError(f"{Path(path).name}: onnxruntime cannot load this graph ({first[:300]})") from None
 
 
-def check_io(session: ort.InferenceSession, path: Path, expected: dict[str, dict[int, int]]) -> None:
-    """The names the runtime will feed or bind must be the graph's, with the sizes it derives from the manifest
-    (io_names.expected). A manifest whose geometry disagrees with its sha256-checked graphs is then a bundle
-    error at load, not an onnxruntime error in the middle of a generation."""
+def check_io(session: ort.InferenceSession, path: Path, expected: dict[str, dict[int, int]], entry=None) -> None:
+    """The names the runtime will feed or bind (io_names.expected) must be the ones the manifest's graph entry
+    lists and the graph's own, with the sizes it derives from the manifest. A manifest whose geometry
+    disagrees with its sha256-checked graphs is then a bundle error at load, not an onnxruntime error in
+    the middle of a generation."""
+    listed = set(entry.inputs) | set(entry.outputs) if entry is not None else set(expected)
+    if listed != set(expected):
+        odd = sorted(listed ^ set(expected))
+        raise BundleError(f"{Path(path).name}: the manifest lists inputs/outputs this runtime does not use or "
+                          f"lacks some it does ({', '.join(odd[:4])})")
     shapes = {a.name: a.shape for a in (*session.get_inputs(), *session.get_outputs())}
     for name, axes in expected.items():
         if name not in shapes:
