@@ -3,7 +3,7 @@
     python benchmarks/answers_iou.py BUNDLE [--n 50] [--json out.json]
 
 Runs the torch-free runtime (`PaliGemma.answers`) on the held-out detect and segment examples of
-pgexport.demo.evaluate (EVAL_SEED) and scores them like the demo's evaluation: detections matched
+tools/demo/evaluate.py (EVAL_SEED) and scores them like the demo's evaluation: detections matched
 one-to-one to ground truth (label must agree) -> mean matched box IoU, recall@0.5, precision@0.5;
 segments -> per-image mask IoU, sum(matched IoU) / max(n_gt, n_pred), averaged.
 """
@@ -16,13 +16,14 @@ import time
 
 import numpy as np
 
-from pgexport.demo import evaluate, metrics
-from pgexport_runtime import PaliGemma, SessionConfig
+import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (the demo's generator) is not installed
 
-def _yxyx(box) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = box
-    return y0, x0, y1, x1
+from pgexport.bench import metrics  # noqa: E402
+from pgexport_runtime import PaliGemma, SessionConfig  # noqa: E402
+from tools.demo import evaluate  # noqa: E402
 
 
 def score(pg: PaliGemma, n: int, batch: int = 16) -> dict:
@@ -36,8 +37,7 @@ def score(pg: PaliGemma, n: int, batch: int = 16) -> dict:
             answers += pg.answers([e.scene.image for e in chunk], [e.prefix for e in chunk],
                                   max_new_tokens=evaluate.TASK_MAX_NEW[task])
         if task == "detect":
-            rows = [metrics.detection_scores([{"box": o.box, "label": o.kind} for o in e.targets],
-                                             [{"box": _yxyx(d.box), "label": d.label} for d in a.detections])
+            rows = [metrics.detection_scores([(o.kind, evaluate.xy(o.box)) for o in e.targets], a.detections)
                     for e, a in zip(exs, answers)]
             d = metrics.summarize_detection(rows)
             out |= {"detect_box_iou": d["mean_matched_iou"], "detect_recall@0.5": d["recall@0.5"],
@@ -50,8 +50,7 @@ def score(pg: PaliGemma, n: int, batch: int = 16) -> dict:
                 iou = np.array([[metrics.mask_iou(g, s.mask) for s in segs] for g in gt]).reshape(len(gt), len(segs))
                 pairs = metrics.match(iou)
                 mious.append(sum(iou[i, j] for i, j in pairs) / max(len(gt), len(segs), 1))
-                box_rows.append(metrics.detection_scores([{"box": o.box, "label": o.kind} for o in e.targets],
-                                                         [{"box": _yxyx(s.box), "label": s.label} for s in segs]))
+                box_rows.append(metrics.detection_scores([(o.kind, evaluate.xy(o.box)) for o in e.targets], segs))
             out |= {"segment_mask_iou": float(np.mean(mious)),
                     "segment_box_iou": metrics.summarize_detection(box_rows)["mean_matched_iou"]}
         out[f"{task}_warnings"] = sum(len(a.warnings) for a in answers)

@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +38,8 @@ def cpu_name() -> str:
 
 def jobs(n: int):
     """Deterministic, distinct (image, prompt) pairs from the demo generator."""
-    from pgexport.demo.generator import make_example
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is not installed
+    from tools.demo.generator import make_example
 
     tasks = ("caption", "vqa", "ocr", "detect", "segment")
     out = []

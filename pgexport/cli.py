@@ -194,7 +194,8 @@ def demo(out, rebuild):
               help="Reference precision (repeatable; accuracy is measured against the first). "
                    "Default: fp32 (full mode: the model as trained), bf16 and fp32 (speed mode).")
 @click.option("--eval", "eval_set", metavar="SET", default=None,
-              help="'demo' (the demo model's held-out set) or a JSONL of {image, prompt, answer?}. "
+              help="'demo' (the demo model's held-out set) or a JSONL of {image, prompt, answer?, task?, boxes?, "
+                   "masks?} (see pgexport/heldout.py). "
                    "Default: demo, or generated inputs in speed mode.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Items to run. Default: 20 (1 in speed mode).")
 @click.option("--mode", type=click.Choice(["auto", "full", "speed"]), default="auto", show_default=True,

@@ -1,17 +1,16 @@
-"""`pgexport demo`: build the default model into a bundle (once) and answer a generated sample image."""
+"""`pgexport demo`: build the default model into a bundle (once) and answer held-out sample images with it."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sources
+from . import heldout, sources
 from .files import atomic_path
 from .build import BuildOptions, build
 
-DEMO_SEED = 20261123  # not a training or eval seed of the demo model
-DEMO_TASKS = ("caption", "vqa", "ocr", "detect")
 
 
 @dataclass
@@ -34,8 +33,8 @@ def ensure_bundle(out: Path, progress=None, rebuild: bool = False) -> Path:
 
 
 def sample_questions(folder: Path) -> list[tuple[Path, str, str | None]]:
-    """One generated image per task with its prompt and ground truth (a plain test card before the demo
-    model exists)."""
+    """One held-out image per task (the demo model's set, split "demo") with its prompt and ground truth,
+    copied into `folder` for the user to look at (a plain test card before the demo model exists)."""
     folder.mkdir(parents=True, exist_ok=True)
     if not (sources.DEMO_MODEL / "model.safetensors").is_file():
         from .parity import parity_image
@@ -44,15 +43,12 @@ def sample_questions(folder: Path) -> list[tuple[Path, str, str | None]]:
         with atomic_path(path) as tmp:
             parity_image(224).save(tmp)
         return [(path, "caption en", None), (path, "detect circle", None)]
-    from .demo.generator import make_example
-
     questions = []
-    for task in DEMO_TASKS:
-        ex = make_example(DEMO_SEED, 0, task=task)
-        path = folder / f"sample-{task}.png"
+    for row in heldout.read(heldout.DEMO_SET, "demo", what="demo"):
+        path = folder / f"sample-{row.task}.png"
         with atomic_path(path) as tmp:
-            ex.scene.image.save(tmp)
-        questions.append((path, ex.prefix, ex.suffix))
+            shutil.copyfile(row.image, tmp)
+        questions.append((path, row.prompt, row.answer))
     return questions
 
 

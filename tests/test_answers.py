@@ -82,11 +82,11 @@ def test_garbage_never_raises(text):
 
 
 def test_debinning_inverts_the_demo_generators_binning():
-    from pgexport.demo import generator, metrics
+    from tools.demo import generator
 
     for b in (0, 1, 511, 512, 1022, 1023):
         for size in (128, 480, 1000):
-            assert metrics.bin_to_coord(b, size) == pytest.approx(bin_to_coord(b, size))
+            assert bin_to_coord(b, size) == pytest.approx(b / 1023 * size)  # the /1023 rule
             assert coord_to_bin(bin_to_coord(b, size), size) == b
     for i in range(30):
         ex = generator.make_example(2, 1_000_000 * 4 + i, task="detect")  # held-out detect examples
@@ -101,27 +101,40 @@ def test_debinning_inverts_the_demo_generators_binning():
 
 
 def test_boxes_scale_to_the_original_non_square_image():
-    from pgexport.demo import metrics
+    from tools.demo.generator import box_to_loc
 
     w, h = 333, 121  # the model sees it squashed to a square; bins are fractions of each side
     box_yx = (10, 200, 100, 333)
-    (o,) = parse_objects(metrics.box_to_loc(box_yx, h, w) + " star", width=w, height=h).objects
+    (o,) = parse_objects(box_to_loc(box_yx, h, w) + " star", width=w, height=h).objects
     assert o.box == pytest.approx((200, 10, 333, 100), abs=0.5 * max(w, h) / 1023)
 
 
 # ----------------------------------------------------------------------------------- masks and RLE
 
 
-def test_paste_mask_matches_big_vision_and_the_demo_metrics():
-    from pgexport.demo import metrics
+def _big_vision_paste(m64, box_yx, height, width):
+    """An independent reference, written row-major as big_vision's evaluator is: whole-pixel (y0, x0, y1, x1)
+    box, bilinear resize of the float mask, threshold at 0."""
+    from PIL import Image
 
+    y0, x0, y1, x1 = (int(round(v)) for v in box_yx)
+    y0, x0 = max(0, min(y0, height)), max(0, min(x0, width))
+    y1, x1 = max(y0, min(y1, height)), max(x0, min(x1, width))
+    out = np.zeros((height, width), dtype=bool)
+    if y1 - y0 >= 1 and x1 - x0 >= 1:
+        im = Image.fromarray(m64, mode="F").resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
+        out[y0:y1, x0:x1] = np.asarray(im) > 0
+    return out
+
+
+def test_paste_mask_matches_big_vision():
     rng = np.random.default_rng(0)
     m64 = rng.normal(0, 1, (64, 64)).astype(np.float32)
     for box_xy in [(3.2, 5.7, 40.1, 90.4), (0, 0, 128, 96), (10, 10, 11, 12), (50, 50, 50, 60)]:
         x0, y0, x1, y1 = box_xy
         ours = paste_mask(m64, box_xy, 128, 96)
-        ref = metrics.paste_mask(m64, (y0, x0, y1, x1), 96, 128)
-        assert ours.shape == (96, 128) and np.array_equal(ours, ref)
+        assert ours.shape == (96, 128) and np.array_equal(ours, _big_vision_paste(m64, (y0, x0, y1, x1), 96, 128))
+    assert paste_mask(m64, (3.2, 5.7, 40.1, 90.4), 128, 96).any()
 
 
 def test_rle_round_trip():

@@ -1,5 +1,5 @@
 """detect / segment end to end on the demo model: an fp32 bundle (mask decoder included) against the PyTorch
-reference (transformers' tokens decoded by the demo's own parser and VQ-VAE), IoU with the generator's
+reference (transformers' tokens, masks decoded by the demo's torch VQ-VAE), IoU with the generator's
 ground truth, the CLI's JSON and overlay, and bundles without a mask decoder."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pgexport.demo import evaluate, metrics
+from pgexport.bench import metrics
+from pgexport_runtime.masks import paste_mask
+from tools.demo import evaluate
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "pg-demo"
 pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").is_file(),
@@ -60,7 +62,7 @@ def cases(snapshot, pg) -> dict:
     """Per task: examples, runtime answers, and transformers' greedy texts for the same inputs."""
     import torch
 
-    from pgexport.demo.vqvae import load_vqvae
+    from tools.demo.vqvae import load_vqvae
 
     torch.set_num_threads(1)
     model, processor = evaluate.load(snapshot)
@@ -72,11 +74,6 @@ def cases(snapshot, pg) -> dict:
         ours = pg.answers([e.scene.image for e in exs], [e.prefix for e in exs], max_new_tokens=n_new)
         out[task] = (exs, ours, ref)
     return out
-
-
-def _yxyx(box):
-    x0, y0, x1, y1 = box
-    return (y0, x0, y1, x1)
 
 
 def test_bundle_records_and_checks_the_mask_decoder(bundle):
@@ -96,18 +93,17 @@ def test_answers_equal_the_pytorch_reference(cases, task):
     compared = 0
     for e, a, r in zip(exs, ours, ref):
         assert a.text.strip() == r, (e.prefix, a.text, r)
-        if a.warnings:  # malformed (an undertrained model): the demo's simpler parser reads it differently
+        if a.warnings:  # malformed (an undertrained model)
             continue
         compared += 1
-        objs = metrics.parse_objects(r, S, S)
-        boxes = [o for o in objs if o["codes"] is None]
-        masks = [o for o in objs if o["codes"] is not None]
+        objs = metrics.objects(r, S, S)
+        boxes = [o for o in objs if o.codes is None]
+        masks = [o for o in objs if o.codes is not None]
         assert len(a.detections) == len(boxes) and len(a.segments) == len(masks)
         for g, o in zip([*a.detections, *a.segments], boxes + masks):
-            assert g.label == o["label"]
-            assert _yxyx(g.box) == pytest.approx(o["box"], abs=1e-9)
+            assert g.label == o.label and g.box == pytest.approx(o.box, abs=1e-9)
         for s, o in zip(a.segments, masks):
-            ref_mask = metrics.paste_mask(cases["vq"].decode_np(np.array([o["codes"]]))[0], o["box"], S, S)
+            ref_mask = paste_mask(cases["vq"].decode_np(np.array([o.codes]))[0], o.box, S, S)
             assert (s.mask != ref_mask).sum() <= 2, "ONNX and PyTorch masks differ"  # a pixel at 0 may flip
     assert compared >= len(exs) // 2
 
@@ -116,8 +112,7 @@ def test_iou_with_ground_truth(cases):
     """Box and mask IoU of the bundle's answers equal the PyTorch reference's; when the reference clears
     75% of the demo's quality bars, so must the bundle (skipped while the model is still training)."""
     exs, ours, ref = cases["detect"]
-    rows = [metrics.detection_scores([{"box": o.box, "label": o.kind} for o in e.targets],
-                                     [{"box": _yxyx(d.box), "label": d.label} for d in a.detections])
+    rows = [metrics.detection_scores([(o.kind, evaluate.xy(o.box)) for o in e.targets], a.detections)
             for e, a in zip(exs, ours)]
     box_iou = metrics.summarize_detection(rows)["mean_matched_iou"]
     ref_box_iou = evaluate.score("detect", exs, ref)["detect_miou"]

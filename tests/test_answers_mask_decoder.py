@@ -35,7 +35,7 @@ def test_onnx_matches_pytorch_and_the_demo_vqvae(onnx_decoder):
     import torch
 
     from pgexport import mask_parity
-    from pgexport.demo.vqvae import load_vqvae
+    from tools.demo.vqvae import load_vqvae
     from pgexport_runtime.masks import MaskDecoder
 
     module, path = onnx_decoder

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pgexport.demo import evaluate, generator, metrics
+from pgexport_runtime.answers import parse_objects
+from tools.demo import evaluate, generator
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "pg-demo"
 HAS_MODEL = (MODEL_DIR / "model.safetensors").is_file()
@@ -81,7 +82,7 @@ def test_generator_is_deterministic_and_order_independent():
 
 
 def test_held_out_set_is_disjoint_from_training():
-    from pgexport.demo import train
+    from tools.demo import train
 
     assert evaluate.EVAL_SEED != train.TRAIN_SEED
     train_imgs = {np.asarray(generator.make_example(train.TRAIN_SEED, i).scene.image).tobytes() for i in range(100)}
@@ -99,18 +100,18 @@ def test_every_task_has_its_paligemma_format():
     assert seen["caption"].prefix == "caption en" and seen["caption"].suffix.endswith("background.")
     assert seen["vqa"].prefix.startswith("answer en ")
     assert seen["ocr"].prefix == "ocr" and seen["ocr"].suffix == seen["ocr"].scene.text
-    det = metrics.parse_objects(seen["detect"].suffix, 128, 128)
-    assert [o["label"] for o in det] == [o.kind for o in seen["detect"].targets]
+    det = parse_objects(seen["detect"].suffix, 128, 128).objects
+    assert [o.label for o in det] == [o.kind for o in seen["detect"].targets]
     for o, t in zip(det, seen["detect"].targets):
-        assert np.abs(np.array(o["box"]) - np.array(t.box)).max() <= 0.07  # half a bin: 128 / 1023 / 2 px
-    seg = metrics.parse_objects(seen["segment"].suffix, 128, 128)
-    assert all(o["codes"] is not None and len(o["codes"]) == 16 for o in seg)
+        assert np.abs(np.array(o.box) - np.array(evaluate.xy(t.box))).max() <= 0.07  # half a bin: 128/1023/2 px
+    seg = parse_objects(seen["segment"].suffix, 128, 128).objects
+    assert seg and all(o.codes is not None and len(o.codes) == 16 for o in seg)
 
 
 @needs_model
 def test_training_inputs_equal_the_processor(hf):
     """The trainer builds its prefix-LM batches itself; they must be what PaliGemmaProcessor(suffix=...) makes."""
-    from pgexport.demo.train import Batcher
+    from tools.demo.train import Batcher
 
     processor = hf[1]
     data = Batcher(MODEL_DIR, MODEL_DIR)
@@ -152,14 +153,14 @@ def test_held_out_quality_matches_the_model_card(hf, card_results):
             assert evaluate.score(task, exs, preds)["vqa_em"] >= 2 * majority
         vq = None
         if task == "segment":
-            from pgexport.demo.vqvae import load_vqvae
+            from tools.demo.vqvae import load_vqvae
 
             vq = load_vqvae(MODEL_DIR).decode_np
         got.update(evaluate.score(task, exs, preds, decode_fn=vq))
     ref = card_results["ci50"]
     worse = []
     for key, slack in SLACK.items():
-        op, _ = metrics.BARS[key]
+        op, _ = evaluate.BARS[key]
         ok = got[key] <= ref[key] + slack if op == "<=" else got[key] >= ref[key] - slack
         if not ok:
             worse.append(f"{key}: {got[key]:.3f} vs card {ref[key]:.3f}")
@@ -167,8 +168,8 @@ def test_held_out_quality_matches_the_model_card(hf, card_results):
 
 
 def test_patch_targets_describe_the_scene():
-    """The training-only dense targets (pgexport/demo/aux.py) say what lies under each patch of a scene."""
-    from pgexport.demo import aux
+    """The training-only dense targets (tools/demo/aux.py) say what lies under each patch of a scene."""
+    from tools.demo import aux
 
     grid = 8
     ex = next(generator.make_example(1, i, task="ocr") for i in range(50)
@@ -195,7 +196,7 @@ def test_training_checkpoint_resumes_without_pickle(tmp_path):
 
     import torch
 
-    from pgexport.demo import train
+    from tools.demo import train
 
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

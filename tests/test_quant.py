@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -344,3 +345,48 @@ def test_bundle_check_refuses_a_graph_whose_data_file_is_missing(tmp_path):
     (tmp_path / "g.onnx.data").unlink()
     with pytest.raises(GraphFilesError, match="does not hold"):
         check_graph_files(tmp_path, entry)
+
+
+def test_int8_dynamic_linear_equals_an_independent_emulation(tmp_path):
+    """The int8-dynamic recipe's linears (onnxruntime's quantize_dynamic, per-channel int8 weights) against a
+    numpy emulation of what that kernel computes: activations per tensor to uint8 (DynamicQuantizeLinear's
+    scale and zero point), weights per output channel to symmetric int8, an integer product, one rescale."""
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    from pgexport.quant.apply import quantize_graph
+
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 0.05, (96, 40)).astype(np.float32)  # [K, N]
+    x = ir.val("x", ir.DataType.FLOAT, ["b", 96])
+    weight = ir.Value(name="w", const_value=ir.tensor(w))
+    mm = ir.node("MatMul", [x, weight], name="mm",
+                 metadata_props={"pkg.torch.onnx.name_scopes": "['', 'encoder.layers.0.mlp.fc2', 'linear']"})
+    mm.outputs[0].name = "y"
+    path = tmp_path / "vision_encoder.onnx"  # the recipe's vision linears: no embedding table to rewrite
+    ir.save(ir.Model(ir.Graph([x], mm.outputs, nodes=[mm], initializers=[weight], opset_imports={"": 18}),
+                     ir_version=10), path)
+    report = quantize_graph("vision_encoder", path, RECIPES["int8-dynamic"])
+    assert set(report["weights"].values()) == {"int8"}
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "MatMul" not in ops and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+
+    xs = rng.normal(0, 1, (3, 96)).astype(np.float32)
+    (got,) = ort.InferenceSession(str(path)).run(None, {"x": xs})
+    lo, hi = min(0.0, float(xs.min())), max(0.0, float(xs.max()))
+    sx = np.float32((hi - lo) / 255)
+    zp = int(np.clip(np.rint(-lo / sx), 0, 255))
+    xq = np.clip(np.rint(xs / sx) + zp, 0, 255).astype(np.int64)
+    sw = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    wq = np.clip(np.rint(w / sw), -127, 127).astype(np.int64)
+    exact = ((xq - zp) @ wq).astype(np.float32) * (sx * sw)
+    # x86 without VNNI multiplies uint8 x int8 with VPMADDUBSW, which sums adjacent products in int16 and
+    # saturates (onnxruntime's quantization docs); VNNI (and the reference maths) do not
+    pairs = xq[:, 0::2, None] * wq[None, 0::2] + xq[:, 1::2, None] * wq[None, 1::2]
+    saturated = (np.clip(pairs, -32768, 32767).sum(1) - zp * wq.sum(0)).astype(np.float32) * (sx * sw)
+    assert (np.abs(pairs) > 32767).any()  # this input does reach the int16 limit
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    vnni = " avx512_vnni" in flags or " avx_vnni" in flags
+    want = saturated if ("avx2" in flags and not vnni) else exact
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert np.abs(got - xs @ w).max() > 1e-4 * np.abs(xs @ w).max()  # it is quantized, not the float product

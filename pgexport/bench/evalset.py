@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pgexport_runtime.errors import UserError
+from pgexport import heldout
 
 DEMO = "demo"  # the name of the default eval set
 GENERATED = "generated"  # speed mode: synthetic image + fixed prompt, fixed token count
@@ -29,49 +29,24 @@ class Item:
     task: str | None = None
     max_new_tokens: int = 32
     input_ids: list[int] = field(default_factory=list)
+    boxes: list | None = None  # ground truth [[label, x0, y0, x1, y1], ...]
+    masks: list[str] | None = None  # ground-truth mask images, one per box (segment)
     pil: Image.Image | None = field(default=None, repr=False)  # in-memory image, written by materialize
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "pil"}
 
 
-def demo_items(limit: int, max_new_tokens: int | None) -> tuple[list[Item], list]:
-    """The held-out set of pgexport.demo, interleaved across tasks so that any limit covers all of them.
-
-    Returns the items (images not yet written) and the generator Examples (ground truth for metrics)."""
-    from pgexport.demo import evaluate, generator
-
-    per_task = -(-limit // len(generator.TASKS))
-    by_task = {t: evaluate.eval_examples(t, per_task) for t in generator.TASKS}
-    examples = [by_task[t][i] for i in range(per_task) for t in generator.TASKS][:limit]
+def set_items(path: Path, limit: int, max_new_tokens: int | None, split: str | None = None) -> list[Item]:
+    """A JSONL set (pgexport/heldout.py); the demo set is the demo model's held-out "eval" split, whose rows
+    interleave the tasks so that any limit covers all of them. --max-new-tokens caps each row's own."""
     items = []
-    for n, e in enumerate(examples):
-        cap = evaluate.TASK_MAX_NEW[e.task]
-        items.append(Item(id=f"{e.task}-{n:04d}", image="", prompt=e.prefix, answer=e.suffix or None, task=e.task,
-                          max_new_tokens=min(cap, max_new_tokens) if max_new_tokens else cap, pil=e.scene.image))
-    return items, examples
-
-
-def jsonl_items(path: Path, limit: int, max_new_tokens: int | None) -> list[Item]:
-    """Lines of {"image": path, "prompt": text, "answer": text?}; image paths relative to the file."""
-    if not path.is_file():
-        raise UserError(f"--eval {path}: no such file (give 'demo' or a JSONL of image/prompt/answer)")
-    items = []
-    for n, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            image, prompt = Path(row["image"]), row["prompt"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}:{n + 1}: expected a JSON object with 'image' and 'prompt'") from None
-        image = image if image.is_absolute() else path.parent / image
-        items.append(Item(id=f"item-{n:04d}", image=str(image), prompt=prompt, answer=row.get("answer"),
-                          task=row.get("task"), max_new_tokens=max_new_tokens or 32))
-        if len(items) == limit:
-            break
-    if not items:
-        raise UserError(f"{path}: no items")
+    for row in heldout.read(path, split, limit, what="eval"):
+        own = row.max_new_tokens or max_new_tokens or 32
+        items.append(Item(id=row.id, image=str(row.image), prompt=row.prompt, answer=row.answer, task=row.task,
+                          max_new_tokens=min(own, max_new_tokens) if max_new_tokens else own,
+                          boxes=[[label, *box] for label, box in row.boxes] if row.boxes is not None else None,
+                          masks=[str(p) for p in row.masks] if row.masks is not None else None))
     return items
 
 

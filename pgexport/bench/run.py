@@ -20,6 +20,8 @@ import numpy as np
 from pgexport_runtime.errors import UserError
 from pgexport_runtime.manifest import MANIFEST, load_manifest
 
+from pgexport import heldout
+
 from . import accuracy, evalset, stats, tasks
 from .schema import SCHEMA, SCHEMA_VERSION, validate
 
@@ -72,7 +74,7 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
 
-    items, examples, eval_name = _items(opts, mode, manifests[0])
+    items, eval_name = _items(opts, mode, manifests[0])
     groups = list(dict.fromkeys(specs))  # one reference (and one set of inputs) per model source
     workers: list[_Worker] = []
     for k, spec in enumerate(groups):
@@ -109,15 +111,15 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
         progress("done", total, total)
 
     decode_fn, why = (None, None)
-    if mode == "full" and examples is not None:
-        decode_fn, why = tasks.load_mask_decoder(_vqvae_dirs(groups))
-        if why and any(e.task == "segment" for e in examples):
+    if mode == "full" and any(it.masks for it in items):
+        decode_fn, why = tasks.load_mask_decoder(manifests)
+        if why:
             notes.append(why)
     runs = []
     for w in workers:
         ref = next((x for x in workers if x.group == w.group and x.spec.get("teacher_self")), None)
-        runs.append(_run_entry(w, results[w.name], ref and results[ref.name], ref and ref.name, items, examples,
-                               decode_fn, manifests[specs.index(w.source)], mode))
+        runs.append(_run_entry(w, results[w.name], ref and results[ref.name], ref and ref.name, items, decode_fn,
+                               manifests[specs.index(w.source)], mode))
     if mode == "speed":
         notes.append("speed mode: the reference is a random-weight preset, so accuracy and task metrics are skipped")
     report = {
@@ -173,19 +175,18 @@ def _mode(opts: BenchOptions, manifests) -> str:
     return "speed" if all((m.record.source or {}).get("kind") == "preset" for m in manifests) else "full"
 
 
-def _items(opts: BenchOptions, mode: str, manifest) -> tuple[list, list | None, str]:
+def _items(opts: BenchOptions, mode: str, manifest) -> tuple[list, str]:
     eval_set = opts.eval_set or (evalset.DEMO if mode == "full" else evalset.GENERATED)
     limit = opts.limit or (20 if mode == "full" else 1)
     if eval_set == evalset.GENERATED:
-        return evalset.generated_items(limit, manifest.geometry.image_size, opts.new_tokens), None, eval_set
+        return evalset.generated_items(limit, manifest.geometry.image_size, opts.new_tokens), eval_set
     if mode == "speed":  # speed mode on real images: fixed token counts all the same
         max_new = opts.new_tokens
     else:
         max_new = opts.max_new_tokens
     if eval_set == evalset.DEMO:
-        items, examples = evalset.demo_items(limit, max_new)
-        return items, examples, eval_set
-    return evalset.jsonl_items(Path(eval_set), limit, max_new), None, str(eval_set)
+        return evalset.set_items(heldout.DEMO_SET, limit, max_new, split="eval"), eval_set
+    return evalset.set_items(Path(eval_set), limit, max_new), str(eval_set)
 
 
 def _bundle_name(bundles, i: int) -> str:
@@ -207,15 +208,8 @@ def _run_worker(w: _Worker, job_file: Path, advance: Callable[[int], None]) -> d
     return json.loads(Path(w.spec["out"]).read_text())
 
 
-def _vqvae_dirs(groups: list[str]) -> list[Path]:
-    from pgexport import sources
-
-    dirs = [Path(g) for g in groups if Path(g).is_dir()]
-    return dirs + [sources.DEMO_MODEL]
-
-
-def _run_entry(w: _Worker, res: dict, ref_res: dict | None, ref_name: str | None, items, examples, decode_fn,
-               manifest, mode: str) -> dict:
+def _run_entry(w: _Worker, res: dict, ref_res: dict | None, ref_name: str | None, items, decode_fn, manifest,
+               mode: str) -> dict:
     samples = res["samples_ms"]
     latency = {k: stats.summarize(samples[k]) for k in stats.STAGES}
     per_tok = latency["decode_per_token"]
@@ -253,10 +247,7 @@ def _run_entry(w: _Worker, res: dict, ref_res: dict | None, ref_name: str | None
                                                                [it.id for it in items])
         entry["accuracy"] = acc
     preds = [o["text"] for o in entry["outputs"]]
-    if examples is not None:
-        entry["task_metrics"], entry["task_metrics_skipped"] = tasks.demo_metrics(examples, preds, decode_fn)
-    else:
-        entry["task_metrics"], entry["task_metrics_skipped"] = tasks.answer_metrics(items, preds)
+    entry["task_metrics"], entry["task_metrics_skipped"] = tasks.score(items, preds, decode_fn)
     entry["task_metrics"] = entry["task_metrics"] or None
     return entry
 

@@ -1,69 +1,92 @@
-"""Task metrics against ground truth, with pgexport.demo.metrics (the one place they are defined).
+"""Task metrics of a benchmark's answers against an eval set's ground truth (metrics.py defines each one).
 
-The demo set is scored exactly as `pgexport.demo.evaluate` scores it (caption/VQA exact match, OCR CER,
-detection box IoU/recall, segmentation mask IoU). Mask IoU decodes <seg> tokens with the demo VQ-VAE,
-which needs torch and the VQ-VAE weights; without them segmentation is skipped and the report says so.
-A JSONL set is scored on its text answers (exact match, CER) and, where answers hold <loc> boxes, box IoU.
+Items with a task are scored per task, with the demo model's evaluation keys: caption/VQA exact match, OCR
+CER and exact match, detection box IoU / recall / precision against the item's boxes, segmentation mask IoU
+against its masks (the <seg> codes decoded by a bundle's own mask-decoder graph). Items without a task are
+scored on their text (exact match, CER) and, where the answer holds <loc> boxes, box IoU.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PIL import Image
 
-from pgexport.demo import metrics
+from . import metrics
 
 
 def clean(text: str, eos_token: str = "<eos>") -> str:
-    """Generated text as the demo evaluation reads it: cut at <eos>, padding dropped, <loc>/<seg> kept."""
+    """Generated text as the evaluation reads it: cut at <eos>, padding dropped, <loc>/<seg> kept."""
     return text.split(eos_token)[0].replace("<pad>", "").strip()
 
 
-def load_mask_decoder(dirs: list[Path]):
-    """The demo VQ-VAE's decode function from the first directory that has it, or (None, reason)."""
-    for d in dirs:
-        if (Path(d) / "vqvae.safetensors").is_file():
-            try:
-                from pgexport.demo.vqvae import load_vqvae
+def load_mask_decoder(manifests):
+    """The first bundle's mask-decoder graph as a decode function, or (None, reason)."""
+    from pgexport_runtime.masks import MaskDecoder
 
-                return load_vqvae(d).decode_np, None
-            except Exception as exc:  # torch missing or incompatible weights: skip mask IoU, say why
-                return None, f"mask IoU skipped: VQ-VAE in {d} could not be loaded ({type(exc).__name__})"
-    return None, "mask IoU skipped: no VQ-VAE (vqvae.safetensors) found for decoding <seg> tokens"
+    for m in manifests:
+        entry = m.graphs.get("mask_decoder")
+        if entry is not None:
+            return MaskDecoder(m.path(entry.file), entry.codes), None
+    return None, "mask IoU skipped: no bundle has a mask-decoder graph to decode <seg> tokens"
 
 
-def demo_metrics(examples, preds: list[str], decode_fn) -> tuple[dict, list[str]]:
-    """Per-task metrics of the demo held-out set; returns (metrics, skipped notes)."""
-    from pgexport.demo import evaluate
-
-    out, skipped = {}, []
-    for task in dict.fromkeys(e.task for e in examples):
-        idx = [i for i, e in enumerate(examples) if e.task == task]
-        if task == "segment" and decode_fn is None:
-            skipped.append("segment_miou")
-            continue
-        out.update(evaluate.score(task, [examples[i] for i in idx], [preds[i] for i in idx], decode_fn=decode_fn))
-    return out, skipped
-
-
-def answer_metrics(items, preds: list[str]) -> tuple[dict, list[str]]:
-    """Text answers of a JSONL set: exact match, CER, and box IoU where answers contain <loc> boxes."""
+def score(items, preds: list[str], decode_fn) -> tuple[dict, list[str]]:
+    """(metrics, notes on what was skipped) over the items that carry an answer."""
     pairs = [(it, p) for it, p in zip(items, preds) if it.answer is not None]
     if not pairs:
         return {}, ["no answers in the eval set: task metrics skipped"]
-    refs, hyps = [it.answer for it, _ in pairs], [p for _, p in pairs]
-    out = {"exact_match": metrics.exact_match(refs, hyps), "cer": metrics.cer(refs, hyps)}
-    skipped = []
-    boxed = [(it, p) for it, p in pairs if metrics.LOC_RE.search(it.answer)]
-    if boxed:
-        rows = []
-        for it, p in boxed:
-            w, h = Image.open(it.image).size
-            gt = [{"box": o["box"], "label": o["label"]} for o in metrics.parse_objects(it.answer, h, w)]
-            rows.append(metrics.detection_scores(gt, metrics.parse_objects(p, h, w)))
-        d = metrics.summarize_detection(rows)
-        out.update(box_miou=d["mean_matched_iou"], box_recall50=d["recall@0.5"])
-    if any(metrics.SEG_RE.search(it.answer) for it, _ in pairs):
-        skipped.append("mask IoU skipped: a JSONL set carries no ground-truth masks")
+    out, skipped = {}, []
+    for task in dict.fromkeys(it.task for it, _ in pairs):
+        group = [(it, p) for it, p in pairs if it.task == task]
+        refs, hyps = [it.answer for it, _ in group], [p for _, p in group]
+        if task in ("caption", "vqa"):
+            out[f"{task}_em"] = metrics.exact_match(refs, hyps)
+        elif task == "ocr":
+            out |= {"ocr_cer": metrics.cer(refs, hyps), "ocr_em": metrics.exact_match(refs, hyps)}
+        elif task == "detect":
+            d = _detection(group)
+            out |= {"detect_miou": d["mean_matched_iou"], "detect_recall": d["recall@0.5"],
+                    "detect_precision": d["precision@0.5"]}
+        elif task == "segment":
+            if decode_fn is None or not all(it.masks for it, _ in group):
+                skipped.append("segment_miou")
+                continue
+            out["segment_miou"] = sum(_mask_score(it, p, decode_fn) for it, p in group) / len(group)
+        else:  # no task (or one this table does not know): the text, and boxes where the answers have them
+            out |= {"exact_match": metrics.exact_match(refs, hyps), "cer": metrics.cer(refs, hyps)}
+            boxed = [(it, p) for it, p in group if _truth(it)]
+            if boxed:
+                d = _detection(boxed)
+                out |= {"box_miou": d["mean_matched_iou"], "box_recall50": d["recall@0.5"]}
+            if any("<seg" in it.answer for it, _ in group):
+                skipped.append("mask IoU skipped: items without a task carry no ground-truth masks")
     return out, skipped
+
+
+def _truth(item) -> list[tuple[str, tuple]]:
+    """Ground-truth boxes: the item's own, else those of its answer, both (x0, y0, x1, y1) pixels."""
+    if item.boxes is not None:
+        return [(b[0], tuple(b[1:5])) for b in item.boxes]
+    w, h = _size(item)
+    return [(o.label, o.box) for o in metrics.objects(item.answer, w, h)]
+
+
+def _size(item) -> tuple[int, int]:
+    with Image.open(item.image) as im:
+        return im.size
+
+
+def _detection(group) -> dict:
+    rows = []
+    for it, p in group:
+        w, h = _size(it)
+        rows.append(metrics.detection_scores(_truth(it), metrics.objects(p, w, h)))
+    return metrics.summarize_detection(rows)
+
+
+def _mask_score(item, pred: str, decode_fn) -> float:
+    from pgexport.heldout import load_masks
+
+    w, h = _size(item)
+    labels = {b[0] for b in item.boxes or ()}
+    objs = [o for o in metrics.objects(pred, w, h) if not labels or o.label in labels]
+    return metrics.segmentation_score(load_masks(item.masks), objs, decode_fn, w, h)

@@ -23,20 +23,20 @@ MASK_SIZE = 64
 
 
 class MaskDecoder:
-    """The bundle's mask decoder graph: codes [N, num_tokens] int64 -> masks [N, mask_size, mask_size] float32
-    (16 codes and 64x64 in every PaliGemma; the sizes are the manifest's MaskCodes)."""
+    """The bundle's mask decoder graph: codes [N, 16] int64 -> masks [N, 64, 64] float32 (the sizes of every
+    PaliGemma; `codes`, the manifest's MaskCodes, also bounds the code values)."""
 
-    def __init__(self, path: Path, codes, session: SessionConfig | None = None):
-        self.codes = codes
+    def __init__(self, path: Path, codes=None, session: SessionConfig | None = None):
+        self.num_tokens, self.mask_size = (codes.num_tokens, codes.mask_size) if codes else (16, MASK_SIZE)
+        self.num_codes = codes.num_codes if codes else None
         self.session = create_session(path, session or SessionConfig())
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:
-        c = self.codes
-        codes = np.ascontiguousarray(np.asarray(codes, dtype=np.int64).reshape(-1, c.num_tokens))
+        codes = np.ascontiguousarray(np.asarray(codes, dtype=np.int64).reshape(-1, self.num_tokens))
         if len(codes) == 0:
-            return np.zeros((0, c.mask_size, c.mask_size), dtype=np.float32)
-        if codes.min() < 0 or codes.max() >= c.num_codes:  # a Gather out of range is an onnxruntime error
-            raise ValueError(f"<seg> codes must be in 0..{c.num_codes - 1}")
+            return np.zeros((0, self.mask_size, self.mask_size), dtype=np.float32)
+        if self.num_codes and (codes.min() < 0 or codes.max() >= self.num_codes):  # else an onnxruntime error
+            raise ValueError(f"<seg> codes must be in 0..{self.num_codes - 1}")
         (masks,) = self.session.run([io.MASKS], {io.SEG_CODES: codes})
         return masks
 
