@@ -1,8 +1,10 @@
-// Image decoding in the browser with the browser's own decoders. Preferred: WebCodecs' ImageDecoder with
-// premultiplyAlpha 'none' and colorSpaceConversion 'none', copied out as RGBA: the file's own straight pixels.
-// Fallback (no ImageDecoder, or a type it does not take): createImageBitmap with the same options drawn on an
-// OffscreenCanvas; a 2D canvas stores premultiplied pixels, so semi-transparent pixels may come back a level off
-// there (opaque ones are exact). Hands over straight RGBA.
+// Image decoding in the browser with the browser's own decoders; hands over straight RGBA.
+// - Images that may have transparency (PNG, GIF, WebP): WebCodecs' ImageDecoder with premultiplyAlpha 'none' and
+//   colorSpaceConversion 'none', copied out as RGBA: the file's own straight pixels. (A 2D canvas stores
+//   premultiplied pixels, so semi-transparent pixels read back from one can be a level off.) ImageDecoder does not
+//   apply EXIF orientation, which these formats rarely carry.
+// - JPEG (opaque, and often EXIF-rotated) and anything ImageDecoder does not take: createImageBitmap with
+//   imageOrientation 'from-image' and the same options, drawn on an OffscreenCanvas (exact for opaque pixels).
 
 import { UserError, oneLine } from './errors.js';
 import * as limits from './limits.js';
@@ -24,7 +26,7 @@ export async function decodeImage(input, maxPixels = limits.DEFAULT_MAX_IMAGE_PI
   limits.checkMaxImagePixels(maxPixels);
   const bytes = new Uint8Array(input instanceof Blob ? await input.arrayBuffer() : input);
   const type = sniff(bytes);
-  if (type && globalThis.ImageDecoder && (await ImageDecoder.isTypeSupported(type))) {
+  if (type && type !== 'image/jpeg' && globalThis.ImageDecoder && (await ImageDecoder.isTypeSupported(type))) {
     return viaImageDecoder(bytes, type, maxPixels);
   }
   return viaCanvas(bytes, maxPixels);
