@@ -30,12 +30,15 @@ async function load() {
 
 $('image').addEventListener('change', async () => {
   const file = $('image').files[0];
+  image = null; // until this file is decoded: a Run now must not answer about the previous image
+  delete $('view').dataset.image;
   if (!file) return;
   try {
     const rgba = await decodeImage(file);
     const bitmap = await createImageBitmap(file);
     image = { bitmap, rgba };
     draw(null);
+    $('view').dataset.image = file.name; // the image shown (and answered about) is this file
   } catch (e) {
     status(`Cannot read the image: ${e.message}`, 'error');
   }

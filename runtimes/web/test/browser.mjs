@@ -38,7 +38,7 @@ try {
     await page.setInputFiles('#image', path.join(dir, item.image));
     await page.fill('#prompt', item.prompt);
     await page.fill('#max-new-tokens', String(item.max_new_tokens));
-    await page.waitForFunction(() => document.getElementById('view').width > 0);
+    await page.waitForSelector(`#view[data-image="${path.basename(item.image)}"]`); // decoded, not the previous one
     await page.click('#run');
     await page.waitForSelector('#status[data-state="done"], #status[data-state="error"]', { timeout: 120_000 });
     const got = await page.evaluate(() => window.lastAnswer ?? null);
