@@ -25,7 +25,9 @@ from pgexport_runtime.errors import UserError
 from pgexport_runtime.manifest import MANIFEST, load_manifest
 
 WEB = Path(__file__).resolve().parents[1] / "runtimes" / "web"
-ORT_FILES = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
+# ort.min.mjs: WASM, and WebGPU through JSEP. Not ort.webgpu.min.mjs: its WASM build (asyncify) has no CPU kernel for
+# GatherBlockQuantized, the int4 embedding of quantized bundles (measured with onnxruntime-web 1.30).
+ORT_FILES = ("ort.min.mjs", "ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-threaded.jsep.wasm")
 TOKENIZERS = "@huggingface/tokenizers/dist/tokenizers.min.mjs"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".wasm": "application/wasm",

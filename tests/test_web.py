@@ -90,22 +90,31 @@ def test_node_runtime_matches_python(node_modules, vectors):
     print(f"node --test ({time.monotonic() - start:.0f} s): " + "; ".join(figures))
     failed = [line for line in r.stdout.splitlines() if line.startswith("not ok") or "error:" in line]
     assert r.returncode == 0, "\n".join(failed[:20]) + "\n" + r.stdout[-4000:] + r.stderr[-2000:]
-    assert len(figures) == 3, r.stdout[-4000:]
+    assert len(figures) == 4, r.stdout[-4000:]
 
 
 @pytest.fixture()
-def server(demo_bundles):
+def serving(demo_bundles):
+    """serving(key) -> the URL of a pgexport.serve server for that demo bundle, stopped after the test."""
     from pgexport.serve import make_server
 
-    srv = make_server(demo_bundles["fp32"], port=0, quiet=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    servers = []
+
+    def start(key: str = "fp32") -> str:
+        srv = make_server(demo_bundles[key], port=0, quiet=True)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}"
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
 
 
-def test_serve_sends_only_what_it_lists(node_modules, server, demo_bundles):
+def test_serve_sends_only_what_it_lists(node_modules, serving, demo_bundles):
+    server = serving("fp32")
+
     def get(path: str):
         try:
             with urllib.request.urlopen(server + path) as r:
@@ -120,10 +129,10 @@ def test_serve_sends_only_what_it_lists(node_modules, server, demo_bundles):
     files = json.loads(body)["files"]
     for name in files:
         assert get(f"/bundle/{name}")[0] == 200, name
-    assert get("/ort/ort-wasm-simd-threaded.asyncify.wasm")[1]["Content-Type"] == "application/wasm"
+    assert get("/ort/ort-wasm-simd-threaded.jsep.wasm")[1]["Content-Type"] == "application/wasm"
     (demo_bundles["fp32"] / "stray.txt").write_text("not listed")
     for path in ["/bundle/stray.txt", "/bundle/../pyproject.toml", "/bundle/%2e%2e/pyproject.toml", "/pyproject.toml",
-                 "/src/../cli.js", "/ort/ort.wasm.min.mjs", "/ort/ort.webgpu.min.mjs.map", "/node_modules/sharp/package.json",
+                 "/src/../cli.js", "/ort/ort.wasm.min.mjs", "/ort/ort.webgpu.min.mjs", "/ort/ort.min.mjs.map", "/node_modules/sharp/package.json",
                  "/demo/../../../pyproject.toml", "//etc/passwd"]:
         assert get(path)[0] == 404, path
     (demo_bundles["fp32"] / "stray.txt").unlink()
@@ -135,21 +144,36 @@ def test_serve_does_not_import_torch():
     assert r.returncode == 0, r.stderr
 
 
-def test_browser_demo_page(node_modules, vectors, server, tmp_path):
+# The int4 bundle too: onnxruntime-web's builds differ in the contrib kernels they carry (its WebGPU-only build has
+# no WASM kernel for GatherBlockQuantized, the int4 embedding), so an fp32 run alone proves little for int4. Its
+# int4 tokens are not identical to the Python runtime's (the WASM MatMulNBits kernel is not MLAS's; in Node the same
+# WASM engine agrees on 94 % of tokens, runtimes/web/test/generate.test.js); measured in Chromium: 0.81 (21/26 tokens
+# on these four items; the detect answer diverges after 10 of 15). The floor is below that; fp32 must be identical.
+INT4_BROWSER_FLOOR = 0.7
+
+
+@pytest.mark.parametrize("key,tasks", [("fp32", "caption,detect,segment"), ("int4", "caption,vqa,ocr,detect")])
+def test_browser_demo_page(node_modules, vectors, serving, tmp_path, key, tasks):
     if not Path(CHROMIUM).is_file():
         _missing(f"chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     out = Path(os.environ.get("PGEXPORT_ARTIFACTS", tmp_path))
     out.mkdir(parents=True, exist_ok=True)
-    shot = out / "web-demo.png"
+    shot = out / f"web-demo-{key}.png"
     start = time.monotonic()
-    r = subprocess.run(["node", "test/browser.mjs", server + "/", str(vectors), str(shot)], cwd=WEB,
+    r = subprocess.run(["node", "test/browser.mjs", serving(key) + "/", str(vectors), str(shot), key, tasks], cwd=WEB,
                        capture_output=True, text=True, timeout=600)
     lines = r.stdout.strip().splitlines()
     result = json.loads(lines[-1]) if lines else {"failures": [r.stderr[-2000:]]}
     items = "; ".join(f"{i['id']} {i['prompt']!r}: tokens identical {i['tokens_identical']}"
                       for i in result.get("items", []))
-    print(f"browser ({time.monotonic() - start:.0f} s, {result.get('load', {}).get('backend')}): {items}; "
-          f"screenshots {shot.with_name('web-demo-detect.png')} {shot.with_name('web-demo-segment.png')}")
+    shots = [shot.with_name(f"{shot.stem}-{t}.png") for t in tasks.split(",") if t != "caption"]
+    print(f"browser {key} ({time.monotonic() - start:.0f} s, {result.get('load', {}).get('backend')}): {items}; "
+          f"screenshots {' '.join(map(str, shots))}")
     assert r.returncode == 0 and not result["failures"], result["failures"] or r.stderr[-2000:]
-    assert [i["tokens_identical"] for i in result["items"]] == [True, True, True]
-    assert shot.with_name("web-demo-detect.png").stat().st_size > 10_000
+    if key == "fp32":
+        assert [i["tokens_identical"] for i in result["items"]] == [True] * len(tasks.split(","))
+    else:
+        same, total = sum(i["agree"] for i in result["items"]), sum(i["of"] for i in result["items"])
+        print(f"browser {key} token agreement with the Python runtime: {same / total:.3f} ({same}/{total})")
+        assert same / total >= INT4_BROWSER_FLOOR, f"{key} token agreement {same}/{total} < {INT4_BROWSER_FLOOR}"
+    assert all(p.stat().st_size > 10_000 for p in shots)

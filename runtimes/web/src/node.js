@@ -16,16 +16,23 @@ export { BundleError, LimitError, UserError } from './errors.js';
  */
 export async function loadBundle(bundle, { backend = 'node', threads = 0, verify = true } = {}) {
   if (backend === 'node') {
-    const ort = await import('onnxruntime-node');
+    const ort = await onnxruntime('node');
     const sessionOptions = threads ? { intraOpNumThreads: threads } : {};
     return PaliGemma.load({ ort, files: await nodeFiles(bundle), sessionOptions, verify });
   }
   if (backend === 'wasm') {
-    const ort = await import('onnxruntime-web');
+    const ort = await onnxruntime('wasm');
     if (threads) ort.env.wasm.numThreads = threads;
     const files = await nodeFiles(bundle);
     delete files.path; // the WASM backend reads no files itself: hand it the bytes
     return PaliGemma.load({ ort, files, sessionOptions: { executionProviders: ['wasm'] }, kvMode: 'handoff', verify });
   }
+  throw new UserError(`unknown backend ${backend} (use node or wasm)`);
+}
+
+/** onnxruntime-node ('node') or onnxruntime-web ('wasm'), resolved from this package's dependencies. */
+export function onnxruntime(backend) {
+  if (backend === 'node') return import('onnxruntime-node');
+  if (backend === 'wasm') return import('onnxruntime-web');
   throw new UserError(`unknown backend ${backend} (use node or wasm)`);
 }

@@ -2,7 +2,9 @@
 // demo page served by `pgexport serve`, runs a caption and a detect prompt through the page's own form, and
 // compares the answers with the Python runtime's; it also preprocesses the test images with the browser's own
 // decoder. Prints one JSON line of results; exits non-zero on any mismatch.
-//   node test/browser.mjs URL VECTORS_DIR SCREENSHOT.png   (writes SCREENSHOT-detect.png and SCREENSHOT-segment.png)
+//   node test/browser.mjs URL VECTORS_DIR SCREENSHOT.png [BUNDLE_KEY [TASKS]]
+// BUNDLE_KEY is the served bundle's key in the vectors (fp32, int4); TASKS a comma-separated list (default
+// caption,detect,segment). Writes SCREENSHOT-<task>.png for each task but caption.
 
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -10,7 +12,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { chromium } from 'playwright-core';
 
-const [url, dir, screenshot] = process.argv.slice(2);
+const [url, dir, screenshot, key = 'fp32', taskList = 'caption,detect,segment'] = process.argv.slice(2);
 const v = JSON.parse(readFileSync(path.join(dir, 'vectors.json'), 'utf8'));
 const CHROMIUM = process.env.PGEXPORT_CHROMIUM || '/usr/bin/chromium';
 const profile = mkdtempSync(path.join(tmpdir(), 'pgexport-chromium-'));
@@ -33,7 +35,7 @@ try {
   if (!out.load?.backend) throw new Error(`the page did not load the bundle: ${JSON.stringify(out.load)} ${errors.join('; ')}`);
 
   out.items = [];
-  for (const task of ['caption', 'detect', 'segment']) {
+  for (const task of taskList.split(',')) {
     const item = v.items.find((i) => i.task === task);
     await page.setInputFiles('#image', path.join(dir, item.image));
     await page.fill('#prompt', item.prompt);
@@ -43,12 +45,17 @@ try {
     await page.waitForSelector('#status[data-state="done"], #status[data-state="error"]', { timeout: 120_000 });
     const got = await page.evaluate(() => window.lastAnswer ?? null);
     if (!got) throw new Error(`${item.id}: ${await page.textContent('#status')}`);
-    const same = JSON.stringify(got.json.tokens) === JSON.stringify(item.fp32.tokens);
-    const sameJson = JSON.stringify(got.json) === JSON.stringify(item.fp32);
-    out.items.push({ id: item.id, prompt: item.prompt, text: got.json.text, tokens_identical: same, json_identical: sameJson,
-      objects: got.json.detections.length + got.json.segments.length, timings: got.timings });
+    const same = JSON.stringify(got.json.tokens) === JSON.stringify(item[key].tokens);
+    const sameJson = JSON.stringify(got.json) === JSON.stringify(item[key]);
     if (task !== 'caption') await page.screenshot({ path: screenshot.replace(/\.png$/, `-${task}.png`), fullPage: true });
-    if (!same) failures.push(`${item.id}: tokens ${JSON.stringify(got.json.tokens)} != Python ${JSON.stringify(item.fp32.tokens)}`);
+    const ref = item[key].tokens;
+    const agree = got.json.tokens.filter((t, i) => t === ref[i]).length; // position-wise, over the longer list
+    out.items.push({ bundle: key, id: item.id, prompt: item.prompt, text: got.json.text, tokens_identical: same,
+      json_identical: sameJson, agree, of: Math.max(ref.length, got.json.tokens.length),
+      objects: got.json.detections.length + got.json.segments.length, timings: got.timings });
+    // fp32 must be identical; a quantized bundle's agreement is judged by the caller (tests/test_web.py)
+    if (key !== 'fp32') continue;
+    if (!same) failures.push(`${item.id}: tokens ${JSON.stringify(got.json.tokens)} != Python ${JSON.stringify(item[key].tokens)}`);
     else if (!sameJson) failures.push(`${item.id}: answer JSON differs from Python's`);
   }
 

@@ -10,6 +10,9 @@ import { agreement, vectors } from './vectors.js';
 // int4: measured 1.0 (identical tokens on 30/30 items: the int4 MatMulNBits kernels are onnxruntime's own, the
 // same in onnxruntime-node 1.30 as in Python's 1.32). The floor leaves room for kernel changes across versions.
 const INT4_FLOOR = 0.95;
+// int4 on onnxruntime-web's WASM backend: measured 0.943 (346/367 tokens, 21/30 items identical). Its MatMulNBits
+// kernel is not MLAS's, so the int4 products round differently and a near-tie between two tokens can flip.
+const INT4_WASM_FLOOR = 0.85;
 
 async function answers(pg, v, items) {
   const out = [];
@@ -35,26 +38,28 @@ test('fp32: identical greedy tokens and --json answers on the held-out items', a
   await pg.release();
 });
 
-test('int4: token agreement with the Python runtime', async (t) => {
-  const v = vectors();
-  assert.ok(v.bundles.int4, 'no int4 bundle in the vectors');
-  const pg = await loadBundle(v.bundles.int4);
-  const ours = await answers(pg, v, v.items);
-  let same = 0;
-  let n = 0;
-  let rows = 0;
-  v.items.forEach((item, i) => {
-    const a = agreement(ours[i].tokens, item.int4.tokens);
-    same += a.same;
-    n += a.n;
-    rows += a.same === a.n ? 1 : 0;
+for (const [backend, floor] of [['node', INT4_FLOOR], ['wasm', INT4_WASM_FLOOR]]) {
+  test(`int4 on ${backend}: token agreement with the Python runtime`, async (t) => {
+    const v = vectors();
+    assert.ok(v.bundles.int4, 'no int4 bundle in the vectors');
+    const pg = await loadBundle(v.bundles.int4, { backend });
+    const ours = await answers(pg, v, v.items);
+    let same = 0;
+    let n = 0;
+    let rows = 0;
+    v.items.forEach((item, i) => {
+      const a = agreement(ours[i].tokens, item.int4.tokens);
+      same += a.same;
+      n += a.n;
+      rows += a.same === a.n ? 1 : 0;
+    });
+    const rate = same / n;
+    console.log(`INT4_TOKEN_AGREEMENT ${backend} ${rate.toFixed(4)} (${same}/${n} tokens; ${rows}/${v.items.length} items identical)`);
+    t.diagnostic(`int4 ${backend} token agreement ${rate}`);
+    assert.ok(rate >= floor, `int4 ${backend} token agreement ${rate} < ${floor}`);
+    await pg.release();
   });
-  const rate = same / n;
-  console.log(`INT4_TOKEN_AGREEMENT ${rate.toFixed(4)} (${same}/${n} tokens; ${rows}/${v.items.length} items identical)`);
-  t.diagnostic(`int4 token agreement ${rate}`);
-  assert.ok(rate >= INT4_FLOOR, `int4 token agreement ${rate} < ${INT4_FLOOR}`);
-  await pg.release();
-});
+}
 
 test('onnxruntime-web (WASM) in Node gives the same tokens as onnxruntime-node', async () => {
   const v = vectors();
