@@ -1,0 +1,89 @@
+#!/usr/bin/env node
+// The Node command line, mirroring `pgexport run`:
+//   node runtimes/web/cli.js BUNDLE --image PATH --prompt TEXT [--json] [--max-new-tokens N] [--backend node|wasm]
+// Every bound is checked before the bundle loads; a mistake is one line on stderr and exit status 2.
+
+import { parseArgs } from 'node:util';
+import { UserError, answerToJson, decodeImage, loadBundle, sampling } from './src/node.js';
+import { checkRequest } from './src/limits.js';
+
+const USAGE = 'usage: cli.js BUNDLE --image PATH --prompt TEXT [--json] [--max-new-tokens N] [--backend node|wasm] ' +
+  '[--threads N] [--stop TEXT] [--sample --temperature T --top-k K --top-p P --seed S]';
+
+function integer(value, name) {
+  if (value === undefined) return null;
+  if (!/^-?\d+$/.test(value)) throw new UserError(`${name}: '${value}' is not an integer`);
+  return Number(value);
+}
+
+function number(value, name, fallback) {
+  if (value === undefined) return fallback;
+  const v = Number(value);
+  if (value.trim() === '' || Number.isNaN(v)) throw new UserError(`${name}: '${value}' is not a number`);
+  return v;
+}
+
+function parse(argv) {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv, allowPositionals: true, strict: true,
+      options: {
+        image: { type: 'string' }, prompt: { type: 'string' }, json: { type: 'boolean', default: false },
+        'max-new-tokens': { type: 'string' }, backend: { type: 'string', default: 'node' },
+        threads: { type: 'string' }, stop: { type: 'string', multiple: true, default: [] },
+        sample: { type: 'boolean', default: false }, temperature: { type: 'string' }, 'top-k': { type: 'string' },
+        'top-p': { type: 'string' }, seed: { type: 'string' }, help: { type: 'boolean', default: false },
+      },
+    });
+  } catch (e) {
+    throw new UserError(`${e.message.split('\n')[0]} (${USAGE})`);
+  }
+  const { values: v, positionals } = parsed;
+  if (v.help) return { help: true };
+  if (positionals.length !== 1) throw new UserError(`give exactly one bundle directory (${USAGE})`);
+  if (v.image === undefined || v.prompt === undefined) throw new UserError(`--image and --prompt are required (${USAGE})`);
+  const seed = v.seed === undefined ? null : /^\d+$/.test(v.seed) ? BigInt(v.seed) : v.seed;
+  return {
+    bundle: positionals[0], image: v.image, prompt: v.prompt, json: v.json, backend: v.backend, stop: v.stop,
+    maxNewTokens: integer(v['max-new-tokens'], '--max-new-tokens'), threads: integer(v.threads, '--threads') ?? 0,
+    sampling: sampling({
+      doSample: v.sample, temperature: number(v.temperature, '--temperature', 1.0),
+      topK: integer(v['top-k'], '--top-k') ?? 0, topP: number(v['top-p'], '--top-p', 1.0), seed,
+    }),
+  };
+}
+
+async function main(argv) {
+  const a = parse(argv);
+  if (a.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  checkRequest([a.prompt], a.maxNewTokens, a.stop);
+  if (a.threads < 0 || a.threads > 256) throw new UserError(`--threads ${a.threads} is out of range (0..256)`);
+  const image = await decodeImage(a.image);
+  const pg = await loadBundle(a.bundle, { backend: a.backend, threads: a.threads });
+  const answer = await pg.answer(image, a.prompt, { maxNewTokens: a.maxNewTokens, sampling: a.sampling, stopStrings: a.stop });
+  if (a.json) {
+    console.log(JSON.stringify(answerToJson(answer)));
+  } else {
+    for (const w of answer.warnings) console.error(`warning: ${w}`);
+    console.log(answer.text);
+    for (const o of [...answer.detections, ...answer.segments]) {
+      const [x0, y0, x1, y1] = o.box.map((v) => v.toFixed(0));
+      const area = o.mask ? `, mask ${o.mask.reduce((n, m) => n + m, 0)} px` : '';
+      console.log(`  ${o.label}: box (${x0}, ${y0}) - (${x1}, ${y1}) px${area}`);
+    }
+  }
+  await pg.release();
+  return 0;
+}
+
+main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+}, (e) => {
+  // a UserError (bad input, bad bundle) is the user's: one line. Anything else is a bug: say so, still one line.
+  console.error(e instanceof UserError ? `error: ${e.message}` : `error: internal error: ${String(e?.message ?? e).split('\n')[0]}`);
+  process.exitCode = e instanceof UserError ? 2 : 1;
+});

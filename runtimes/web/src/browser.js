@@ -1,0 +1,34 @@
+// The browser entry point: a bundle served over HTTP, onnxruntime-web (WebGPU when available, else WASM with
+// SIMD; threads only when the page is cross-origin isolated, since they need SharedArrayBuffer).
+
+import * as ort from 'onnxruntime-web';
+import { webFiles } from './files_web.js';
+import { PaliGemma } from './pipeline.js';
+
+export { decodeImage } from './images_web.js';
+export { PaliGemma } from './pipeline.js';
+export { answerToJson } from './structured.js';
+export { sampling } from './sampling.js';
+export { ort };
+
+/**
+ * @param {string} bundleUrl where manifest.json and the bundle's files are served
+ * @param {{wasmPaths?: string, device?: 'auto'|'webgpu'|'wasm'}} [options]
+ */
+export async function loadBundle(bundleUrl, { wasmPaths, device = 'auto' } = {}) {
+  if (wasmPaths) ort.env.wasm.wasmPaths = wasmPaths;
+  ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  const gpu = device === 'webgpu' || (device === 'auto' && (await hasWebGpu()));
+  const sessionOptions = { executionProviders: gpu ? ['webgpu', 'wasm'] : ['wasm'] };
+  const pg = await PaliGemma.load({ ort, files: webFiles(bundleUrl), sessionOptions, kvMode: 'handoff', gpu });
+  pg.backend = gpu ? 'webgpu' : `wasm (${ort.env.wasm.numThreads} thread${ort.env.wasm.numThreads > 1 ? 's' : ''})`;
+  return pg;
+}
+
+async function hasWebGpu() {
+  try {
+    return Boolean(await navigator.gpu?.requestAdapter());
+  } catch {
+    return false;
+  }
+}

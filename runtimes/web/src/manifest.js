@@ -1,0 +1,142 @@
+// manifest.json: the contract between `pgexport build` and the runtime (pgexport_runtime/manifest.py).
+//
+// Loading checks, in this order and before any listed file is opened: the manifest's size and JSON; its schema
+// and version; each section read, typed and bounded; that every file it names is a plain file name covered by a
+// sha256; then per file (through the BundleFiles of files_node.js / files_web.js): a plain file, present, and
+// (verify) its sha256. Only the fields of schema version 2 are read (version 2 only removed duplicated fields
+// from version 1); fields this runtime does not know are ignored, since fields are only ever appended.
+
+import * as fields from './fields.js';
+import { BundleError } from './errors.js';
+import { geometryFromDict } from './geometry.js';
+import { preprocessingFromDict } from './preprocess.js';
+
+export const SCHEMA = 'pgexport.bundle';
+export const SCHEMA_VERSIONS = [1, 2];
+export const MANIFEST = 'manifest.json';
+export const GRAPHS = ['vision_encoder', 'projector', 'decoder'];
+export const OPTIONAL_GRAPHS = ['mask_decoder'];
+export const KV_LAYOUTS = ['concat'];
+export const KV_DTYPES = ['float32'];
+export const MAX_MANIFEST_BYTES = 8 << 20;
+export const MAX_TOKENIZER_BYTES = 256 << 20;
+export const MAX_FILES = 4096;
+const SHA256 = /^[0-9a-f]{64}$/;
+
+/**
+ * @typedef {{file: string, dataFiles: string[], precision: string, inputs: string[], outputs: string[]}} GraphEntry
+ * @typedef {{raw: object, geometry: object, graphs: Object<string, GraphEntry>, kvDtype: string,
+ *   tokenizer: {file: string, imageToken: string, bosToken: string, eosToken: string, padToken: string},
+ *   preprocessing: object, maxNewTokens: number, files: Object<string, string>}} Manifest
+ * @typedef {{where: string, size(name: string): Promise<number>, read(name: string): Promise<Uint8Array>,
+ *   sha256(name: string): Promise<string>}} BundleFiles
+ */
+
+/** Read and check a bundle's manifest; with verify, also the sha256 of every file it lists. @returns {Promise<Manifest>} */
+export async function loadManifest(files, { verify = true } = {}) {
+  const where = `${files.where}/${MANIFEST}`;
+  const size = await files.size(MANIFEST).catch((e) => {
+    throw e instanceof BundleError ? e : new BundleError(`${files.where}: not a pgexport bundle (no ${MANIFEST})`);
+  });
+  if (size > MAX_MANIFEST_BYTES) {
+    throw new BundleError(`${where}: larger than ${MAX_MANIFEST_BYTES >> 20} MiB; not a manifest this runtime reads`);
+  }
+  let raw;
+  try {
+    raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(await files.read(MANIFEST)));
+  } catch (e) {
+    if (e instanceof BundleError) throw e;
+    throw new BundleError(`${where}: unreadable manifest (${String(e.message).split(/\s+/).join(' ').slice(0, 200)})`);
+  }
+  let m;
+  try {
+    m = parseManifest(raw);
+  } catch (e) {
+    if (e instanceof BundleError) throw new BundleError(`${where}: ${e.message}`);
+    throw e;
+  }
+  for (const [name, digest] of Object.entries(m.files)) {
+    const bytes = await files.size(name);
+    if (name === m.tokenizer.file && bytes > MAX_TOKENIZER_BYTES) {
+      throw new BundleError(`${files.where}: ${name} is larger than ${MAX_TOKENIZER_BYTES >> 20} MiB`);
+    }
+    if (verify && (await files.sha256(name)) !== digest) {
+      throw new BundleError(`${files.where}: ${name} does not match its sha256 in the manifest (modified or corrupt)`);
+    }
+  }
+  return m;
+}
+
+/** The typed sections of a manifest's JSON (no file is opened). @returns {Manifest} */
+export function parseManifest(raw) {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new BundleError(`not a pgexport manifest (a JSON ${Array.isArray(raw) ? 'list' : typeof raw}, not an object)`);
+  }
+  if (raw.schema !== SCHEMA) throw new BundleError(`not a pgexport manifest (schema ${short(raw.schema)})`);
+  if (!SCHEMA_VERSIONS.includes(raw.schema_version)) {
+    throw new BundleError(`schema version ${short(raw.schema_version)} is not supported by this runtime ` +
+      `(it reads versions ${SCHEMA_VERSIONS.join(', ')})`);
+  }
+  const files = readFiles(fields.section(raw, 'files', 'manifest'));
+  const geometry = geometryFromDict(fields.section(raw, 'geometry', 'manifest'));
+  const graphsRaw = fields.section(raw, 'graphs', 'manifest');
+  const graphs = {};
+  for (const name of [...GRAPHS, ...OPTIONAL_GRAPHS]) {
+    const g = fields.section(graphsRaw, name, 'graphs', OPTIONAL_GRAPHS.includes(name));
+    if (g !== null) graphs[name] = readGraph(g, `graphs.${name}`, files);
+  }
+  const kv = fields.section(raw, 'kv_cache', 'manifest');
+  const layout = fields.text(kv, 'layout', 'kv_cache');
+  if (!KV_LAYOUTS.includes(layout)) {
+    throw new BundleError(`KV-cache layout '${layout}' is not supported by this runtime (${KV_LAYOUTS.join(', ')})`);
+  }
+  const kvDtype = fields.text(kv, 'dtype', 'kv_cache', { choices: KV_DTYPES });
+  const t = fields.section(raw, 'tokenizer', 'manifest');
+  const tokenizer = {
+    file: covered(fields.text(t, 'file', 'tokenizer'), 'tokenizer.file', files),
+    imageToken: fields.text(t, 'image_token', 'tokenizer'),
+    bosToken: fields.text(t, 'bos_token', 'tokenizer'),
+    eosToken: fields.text(t, 'eos_token', 'tokenizer'),
+    padToken: fields.text(t, 'pad_token', 'tokenizer'),
+  };
+  const gen = fields.section(raw, 'generation', 'manifest');
+  const maxNewTokens = fields.integer(gen, 'max_new_tokens', 'generation', 1, geometry.max_position_embeddings);
+  const preprocessing = preprocessingFromDict(fields.section(raw, 'preprocessing', 'manifest'));
+  return { raw, geometry, graphs, kvDtype, tokenizer, preprocessing, maxNewTokens, files };
+}
+
+function readFiles(files) {
+  const names = Object.keys(files);
+  if (names.length > MAX_FILES) throw new BundleError(`files lists ${names.length} files, more than ${MAX_FILES}`);
+  for (const name of names) {
+    fields.fileName(name, 'files');
+    if (name === MANIFEST) throw new BundleError(`files lists ${MANIFEST} itself`);
+    if (typeof files[name] !== 'string' || !SHA256.test(files[name])) {
+      throw new BundleError(`files.${name} is not a sha256 (64 lowercase hex digits)`);
+    }
+  }
+  return { ...files };
+}
+
+function readGraph(g, where, files) {
+  return {
+    file: covered(fields.text(g, 'file', where), `${where}.file`, files),
+    dataFiles: fields.texts(g, 'data_files', where, true).map((f) => covered(f, `${where}.data_files`, files)),
+    precision: fields.text(g, 'precision', where),
+    inputs: fields.texts(g, 'inputs', where),
+    outputs: fields.texts(g, 'outputs', where),
+  };
+}
+
+function covered(name, where, files) {
+  fields.fileName(name, where);
+  if (!Object.hasOwn(files, name)) {
+    throw new BundleError(`${where.startsWith('tokenizer') ? 'tokenizer file' : `graph file ${name}`} is not covered by a sha256`);
+  }
+  return name;
+}
+
+function short(value) {
+  const text = value === undefined ? 'None' : JSON.stringify(value);
+  return text.length <= 40 ? text : `${text.slice(0, 40)}...`;
+}

@@ -1,0 +1,38 @@
+// The Node entry point: a bundle directory, onnxruntime-node (native CPU) or onnxruntime-web (WASM) in Node.
+
+import { nodeFiles } from './files_node.js';
+import { PaliGemma } from './pipeline.js';
+import { UserError } from './errors.js';
+
+export { decodeImage } from './images_node.js';
+export { PaliGemma } from './pipeline.js';
+export { answerToJson } from './structured.js';
+export { sampling } from './sampling.js';
+export { BundleError, LimitError, UserError } from './errors.js';
+
+/**
+ * @param {string} bundle a bundle directory
+ * @param {{backend?: 'node'|'wasm', threads?: number, verify?: boolean}} [options]
+ */
+export async function loadBundle(bundle, { backend = 'node', threads = 0, verify = true } = {}) {
+  if (backend === 'node') {
+    const ort = await onnxruntime('node');
+    const sessionOptions = threads ? { intraOpNumThreads: threads } : {};
+    return PaliGemma.load({ ort, files: await nodeFiles(bundle), sessionOptions, verify });
+  }
+  if (backend === 'wasm') {
+    const ort = await onnxruntime('wasm');
+    if (threads) ort.env.wasm.numThreads = threads;
+    const files = await nodeFiles(bundle);
+    delete files.path; // the WASM backend reads no files itself: hand it the bytes
+    return PaliGemma.load({ ort, files, sessionOptions: { executionProviders: ['wasm'] }, kvMode: 'handoff', verify });
+  }
+  throw new UserError(`unknown backend ${backend} (use node or wasm)`);
+}
+
+/** onnxruntime-node ('node') or onnxruntime-web ('wasm'), resolved from this package's dependencies. */
+export function onnxruntime(backend) {
+  if (backend === 'node') return import('onnxruntime-node');
+  if (backend === 'wasm') return import('onnxruntime-web');
+  throw new UserError(`unknown backend ${backend} (use node or wasm)`);
+}

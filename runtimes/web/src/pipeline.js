@@ -1,0 +1,135 @@
+// PaliGemma on a bundle: load, preprocess, tokenize, generate, answer. The runtime's public API, written against
+// onnxruntime-common's API: `ort` is onnxruntime-node or onnxruntime-web, `files` a BundleFiles (files_node.js,
+// files_web.js). Entry points that pick both: node.js, browser.js.
+
+import * as io from './io_names.js';
+import * as limits from './limits.js';
+import { UserError } from './errors.js';
+import { encodeImage, generate } from './generate.js';
+import { loadManifest } from './manifest.js';
+import { MaskDecoder } from './masks.js';
+import { preprocess } from './preprocess.js';
+import { PromptTokenizer } from './prompt.js';
+import { sampling as makeSampling } from './sampling.js';
+import { checkIO, createSession } from './session.js';
+import { toAnswer } from './structured.js';
+
+const now = () => globalThis.performance.now();
+
+export class PaliGemma {
+  /**
+   * @param {object} o
+   * @param {object} o.ort onnxruntime-node or onnxruntime-web
+   * @param {import('./manifest.js').BundleFiles} o.files
+   * @param {object} [o.sessionOptions] onnxruntime session options (executionProviders, threads...)
+   * @param {'preallocated'|'handoff'} [o.kvMode] how the KV cache is kept (kv_cache.js): preallocated on
+   *   onnxruntime-node, handoff on onnxruntime-web
+   * @param {boolean} [o.gpu] keep the KV cache on the GPU (WebGPU; implies handoff)
+   */
+  static async load({ ort, files, sessionOptions = {}, kvMode = 'preallocated', gpu = false, verify = true }) {
+    const manifest = await loadManifest(files, { verify });
+    const g = manifest.geometry;
+    const t = manifest.tokenizer;
+    // before the graphs: a broken tokenizer is found without loading them
+    const tokenizer = new PromptTokenizer(await files.read(t.file), g, t.imageToken, t.bosToken, `${files.where}/${t.file}`);
+    files.forget?.(t.file);
+    const session = async (name, extra = {}) => {
+      const entry = manifest.graphs[name];
+      const s = await createSession(ort, files, entry, { ...sessionOptions, ...extra });
+      checkIO(s, entry, io.expected(name, g, manifest.preprocessing.size));
+      return s;
+    };
+    const presentOnGpu = {};
+    if (gpu) for (let i = 0; i < g.text_layers; i++) Object.assign(presentOnGpu, { [io.presentKey(i)]: 'gpu-buffer', [io.presentValue(i)]: 'gpu-buffer' });
+    const graphs = {
+      vision: await session('vision_encoder'),
+      projector: await session('projector'),
+      decoder: await session('decoder', gpu ? { preferredOutputLocation: presentOnGpu } : {}),
+      kvMode: gpu ? 'handoff' : kvMode,
+    };
+    const maskDecoder = manifest.graphs.mask_decoder ? new MaskDecoder(ort, await session('mask_decoder')) : null;
+    return new PaliGemma(ort, manifest, tokenizer, graphs, maskDecoder);
+  }
+
+  constructor(ort, manifest, tokenizer, graphs, maskDecoder) {
+    Object.assign(this, { ort, manifest, tokenizer, graphs, maskDecoder, geometry: manifest.geometry });
+    this.timings = {}; // the last generation's stages, in ms
+  }
+
+  /** Decoded images -> pixel_values {data, dims}. */
+  pixelValues(images) {
+    return preprocess(images, this.manifest.preprocessing);
+  }
+
+  /**
+   * Answer one prompt per image. onToken(row, tokenId, newText) streams as tokens arrive.
+   * @param {import('./preprocess.js').RgbaImage[]} images decoded (images_node.js / images_web.js)
+   * @param {string[]} prompts
+   * @returns {Promise<{prompt: string, text: string, tokens: number[]}[]>}
+   */
+  async generate(images, prompts, { maxNewTokens = null, sampling = makeSampling(), stopStrings = [], onToken = null } = {}) {
+    if (!Array.isArray(images) || !Array.isArray(prompts)) {
+      throw new UserError('generate takes lists: generate([image], [prompt])');
+    }
+    limits.checkRequest(prompts, maxNewTokens, stopStrings);
+    limits.checkTopK(sampling.topK, this.geometry.vocab_size);
+    if (images.length !== prompts.length) {
+      throw new UserError(`${images.length} images for ${prompts.length} prompts: give one image per prompt`);
+    }
+    if (!prompts.length) return [];
+    const n = maxNewTokens ?? this.manifest.maxNewTokens;
+    const prefix = this.tokenizer.batch(prompts);
+    limits.checkPositions(prefix.width, n, this.geometry);
+    const t = { start: now() };
+    const pixels = this.pixelValues(images);
+    t.preprocessed = now();
+    const embeds = await encodeImage(this.ort, this.graphs, pixels);
+    t.encoded = now();
+    const texts = prompts.map(() => '');
+    const streamed = prompts.map(() => []);
+    const stream = (row, token) => {
+      t.firstToken ??= now();
+      if (!onToken) return;
+      streamed[row].push(token);
+      const text = this.tokenizer.decode(streamed[row]);
+      onToken(row, token, text.slice(texts[row].length));
+      texts[row] = text;
+    };
+    const shouldStop = stopStrings.length
+      ? (row, tokens) => stopStrings.some((s) => this.tokenizer.decode(tokens).includes(s)) : null;
+    const rows = await generate(this.ort, this.graphs, this.geometry, embeds, prefix, n, sampling,
+      this.geometry.eos_token_id, shouldStop, stream);
+    t.end = now();
+    const tokens = rows.reduce((a, r) => a + r.length, 0);
+    this.timings = {
+      preprocess_ms: t.preprocessed - t.start, vision_ms: t.encoded - t.preprocessed,
+      prefill_ms: t.firstToken - t.encoded, decode_ms: t.end - t.firstToken, tokens,
+      decode_tokens_per_s: tokens > prompts.length ? ((tokens - prompts.length) * 1000) / (t.end - t.firstToken) : null,
+    };
+    return rows.map((tokensRow, i) => {
+      let text = this.tokenizer.decode(tokensRow);
+      for (const s of stopStrings) if (text.includes(s)) text = text.slice(0, text.indexOf(s));
+      return { prompt: prompts[i], text, tokens: tokensRow };
+    });
+  }
+
+  /** generate, then each text parsed into detections / segments in pixels of the original image. */
+  async answers(images, prompts, options = {}) {
+    const results = await this.generate(images, prompts, options);
+    const out = [];
+    for (let i = 0; i < results.length; i++) {
+      out.push(await toAnswer(results[i], images[i].width, images[i].height, this.maskDecoder));
+    }
+    return out;
+  }
+
+  async answer(image, prompt, options = {}) {
+    return (await this.answers([image], [prompt], options))[0];
+  }
+
+  async release() {
+    for (const s of [this.graphs.vision, this.graphs.projector, this.graphs.decoder, this.maskDecoder?.session]) {
+      await s?.release();
+    }
+  }
+}

@@ -1,0 +1,56 @@
+// onnxruntime sessions for a bundle's graphs, and the check that a graph has the inputs and outputs the manifest
+// and the runtime expect (pgexport_runtime/session.py check_io).
+
+import { BundleError, oneLine } from './errors.js';
+
+/**
+ * One graph's session. With a local path (Node's native backend) onnxruntime reads the graph and its external
+ * data from the bundle directory itself; otherwise the bytes are handed over, external data files through the
+ * `externalData` session option under the names the graph refers to them by.
+ * @param {import('./manifest.js').GraphEntry} entry
+ */
+export async function createSession(ort, files, entry, options = {}) {
+  const opts = { graphOptimizationLevel: 'all', logSeverityLevel: 3, ...options };
+  try {
+    if (files.path && options.byPath !== false) {
+      delete opts.byPath;
+      return await ort.InferenceSession.create(files.path(entry.file), opts);
+    }
+    delete opts.byPath;
+    const externalData = [];
+    for (const name of entry.dataFiles) externalData.push({ path: name, data: await files.read(name) });
+    const model = await files.read(entry.file);
+    const session = await ort.InferenceSession.create(model, { ...opts, externalData });
+    for (const name of [entry.file, ...entry.dataFiles]) files.forget?.(name);
+    return session;
+  } catch (e) {
+    if (e instanceof BundleError) throw e;
+    throw new BundleError(`${entry.file}: onnxruntime cannot load this graph (${oneLine(e)})`);
+  }
+}
+
+/**
+ * The manifest's input/output lists must be the graph's, and include every name the runtime feeds or fetches
+ * (io_names.expected), with the sizes it derives from the manifest where the graph fixes them.
+ */
+export function checkIO(session, entry, expected) {
+  const same = (a, b) => a.length === b.length && a.every((n) => b.includes(n));
+  if (!same(entry.inputs, session.inputNames) || !same(entry.outputs, session.outputNames)) {
+    throw new BundleError(`${entry.file}: the graph's inputs/outputs are not the manifest's; graph and manifest ` +
+      'do not belong together');
+  }
+  const meta = new Map([...(session.inputMetadata ?? []), ...(session.outputMetadata ?? [])].map((m) => [m.name, m]));
+  for (const [name, axes] of Object.entries(expected)) {
+    if (!session.inputNames.includes(name) && !session.outputNames.includes(name)) {
+      throw new BundleError(`${entry.file}: the graph has no ${name}; graph and manifest do not belong together`);
+    }
+    const shape = meta.get(name)?.shape ?? [];
+    for (const [axis, size] of Object.entries(axes)) {
+      const have = shape[Number(axis)];
+      if (typeof have === 'number' && have !== size) {
+        throw new BundleError(`${entry.file}: ${name} has size ${have} on axis ${axis} where the manifest says ` +
+          `${size}; graph and manifest do not belong together`);
+      }
+    }
+  }
+}

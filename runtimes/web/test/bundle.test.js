@@ -1,0 +1,80 @@
+// The manifest contract: tampered files, unknown schema versions and paths that leave the bundle are refused;
+// a schema version 2 manifest (v1 less its duplicated fields) reads the same.
+
+import assert from 'node:assert/strict';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import { BundleError, decodeImage, loadBundle, answerToJson } from '../src/node.js';
+import { vectors } from './vectors.js';
+
+const dirs = [];
+after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+
+function copy(src) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'pgexport-web-'));
+  dirs.push(dir);
+  cpSync(src, dir, { recursive: true });
+  return dir;
+}
+
+function editManifest(dir, edit) {
+  const p = path.join(dir, 'manifest.json');
+  const m = JSON.parse(readFileSync(p, 'utf8'));
+  edit(m);
+  writeFileSync(p, JSON.stringify(m));
+}
+
+test('a tampered file is refused by its sha256', async () => {
+  const dir = copy(vectors().bundles.fp32);
+  const p = path.join(dir, 'projector.onnx');
+  const bytes = readFileSync(p);
+  bytes[bytes.length - 1] ^= 1;
+  writeFileSync(p, bytes);
+  await assert.rejects(loadBundle(dir), (e) => e instanceof BundleError && /projector\.onnx does not match its sha256/.test(e.message));
+});
+
+test('unknown schema versions and other schemas are refused', async () => {
+  for (const [edit, pattern] of [
+    [(m) => { m.schema_version = 3; }, /schema version 3 is not supported/],
+    [(m) => { m.schema_version = '1'; }, /schema version "1" is not supported/],
+    [(m) => { m.schema = 'other'; }, /not a pgexport manifest/],
+  ]) {
+    const dir = copy(vectors().bundles.fp32);
+    editManifest(dir, edit);
+    await assert.rejects(loadBundle(dir), (e) => e instanceof BundleError && pattern.test(e.message));
+  }
+});
+
+test('manifest paths that leave the bundle are refused, and so are symbolic links', async () => {
+  const bad = ['../manifest.json', '/etc/passwd', 'sub/decoder.onnx', '..', '.hidden'];
+  for (const name of bad) {
+    const dir = copy(vectors().bundles.fp32);
+    editManifest(dir, (m) => {
+      m.files[name] = m.files['projector.onnx'];
+      m.graphs.projector.file = name;
+    });
+    await assert.rejects(loadBundle(dir), (e) => e instanceof BundleError && /not a plain file name/.test(e.message), name);
+  }
+  const dir = copy(vectors().bundles.fp32);
+  rmSync(path.join(dir, 'projector.onnx'));
+  symlinkSync(path.join(vectors().bundles.fp32, 'projector.onnx'), path.join(dir, 'projector.onnx'));
+  await assert.rejects(loadBundle(dir), (e) => e instanceof BundleError && /symbolic link/.test(e.message));
+});
+
+test('a schema version 2 manifest (no duplicated token ids) gives the same answer', async () => {
+  const v = vectors();
+  const dir = copy(v.bundles.fp32);
+  editManifest(dir, (m) => {
+    m.schema_version = 2;
+    for (const k of ['image_token_id', 'bos_token_id', 'eos_token_id', 'pad_token_id']) delete m.tokenizer[k];
+    delete m.generation.eos_token_ids;
+    m.appended_in_a_later_version = { anything: true }; // unknown fields are ignored
+  });
+  const pg = await loadBundle(dir);
+  const item = v.items.find((i) => i.task === 'detect');
+  const answer = await pg.answer(await decodeImage(v.path(item.image)), item.prompt, { maxNewTokens: item.max_new_tokens });
+  assert.deepEqual(answerToJson(answer), item.fp32);
+  await pg.release();
+});

@@ -1,0 +1,46 @@
+// The Node CLI: `--json` is `pgexport run --json`; mistakes are one line on stderr, exit status 2, no stack trace.
+
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { test } from 'node:test';
+import { vectors } from './vectors.js';
+
+const CLI = fileURLToPath(new URL('../cli.js', import.meta.url));
+const run = (...args) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+
+test('--json equals the Python runtime answer', () => {
+  const v = vectors();
+  for (const task of ['segment', 'caption']) {
+    const item = v.items.find((i) => i.task === task);
+    const r = run(v.bundles.fp32, '--image', v.path(item.image), '--prompt', item.prompt, '--json',
+      '--max-new-tokens', String(item.max_new_tokens));
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), item.fp32);
+  }
+});
+
+test('bad input is one line on stderr and exit status 2', () => {
+  const v = vectors();
+  const image = v.path(v.items[0].image);
+  const cases = [
+    [[v.bundles.fp32, '--image', image, '--prompt', ' '], /empty prompt/],
+    [[v.bundles.fp32, '--image', '/no/such.png', '--prompt', 'ocr'], /image not found/],
+    [[v.bundles.fp32, '--image', CLI, '--prompt', 'ocr'], /cannot read image/],
+    [['/no/such/bundle', '--image', image, '--prompt', 'ocr'], /no such bundle directory/],
+    [[v.bundles.fp32, '--image', image, '--prompt', 'ocr', '--max-new-tokens', '0'], /max_new_tokens must be/],
+    [[v.bundles.fp32, '--image', image, '--prompt', 'ocr', '--max-new-tokens', '100000'], /positions/],
+    [[v.bundles.fp32, '--image', image, '--prompt', 'ocr', '--sample', '--temperature', 'nan'], /not a number|temperature/],
+    [[v.bundles.fp32, '--image', image], /--image and --prompt are required/],
+    [[v.bundles.fp32, '--bogus'], /Unknown option/],
+  ];
+  for (const [args, pattern] of cases) {
+    const r = run(...args);
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.equal(r.stdout, '');
+    const lines = r.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(lines[0], /^error: /);
+    assert.match(lines[0], pattern);
+  }
+});

@@ -1,0 +1,103 @@
+"""Shared test vectors for the JavaScript runtime, written by the PYTHON runtime (tests/test_web.py).
+
+`write_vectors(out, bundles)` writes, under out/:
+- images/*.png|jpg: odd-sized RGB, RGBA with every kind of alpha, grayscale, grey+alpha, palette with transparency,
+  a large image that is shrunk (the antialiasing rule), a JPEG and an EXIF-rotated JPEG;
+- pixels/<name>.f32: the Python runtime's pixel_values for each (raw little-endian float32, [1, 3, H, W]);
+- items/<id>.png: held-out demo items (pgexport.bench.evalset.demo_items: all five tasks, interleaved);
+- vectors.json: the bundles, images, prompts with their token ids, and per item and bundle the answer of
+  `pgexport run --json` (Answer.to_json()) from the Python runtime.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PROMPTS = ["caption en", "answer en what colour is the large shape on the left?", "detect circle ; square", "ocr",
+           "segment triangle", "answer en où est le café ☕ ?", "caption en\nsecond  line ", "describe <loc0001> x"]
+
+
+def _images() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(17)
+    noise = lambda h, w, c: (rng.random((h, w, c)) * 256).astype(np.uint8)  # noqa: E731
+    rgba = noise(37, 53, 4)
+    rgba[::3, :, 3] = 0  # transparent rows, opaque columns, the rest semi-transparent
+    rgba[:, ::4, 3] = 255
+    y, x = np.mgrid[0:203, 0:301]
+    smooth = np.stack([(x * 255 // 300), (y * 255 // 202), ((x + y) % 256)], -1).astype(np.uint8)
+    palette = Image.fromarray(noise(33, 41, 3)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 3
+    return {
+        "odd_rgb.png": Image.fromarray(noise(45, 61, 3)),
+        "rgba.png": Image.fromarray(rgba, "RGBA"),
+        "gray.png": Image.fromarray(noise(29, 71, 1)[:, :, 0], "L"),
+        "gray_alpha.png": Image.fromarray(noise(31, 23, 2), "LA"),
+        "palette_trns.png": palette,
+        "large_rgb.png": Image.fromarray(smooth),
+        "photo.jpg": Image.fromarray(np.clip(smooth.astype(int) + rng.integers(-20, 20, smooth.shape), 0, 255).astype(np.uint8)),
+        "rotated.jpg": Image.fromarray(noise(40, 70, 3)),  # saved with EXIF orientation 6 (rotate 90)
+    }
+
+
+def _save(img: Image.Image, path: Path) -> None:
+    if path.name == "rotated.jpg":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        img.save(path, quality=92, exif=exif)
+    elif path.suffix == ".jpg":
+        img.save(path, quality=92)
+    elif img.mode == "P":
+        img.save(path, transparency=img.info["transparency"])
+    else:
+        img.save(path)
+
+
+def write_vectors(out: Path, bundles: dict[str, Path], n_items: int = 30) -> Path:
+    from pgexport.bench.evalset import demo_items
+    from pgexport_runtime import PaliGemma, SessionConfig
+    from pgexport_runtime.images import load_image
+    from pgexport_runtime.preprocess import preprocess
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "pixels").mkdir(exist_ok=True)
+    (out / "items").mkdir(exist_ok=True)
+    pgs = {name: PaliGemma(path, SessionConfig(intra_op_threads=1)) for name, path in bundles.items()}
+    first = next(iter(pgs.values()))
+    images = []
+    for name, img in _images().items():
+        path = out / "images" / name
+        _save(img, path)
+        pixels = preprocess([load_image(path)], first.manifest.preprocessing)
+        pixels.astype("<f4").tofile(out / "pixels" / f"{name}.f32")
+        images.append({"file": f"images/{name}", "pixels": f"pixels/{name}.f32", "dims": list(pixels.shape)})
+    prompts = [{"prompt": p, "ids": first.tokenizer.prefix_ids(p)} for p in PROMPTS]
+    items = []
+    for item in demo_items(n_items, None)[0]:
+        path = out / "items" / f"{item.id}.png"
+        item.pil.save(path)
+        row = {"id": item.id, "task": item.task, "image": f"items/{path.name}", "prompt": item.prompt,
+               "max_new_tokens": item.max_new_tokens}
+        for name, pg in pgs.items():
+            row[name] = pg.answer(path, item.prompt, max_new_tokens=item.max_new_tokens).to_json()
+        items.append(row)
+    vectors = {"bundles": {k: str(v) for k, v in bundles.items()}, "images": images, "prompts": prompts, "items": items}
+    tmp = out / "vectors.json.tmp"
+    tmp.write_text(json.dumps(vectors, indent=1))
+    tmp.replace(out / "vectors.json")  # whole or absent: the Node tests never read half a file
+    return out / "vectors.json"
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="write the JavaScript runtime's test vectors with the Python runtime")
+    p.add_argument("out", type=Path)
+    p.add_argument("--bundle", action="append", required=True, help="NAME=DIR, e.g. fp32=/tmp/demo")
+    p.add_argument("--items", type=int, default=30)
+    a = p.parse_args()
+    print(write_vectors(a.out, {k: Path(v) for k, v in (b.split("=", 1) for b in a.bundle)}, a.items))
