@@ -148,6 +148,24 @@ def run(bundle, image, prompt, max_new_tokens, sample, temperature, top_k, top_p
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port on localhost (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (the default serves this machine only).")
+def serve(bundle: Path, port: int, host: str):
+    """Serve the JavaScript runtime's demo page for BUNDLE: pick an image, type a prompt, watch the answer
+    stream, with boxes, masks and per-stage timings (runs in the browser: onnxruntime-web, WASM or WebGPU).
+
+    Needs `npm ci` in runtimes/web (a source checkout). Only the page, the runtime, the onnxruntime-web files
+    it loads and the files the manifest lists are served.
+    """
+    from pgexport.serve import serve as serve_bundle
+
+    serve_bundle(bundle, port, host)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle files.")
 def inspect(bundle, as_json, no_verify):

@@ -4,7 +4,7 @@
 - images/*.png|jpg: odd-sized RGB, RGBA with every kind of alpha, grayscale, grey+alpha, palette with transparency,
   a large image that is shrunk (the antialiasing rule), a JPEG and an EXIF-rotated JPEG;
 - pixels/<name>.f32: the Python runtime's pixel_values for each (raw little-endian float32, [1, 3, H, W]);
-- items/<id>.png: held-out demo items (pgexport.bench.evalset.demo_items: all five tasks, interleaved);
+- items/<id>.png: held-out demo items (the demo's held-out set, split eval: all five tasks, interleaved);
 - vectors.json: the bundles, images, prompts with their token ids, and per item and bundle the answer of
   `pgexport run --json` (Answer.to_json()) from the Python runtime.
 Nothing here imports torch.
@@ -13,6 +13,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,7 @@ def _save(img: Image.Image, path: Path) -> None:
 
 
 def write_vectors(out: Path, bundles: dict[str, Path], n_items: int = 30) -> Path:
-    from pgexport.bench.evalset import demo_items
+    from pgexport import heldout
     from pgexport_runtime import PaliGemma, SessionConfig
     from pgexport_runtime.images import load_image
     from pgexport_runtime.preprocess import preprocess
@@ -77,9 +78,9 @@ def write_vectors(out: Path, bundles: dict[str, Path], n_items: int = 30) -> Pat
         images.append({"file": f"images/{name}", "pixels": f"pixels/{name}.f32", "dims": list(pixels.shape)})
     prompts = [{"prompt": p, "ids": first.tokenizer.prefix_ids(p)} for p in PROMPTS]
     items = []
-    for item in demo_items(n_items, None)[0]:
+    for item in heldout.read(heldout.DEMO_SET, "eval", limit=n_items):
         path = out / "items" / f"{item.id}.png"
-        item.pil.save(path)
+        shutil.copyfile(item.image, path)
         row = {"id": item.id, "task": item.task, "image": f"items/{path.name}", "prompt": item.prompt,
                "max_new_tokens": item.max_new_tokens}
         for name, pg in pgs.items():
