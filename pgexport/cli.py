@@ -148,6 +148,32 @@ def run(bundle, image, prompt, max_new_tokens, sample, temperature, top_k, top_p
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the packaged bundle.")
+@click.option("--format", "fmt", type=click.Choice(["ort"]), default="ort", show_default=True,
+              help="ort: onnxruntime's ORT format, what its mobile packages (Android, iOS, React Native) load.")
+@click.option("--force", is_flag=True, help="Replace --out if it already holds a bundle.")
+@click.option("--no-mobile-check", is_flag=True, help="Skip onnxruntime's NNAPI/CoreML usability checker.")
+def package(bundle: Path, out: Path, fmt: str, force: bool, no_mobile_check: bool):
+    """Package a built bundle for mobile apps: every graph converted to ORT format by onnxruntime's own tool,
+    plus required_operators.config for a reduced onnxruntime build, and onnxruntime's mobile usability verdicts
+    (how much NNAPI and CoreML could take) in the manifest; `pgexport inspect` shows them.
+
+    The packaged bundle answers exactly as the bundle it came from; both runtimes load it unchanged.
+    """
+    from pgexport.package import package as run_package
+
+    path = run_package(bundle, out, fmt, force=force, mobile_check=not no_mobile_check,
+                       progress=lambda name: click.echo(f"  {name}", err=True))
+    click.echo(f"wrote {path} ({_size(path)})")
+    from pgexport_runtime.describe import package_lines
+    from pgexport_runtime.manifest import load_manifest
+
+    for line in package_lines(load_manifest(path).record.package):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port on localhost (0: any free port).")
 @click.option("--host", default="127.0.0.1", show_default=True,

@@ -177,3 +177,21 @@ def test_browser_demo_page(node_modules, vectors, serving, tmp_path, key, tasks)
         print(f"browser {key} token agreement with the Python runtime: {same / total:.3f} ({same}/{total})")
         assert same / total >= INT4_BROWSER_FLOOR, f"{key} token agreement {same}/{total} < {INT4_BROWSER_FLOOR}"
     assert all(p.stat().st_size > 10_000 for p in shots)
+
+
+def test_node_runtime_runs_an_ort_packaged_bundle(node_modules, demo_bundles, tmp_path):
+    """`pgexport package` output (ORT format) in onnxruntime-node: the same JSON answers as the Python runtime
+    gives on the .onnx bundle it came from (int4: MatMulNBits and GatherBlockQuantized in ORT format)."""
+    from pgexport import heldout
+    from pgexport.package import package
+    from pgexport_runtime import PaliGemma
+
+    packaged = package(demo_bundles["int4"], tmp_path / "int4-ort", mobile_check=False)
+    pg = PaliGemma(demo_bundles["int4"])
+    for row in heldout.read(heldout.DEMO_SET, "eval", limit=5):  # one item per task
+        want = pg.answer(row.image, row.prompt, max_new_tokens=row.max_new_tokens).to_json()
+        r = subprocess.run(["node", str(WEB / "cli.js"), str(packaged), "--image", str(row.image), "--prompt",
+                            row.prompt, "--max-new-tokens", str(row.max_new_tokens), "--json"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads(r.stdout) == want, row.id

@@ -33,6 +33,31 @@ def describe(m: Manifest) -> list[str]:
     if quant and quant.get("accuracy"):
         lines.append("accuracy " + accuracy_line(quant["accuracy"]))
     lines.append("tools    " + ", ".join(f"{k} {v}" for k, v in record.tools.items() if v is not None))
+    if record.package is not None:
+        lines += package_lines(record.package)
+    return lines
+
+
+MOBILE_EPS = {"nnapi": "NNAPI", "coreml_nn": "CoreML NeuralNetwork", "coreml_mlprogram": "CoreML MLProgram"}
+
+
+def package_lines(package: dict) -> list[str]:
+    """`pgexport package`: the format, the reduced-build operator list, and onnxruntime's mobile usability checker
+    per execution provider and graph (supported nodes / nodes, partitions, its verdict as is and with fixed shapes)."""
+    lines = [f"package  {package['format']} ({package.get('optimization')}), operators for a reduced onnxruntime "
+             f"build: {package.get('operators_config')}"]
+    mobile = package.get("mobile") or {}
+    for ep, label in MOBILE_EPS.items():
+        parts = []
+        for graph, eps in mobile.items():
+            v = eps.get(ep)
+            if v is not None:
+                fixed = f", fixed shapes {v['fixed_shapes']}" if v.get("fixed_shapes") else ""
+                n = v["partitions"]
+                parts.append(f"{graph} {v['supported_nodes']}/{v['nodes']} nodes, {n} partition{'s' * (n != 1)} "
+                             f"({v['as_is']}{fixed})")
+        if parts:
+            lines.append(f"  {label}: " + "; ".join(parts))
     return lines
 
 

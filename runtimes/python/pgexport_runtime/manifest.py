@@ -137,23 +137,28 @@ class Generation:
 @dataclass(frozen=True)
 class Record:
     """The informational sections (provenance.py checks their shape): where the model came from, the tools,
-    the build, the parity report of the float32 graphs and the quantization report. Generation never reads
-    them; `inspect` prints them and `bench` picks its reference from `source`."""
+    the build, the parity report of the float32 graphs, the quantization report and, for a bundle made by
+    `pgexport package`, how it was packaged. Generation never reads them; `inspect` prints them and `bench`
+    picks its reference from `source`."""
 
     source: dict | None = None
     tools: dict = field(default_factory=dict)
     build: dict = field(default_factory=dict)
     parity: dict | None = None
     quantization: dict | None = None
+    package: dict | None = None  # appended: absent from bundles `pgexport build` writes
 
     def to_dict(self) -> dict:
-        return dict(vars(self))
+        d = dict(vars(self))
+        if self.package is None:
+            del d["package"]
+        return d
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Record":
         provenance.check(raw)
         return cls(raw.get("source"), raw.get("tools") or {}, raw.get("build") or {}, raw.get("parity"),
-                   raw.get("quantization"))
+                   raw.get("quantization"), raw.get("package"))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ def check(raw: dict) -> None:
     fields.section(raw, "build", "manifest", optional=True)
     _parity(fields.section(raw, "parity", "manifest", optional=True))
     _quantization(fields.section(raw, "quantization", "manifest", optional=True))
+    _package(fields.section(raw, "package", "manifest", optional=True))
 
 
 def _parity(parity: dict | None) -> None:
@@ -59,3 +60,17 @@ def _quantization(quant: dict | None) -> None:
             fields.number(accuracy, key, "quantization.accuracy", 0, 1, closed=True)
         fields.number(accuracy, "mean_kl", "quantization.accuracy", 0, float("inf"), closed=True)
         fields.integer(accuracy, "samples", "quantization.accuracy", 0, 1 << 31)
+
+
+def _package(package: dict | None) -> None:
+    if package is None:
+        return
+    fields.text(package, "format", "package")
+    for graph, eps in (fields.section(package, "mobile", "package", optional=True) or {}).items():
+        for ep in eps:
+            where = f"package.mobile.{graph}.{ep}"
+            verdict = fields.section(eps, ep, f"package.mobile.{graph}")
+            for key in ("nodes", "supported_nodes", "partitions"):
+                fields.integer(verdict, key, where, 0, 1 << 31)
+            fields.text(verdict, "as_is", where)
+            fields.text(verdict, "fixed_shapes", where, optional=True)

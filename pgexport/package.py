@@ -1,0 +1,150 @@
+"""`pgexport package`: a built bundle -> a mobile bundle in onnxruntime's ORT format.
+
+Each graph is converted by onnxruntime's own tool (onnxruntime.tools.convert_onnx_models_to_ort), which also
+writes required_operators.config, the operator list for a reduced onnxruntime build (`--include_ops_by_config`).
+The optimizations baked in are those of level "extended" (fixed style): level "all" would add the layout
+transforms of the machine that converts (x86's NCHWc), which an ARM phone's onnxruntime does not have.
+Before conversion, onnxruntime's mobile usability checker estimates for each graph how much NNAPI and CoreML
+could take (nodes, partitions, and its YES/MAYBE/NO, as the graph is and with fixed shapes); the manifest
+records it under `package.mobile`. The new bundle has the same tokenizer, geometry and runtime contract, so the
+Python and JavaScript runtimes load it unchanged; like a build, it is written to a temporary directory and
+renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from pgexport_runtime.errors import UserError
+from pgexport_runtime.manifest import MANIFEST, load_manifest, sha256_file
+
+from .bundle import BundleWriter
+from .files import write_errors
+
+FORMATS = ("ort",)
+OPERATORS_CONFIG = "required_operators.config"
+LEVEL = "extended"  # see the module docstring
+
+
+def package(bundle: Path, out: Path, fmt: str = "ort", force: bool = False, mobile_check: bool = True,
+            progress=None) -> Path:
+    """Convert `bundle` into a new bundle at `out`; -> out."""
+    step = progress or (lambda name: None)
+    if fmt not in FORMATS:
+        raise UserError(f"unknown package format {fmt!r} (known: {', '.join(FORMATS)})")
+    m = load_manifest(bundle)  # every sha256 checked: what is converted is what was built
+    if m.record.package is not None:
+        raise UserError(f"{bundle} is already a packaged ({m.record.package.get('format')}) bundle; package the "
+                        "bundle it came from")
+    if Path(out).resolve() == Path(bundle).resolve():
+        raise UserError("--out must differ from the bundle being packaged")
+    with write_errors(out):
+        writer = BundleWriter(out, force=force)
+        with writer:
+            stage = writer.tmp / ".onnx"
+            stage.mkdir()
+            for name in (m.tokenizer.file,):
+                shutil.copyfile(m.path(name), writer.path(name))
+            graphs, mobile = {}, {}
+            for name, entry in m.graphs.items():
+                for f in (entry.file, *entry.data_files):
+                    shutil.copyfile(m.path(f), stage / f)
+                if mobile_check:
+                    step(f"check {name} for mobile EPs")
+                    mobile[name] = mobile_verdicts(stage / entry.file)
+                step(f"convert {name}")
+                ort_file = _convert(stage / entry.file, writer.tmp)
+                graphs[name] = replace(entry, file=ort_file, data_files=())
+            _operators_config(stage, writer.tmp)
+            shutil.rmtree(stage)
+            step("write manifest")
+            import onnxruntime
+
+            record = replace(m.record, package={
+                "format": fmt, "optimization": f"fixed, level {LEVEL}", "operators_config": OPERATORS_CONFIG,
+                "from_manifest_sha256": sha256_file(m.path(MANIFEST)), "onnxruntime": onnxruntime.__version__,
+                "mobile": mobile})
+            packaged = replace(m, graphs=graphs, record=record)
+            writer.write_manifest(packaged.to_dict(), final=True)
+            return writer.commit()
+
+
+def _convert(onnx_path: Path, out_dir: Path) -> str:
+    """One graph -> <name>.ort in out_dir (the tool writes next to its input; the .ort is moved)."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    work = onnx_path.parent / f".{onnx_path.stem}"
+    work.mkdir()
+    for f in onnx_path.parent.glob(onnx_path.name + "*"):
+        if f.is_file():
+            shutil.move(str(f), work / f.name)
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)  # the tool logs each config it writes
+    saved = os.environ.get("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL")
+    os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = LEVEL
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the tool prints a line per model
+            convert_onnx_models_to_ort(work, output_dir=work, optimization_styles=[OptimizationStyle.Fixed],
+                                       target_platform="arm")
+    except Exception as exc:  # the tool raises its own types; a graph it cannot convert is a one-line error
+        raise UserError(f"onnxruntime could not convert {onnx_path.name} to ORT format: "
+                        f"{' '.join(str(exc).split())[:300]}") from None
+    finally:
+        if saved is None:
+            os.environ.pop("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL", None)
+        else:
+            os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = saved
+    (ort_file,) = work.glob("*.ort")
+    target = f"{onnx_path.stem}.ort"
+    shutil.move(str(ort_file), out_dir / target)
+    for config in work.glob("*.config"):  # merged over all graphs by _operators_config
+        shutil.move(str(config), onnx_path.parent / f"{onnx_path.stem}.config")
+    shutil.rmtree(work)
+    return target
+
+
+def _operators_config(stage: Path, out_dir: Path) -> None:
+    """One required-operators config for all graphs: the union of each graph's domain;opset;ops lines."""
+    ops: dict[tuple[str, str], set[str]] = {}
+    for config in sorted(stage.glob("*.config")):
+        for line in config.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                domain, opset, names = line.split(";")
+                ops.setdefault((domain, opset), set()).update(names.split(","))
+    lines = ["# The operators of this bundle's graphs, for a reduced onnxruntime build:",
+             "#   build.sh --minimal_build --include_ops_by_config " + OPERATORS_CONFIG]
+    lines += [f"{d};{o};{','.join(sorted(n))}" for (d, o), n in sorted(ops.items(), key=lambda k: (k[0][0], int(k[0][1])))]
+    (out_dir / OPERATORS_CONFIG).write_text("\n".join(lines) + "\n")
+
+
+def mobile_verdicts(onnx_path: Path) -> dict:
+    """onnxruntime's mobile usability checker, per EP: {nodes, supported_nodes, partitions, as_is, fixed_shapes}.
+
+    `as_is` is the checker's suitability of the graph as it is (dynamic shapes count against it);
+    `fixed_shapes` what it expects once the dynamic dimensions are fixed (None when there are none)."""
+    import tempfile
+
+    from onnxruntime.tools.mobile_helpers import usability_checker as uc
+    from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
+
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as tmp:  # as the checker's CLI: basic optimizations first
+        basic = Path(tmp) / onnx_path.name
+        optimize_model(onnx_path, basic, use_external_initializers=True)
+        model = ModelProtoWithShapeInfo(basic).model_with_shape_info
+        dynamic, _ = uc.check_shapes(model.graph)
+        checks = {"nnapi": uc.check_nnapi_partitions,
+                  "coreml_nn": lambda mp, fixed: uc.check_coreml_partitions(mp, fixed, "coreml_supported_neuralnetwork_ops.md"),
+                  "coreml_mlprogram": lambda mp, fixed: uc.check_coreml_partitions(mp, fixed, "coreml_supported_mlprogram_ops.md")}
+        out = {}
+        for ep, check in checks.items():
+            info = check(model, True)
+            fixed = check(model, False).suitability().name if dynamic else None
+            out[ep] = {"nodes": info.num_nodes, "supported_nodes": info.num_supported_nodes,
+                       "partitions": info.num_partitions, "as_is": info.suitability().name, "fixed_shapes": fixed}
+    return out
