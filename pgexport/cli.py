@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sys
@@ -65,8 +66,12 @@ def _interrupt(signum, frame):
               help="Held-out samples for the accuracy gate of quantized builds (0 = skip the gate).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="JSONL of {\"image\": path, \"prompt\": text} for GPTQ (default: generated samples).")
+@click.option("--max-memory", type=click.FloatRange(min=0.01), default=None, metavar="GB",
+              help="Refuse, before anything starts, a build whose estimated peak memory is larger "
+                   "(default: warn when it is larger than this machine's memory).")
+@click.option("--dry-run", is_flag=True, help="Print the steps, memory, disk and time the build will need; build nothing.")
 def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens, mask_decoder, quant,
-          min_agreement, gate_samples, calibration):
+          min_agreement, gate_samples, calibration, max_memory, dry_run):
     """Export a checkpoint to a bundle: vision encoder, projector and decoder-with-past ONNX graphs, tokenizer
     and manifest, checked against PyTorch (features, logits and greedy tokens) before it is written.
 
@@ -75,12 +80,23 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
     """
     from pgexport.build import BuildOptions, GateError, ParityError, build as run_build, planned_steps
     from pgexport.bundle import GraphFilesError
+    from pgexport.plan import Plan, steps
     from pgexport.parity import Tolerance
 
     opts = BuildOptions(model=model, adapter=adapter, out=out, force=force, parity_tokens=parity_tokens,
                         tolerance=Tolerance(relative=tolerance), skip_parity=skip_parity, max_new_tokens=max_new_tokens,
                         mask_decoder=mask_decoder, quant=quant, min_agreement=min_agreement,
-                        gate_samples=gate_samples, calibration=calibration)
+                        gate_samples=gate_samples, calibration=calibration, max_memory=max_memory)
+    plan = Plan.of(opts)  # user errors (source, recipe, --max-memory) before anything starts
+    if dry_run:
+        for line in plan.estimate.lines():
+            click.echo(line)
+        click.echo("steps       " + ", ".join(s.name for s in steps(plan)))
+        return
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if max_memory is None and plan.estimate.peak_rss_bytes > machine:
+        click.echo(f"warning: this build needs about {plan.estimate.peak_rss_bytes / 1e9:.1f} GB of memory and this "
+                   f"machine has {machine / 1e9:.1f} GB; it may be killed (see --dry-run)", err=True)
     bars: list = []  # created at the first step, so that an early user error prints no empty bar
     progress = _step_bar(bars, planned_steps(opts))
     try:

@@ -15,6 +15,7 @@ from typing import Callable
 
 from pgexport_runtime.errors import UserError
 
+from .estimate import Estimate, estimate
 from .parity import Tolerance
 
 TORCH, BUNDLE = "torch", "bundle"
@@ -36,6 +37,7 @@ class BuildOptions:
     gate_samples: int = 16
     gate_tokens: int = 32
     calibration: Path | None = None  # JSONL of {"image", "prompt"} for GPTQ; default: generated samples
+    max_memory: float | None = None  # GB: refuse a build whose estimated peak memory is larger
 
     def to_json(self) -> dict:
         """For the child process: paths as strings, the tolerance as its fields."""
@@ -63,6 +65,7 @@ class Plan:
     calibrate: bool  # GPTQ (or a GPTQ checkpoint's own integers)
     quantize: bool  # the recipe changes the float32 graphs
     mask_weights: Path | None  # mask-decoder (VQ-VAE) weights: --mask-decoder or the checkpoint's own
+    estimate: Estimate | None = None  # memory, disk and time the build will need (estimate.py)
 
     @classmethod
     def of(cls, opts: BuildOptions) -> "Plan":
@@ -80,9 +83,15 @@ class Plan:
             raise UserError(f"calibration file not found: {opts.calibration}")
         quantize = not recipe.is_identity
         mask = mask_decoder.find_weights(source.directory if source.kind != "preset" else None, opts.mask_decoder)
+        need = estimate(sources.load_geometry(source), recipe)
+        if opts.max_memory is not None and need.peak_rss_bytes > opts.max_memory * 1e9:
+            raise UserError(f"this build needs about {need.peak_rss_bytes / 1e9:.1f} GB of memory (estimated for "
+                            f"{need.total_parameters / 1e9:.2f} B parameters; see --dry-run), more than --max-memory "
+                            f"{opts.max_memory:g} GB: a build holds the float32 model, so use a machine with more "
+                            "memory")
         return cls(opts, parity=not opts.skip_parity, gate=quantize and opts.gate_samples > 0,
                    adapter=source.adapter is not None, calibrate=recipe.needs_calibration, quantize=quantize,
-                   mask_weights=mask)
+                   mask_weights=mask, estimate=need)
 
 
 @dataclass(frozen=True)

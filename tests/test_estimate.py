@@ -1,0 +1,51 @@
+"""`build --dry-run` / `--max-memory`: what a build needs, from the geometry and the recipe alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgexport import sources
+from pgexport.estimate import estimate, parameters
+from pgexport.quant.recipes import resolve_recipe
+from test_errors import run_cli
+
+
+def test_parameters_are_counted_exactly(tiny):
+    """The per-component count equals the transformers model's (tied lm_head counted once)."""
+    assert sum(parameters(tiny.geometry).values()) == sum(p.numel() for p in tiny.model.parameters())
+
+
+def test_parameters_of_the_demo_and_a_3b_geometry():
+    demo = sources.resolve(str(sources.DEMO_MODEL))
+    model = sources.load_model(demo)
+    assert sum(parameters(sources.load_geometry(demo)).values()) == sum(p.numel() for p in model.parameters())
+    g = sources.load_geometry(sources.resolve("paligemma-3b-224"))
+    assert 2.9e9 < sum(parameters(g).values()) < 2.95e9  # PaliGemma-3B: 2.92 B
+
+
+def test_recipes_size_the_bundle():
+    g = sources.load_geometry(sources.resolve("paligemma-3b-224"))
+    fp32, fp16, int4 = (estimate(g, resolve_recipe(r)) for r in ("fp32", "fp16", "int4"))
+    assert fp32.bundle_bytes == 4 * fp32.total_parameters and fp16.bundle_bytes == fp32.bundle_bytes // 2
+    assert 1.9e9 < int4.bundle_bytes < 2.1e9  # measured: 2.0 GB on disk
+    assert fp32.peak_rss_bytes == int4.peak_rss_bytes > 15e9  # the float32 model is held either way
+
+
+def test_dry_run_prints_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "b"
+    code, stdout, _ = run_cli(["build", "--model", "paligemma-3b-224", "--quant", "int4", "--out", out, "--dry-run"],
+                              capsys)
+    assert code == 0 and not out.exists() and not list(tmp_path.iterdir())
+    assert "memory      about 16.1 GB" in stdout and "accuracy gate" in stdout
+
+
+@pytest.mark.parametrize("budget,ok", [("0.05", False), ("64", True)])
+def test_max_memory_refuses_before_anything_starts(tmp_path, capsys, budget, ok):
+    out = tmp_path / "b"
+    args = ["build", "--model", "paligemma-3b-224", "--out", out, "--max-memory", budget]
+    if ok:  # within budget: the same options pass the check (shown with --dry-run, to not build 3B here)
+        args.append("--dry-run")
+    code, _, stderr = run_cli(args, capsys)
+    assert (code == 0) == ok and not out.exists()
+    if not ok:
+        assert code == 2 and stderr.startswith("error: this build needs about 16.1 GB") and stderr.count("\n") == 1
