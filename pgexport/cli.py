@@ -124,7 +124,9 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--image", required=True, type=click.Path(path_type=Path), help="Image file (any format Pillow reads).")
-@click.option("--prompt", required=True, help='Task prompt: "caption en", "answer en <q>", "ocr", "detect <obj>", ...')
+@click.option("--prompt", "prompts", required=True, multiple=True,
+              help='Task prompt: "caption en", "answer en <q>", "ocr", "detect <obj>", ... Repeatable: several '
+                   "prompts about one image, answered in order, the image encoded once.")
 @click.option("--max-new-tokens", type=int, default=None,
               help="Default: the bundle's setting. Image + prompt tokens + this must fit the model's positions.")
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
@@ -140,26 +142,22 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
 @click.option("--max-image-pixels", type=int, default=limits.DEFAULT_MAX_IMAGE_PIXELS, show_default=True, metavar="N",
               help="Refuse larger images before decoding them (a small PNG can expand to gigabytes).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON object: text, tokens, detections and segments (boxes in pixels, masks as RLE).")
+              help="Print a JSON object per prompt, one per line: text, tokens, detections and segments (boxes in "
+                   "pixels, masks as RLE).")
 @click.option("--overlay", type=click.Path(path_type=Path), default=None, metavar="PNG",
               help="Also write the image with the answer's boxes, labels and masks drawn on it (not over --image).")
-def run(bundle, image, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, stop, stream, device, threads,
+def run(bundle, image, prompts, max_new_tokens, sample, temperature, top_k, top_p, seed, stop, stream, device, threads,
         max_image_pixels, as_json, overlay):
-    """Generate an answer for one image and prompt with the torch-free runtime."""
+    """Answer one image with the torch-free runtime: one answer per --prompt, in order (the image is encoded
+    once for all of them)."""
     from pgexport_runtime import Sampling
-    from pgexport_runtime.cli import answer_once
+    from pgexport_runtime.cli import run_and_print
 
     sampling = Sampling(do_sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    on_token = (lambda row, tok, text: click.echo(text, nl=False)) if stream and not as_json else None
-    result = answer_once(bundle, image, prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop,
-                         device=device, threads=threads, max_image_pixels=max_image_pixels, overlay=overlay,
-                         on_token=on_token)
-    for w in result.warnings if not as_json else ():
-        click.echo(f"warning: {w}", err=True)
-    if stream and not as_json:
-        click.echo()
-    for line in describe.answer_lines(result, as_json, streamed=stream and not as_json):
-        click.echo(line)
+    run_and_print(bundle, image, list(prompts), as_json=as_json, stream=stream,
+                  out=lambda line, end="\n": click.echo(line + end, nl=False), err=lambda line: click.echo(line, err=True),
+                  max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, device=device, threads=threads,
+                  max_image_pixels=max_image_pixels, overlay=overlay)
 
 
 @cli.command()

@@ -12,6 +12,7 @@ from PIL import Image
 from . import io_names, limits
 from .errors import UserError
 from .generate import Graphs, encode_image, generate
+from .image_cache import DEFAULT_MAX_BYTES, ImageCache
 from .images import as_image
 from .manifest import load_manifest
 from .mapped import release_mapped_pages
@@ -36,12 +37,18 @@ class PaliGemma:
     """A loaded bundle. `PaliGemma("bundle/").generate([image], ["caption en"])`.
 
     max_image_pixels bounds every image before it is decoded (limits.py); raise it for trusted large images.
+    image_cache_bytes bounds the image-feature cache (image_cache.py; 0 turns it off): several prompts about
+    one image, in one call or in several, pay for the vision encoder once.
     One object may serve several threads at once: a generation keeps its state (KV cache, IO binding) local.
     """
 
     def __init__(self, bundle: str | Path, session: SessionConfig | None = None, verify: bool = True,
-                 manifest_file: str = "manifest.json", max_image_pixels: int = limits.DEFAULT_MAX_IMAGE_PIXELS):
+                 manifest_file: str = "manifest.json", max_image_pixels: int = limits.DEFAULT_MAX_IMAGE_PIXELS,
+                 image_cache_bytes: int = DEFAULT_MAX_BYTES):
         self.max_image_pixels = limits.check_max_image_pixels(max_image_pixels)
+        if not isinstance(image_cache_bytes, int) or isinstance(image_cache_bytes, bool) or image_cache_bytes < 0:
+            raise UserError(f"image_cache_bytes must be a non-negative integer, got {image_cache_bytes!r}")
+        self.image_cache = ImageCache(image_cache_bytes) if image_cache_bytes else None
         self.manifest = load_manifest(bundle, verify=verify, manifest_file=manifest_file)
         self.geometry = self.manifest.geometry
         self.session_config = session or SessionConfig()
@@ -82,7 +89,11 @@ class PaliGemma:
         return preprocess(self.images(images), self.manifest.preprocessing)
 
     def image_embeddings(self, images: Sequence[ImageLike]) -> np.ndarray:
-        return encode_image(self.graphs, self.pixel_values(images))
+        """Image embeddings [B, N, D]; with the image cache on, each distinct image is encoded once."""
+        pixels = self.pixel_values(images)
+        if self.image_cache is None:
+            return encode_image(self.graphs, pixels)
+        return self.image_cache.embeddings(pixels, lambda p: encode_image(self.graphs, p))
 
     def generate(
         self,
