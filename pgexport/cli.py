@@ -163,20 +163,25 @@ def run(bundle, image, prompts, max_new_tokens, sample, temperature, top_k, top_
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the packaged bundle.")
-@click.option("--format", "fmt", type=click.Choice(["ort"]), default="ort", show_default=True,
-              help="ort: onnxruntime's ORT format, what its mobile packages (Android, iOS, React Native) load.")
+@click.option("--format", "fmt", type=click.Choice(["ort", "onnx"]), default="ort", show_default=True,
+              help="ort: onnxruntime's ORT format, what its mobile packages (Android, iOS, React Native) load; "
+                   "onnx: stay ONNX (with --activations fp16).")
+@click.option("--activations", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: float16 compute for GPU/NPU execution providers (inputs and outputs stay float32); "
+                   "measured against the source bundle and recorded.")
 @click.option("--force", is_flag=True, help="Replace --out if it already holds a bundle.")
 @click.option("--no-mobile-check", is_flag=True, help="Skip onnxruntime's NNAPI/CoreML usability checker.")
-def package(bundle: Path, out: Path, fmt: str, force: bool, no_mobile_check: bool):
-    """Package a built bundle for mobile apps: every graph converted to ORT format by onnxruntime's own tool,
-    plus required_operators.config for a reduced onnxruntime build, and onnxruntime's mobile usability verdicts
-    (how much NNAPI and CoreML could take) in the manifest; `pgexport inspect` shows them.
+def package(bundle: Path, out: Path, fmt: str, activations: str, force: bool, no_mobile_check: bool):
+    """Package a built bundle for other targets. --format ort (mobile apps): every graph converted to ORT
+    format by onnxruntime's own tool, plus required_operators.config for a reduced onnxruntime build.
+    --activations fp16 (GPU/NPU providers): float16 compute, measured against the source bundle. Both record
+    onnxruntime's mobile usability verdicts (how much NNAPI and CoreML could take); `pgexport inspect` shows them.
 
-    The packaged bundle answers exactly as the bundle it came from; both runtimes load it unchanged.
+    An fp32 ORT package answers exactly as the bundle it came from; both runtimes load every variant unchanged.
     """
     from pgexport.package import package as run_package
 
-    path = run_package(bundle, out, fmt, force=force, mobile_check=not no_mobile_check,
+    path = run_package(bundle, out, fmt, force=force, mobile_check=not no_mobile_check, activations=activations,
                        progress=lambda name: click.echo(f"  {name}", err=True))
     click.echo(f"wrote {path} ({_size(path)})")
     from pgexport_runtime.describe import package_lines

@@ -1,14 +1,24 @@
-"""`pgexport package`: a built bundle -> a mobile bundle in onnxruntime's ORT format.
+"""`pgexport package`: a built bundle -> a variant for other targets: onnxruntime's ORT format (mobile), and/or
+float16 activations (GPU and NPU execution providers).
 
 Each graph is converted by onnxruntime's own tool (onnxruntime.tools.convert_onnx_models_to_ort), which also
 writes required_operators.config, the operator list for a reduced onnxruntime build (`--include_ops_by_config`).
 The optimizations baked in are those of level "extended" (fixed style): level "all" would add the layout
-transforms of the machine that converts (x86's NCHWc), which an ARM phone's onnxruntime does not have.
+transforms of the machine that converts (x86's NCHWc), which an ARM phone's onnxruntime does not have. With
+float16 activations, level "basic": at "extended" onnxruntime 1.32's fusions left the fp16 decoder writing a
+float16 present where its declared output is float32 (the run failed; measured on the demo model).
 Before conversion, onnxruntime's mobile usability checker estimates for each graph how much NNAPI and CoreML
 could take (nodes, partitions, and its YES/MAYBE/NO, as the graph is and with fixed shapes); the manifest
 records it under `package.mobile`. The new bundle has the same tokenizer, geometry and runtime contract, so the
 Python and JavaScript runtimes load it unchanged; like a build, it is written to a temporary directory and
 renamed into place.
+
+float16 activations: onnxruntime's float16 converter (onnxruntime.transformers.float16) on every graph, with
+the graph inputs and outputs kept float32 (the runtime's buffers, the KV cache included, do not change; casts
+sit at the edges). Float weights become float16; 4- and 8-bit block weights stay as they are, their scales
+float16. Dynamic-int8 islands (DynamicQuantizeLinear -> MatMulInteger -> rescale) stay float32: their
+operators take float32 only. benchmarks/activation_range.py measures how far a model's activations stay below
+float16's 65504 (the demo model: 228.8 at the most, 286x below).
 """
 
 from __future__ import annotations
@@ -27,17 +37,24 @@ from pgexport_runtime.manifest import MANIFEST, load_manifest, sha256_file
 from .bundle import BundleWriter
 from .files import write_errors
 
-FORMATS = ("ort",)
+FORMATS = ("onnx", "ort")
+ACTIVATIONS = ("fp32", "fp16")
+_INT8_OPS = ("DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 OPERATORS_CONFIG = "required_operators.config"
-LEVEL = "extended"  # see the module docstring
+LEVEL = {"fp32": "extended", "fp16": "basic"}  # see the module docstring
 
 
 def package(bundle: Path, out: Path, fmt: str = "ort", force: bool = False, mobile_check: bool = True,
-            progress=None) -> Path:
+            progress=None, activations: str = "fp32") -> Path:
     """Convert `bundle` into a new bundle at `out`; -> out."""
     step = progress or (lambda name: None)
     if fmt not in FORMATS:
         raise UserError(f"unknown package format {fmt!r} (known: {', '.join(FORMATS)})")
+    if activations not in ACTIVATIONS:
+        raise UserError(f"unknown activation type {activations!r} (known: {', '.join(ACTIVATIONS)})")
+    if fmt == "onnx" and activations == "fp32":
+        raise UserError("--format onnx with float32 activations is the bundle itself: ask for --format ort, "
+                        "--activations fp16, or both")
     m = load_manifest(bundle)  # every sha256 checked: what is converted is what was built
     if m.record.package is not None:
         raise UserError(f"{bundle} is already a packaged ({m.record.package.get('format')}) bundle; package the "
@@ -55,27 +72,57 @@ def package(bundle: Path, out: Path, fmt: str = "ort", force: bool = False, mobi
             for name, entry in m.graphs.items():
                 for f in (entry.file, *entry.data_files):
                     shutil.copyfile(m.path(f), stage / f)
+                if activations == "fp16":
+                    step(f"float16 {name}")
+                    data = _to_float16(stage / entry.file)
+                    entry = replace(entry, precision="fp16" if entry.precision == "fp32" else entry.precision,
+                                    data_files=data)
                 if mobile_check:
                     step(f"check {name} for mobile EPs")
                     mobile[name] = mobile_verdicts(stage / entry.file)
-                step(f"convert {name}")
-                ort_file = _convert(stage / entry.file, writer.tmp)
-                graphs[name] = replace(entry, file=ort_file, data_files=())
-            _operators_config(stage, writer.tmp)
+                if fmt == "ort":
+                    step(f"convert {name}")
+                    graphs[name] = replace(entry, file=_convert(stage / entry.file, writer.tmp, LEVEL[activations]),
+                                           data_files=())
+                else:
+                    for f in (entry.file, *entry.data_files):
+                        shutil.move(str(stage / f), writer.path(f))
+                    graphs[name] = entry
+            if fmt == "ort":
+                _operators_config(stage, writer.tmp)
             shutil.rmtree(stage)
             step("write manifest")
             import onnxruntime
 
-            record = replace(m.record, package={
-                "format": fmt, "optimization": f"fixed, level {LEVEL}", "operators_config": OPERATORS_CONFIG,
-                "from_manifest_sha256": sha256_file(m.path(MANIFEST)), "onnxruntime": onnxruntime.__version__,
-                "mobile": mobile})
-            packaged = replace(m, graphs=graphs, record=record)
+            info = {"format": fmt, "activations": activations, "from_manifest_sha256": sha256_file(m.path(MANIFEST)),
+                    "onnxruntime": onnxruntime.__version__, "mobile": mobile}
+            if fmt == "ort":
+                info |= {"optimization": f"fixed, level {LEVEL[activations]}", "operators_config": OPERATORS_CONFIG}
+            packaged = replace(m, graphs=graphs, record=replace(m.record, package=info))
+            if activations == "fp16":  # the variant against the bundle it came from, on generated test cards
+                writer.write_manifest(packaged.to_dict(), final=False)
+                step("measure against the source bundle")
+                info["accuracy_vs_source"] = measure(bundle, writer, m.geometry.image_size)
             writer.write_manifest(packaged.to_dict(), final=True)
             return writer.commit()
 
 
-def _convert(onnx_path: Path, out_dir: Path) -> str:
+def measure(source: Path, writer: BundleWriter, image_size: int, samples: int = 8, tokens: int = 16) -> dict:
+    """Sequence / token agreement, top-1 and mean KL of the variant being written against its source bundle
+    (pgexport/agreement.py's measures, as the accuracy gate reports them)."""
+    from pgexport_runtime import PaliGemma
+
+    from .parity import parity_image
+    from .quant import gate
+    from .quant.samples import PROMPTS
+
+    cards = [(parity_image(image_size, seed=9000 + i), PROMPTS[i % len(PROMPTS)]) for i in range(samples)]
+    ref = gate.bundle_reference(PaliGemma(source, verify=False), cards, tokens)
+    got = PaliGemma(writer.tmp, verify=False, manifest_file=writer.partial_name)
+    return gate.evaluate(got, ref, tokens)
+
+
+def _convert(onnx_path: Path, out_dir: Path, level: str) -> str:
     """One graph -> <name>.ort in out_dir (the tool writes next to its input; the .ort is moved)."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
@@ -86,7 +133,7 @@ def _convert(onnx_path: Path, out_dir: Path) -> str:
             shutil.move(str(f), work / f.name)
     logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)  # the tool logs each config it writes
     saved = os.environ.get("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL")
-    os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = LEVEL
+    os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = level
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the tool prints a line per model
             convert_onnx_models_to_ort(work, output_dir=work, optimization_styles=[OptimizationStyle.Fixed],
@@ -106,6 +153,47 @@ def _convert(onnx_path: Path, out_dir: Path) -> str:
         shutil.move(str(config), onnx_path.parent / f"{onnx_path.stem}.config")
     shutil.rmtree(work)
     return target
+
+
+def _to_float16(path: Path) -> tuple[str, ...]:
+    """One graph file rewritten with float16 activations (inputs and outputs float32); -> its data files."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    from .export.onnx_export import EXTERNAL_DATA_THRESHOLD
+
+    model = onnx.load(str(path))
+    for f in path.parent.glob(path.name + ".*"):
+        f.unlink()
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST,
+                                     node_block_list=_int8_islands(model.graph), disable_shape_infer=True)
+    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if model.ByteSize() >= 0 else True
+    onnx.save(model, str(path), save_as_external_data=external, location=path.name + ".data")
+    return (path.name + ".data",) if external else ()
+
+
+def _int8_islands(graph) -> list[str]:
+    """The nodes of onnxruntime's dynamic int8 pattern, which take float32 only: DynamicQuantizeLinear and
+    MatMulInteger (or their fused forms), the Mul of the two scales, the Cast of the int32 product and the Mul
+    that rescales it."""
+    names, scales, products = set(), set(), set()
+    for n in graph.node:
+        if n.op_type in _INT8_OPS:
+            names.add(n.name)
+            if n.op_type == "DynamicQuantizeLinear":
+                scales.add(n.output[1])
+            if n.op_type == "MatMulInteger":
+                products.add(n.output[0])
+    casts = set()
+    for n in graph.node:
+        if n.op_type == "Mul" and scales & set(n.input):
+            names.add(n.name)
+            scales.add(n.output[0])
+        if n.op_type == "Cast" and products & set(n.input):
+            names.add(n.name)
+            casts.add(n.output[0])
+    names |= {n.name for n in graph.node if n.op_type == "Mul" and casts & set(n.input)}
+    return sorted(names)
 
 
 def _operators_config(stage: Path, out_dir: Path) -> None:

@@ -54,6 +54,19 @@ def torch_reference(model, source_dir, g: Geometry, samples, max_new_tokens: int
     return GateReference(samples, greedy, logprobs)
 
 
+def bundle_reference(pg, samples, max_new_tokens: int) -> GateReference:
+    """A loaded bundle as the reference (a packaged variant against the bundle it came from): its greedy
+    tokens, and its log-probabilities scored on them."""
+    eos = pg.geometry.eos_token_id
+    greedy, logprobs = [], []
+    for image, prompt in samples:
+        tokens = until_eos(pg(image, prompt, max_new_tokens=max_new_tokens).tokens, eos)
+        prefix = np.array([pg.tokenizer.prefix_ids(prompt)], dtype=np.int64)
+        greedy.append(tokens)
+        logprobs.append(decoder.score(pg.graphs, pg.geometry, prefix, pg.image_embeddings([image]), tokens))
+    return GateReference(list(samples), greedy, logprobs)
+
+
 def evaluate(pg, ref: GateReference, max_new_tokens: int) -> dict:
     """Compare a loaded bundle (pgexport_runtime.PaliGemma) with the reference (pgexport/agreement.py's measures)."""
     eos = pg.geometry.eos_token_id

@@ -44,8 +44,13 @@ MOBILE_EPS = {"nnapi": "NNAPI", "coreml_nn": "CoreML NeuralNetwork", "coreml_mlp
 def package_lines(package: dict) -> list[str]:
     """`pgexport package`: the format, the reduced-build operator list, and onnxruntime's mobile usability checker
     per execution provider and graph (supported nodes / nodes, partitions, its verdict as is and with fixed shapes)."""
-    lines = [f"package  {package['format']} ({package.get('optimization')}), operators for a reduced onnxruntime "
-             f"build: {package.get('operators_config')}"]
+    what = f"{package['format']}, {package.get('activations', 'fp32')} activations"
+    if package.get("operators_config"):
+        what += f" ({package.get('optimization')}); operators for a reduced build: {package['operators_config']}"
+    lines = [f"package  {what}"]
+    acc = package.get("accuracy_vs_source")
+    if acc:
+        lines.append("  vs the bundle it came from: " + accuracy_line(acc))
     mobile = package.get("mobile") or {}
     for ep, label in MOBILE_EPS.items():
         parts = []
