@@ -1,14 +1,17 @@
 #!/usr/bin/env node
 // The Node command line, mirroring `pgexport run`:
-//   node runtimes/web/cli.js BUNDLE --image PATH --prompt TEXT [--json] [--max-new-tokens N] [--backend node|wasm]
+//   node runtimes/web/cli.js BUNDLE --image PATH --prompt TEXT [--prompt TEXT...] [--json] [--max-new-tokens N]
+//     [--backend node|wasm]
+// Several --prompt: one image, the prompts answered in order, the image encoded once (the image cache); with --json
+// one object per line and prompt, else a `[prompt]` line before each answer (pgexport_runtime/cli.py run_and_print).
 // Every bound is checked before the bundle loads; a mistake is one line on stderr and exit status 2.
 
 import { parseArgs } from 'node:util';
 import { UserError, answerToJson, decodeImage, loadBundle, sampling } from './src/node.js';
 import { checkRequest } from './src/limits.js';
 
-const USAGE = 'usage: cli.js BUNDLE --image PATH --prompt TEXT [--json] [--max-new-tokens N] [--backend node|wasm] ' +
-  '[--threads N] [--stop TEXT] [--sample --temperature T --top-k K --top-p P --seed S]';
+const USAGE = 'usage: cli.js BUNDLE --image PATH --prompt TEXT [--prompt TEXT...] [--json] [--max-new-tokens N] ' +
+  '[--backend node|wasm] [--threads N] [--stop TEXT] [--sample --temperature T --top-k K --top-p P --seed S]';
 
 function integer(value, name) {
   if (value === undefined) return null;
@@ -29,7 +32,7 @@ function parse(argv) {
     parsed = parseArgs({
       args: argv, allowPositionals: true, strict: true,
       options: {
-        image: { type: 'string' }, prompt: { type: 'string' }, json: { type: 'boolean', default: false },
+        image: { type: 'string' }, prompt: { type: 'string', multiple: true }, json: { type: 'boolean', default: false },
         'max-new-tokens': { type: 'string' }, backend: { type: 'string', default: 'node' },
         threads: { type: 'string' }, stop: { type: 'string', multiple: true, default: [] },
         sample: { type: 'boolean', default: false }, temperature: { type: 'string' }, 'top-k': { type: 'string' },
@@ -45,7 +48,7 @@ function parse(argv) {
   if (v.image === undefined || v.prompt === undefined) throw new UserError(`--image and --prompt are required (${USAGE})`);
   const seed = v.seed === undefined ? null : /^\d+$/.test(v.seed) ? BigInt(v.seed) : v.seed;
   return {
-    bundle: positionals[0], image: v.image, prompt: v.prompt, json: v.json, backend: v.backend, stop: v.stop,
+    bundle: positionals[0], image: v.image, prompts: v.prompt, json: v.json, backend: v.backend, stop: v.stop,
     maxNewTokens: integer(v['max-new-tokens'], '--max-new-tokens'), threads: integer(v.threads, '--threads') ?? 0,
     sampling: sampling({
       doSample: v.sample, temperature: number(v.temperature, '--temperature', 1.0),
@@ -60,24 +63,32 @@ async function main(argv) {
     console.log(USAGE);
     return 0;
   }
-  checkRequest([a.prompt], a.maxNewTokens, a.stop);
+  checkRequest(a.prompts, a.maxNewTokens, a.stop);
   if (a.threads < 0 || a.threads > 256) throw new UserError(`--threads ${a.threads} is out of range (0..256)`);
   const image = await decodeImage(a.image);
   const pg = await loadBundle(a.bundle, { backend: a.backend, threads: a.threads });
-  const answer = await pg.answer(image, a.prompt, { maxNewTokens: a.maxNewTokens, sampling: a.sampling, stopStrings: a.stop });
-  if (a.json) {
-    console.log(JSON.stringify(answerToJson(answer)));
-  } else {
-    for (const w of answer.warnings) console.error(`warning: ${w}`);
-    console.log(answer.text);
-    for (const o of [...answer.detections, ...answer.segments]) {
-      const [x0, y0, x1, y1] = o.box.map((v) => v.toFixed(0));
-      const area = o.mask ? `, mask ${o.mask.reduce((n, m) => n + m, 0)} px` : '';
-      console.log(`  ${o.label}: box (${x0}, ${y0}) - (${x1}, ${y1}) px${area}`);
-    }
+  const options = { maxNewTokens: a.maxNewTokens, sampling: a.sampling, stopStrings: a.stop };
+  for (const prompt of a.prompts) {
+    if (a.prompts.length > 1 && !a.json) console.log(`[${prompt}]`);
+    printAnswer(await pg.answer(image, prompt, options), a.json);
   }
   await pg.release();
   return 0;
+}
+
+/** One answer as `pgexport run` prints it (describe.answer_lines): JSON on one line, or text, boxes, warnings. */
+function printAnswer(answer, json) {
+  if (json) {
+    console.log(JSON.stringify(answerToJson(answer)));
+    return;
+  }
+  for (const w of answer.warnings) console.error(`warning: ${w}`);
+  console.log(answer.text);
+  for (const o of [...answer.detections, ...answer.segments]) {
+    const [x0, y0, x1, y1] = o.box.map((v) => v.toFixed(0));
+    const area = o.mask ? `, mask ${o.mask.reduce((n, m) => n + m, 0)} px` : '';
+    console.log(`  ${o.label}: box (${x0}, ${y0}) - (${x1}, ${y1}) px${area}`);
+  }
 }
 
 main(process.argv.slice(2)).then((code) => {

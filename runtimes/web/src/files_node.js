@@ -8,6 +8,11 @@ import path from 'node:path';
 import { BundleError } from './errors.js';
 import { fileName } from './fields.js';
 
+/** The hex sha256 of some bytes (the image cache's key, image_cache.js). */
+export async function sha256Hex(bytes) {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
 /** @returns {import('./manifest.js').BundleFiles & {path(name: string): string}} */
 export async function nodeFiles(dir) {
   const root = path.resolve(String(dir));

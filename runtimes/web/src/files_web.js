@@ -4,6 +4,12 @@
 import { BundleError } from './errors.js';
 import { fileName } from './fields.js';
 
+/** The hex sha256 of some bytes, with SubtleCrypto (a secure context: https or localhost). */
+export async function sha256Hex(bytes) {
+  const digest = await crypto.subtle.digest('SHA-256', bytes);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
 /** @returns {import('./manifest.js').BundleFiles & {forget(name: string): void}} */
 export function webFiles(baseUrl, { fetchFn = globalThis.fetch } = {}) {
   const base = new URL(baseUrl.endsWith('/') ? baseUrl : `${baseUrl}/`, globalThis.location?.href);
@@ -28,10 +34,7 @@ export function webFiles(baseUrl, { fetchFn = globalThis.fetch } = {}) {
     where: base.href.replace(/\/$/, ''),
     read,
     size: async (name) => (await read(name)).byteLength,
-    sha256: async (name) => {
-      const digest = await crypto.subtle.digest('SHA-256', await read(name));
-      return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
-    },
+    sha256: async (name) => sha256Hex(await read(name)),
     forget: (name) => cache.delete(name),
   };
 }

@@ -1,6 +1,7 @@
 // The Node entry point: a bundle directory, onnxruntime-node (native CPU) or onnxruntime-web (WASM) in Node.
 
-import { nodeFiles } from './files_node.js';
+import { nodeFiles, sha256Hex } from './files_node.js';
+import { DEFAULT_MAX_BYTES } from './image_cache.js';
 import { PaliGemma } from './pipeline.js';
 import { UserError } from './errors.js';
 
@@ -12,20 +13,22 @@ export { BundleError, LimitError, UserError } from './errors.js';
 
 /**
  * @param {string} bundle a bundle directory
- * @param {{backend?: 'node'|'wasm', threads?: number, verify?: boolean}} [options]
+ * @param {{backend?: 'node'|'wasm', threads?: number, verify?: boolean, imageCacheBytes?: number}} [options]
+ *   imageCacheBytes bounds the image-feature cache (image_cache.js; default 64 MiB, 0 turns it off)
  */
-export async function loadBundle(bundle, { backend = 'node', threads = 0, verify = true } = {}) {
+export async function loadBundle(bundle, { backend = 'node', threads = 0, verify = true, imageCacheBytes = DEFAULT_MAX_BYTES } = {}) {
+  const cache = { imageCacheBytes, sha256: sha256Hex };
   if (backend === 'node') {
     const ort = await onnxruntime('node');
     const sessionOptions = threads ? { intraOpNumThreads: threads } : {};
-    return PaliGemma.load({ ort, files: await nodeFiles(bundle), sessionOptions, verify });
+    return PaliGemma.load({ ort, files: await nodeFiles(bundle), sessionOptions, verify, ...cache });
   }
   if (backend === 'wasm') {
     const ort = await onnxruntime('wasm');
     if (threads) ort.env.wasm.numThreads = threads;
     const files = await nodeFiles(bundle);
     delete files.path; // the WASM backend reads no files itself: hand it the bytes
-    return PaliGemma.load({ ort, files, sessionOptions: { executionProviders: ['wasm'] }, kvMode: 'handoff', verify });
+    return PaliGemma.load({ ort, files, sessionOptions: { executionProviders: ['wasm'] }, kvMode: 'handoff', verify, ...cache });
   }
   throw new UserError(`unknown backend ${backend} (use node or wasm)`);
 }

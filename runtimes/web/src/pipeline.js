@@ -6,6 +6,7 @@ import * as io from './io_names.js';
 import * as limits from './limits.js';
 import { UserError } from './errors.js';
 import { encodeImage, generate } from './generate.js';
+import { DEFAULT_MAX_BYTES, ImageCache } from './image_cache.js';
 import { loadManifest } from './manifest.js';
 import { MaskDecoder } from './masks.js';
 import { preprocess } from './preprocess.js';
@@ -25,8 +26,17 @@ export class PaliGemma {
    * @param {'preallocated'|'handoff'} [o.kvMode] how the KV cache is kept (kv_cache.js): preallocated on
    *   onnxruntime-node, handoff on onnxruntime-web
    * @param {boolean} [o.gpu] keep the KV cache on the GPU (WebGPU; implies handoff)
+   * @param {number} [o.imageCacheBytes] bounds the image-feature cache (image_cache.js; 0 turns it off): several
+   *   prompts about one image, in one call or in several, pay for the vision encoder once
+   * @param {(bytes: Uint8Array) => Promise<string>} [o.sha256] the cache's hash (files_node.js / files_web.js
+   *   sha256Hex); needed when the cache is on
    */
-  static async load({ ort, files, sessionOptions = {}, kvMode = 'preallocated', gpu = false, verify = true }) {
+  static async load({ ort, files, sessionOptions = {}, kvMode = 'preallocated', gpu = false, verify = true,
+    imageCacheBytes = DEFAULT_MAX_BYTES, sha256 = null }) {
+    if (!Number.isSafeInteger(imageCacheBytes) || imageCacheBytes < 0) {
+      throw new UserError(`imageCacheBytes must be a non-negative integer, not ${imageCacheBytes}`);
+    }
+    const imageCache = imageCacheBytes ? new ImageCache(sha256, imageCacheBytes) : null;
     const manifest = await loadManifest(files, { verify });
     const g = manifest.geometry;
     const t = manifest.tokenizer;
@@ -48,17 +58,28 @@ export class PaliGemma {
       kvMode: gpu ? 'handoff' : kvMode,
     };
     const maskDecoder = manifest.graphs.mask_decoder ? new MaskDecoder(ort, await session('mask_decoder')) : null;
-    return new PaliGemma(ort, manifest, tokenizer, graphs, maskDecoder);
+    return new PaliGemma(ort, manifest, tokenizer, graphs, maskDecoder, imageCache);
   }
 
-  constructor(ort, manifest, tokenizer, graphs, maskDecoder) {
-    Object.assign(this, { ort, manifest, tokenizer, graphs, maskDecoder, geometry: manifest.geometry });
+  constructor(ort, manifest, tokenizer, graphs, maskDecoder, imageCache = null) {
+    Object.assign(this, { ort, manifest, tokenizer, graphs, maskDecoder, imageCache, geometry: manifest.geometry });
     this.timings = {}; // the last generation's stages, in ms
   }
 
   /** Decoded images -> pixel_values {data, dims}. */
   pixelValues(images) {
     return preprocess(images, this.manifest.preprocessing);
+  }
+
+  /** Decoded images -> image embeddings [B, N, D] (flat); with the image cache on, each distinct image is encoded once. */
+  async imageEmbeddings(images) {
+    return this.embeddingsOf(this.pixelValues(images));
+  }
+
+  /** pixel_values -> image embeddings, through the image cache when it is on. */
+  embeddingsOf(pixels) {
+    if (this.imageCache === null) return encodeImage(this.ort, this.graphs, pixels);
+    return this.imageCache.embeddings(pixels, (p) => encodeImage(this.ort, this.graphs, p));
   }
 
   /**
@@ -83,7 +104,7 @@ export class PaliGemma {
     const t = { start: now() };
     const pixels = this.pixelValues(images);
     t.preprocessed = now();
-    const embeds = await encodeImage(this.ort, this.graphs, pixels);
+    const embeds = await this.embeddingsOf(pixels);
     t.encoded = now();
     const texts = prompts.map(() => '');
     const streamed = prompts.map(() => []);
