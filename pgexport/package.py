@@ -165,11 +165,38 @@ def _to_float16(path: Path) -> tuple[str, ...]:
     model = onnx.load(str(path))
     for f in path.parent.glob(path.name + ".*"):
         f.unlink()
+    # float32, or untyped (an output of a contrib op written by our rewrites): every bundle output is float32
+    float_outputs = [o.name for o in model.graph.output
+                     if o.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.UNDEFINED)]
     model = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST,
                                      node_block_list=_int8_islands(model.graph), disable_shape_infer=True)
+    _keep_float32_outputs(model, float_outputs)
     external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if model.ByteSize() >= 0 else True
     onnx.save(model, str(path), save_as_external_data=external, location=path.name + ".data")
     return (path.name + ".data",) if external else ()
+
+
+def _keep_float32_outputs(model, names: list[str]) -> None:
+    """The converter casts an output back to float32 only when it knows the output's type; an output made by a
+    contrib operator it has no shape inference for (MatMulNBits: the int4 lm_head's logits) comes out float16.
+    Give every such output a Cast to float32, so the runtime's float32 buffers still fit."""
+    import onnx
+
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for out in model.graph.output:
+        if out.name not in names:
+            continue
+        node = producers.get(out.name)
+        is_cast = node is not None and node.op_type == "Cast" and any(
+            a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)
+        if node is not None and not is_cast:
+            inner = out.name + "_fp16"
+            node.output[list(node.output).index(out.name)] = inner
+            for consumer in model.graph.node:
+                consumer.input[:] = [inner if i == out.name else i for i in consumer.input]
+            model.graph.node.append(onnx.helper.make_node("Cast", [inner], [out.name], to=onnx.TensorProto.FLOAT,
+                                                          name=f"{inner}_to_float32"))
+        out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
 
 
 def _int8_islands(graph) -> list[str]:

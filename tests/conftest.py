@@ -67,7 +67,20 @@ def bundles(tmp_path_factory) -> dict:
             for name in ("tiny-pg1", "tiny-pg2")}
 
 
-PROGRESS: dict[str, list[str]] = {}  # the steps each `bundles` build reported, in order (tests/test_plan.py)
+PROGRESS: dict[str, list[str]] = {}
+
+
+@pytest.fixture(scope="session")
+def demo_bundles(tmp_path_factory) -> dict:
+    """fp32 and int4 bundles of the demo model, built once (parity and the gate are other tests' business)."""
+    from pathlib import Path
+
+    from pgexport.build import BuildOptions, build
+
+    model = Path(__file__).resolve().parents[1] / "models" / "pg-demo"
+    root = tmp_path_factory.mktemp("demo-bundles")
+    return {q: build(BuildOptions(model=str(model), out=root / q, quant=q, skip_parity=True, gate_samples=0))
+            for q in ("fp32", "int4")}  # the steps each `bundles` build reported, in order (tests/test_plan.py)
 
 
 @pytest.fixture(scope="session")

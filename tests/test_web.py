@@ -59,16 +59,6 @@ def node_modules() -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo_bundles(tmp_path_factory) -> dict[str, Path]:
-    """fp32 and int4 bundles of the demo model (parity and the accuracy gate are other tests' business)."""
-    from pgexport.build import BuildOptions, build
-
-    root = tmp_path_factory.mktemp("web-bundles")
-    return {q: build(BuildOptions(model=str(MODEL_DIR), out=root / q, quant=q, skip_parity=True, gate_samples=0))
-            for q in ("fp32", "int4")}
-
-
-@pytest.fixture(scope="module")
 def vectors(demo_bundles, tmp_path_factory) -> Path:
     sys.path.insert(0, str(Path(__file__).parent / "web"))
     try:
