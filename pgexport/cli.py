@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import sys
@@ -68,7 +67,7 @@ def _interrupt(signum, frame):
               help="JSONL of {\"image\": path, \"prompt\": text} for GPTQ (default: generated samples).")
 @click.option("--max-memory", type=click.FloatRange(min=0.01), default=None, metavar="GB",
               help="Refuse, before anything starts, a build whose estimated peak memory is larger "
-                   "(default: warn when it is larger than this machine's memory).")
+                   "(default: this machine's memory; see --dry-run for the estimate).")
 @click.option("--dry-run", is_flag=True, help="Print the steps, memory, disk and time the build will need; build nothing.")
 def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens, mask_decoder, quant,
           min_agreement, gate_samples, calibration, max_memory, dry_run):
@@ -87,16 +86,12 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
                         tolerance=Tolerance(relative=tolerance), skip_parity=skip_parity, max_new_tokens=max_new_tokens,
                         mask_decoder=mask_decoder, quant=quant, min_agreement=min_agreement,
                         gate_samples=gate_samples, calibration=calibration, max_memory=max_memory)
-    plan = Plan.of(opts)  # user errors (source, recipe, --max-memory) before anything starts
     if dry_run:
+        plan = Plan.of(opts, check_memory=False)  # the figures, whether or not they fit
         for line in plan.estimate.lines():
             click.echo(line)
         click.echo("steps       " + ", ".join(s.name for s in steps(plan)))
         return
-    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if max_memory is None and plan.estimate.peak_rss_bytes > machine:
-        click.echo(f"warning: this build needs about {plan.estimate.peak_rss_bytes / 1e9:.1f} GB of memory and this "
-                   f"machine has {machine / 1e9:.1f} GB; it may be killed (see --dry-run)", err=True)
     bars: list = []  # created at the first step, so that an early user error prints no empty bar
     progress = _step_bar(bars, planned_steps(opts))
     try:

@@ -37,7 +37,8 @@ class BuildOptions:
     gate_samples: int = 16
     gate_tokens: int = 32
     calibration: Path | None = None  # JSONL of {"image", "prompt"} for GPTQ; default: generated samples
-    max_memory: float | None = None  # GB: refuse a build whose estimated peak memory is larger
+    max_memory: float | None = None  # GB: refuse a build whose estimated peak memory is larger (default: this
+    # machine's physical memory)
 
     def to_json(self) -> dict:
         """For the child process: paths as strings, the tolerance as its fields."""
@@ -68,8 +69,9 @@ class Plan:
     estimate: Estimate | None = None  # memory, disk and time the build will need (estimate.py)
 
     @classmethod
-    def of(cls, opts: BuildOptions) -> "Plan":
-        """Resolve the source and recipe (user errors surface here, before any step starts)."""
+    def of(cls, opts: BuildOptions, check_memory: bool = True) -> "Plan":
+        """Resolve the source and recipe, and (check_memory) hold the estimate against the memory budget: user
+        errors surface here, before any step starts."""
         from . import sources
         from .export import mask_decoder
         from .quant.recipes import resolve_recipe
@@ -84,14 +86,26 @@ class Plan:
         quantize = not recipe.is_identity
         mask = mask_decoder.find_weights(source.directory if source.kind != "preset" else None, opts.mask_decoder)
         need = estimate(sources.load_geometry(source), recipe)
-        if opts.max_memory is not None and need.peak_rss_bytes > opts.max_memory * 1e9:
+        budget = opts.max_memory * 1e9 if opts.max_memory is not None else machine_memory()
+        if check_memory and need.peak_rss_bytes > budget:
+            over = (f"--max-memory {opts.max_memory:g} GB" if opts.max_memory is not None else
+                    f"this machine's {budget / 1e9:.1f} GB (--max-memory raises the limit)")
             raise UserError(f"this build needs about {need.peak_rss_bytes / 1e9:.1f} GB of memory (estimated for "
-                            f"{need.total_parameters / 1e9:.2f} B parameters; see --dry-run), more than --max-memory "
-                            f"{opts.max_memory:g} GB: a build holds the float32 model, so use a machine with more "
-                            "memory")
+                            f"{need.total_parameters / 1e9:.2f} B parameters; see --dry-run), more than {over}: "
+                            "a build holds the float32 model, so use a machine with more memory")
         return cls(opts, parity=not opts.skip_parity, gate=quantize and opts.gate_samples > 0,
                    adapter=source.adapter is not None, calibrate=recipe.needs_calibration, quantize=quantize,
                    mask_weights=mask, estimate=need)
+
+
+def machine_memory() -> float:
+    """Physical memory in bytes (the default --max-memory)."""
+    import os
+
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: no default budget
+        return float("inf")
 
 
 @dataclass(frozen=True)
