@@ -222,7 +222,7 @@ def inspect(bundle, as_json, no_verify):
               help="Where the default model's bundle is built (reused on later runs).")
 @click.option("--rebuild", is_flag=True, help="Build the bundle again even if it exists.")
 def demo(out, rebuild):
-    """Build the embedded default model (first run only) and answer generated sample images with it,
+    """Build the embedded default model (first run only) and answer held-out sample images with it,
     offline: the two-minute tour of what pgexport does."""
     from pgexport.build import BuildOptions, ParityError, planned_steps
     from pgexport.files import write_errors
