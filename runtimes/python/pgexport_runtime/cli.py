@@ -46,11 +46,11 @@ def run_prompts(bundle, image, prompts: list[str], *, max_new_tokens: int | None
     for i, prompt in enumerate(prompts):
         result = pg.answer(img, prompt, max_new_tokens=max_new_tokens, stop_strings=stop, on_token=on_token,
                            sampling=sampling or Sampling())
+        if overlay is not None:  # (one prompt) written before anything is printed: a failure is the only line
+            save_overlay(img, result, overlay)
         results.append(result)
         if on_answer is not None:
             on_answer(i, result)
-    if overlay is not None:
-        save_overlay(img, results[0], overlay)
     return results
 
 
