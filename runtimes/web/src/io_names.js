@@ -1,17 +1,24 @@
 // The graph input/output names (pgexport_runtime/io_names.py; optimum / transformers.js naming).
 
-export const PIXEL_VALUES = 'pixel_values';
-export const VISION_FEATURES = 'vision_features';
-export const IMAGE_EMBEDS = 'image_embeds';
-export const INPUT_IDS = 'input_ids';
-export const DECODER_IMAGE_EMBEDS = 'image_embeds';
-export const ATTENTION_MASK = 'attention_mask';
-export const POSITION_IDS = 'position_ids';
-export const TOKEN_TYPE_IDS = 'token_type_ids';
-export const LOGITS_INDEX = 'logits_index';
-export const LOGITS = 'logits';
-export const SEG_CODES = 'seg_codes';
-export const MASKS = 'masks';
+// vision encoder
+export const PIXEL_VALUES = 'pixel_values'; // [batch, 3, height, width] float32, SigLIP-normalised
+export const VISION_FEATURES = 'vision_features'; // [batch, num_image_tokens, vision_hidden]
+
+// projector
+export const IMAGE_EMBEDS = 'image_embeds'; // [batch, num_image_tokens, text_hidden]
+
+// decoder-with-past
+export const INPUT_IDS = 'input_ids'; // [batch, seq] int64; <image> placeholders are filled from image_embeds
+export const DECODER_IMAGE_EMBEDS = 'image_embeds'; // [batch, num_image_tokens or 0, text_hidden]
+export const ATTENTION_MASK = 'attention_mask'; // [batch, past + seq] int64, 1 = real token, 0 = padding
+export const POSITION_IDS = 'position_ids'; // [batch, seq] int64, 1-based for PaliGemma
+export const TOKEN_TYPE_IDS = 'token_type_ids'; // [batch, seq] int64, 0 = prefix (bidirectional), 1 = suffix
+export const LOGITS_INDEX = 'logits_index'; // [batch, k] int64: positions within seq whose logits are computed
+export const LOGITS = 'logits'; // [batch, k, vocab] float32
+
+// mask decoder (optional graph)
+export const SEG_CODES = 'seg_codes'; // [batch, 16] int64
+export const MASKS = 'masks'; // [batch, 64, 64] float32, > 0 is the object
 
 export const pastKey = (i) => `past_key_values.${i}.key`;
 export const pastValue = (i) => `past_key_values.${i}.value`;
