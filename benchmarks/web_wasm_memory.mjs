@@ -28,7 +28,7 @@ const say = (step, fields) => console.log(JSON.stringify({ step, ...fields }));
 
 async function inNode(bundle) {
   const ort = await (await import('../runtimes/web/src/node.js')).onnxruntime('wasm');
-  const { nodeFiles } = await import('../runtimes/web/src/files_node.js');
+  const { nodeFiles, sha256Hex } = await import('../runtimes/web/src/files_node.js');
   const { loadManifest } = await import('../runtimes/web/src/manifest.js');
   const { createSession } = await import('../runtimes/web/src/session.js');
   const { PaliGemma } = await import('../runtimes/web/src/pipeline.js');
@@ -53,7 +53,8 @@ async function inNode(bundle) {
   t = performance.now();
   let pg;
   try {
-    pg = await PaliGemma.load({ ort, files, sessionOptions: { executionProviders: ['wasm'] }, kvMode: 'handoff', verify: false });
+    pg = await PaliGemma.load({ ort, files, sessionOptions: { executionProviders: ['wasm'] }, kvMode: 'handoff', verify: false,
+      sha256: sha256Hex });
     say('load all graphs together', { ok: true, ms: Math.round(performance.now() - t), ...memory() });
   } catch (e) {
     say('load all graphs together', { ok: false, error: String(e.message).split('\n')[0], ...memory() });
