@@ -222,8 +222,9 @@ def inspect(bundle, as_json, no_verify):
               help="Where the default model's bundle is built (reused on later runs).")
 @click.option("--rebuild", is_flag=True, help="Build the bundle again even if it exists.")
 def demo(out, rebuild):
-    """Build the embedded default model (first run only) and answer held-out sample images with it,
-    offline: the two-minute tour of what pgexport does."""
+    """Build the embedded default model (first run only), answer one held-out sample image per task with the
+    bundle and with transformers, and show whether their tokens are the same: the two-minute tour of what
+    pgexport does and proves, offline. Detect and segment answers are drawn into overlay PNGs."""
     from pgexport.build import BuildOptions, ParityError, planned_steps
     from pgexport.files import write_errors
     from pgexport.quickstart import run_demo
@@ -239,9 +240,16 @@ def demo(out, rebuild):
             bar.close()
     click.echo(f"bundle: {bundle}")
     for a in answers:
-        click.echo(f"\n{a.image}\n  prompt:   {a.prompt}\n  answer:   {a.answer}")
-        if a.expected is not None:
-            click.echo(f"  expected: {a.expected}")
+        q = a.question
+        click.echo(f"\n[{q.task or 'sample'}] {q.image}\n  prompt:       {q.prompt}")
+        if q.expected is not None:
+            click.echo(f"  ground truth: {q.expected}")
+        click.echo(f"  transformers: {a.reference}\n  bundle:       {a.answer}")
+        click.echo(f"  tokens:       {'the same' if a.same_tokens else 'DIFFERENT'}")
+        if a.overlay is not None:
+            click.echo(f"  overlay:      {a.overlay}")
+    same = sum(a.same_tokens for a in answers)
+    click.echo(f"\nbundle = transformers on {same}/{len(answers)}")
 
 
 @cli.command()

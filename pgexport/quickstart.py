@@ -1,4 +1,5 @@
-"""`pgexport demo`: build the default model into a bundle (once) and answer held-out sample images with it."""
+"""`pgexport demo`: build the default model into a bundle (once), answer one held-out sample image per task
+with it and with transformers, and show whether the bundle's tokens are transformers' tokens."""
 
 from __future__ import annotations
 
@@ -8,17 +9,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import heldout, sources
-from .files import atomic_path
 from .build import BuildOptions, build
+from .files import atomic_path
 
 
-
-@dataclass
-class DemoAnswer:
+@dataclass(frozen=True)
+class Question:
+    task: str | None
     image: Path
     prompt: str
-    answer: str
     expected: str | None
+    max_new_tokens: int | None
+
+
+@dataclass(frozen=True)
+class DemoAnswer:
+    question: Question
+    answer: str  # the bundle's
+    reference: str  # transformers'
+    same_tokens: bool
+    overlay: Path | None  # detect / segment: the bundle's answer drawn on the image
 
 
 def ensure_bundle(out: Path, progress=None, rebuild: bool = False) -> Path:
@@ -32,7 +42,7 @@ def ensure_bundle(out: Path, progress=None, rebuild: bool = False) -> Path:
     return build(BuildOptions(model=model, out=out, force=out.exists()), progress)
 
 
-def sample_questions(folder: Path) -> list[tuple[Path, str, str | None]]:
+def sample_questions(folder: Path) -> list[Question]:
     """One held-out image per task (the demo model's set, split "demo") with its prompt and ground truth,
     copied into `folder` for the user to look at (a plain test card before the demo model exists)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -42,21 +52,55 @@ def sample_questions(folder: Path) -> list[tuple[Path, str, str | None]]:
         path = folder / "sample.png"
         with atomic_path(path) as tmp:
             parity_image(224).save(tmp)
-        return [(path, "caption en", None), (path, "detect circle", None)]
+        return [Question(None, path, "caption en", None, None), Question(None, path, "detect circle", None, None)]
     questions = []
     for row in heldout.read(heldout.DEMO_SET, "demo", what="demo"):
         path = folder / f"sample-{row.task}.png"
         with atomic_path(path) as tmp:
             shutil.copyfile(row.image, tmp)
-        questions.append((path, row.prompt, row.answer))
+        questions.append(Question(row.task, path, row.prompt, row.answer, row.max_new_tokens))
     return questions
+
+
+def reference_tokens(model: str, questions: list[Question], max_new_tokens: int) -> list[list[int]]:
+    """transformers' greedy tokens (fp32) for each question, through the bench's PyTorch reference engine."""
+    import numpy as np
+
+    from .bench.torch_engine import TorchEngine
+
+    engine = TorchEngine(model, "fp32", threads=0, exact_weights=True)
+    out = []
+    for q in questions:
+        from PIL import Image
+
+        with Image.open(q.image) as im:
+            pixels, ids = engine.preprocess(im.convert("RGB"), q.prompt)
+        n = q.max_new_tokens or max_new_tokens
+        token = int(np.argmax(engine.prefill(ids, engine.project(engine.vision(pixels)), ids.shape[1] + n)))
+        tokens = [token]
+        while len(tokens) < n and token not in engine.eos_ids:
+            token = int(np.argmax(engine.decode(token)))
+            tokens.append(token)
+        out.append([t for t in tokens if t not in engine.eos_ids])
+    return out
 
 
 def run_demo(out: Path, progress=None, rebuild: bool = False) -> tuple[Path, list[DemoAnswer]]:
     from pgexport_runtime import PaliGemma
+    from pgexport_runtime.overlay import save_overlay
 
     bundle = ensure_bundle(out, progress, rebuild)
     questions = sample_questions(out.parent / f"{out.name}-samples")
     pg = PaliGemma(bundle)
-    results = pg.generate([p for p, _, _ in questions], [q for _, q, _ in questions])
-    return bundle, [DemoAnswer(p, q, r.text, exp) for (p, q, exp), r in zip(questions, results)]
+    default_new = pg.manifest.generation.max_new_tokens
+    ours = [pg.answer(q.image, q.prompt, max_new_tokens=q.max_new_tokens or default_new) for q in questions]
+    refs = reference_tokens(sources.default_model(), questions, default_new)
+    results = []
+    for q, a, ref in zip(questions, ours, refs):
+        overlay = None
+        if a.detections or a.segments:
+            overlay = q.image.with_name(q.image.stem + "-overlay.png")
+            save_overlay(pg.images([q.image])[0], a, overlay)
+        got = [t for t in a.tokens if t not in pg.eos_ids]
+        results.append(DemoAnswer(q, a.text, pg.tokenizer.decode(ref), got == ref, overlay))
+    return bundle, results

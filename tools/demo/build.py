@@ -113,10 +113,12 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_model_dir(model, out: Path) -> None:
-    """Write config.json + model.safetensors (fp32) into `out` (tokenizer files must be there already)."""
+def save_model_dir(model, out: Path, shard_mb: int = 0) -> None:
+    """Write config.json + model.safetensors (fp32) into `out` (tokenizer files must be there already);
+    with shard_mb, transformers' sharded layout (model-0000k-of-0000n.safetensors + index)."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
+    kw = {"max_shard_size": f"{shard_mb}MB"} if shard_mb else {}
+    model.save_pretrained(str(out), safe_serialization=True, **kw)
 
 
 def main() -> None:

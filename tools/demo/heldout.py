@@ -5,7 +5,7 @@
 - eval: 20 examples per task from the evaluation seed (what `pgexport bench` scores on the demo model)
 - gate: 20 examples from the evaluation seed, in an index range the evaluation does not use (the accuracy gate)
 - calibration: 35 examples from their own seed (GPTQ)
-- demo: one caption, VQA, OCR and detect example (`pgexport demo`)
+- demo: one caption, VQA, OCR, detect and segment example, each its own scene (`pgexport demo`)
 
 Each split interleaves the tasks, so any prefix of it covers all of them. Rows are described in
 pgexport/heldout.py; boxes are written (x0, y0, x1, y1), the runtime's convention, and segment rows carry
@@ -28,7 +28,7 @@ CALIBRATION_SEED = 3
 GATE_OFFSET = 500_000
 DEMO_SEED = 20261123  # not a training or eval seed of the demo model
 SPLITS = {"eval": 20, "gate": 20, "calibration": 35}  # rows per split (eval: per task)
-DEMO_TASKS = ("caption", "vqa", "ocr", "detect")
+DEMO_TASKS = tuple(generator.TASKS)
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "pg-demo"
 
 
@@ -47,7 +47,8 @@ def examples(model_dir: Path = MODEL_DIR) -> dict[str, list[generator.Example]]:
     return {"eval": interleaved(evaluate.EVAL_SEED, SPLITS["eval"] * len(generator.TASKS), 0, encode),
             "gate": interleaved(evaluate.EVAL_SEED, SPLITS["gate"], GATE_OFFSET, encode),
             "calibration": interleaved(CALIBRATION_SEED, SPLITS["calibration"], 0, encode),
-            "demo": [generator.make_example(DEMO_SEED, 0, task=t) for t in DEMO_TASKS]}
+            "demo": [generator.make_example(DEMO_SEED, k, task=t, encode_masks=encode)
+                     for k, t in enumerate(DEMO_TASKS)]}
 
 
 def xy(box) -> list[float]:

@@ -8,7 +8,10 @@
   tests/test_demo_model.py checks the equivalence with the processor.
 - checkpoints: {model, optimizer, scheduler, step, RNG} to --ckpt every --save-min minutes (atomic),
   plus the current weights exported to --model-dir (safetensors) each time; --resume continues from it.
-- --bf16 runs forward/backward under CPU bf16 autocast (fp32 master weights).
+- --bf16 runs forward/backward under bf16 autocast (fp32 master weights).
+- --device cuda trains on a GPU; --workers N generates batches in N processes (in order, so the run is the same
+  examples as with 0 workers); --replay R adds R steps per fresh batch on batches drawn from the last 64, for
+  when generation and not the model is the bottleneck; --init-from DIR starts from a model directory's weights.
 - --aux-weight (default 1): the dense per-patch loss of `aux.py` on the vision tower's output, added to the
   language loss. Without it the tower stayed blind to positions within the budget (see the model card).
 """
@@ -83,6 +86,25 @@ class Batcher:
         return self.collate([self.example(start + j) for j in range(size)], aux=aux)
 
 
+class BatchStream(torch.utils.data.IterableDataset):
+    """Training batches start, start+size, ... of the training seed; with DataLoader workers, worker w makes
+    batches w, w+N, ... and the DataLoader yields them in order (the same stream as without workers)."""
+
+    def __init__(self, data: Batcher, start: int, size: int, aux: bool):
+        self.data, self.start, self.size, self.aux = data, start, size, aux
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        k, step = (0, 1) if info is None else (info.id, info.num_workers)
+        while True:
+            yield self.data.batch(self.start + k * self.size, self.size, aux=self.aux)
+            k += step
+
+
+def _to(batch: dict, device: str) -> dict:
+    return {k: (_to(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True)) for k, v in batch.items()}
+
+
 class VisionTap:
     """Keeps the vision tower's last output of each forward pass (for the auxiliary patch loss)."""
 
@@ -153,15 +175,15 @@ def save_checkpoint(path: Path, model, opt, step: int, train_time: float, seen: 
     os.replace(tmp, path)
 
 
-def export(model, model_dir: Path) -> None:
-    build.save_model_dir(model, model_dir)
+def export(model, model_dir: Path, shard_mb: int = 0) -> None:
+    build.save_model_dir(model, model_dir, shard_mb)
 
 
 @torch.no_grad()
-def probe(model, batch: dict, bf16: bool) -> dict[str, float]:
+def probe(model, batch: dict, bf16: bool, device: str = "cpu") -> dict[str, float]:
     """Teacher-forced suffix token accuracy on a fixed held-out batch (cheap progress signal)."""
     model.eval()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         out = model(**batch)
     model.train()
     logits = out.logits[:, :-1]
@@ -196,6 +218,15 @@ def main() -> None:
     ap.add_argument("--pos2d-scale", type=float, default=4.0,
                     help="scale of the features added by --add-pos2d-on-resume (match the patch-embedding variation)")
     ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--workers", type=int, default=0, help="processes generating batches (0: in the training loop)")
+    ap.add_argument("--replay", type=int, default=0,
+                    help="extra steps per fresh batch, on batches drawn from the last 64 (data-bound runs)")
+    ap.add_argument("--init-from", default=None,
+                    help="start from this model directory's weights (a fresh optimizer; not with --resume)")
+    ap.add_argument("--export-dir", default=None, help="where the weights are exported (default: --model-dir)")
+    ap.add_argument("--shard-mb", type=int, default=0,
+                    help="export the weights in safetensors shards of at most this many MB (0: one file)")
     ap.add_argument("--aux-weight", type=float, default=1.0,
                     help="weight of the dense per-patch loss on the vision tower (tools/demo/aux.py); 0 = off")
     ap.add_argument("--task-weights", default=None,
@@ -214,9 +245,16 @@ def main() -> None:
 
     data = Batcher(model_dir, Path(args.vq_dir or model_dir), task_weights=parse_task_weights(args.task_weights))
     model = build.init_model(build.make_config(), seed=args.seed, pos2d=not args.no_pos2d)
+    if args.init_from:  # transformers reads the weights (any of the layouts it writes)
+        from transformers import PaliGemmaForConditionalGeneration
+
+        model = PaliGemmaForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
+        print(f"initialised from {args.init_from}", flush=True)
+    dev = args.device
+    model.to(dev)
     model.train()
     use_aux = args.aux_weight > 0
-    head = PatchHead(model.config.vision_config.hidden_size) if use_aux else None
+    head = PatchHead(model.config.vision_config.hidden_size).to(dev) if use_aux else None
     tap = VisionTap(model) if use_aux else None
     named = list(model.named_parameters()) + (list(head.named_parameters(prefix="aux")) if use_aux else [])
     decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
@@ -249,21 +287,30 @@ def main() -> None:
     probe_data = Batcher.__new__(Batcher)
     probe_data.__dict__.update(data.__dict__)
     probe_data.seed = EVAL_SEED
-    probe_batch = probe_data.collate([probe_data.example(100_000 + i) for i in range(48)])
+    probe_batch = _to(probe_data.collate([probe_data.example(100_000 + i) for i in range(48)]), dev)
+    stream = iter(torch.utils.data.DataLoader(BatchStream(data, seen, args.batch, use_aux), batch_size=None,
+                                              num_workers=args.workers, prefetch_factor=4 if args.workers else None,
+                                              pin_memory=dev != "cpu"))
+    replay: list[dict] = []
+    replay_rng = random.Random(args.seed)
 
     t_save = time.time()
     run_t0, run_step0 = time.time(), step
     loss_ema = None
     while progress(step, args.steps, train_time, args.budget_min) < 1.0:
         t0 = time.time()
-        batch = data.batch(seen, args.batch, aux=use_aux)
+        if args.replay and replay and (step % (args.replay + 1)):
+            batch = dict(replay_rng.choice(replay))
+        else:
+            batch = _to(next(stream), dev)
+            seen += args.batch
+            replay = (replay + [dict(batch)])[-64:]
         aux_t = batch.pop("aux", None)
-        seen += args.batch
         prog = progress(step, args.steps, train_time, args.budget_min)
         lr = lr_at(step, prog, args.lr, args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=args.bf16):
             out = model(**batch)
         loss = lm_loss = out.loss
         if use_aux:
@@ -286,8 +333,8 @@ def main() -> None:
         if time.time() - t_save >= args.save_min * 60 or done:
             save_checkpoint(ckpt, model, opt, step, train_time, seen, pos2d_added, head)
             if not args.no_export:
-                export(model, model_dir)
-            pr = probe(model, probe_batch, args.bf16)
+                export(model, Path(args.export_dir or model_dir), args.shard_mb)
+            pr = probe(model, probe_batch, args.bf16, dev)
             print(f"[ckpt] step {step} saved; held-out probe loss {pr['loss']:.4f} tok-acc {pr['tok_acc']:.4f} "
                   f"({train_time / 60:.1f} min trained)", flush=True)
             t_save = time.time()
