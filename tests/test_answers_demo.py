@@ -109,8 +109,8 @@ def test_answers_equal_the_pytorch_reference(cases, task):
 
 
 def test_iou_with_ground_truth(cases):
-    """Box and mask IoU of the bundle's answers equal the PyTorch reference's; when the reference clears
-    75% of the demo's quality bars, so must the bundle (skipped while the model is still training)."""
+    """Box and mask IoU of the bundle's answers equal the PyTorch reference's, and clear the demo model's
+    quality bars (detect mean matched IoU >= 0.75, segment mean mask IoU >= 0.6)."""
     exs, ours, ref = cases["detect"]
     rows = [metrics.detection_scores([(o.kind, evaluate.xy(o.box)) for o in e.targets], a.detections)
             for e, a in zip(exs, ours)]
@@ -127,11 +127,10 @@ def test_iou_with_ground_truth(cases):
     ref_miou = evaluate.score("segment", exs, ref, decode_fn=cases["vq"].decode_np)["segment_miou"]
     assert np.mean(mious) == pytest.approx(ref_miou, abs=0.01)
 
-    bars = {"detect_miou": box_iou, "segment_miou": float(np.mean(mious))}
-    ref_failed = evaluate.check_bars({"detect_miou": ref_box_iou, "segment_miou": ref_miou}, looseness=0.75)
-    if ref_failed:
-        pytest.skip(f"demo model below its bars in PyTorch too (still training?): {ref_failed}")
-    assert not evaluate.check_bars(bars, looseness=0.75), bars
+    # the quality bars of the demo model (its card: 0.897 and 0.878 on 200 items of a fresh seed); on these 8
+    # items the bundle must clear them as PyTorch does
+    assert not evaluate.check_bars({"detect_miou": box_iou, "segment_miou": float(np.mean(mious))}), \
+        (box_iou, float(np.mean(mious)))
 
 
 def test_cli_json_and_overlay(bundle, tmp_path, capsys):

@@ -1,7 +1,10 @@
 """Write models/pg-demo/README.md (the model card) from an evaluation JSON and training facts.
 
-    python -m tools.demo.card --model models/pg-demo --eval /work/pgdemo-ckpt/eval.json \
-        --train-steps 3500 --train-minutes 105 --notes notes.md
+    python -m tools.demo.card --model models/pg-demo --eval models/pg-demo/eval.json \
+        --training training.md --notes notes.md
+
+The eval JSON is `tools.demo.evaluate --json` on the card's seed, with the CI seed's 50-sample block ("ci50")
+and numbers ("eval_seed") merged in; training.md says how this checkpoint was trained.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from . import build, evaluate, generator
+from . import build, evaluate
 
 
 def fmt_row(name: str, key: str, res: dict, pct: bool = True) -> str:
@@ -24,7 +27,7 @@ def fmt_row(name: str, key: str, res: dict, pct: bool = True) -> str:
     return f"| {name} | {show(v)} | {op} {show(bar)} | {'met' if ok else 'NOT met'} |"
 
 
-def render(model_dir: Path, res: dict, steps: int, minutes: float, batch: int, notes: str) -> str:
+def render(model_dir: Path, res: dict, training: str, notes: str) -> str:
     from transformers import PaliGemmaConfig
 
     cfg = PaliGemmaConfig.from_pretrained(str(model_dir))
@@ -105,22 +108,23 @@ Loc binning (`pgexport_runtime/answers.py`): `bin = clip(round(coord / size * 10
 
 ## Training
 
-`python -m tools.demo.vqvae` (VQ-VAE, 1200 steps, ~4 min) then `python -m tools.demo.train`:
-PyTorch on CPU, HF's prefix-LM loss (image + `<bos>` + prefix + `\\n` bidirectional and unlabelled, suffix +
-`<eos>` causal and labelled), AdamW (peak lr 1.5e-3, betas 0.9/0.98, wd 0.01, warm-up 150 steps, cosine to 5 %
-on a time budget), batch {batch}, examples generated on the fly from training seed 1 (task mix caption 15 %,
-VQA 25 %, OCR 15 %, detect 20 %, segment 25 %). The `<loc>` embeddings start as smooth sinusoidal features of
-the bin index and the SigLIP position embeddings as 2D sinusoidal features of the patch centre (both stay
-learnable). A dense auxiliary loss (`tools/demo/aux.py`, weight 1) supervises the vision tower directly: a
-linear head on its output predicts, for every patch, the colour, kind and box of the object under it, whether it
-holds an object's centre, the background colour, and which characters of the text lie in it. The head is
-training-only; the checkpoint is a plain PaliGemma. This checkpoint: {steps} steps ({steps * batch:,} examples), {minutes:.0f} min of fp32 training on
-2 CPU cores.
+`python -m tools.demo.vqvae` (VQ-VAE, 1200 steps, ~4 min) then `python -m tools.demo.train`: HF's prefix-LM
+loss (image + `<bos>` + prefix + `\\n` bidirectional and unlabelled, suffix + `<eos>` causal and labelled), AdamW
+(betas 0.9/0.98, wd 0.01, linear warm-up, cosine to 5 % of the peak on a time budget), examples generated on the
+fly from training seed 1. The `<loc>` embeddings start as smooth sinusoidal features of the bin index and the
+SigLIP position embeddings as 2D sinusoidal features of the patch centre (both stay learnable). A dense auxiliary
+loss (`tools/demo/aux.py`, weight 1) supervises the vision tower directly: a linear head on its output predicts,
+for every patch, the colour, kind and box of the object under it, whether it holds an object's centre, the
+background colour, and which characters of the text lie in it. The head is training-only; the checkpoint is a
+plain PaliGemma.
+
+{training}
 
 ## Held-out evaluation
 
-`python -m tools.demo.evaluate --model models/pg-demo --n {n}`: {n} samples per task from held-out seed 2,
-greedy decoding with `model.generate` (transformers, fp32).
+`python -m tools.demo.evaluate --model models/pg-demo --n {n} --seed {res.get("seed", evaluate.EVAL_SEED)}`: {n} samples per
+task from a seed never used in training or in choosing the model, greedy decoding with `model.generate`
+(transformers, fp32).
 
 | metric | measured | bar | |
 |---|---|---|---|
@@ -136,15 +140,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="models/pg-demo")
     ap.add_argument("--eval", required=True)
-    ap.add_argument("--train-steps", type=int, required=True)
-    ap.add_argument("--train-minutes", type=float, required=True)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--training", required=True, help="markdown file: how this checkpoint was trained")
     ap.add_argument("--notes", default=None, help="markdown file appended to the card")
     args = ap.parse_args()
     model_dir = Path(args.model)
     res = json.loads(Path(args.eval).read_text())
     notes = Path(args.notes).read_text() if args.notes else ""
-    (model_dir / "README.md").write_text(render(model_dir, res, args.train_steps, args.train_minutes, args.batch, notes))
+    (model_dir / "README.md").write_text(render(model_dir, res, Path(args.training).read_text().strip(), notes))
     print((model_dir / "README.md").read_text())
 
 
