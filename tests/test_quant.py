@@ -348,9 +348,11 @@ def test_bundle_check_refuses_a_graph_whose_data_file_is_missing(tmp_path):
 
 
 def test_int8_dynamic_linear_equals_an_independent_emulation(tmp_path):
-    """The int8-dynamic recipe's linears (onnxruntime's quantize_dynamic, per-channel int8 weights) against a
+    """The int8-dynamic recipe's linears (onnxruntime's quantize_dynamic, per-channel uint8 weights) against a
     numpy emulation of what that kernel computes: activations per tensor to uint8 (DynamicQuantizeLinear's
-    scale and zero point), weights per output channel to symmetric int8, an integer product, one rescale."""
+    scale and zero point), weights per output channel to asymmetric uint8, an exact integer product, one
+    rescale. Exact on every CPU: with int8 weights, x86 without VNNI would saturate pairs of products in
+    int16 (VPMADDUBSW), which is why the recipes use uint8 weights; this input would reach that limit."""
     import onnx_ir as ir
     import onnxruntime as ort
 
@@ -371,22 +373,23 @@ def test_int8_dynamic_linear_equals_an_independent_emulation(tmp_path):
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "MatMul" not in ops and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
 
+    weights = [t for t in onnx.load(str(path)).graph.initializer if t.data_type in (onnx.TensorProto.UINT8,
+                                                                                      onnx.TensorProto.INT8)]
+    assert weights and all(t.data_type == onnx.TensorProto.UINT8 for t in weights)
+
     xs = rng.normal(0, 1, (3, 96)).astype(np.float32)
     (got,) = ort.InferenceSession(str(path)).run(None, {"x": xs})
     lo, hi = min(0.0, float(xs.min())), max(0.0, float(xs.max()))
     sx = np.float32((hi - lo) / 255)
     zp = int(np.clip(np.rint(-lo / sx), 0, 255))
     xq = np.clip(np.rint(xs / sx) + zp, 0, 255).astype(np.int64)
-    sw = (np.abs(w).max(axis=0) / 127).astype(np.float32)
-    wq = np.clip(np.rint(w / sw), -127, 127).astype(np.int64)
-    exact = ((xq - zp) @ wq).astype(np.float32) * (sx * sw)
-    # x86 without VNNI multiplies uint8 x int8 with VPMADDUBSW, which sums adjacent products in int16 and
-    # saturates (onnxruntime's quantization docs); VNNI (and the reference maths) do not
-    pairs = xq[:, 0::2, None] * wq[None, 0::2] + xq[:, 1::2, None] * wq[None, 1::2]
-    saturated = (np.clip(pairs, -32768, 32767).sum(1) - zp * wq.sum(0)).astype(np.float32) * (sx * sw)
-    assert (np.abs(pairs) > 32767).any()  # this input does reach the int16 limit
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    vnni = " avx512_vnni" in flags or " avx_vnni" in flags
-    want = saturated if ("avx2" in flags and not vnni) else exact
+    wlo, whi = np.minimum(w.min(axis=0), 0), np.maximum(w.max(axis=0), 0)
+    sw = ((whi - wlo) / 255).astype(np.float32)
+    wz = np.clip(np.rint(-wlo / sw), 0, 255).astype(np.int64)
+    wq = np.clip(np.rint(w / sw) + wz, 0, 255).astype(np.int64)
+    want = ((xq - zp) @ (wq - wz)).astype(np.float32) * (sx * sw)
+    # the same magnitudes as int8 weights would have: their pair sums pass int16's limit on this input
+    ws = np.clip(np.rint(w / (np.abs(w).max(axis=0) / 127)), -127, 127).astype(np.int64)
+    assert (np.abs(xq[:, 0::2, None] * ws[None, 0::2] + xq[:, 1::2, None] * ws[None, 1::2]) > 32767).any()
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     assert np.abs(got - xs @ w).max() > 1e-4 * np.abs(xs @ w).max()  # it is quantized, not the float product

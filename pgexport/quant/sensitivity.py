@@ -38,9 +38,12 @@ def _quantize(w: torch.Tensor, x: torch.Tensor, kind: str, block: int, symmetric
     """W [N, K] quantized as the recipe would; None for float kinds."""
     if kind in ("fp32", "fp16"):
         return w.to(torch.float16).to(torch.float32) if kind == "fp16" else None
-    if kind == "int8":  # dynamic int8: per-output-channel symmetric weights (activations are dynamic)
-        scale = w.abs().amax(dim=1, keepdim=True) / 127
-        return torch.round(w / torch.where(scale == 0, 1, scale)).clamp(-127, 127) * scale
+    if kind == "int8":  # dynamic 8-bit: per-output-channel asymmetric uint8 weights (activations are dynamic)
+        lo, hi = w.amin(dim=1, keepdim=True).clamp(max=0), w.amax(dim=1, keepdim=True).clamp(min=0)
+        scale = (hi - lo) / 255
+        scale = torch.where(scale == 0, 1, scale)
+        zero = torch.round(-lo / scale).clamp(0, 255)
+        return (torch.round(w / scale + zero).clamp(0, 255) - zero) * scale
     if kind == "int4-gptq":
         return gptq_quantize(w, 2 * x.T @ x / x.shape[0], block)[2]
     bits = {"int8-wo": 8, "int4": 4}[kind]

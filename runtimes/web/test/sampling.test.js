@@ -39,7 +39,8 @@ test('round2 is Python round(v, 2) (ties to even on the exact value)', () => {
 test('sampled generation: same seed same tokens, another seed other tokens', async () => {
   const v = vectors();
   const pg = await loadBundle(v.bundles.fp32);
-  const item = v.items.find((i) => i.task === 'caption');
+  // OCR: the demo model's least certain task (its captions are near-certain even at temperature 1.5)
+  const item = v.items.find((i) => i.task === 'ocr');
   const image = await decodeImage(v.path(item.image));
   const draw = async (seed) => (await pg.generate([image], [item.prompt], {
     maxNewTokens: 24, sampling: sampling({ doSample: true, temperature: 1.5, seed }),
