@@ -160,14 +160,15 @@ def test_lora_adapter_builds_and_matches_the_peft_model(root, images, family):
 def test_int4_build_of_base_plus_adapter_is_gated_against_the_peft_model(root):
     """The gate's reference is the peft model: the agreement a build records is what the bundle reaches
     against peft's greedy answers, not against the base model's. On the trained demo model (int4 of the tiny
-    random presets agrees on almost nothing), with an adapter that changes most of its answers."""
+    random presets agrees on almost nothing), with an adapter that changes half of its answers and keeps it
+    confident (a larger random LoRA, scale 1.0, turns the model to noise: int4 then agrees on nothing)."""
     from peft import PeftModel
 
     from pgexport import sources
     from pgexport.quant import samples
 
     base = sources.DEMO_MODEL
-    adapter = save_lora_adapter(base, root / "demo-lora", r".*language_model.*\.(q_proj|v_proj)", 11, scale=1.0)
+    adapter = save_lora_adapter(base, root / "demo-lora", r".*language_model.*\.(q_proj|v_proj)", 11, scale=0.5)
     n_samples, n_tokens = 8, 12
     out = build(BuildOptions(model=str(base), adapter=adapter, out=root / "demo-lora-int4", quant="int4",
                              gate_samples=n_samples, gate_tokens=n_tokens, parity_tokens=4, min_agreement=MIN))
@@ -187,4 +188,4 @@ def test_int4_build_of_base_plus_adapter_is_gated_against_the_peft_model(root):
     assert agree(vs_peft) >= MIN > agree(vs_base)
 
 
-MIN = 0.25  # measured: 0.5 against peft, 0.0 against the base (AMD EPYC, AVX2)
+MIN = 0.75  # measured: 0.875 against peft, 0.5 against the base (AMD EPYC, AVX2; one sample of margin each way)
