@@ -65,14 +65,13 @@ def sample_questions(folder: Path) -> list[Question]:
 def reference_tokens(model: str, questions: list[Question], max_new_tokens: int) -> list[list[int]]:
     """transformers' greedy tokens (fp32) for each question, through the bench's PyTorch reference engine."""
     import numpy as np
+    from PIL import Image
 
     from .bench.torch_engine import TorchEngine
 
     engine = TorchEngine(model, "fp32", threads=0, exact_weights=True)
     out = []
     for q in questions:
-        from PIL import Image
-
         with Image.open(q.image) as im:
             pixels, ids = engine.preprocess(im.convert("RGB"), q.prompt)
         n = q.max_new_tokens or max_new_tokens

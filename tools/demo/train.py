@@ -244,12 +244,13 @@ def main() -> None:
     ckpt = ckpt_dir / "last.pt"
 
     data = Batcher(model_dir, Path(args.vq_dir or model_dir), task_weights=parse_task_weights(args.task_weights))
-    model = build.init_model(build.make_config(), seed=args.seed, pos2d=not args.no_pos2d)
     if args.init_from:  # transformers reads the weights (any of the layouts it writes)
         from transformers import PaliGemmaForConditionalGeneration
 
         model = PaliGemmaForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
         print(f"initialised from {args.init_from}", flush=True)
+    else:
+        model = build.init_model(build.make_config(), seed=args.seed, pos2d=not args.no_pos2d)
     dev = args.device
     model.to(dev)
     model.train()
