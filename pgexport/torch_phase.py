@@ -77,7 +77,7 @@ class _Phase:
                 "gate reference": self.gate_reference, "merge adapter": self.merge_adapter, "GPTQ": self.gptq,
                 "export vision encoder": lambda: graphs.export_vision_encoder(self.model, g, out),
                 "export projector": lambda: graphs.export_projector(self.model, g, out),
-                "export decoder": lambda: graphs.export_decoder(self.model, g, out)}
+                "export decoder": self.export_decoder}
 
     @property
     def reference(self):
@@ -107,6 +107,12 @@ class _Phase:
                                     self.opts.gate_tokens)
         np.savez(self.work_dir / "gate.npz", **{f"lp{i}": lp for i, lp in enumerate(gref.logprobs)})
         (self.work_dir / "gate.json").write_text(json.dumps({"greedy": gref.greedy}))
+
+    def export_decoder(self) -> None:
+        from .export import graphs
+        from .weights import ModuleWeights
+
+        graphs.export_decoder(self.model.config, ModuleWeights(self.model), self.geometry, self.out_dir)
 
     def merge_adapter(self) -> None:
         from . import adapters

@@ -50,7 +50,7 @@ class DecoderWithPast(nn.Module):
         presents = []
         for i, layer in enumerate(self.layers):
             bias = sliding_bias if g.sliding_layers[i] else full_bias
-            hidden, k, v = self._layer(layer, hidden, cos, sin, bias, past[2 * i], past[2 * i + 1])
+            hidden, k, v = run_layer(g, layer, hidden, cos, sin, bias, past[2 * i], past[2 * i + 1])
             presents += [k, v]
 
         hidden = self.norm(hidden)
@@ -103,42 +103,43 @@ class DecoderWithPast(nn.Module):
         sliding = torch.where(((causal & in_window)[None] | block) & keep, zero, minval).unsqueeze(1)
         return full, sliding
 
-    def _layer(self, layer, hidden, cos, sin, bias, past_k, past_v):
-        g = self.g
-        residual = hidden
-        x = layer.input_layernorm(hidden)
-        attn_out, k, v = self._attention(layer.self_attn, x, cos, sin, bias, past_k, past_v)
-        if g.family == "paligemma2":
-            hidden = residual + layer.post_attention_layernorm(attn_out)
-            hidden = hidden + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
-        else:
-            hidden = residual + attn_out
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return hidden, k, v
 
-    def _attention(self, attn, x, cos, sin, bias, past_k, past_v):
-        g = self.g
-        b, s, _ = x.shape
-        q = attn.q_proj(x).view(b, s, g.num_heads, g.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, s, g.num_kv_heads, g.head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(b, s, g.num_kv_heads, g.head_dim).transpose(1, 2)
-        q, k = _apply_rope(q, k, cos, sin)
-        k = torch.cat([past_k, k], dim=2)  # present = past + this call's keys
-        v = torch.cat([past_v, v], dim=2)
-        # Grouped-query attention without repeating K/V per query head: the query heads that share a KV head
-        # (consecutive, as repeat_interleave would pair them) are stacked along the sequence axis, so one
-        # MatMul per KV head reads the cache once. Repeating it (an Expand in the graph) copied the whole
-        # cache every decode step: 7 of 106 ms per token at 3B.
-        groups = g.num_heads // g.num_kv_heads
-        total = k.shape[2]
-        qg = q.reshape(b, g.num_kv_heads, groups * s, g.head_dim)
-        scores = torch.matmul(qg, k.transpose(2, 3)).view(b, g.num_heads, s, total) * g.attn_scale
-        if g.attn_softcap is not None:
-            scores = torch.tanh(scores / g.attn_softcap) * g.attn_softcap
-        probs = torch.softmax(scores + bias, dim=-1)
-        out = torch.matmul(probs.view(b, g.num_kv_heads, groups * s, total), v)
-        out = out.view(b, g.num_heads, s, g.head_dim).transpose(1, 2).reshape(b, s, g.num_heads * g.head_dim)
-        return attn.o_proj(out), k, v
+def run_layer(g: Geometry, layer, hidden, cos, sin, bias, past_k, past_v):
+    """One decoder layer on plain tensors: (hidden, present key, present value)."""
+    residual = hidden
+    x = layer.input_layernorm(hidden)
+    attn_out, k, v = _attention(g, layer.self_attn, x, cos, sin, bias, past_k, past_v)
+    if g.family == "paligemma2":
+        hidden = residual + layer.post_attention_layernorm(attn_out)
+        hidden = hidden + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
+    else:
+        hidden = residual + attn_out
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return hidden, k, v
+
+
+def _attention(g: Geometry, attn, x, cos, sin, bias, past_k, past_v):
+    b, s, _ = x.shape
+    q = attn.q_proj(x).view(b, s, g.num_heads, g.head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(b, s, g.num_kv_heads, g.head_dim).transpose(1, 2)
+    v = attn.v_proj(x).view(b, s, g.num_kv_heads, g.head_dim).transpose(1, 2)
+    q, k = _apply_rope(q, k, cos, sin)
+    k = torch.cat([past_k, k], dim=2)  # present = past + this call's keys
+    v = torch.cat([past_v, v], dim=2)
+    # Grouped-query attention without repeating K/V per query head: the query heads that share a KV head
+    # (consecutive, as repeat_interleave would pair them) are stacked along the sequence axis, so one
+    # MatMul per KV head reads the cache once. Repeating it (an Expand in the graph) copied the whole
+    # cache every decode step: 7 of 106 ms per token at 3B.
+    groups = g.num_heads // g.num_kv_heads
+    total = k.shape[2]
+    qg = q.reshape(b, g.num_kv_heads, groups * s, g.head_dim)
+    scores = torch.matmul(qg, k.transpose(2, 3)).view(b, g.num_heads, s, total) * g.attn_scale
+    if g.attn_softcap is not None:
+        scores = torch.tanh(scores / g.attn_softcap) * g.attn_softcap
+    probs = torch.softmax(scores + bias, dim=-1)
+    out = torch.matmul(probs.view(b, g.num_kv_heads, groups * s, total), v)
+    out = out.view(b, g.num_heads, s, g.head_dim).transpose(1, 2).reshape(b, s, g.num_heads * g.head_dim)
+    return attn.o_proj(out), k, v
 
 
 def _apply_rope(q, k, cos, sin):

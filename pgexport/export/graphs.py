@@ -31,10 +31,16 @@ def export_projector(model, g: Geometry, out_dir: Path) -> None:
                  projector.OUTPUT_NAMES, projector.DYNAMIC_SHAPES, param_bytes(m))
 
 
-def export_decoder(model, g: Geometry, out_dir: Path) -> None:
+def export_decoder(config, weights, g: Geometry, out_dir: Path) -> None:
+    """The decoder, exported from the architecture alone (`config`, parameters on the meta device), its
+    weights read one at a time from `weights` (pgexport.weights) as the file is written: the largest graph
+    is never held whole, in torch or in ONNX."""
+    from ..weights import meta_model
+
+    model = meta_model(config)
     m = decoder.DecoderWithPast(model, g)
     export_graph(m, decoder.sample_inputs(g), out_dir / FILES["decoder"], decoder.input_names(g),
-                 decoder.output_names(g), decoder.dynamic_shapes(g), param_bytes(m))
+                 decoder.output_names(g), decoder.dynamic_shapes(g), param_bytes(m), weights=(weights, model))
 
 
 def export_mask_decoder(m: mask_decoder.MaskDecoder, out_dir: Path) -> None:

@@ -7,8 +7,11 @@ import warnings
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import torch
 
+from ..weights import parameter_names
+from . import bind
 from .fusions import fuse_for_ort
 
 OPSET = 18
@@ -16,31 +19,46 @@ EXTERNAL_DATA_THRESHOLD = 1 << 30  # past 1 GiB of weights, write a .data file (
 
 
 def export_graph(module, args, path: Path, input_names, output_names, dynamic_shapes, param_bytes: int,
-                 fuse: bool = True) -> dict[str, int]:
+                 fuse: bool = True, weights=None) -> dict[str, int]:
     """Export `module(*args)` to `path` with named inputs/outputs and named dynamic axes; with `fuse`, apply
-    onnxruntime's operator fusions (`fusions.fuse_for_ort`) first. Returns the fusion counts."""
+    onnxruntime's operator fusions (`fusions.fuse_for_ort`) first. Returns the fusion counts.
+
+    weights: None for a module with real parameters; or (source, model) for a module whose parameters are on
+    the meta device (part of `model`, a `weights.meta_model`), its weights then read from `source`
+    (`pgexport.weights`) one tensor at a time as the file is written (`bind`)."""
     module.eval()
     external = param_bytes > EXTERNAL_DATA_THRESHOLD
     with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,
-            args,
+            bind.to_meta(args) if weights is not None else args,
             input_names=input_names,
             output_names=output_names,
             dynamic_shapes=dynamic_shapes,
             opset_version=OPSET,
             dynamo=True,
             external_data=external,
-            optimize=True,
+            optimize=weights is None,
             verbose=False,
             report=False,
         )
+        if weights is not None:
+            source, model = weights
+            params = bind.unbind(program.model, _initializer_params(module, model))
+            program.optimize()  # what optimize=True runs; it cannot fold what depends on a weight
+            bind.bind(program.model, params, source)
     counts = fuse_for_ort(program.model) if fuse else {}
-    program.save(str(path), external_data=external)
+    ir.save(program.model, str(path), external_data=(path.name + ".data") if external else None)
     del program
     _check_io(path, input_names, output_names)
     return counts
+
+
+def _initializer_params(module, model) -> dict[str, str]:
+    """The exporter's initializer names (the module's parameter names) -> the parameters' names in `model`."""
+    names = parameter_names(model)
+    return {name: names[id(p)] for name, p in module.named_parameters()}
 
 
 def _check_io(path: Path, input_names, output_names) -> None:
@@ -56,7 +74,7 @@ class _quiet_exporter:
 
     def __enter__(self):
         self._levels = {}
-        for name in ("torch.onnx", "torch._export", "torch.export", "onnxscript", "torch._dynamo"):
+        for name in ("torch.onnx", "torch._export", "torch.export", "onnxscript", "onnx_ir", "torch._dynamo"):
             lg = logging.getLogger(name)
             self._levels[name] = lg.level
             lg.setLevel(logging.ERROR)

@@ -25,6 +25,7 @@ from torch import nn
 
 from pgexport_runtime.geometry import Geometry
 
+from ..export.decoder import run_layer
 from .blockwise import Packed, pack_codes
 
 DAMP = 0.01
@@ -151,7 +152,7 @@ def _run_layer(dec, layer, i: int, s: dict) -> torch.Tensor:
     g = dec.g
     bias = s["sliding"] if g.sliding_layers[i] else s["full"]
     empty = torch.zeros(1, g.num_kv_heads, 0, g.head_dim)
-    hidden, _, _ = dec._layer(layer, s["hidden"], s["cos"], s["sin"], bias, empty, empty)
+    hidden, _, _ = run_layer(g, layer, s["hidden"], s["cos"], s["sin"], bias, empty, empty)
     return hidden
 
 

@@ -1,0 +1,131 @@
+"""Where a build's weights come from, one tensor at a time.
+
+A build that holds the whole float32 model needs about 1.3x its size in memory (16.1 GB for 3B). A graph can
+instead be exported from a model whose parameters are on the meta device (shapes only) and have its weights
+bound afterwards, each read when it is written (export/bind.py). Two sources give those tensors by the
+model's own parameter names (`model.language_model.layers.0.self_attn.q_proj.weight`):
+
+- `ModuleWeights`: a model in memory (a preset's random weights, a merged adapter, a GPTQ import);
+- `CheckpointWeights`: a checkpoint's safetensors files, memory-mapped, each tensor read and converted to
+  float32 on request. Checkpoint keys are renamed the way transformers' own loader renames them (PaliGemma 1
+  checkpoints say `language_model.model.layers...`), and the set of tensors is checked against the
+  architecture before anything is read, as `checkpoint.load_strict` checks a whole-model load.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from pgexport_runtime.errors import UserError
+
+from . import checkpoint
+
+
+def meta_model(config):
+    """PaliGemmaForConditionalGeneration with every parameter on the meta device (no memory, no values) and
+    its buffers (rotary frequencies, the embedding scale) computed on the CPU as transformers computes them."""
+    from accelerate import init_empty_weights
+    from transformers import PaliGemmaForConditionalGeneration
+
+    with init_empty_weights(include_buffers=False):
+        model = PaliGemmaForConditionalGeneration(config)
+    model.tie_weights()  # as from_pretrained does: a tied lm_head is the embedding table, one parameter
+    return model.eval()
+
+
+def parameter_names(model) -> dict[int, str]:
+    """id(parameter) -> its name in the model (a tied parameter: the name the checkpoint stores it under)."""
+    return {id(p): name for name, p in model.named_parameters()}
+
+
+class ModuleWeights:
+    """The parameters of a model in memory."""
+
+    def __init__(self, model):
+        self._params = dict(model.named_parameters())
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self._params.items()}
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._params[name].detach().to(torch.float32)
+
+
+class CheckpointWeights:
+    """The tensors of a checkpoint directory's safetensors files, read lazily by model parameter name."""
+
+    def __init__(self, directory: Path, model):
+        """model: the architecture (meta_model(config)) the checkpoint must supply every parameter of."""
+        from safetensors import safe_open
+
+        files = checkpoint.check_directory(directory).weights
+        renamings, converters = _renamings(model)
+        wanted = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        self._where: dict[str, tuple[Path, str]] = {}
+        unexpected, wrong = [], []
+        for path in files:
+            for key, (_, shape) in checkpoint.check_safetensors(path).items():
+                name = _rename(key, renamings, converters)
+                if name not in wanted:
+                    unexpected.append(key)
+                elif shape != wanted[name]:
+                    wrong.append(f"{key} {shape} vs {wanted[name]}")
+                else:
+                    self._where[name] = (path, key)
+        missing = sorted(set(wanted) - set(self._where))
+        problems = [f"{len(names)} {label}: " + ", ".join(names[:4]) + (f" and {len(names) - 4} more" if
+                    len(names) > 4 else "") for names, label in ((missing, "missing"), (sorted(unexpected),
+                                                                  "unexpected"), (sorted(wrong), "wrong shape"))
+                    if names]
+        if problems:
+            raise UserError(f"{directory}: the checkpoint does not match the PaliGemma architecture its config "
+                            f"describes ({'; '.join(problems)})")
+        self._shapes = wanted
+        self._open = {path: safe_open(str(path), framework="pt") for path in files}
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shapes)
+
+    def get(self, name: str) -> torch.Tensor:
+        path, key = self._where[name]
+        return self._open[path].get_tensor(key).to(torch.float32)
+
+
+def _renamings(model):
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming
+
+    transforms = get_model_conversion_mapping(model)
+    return ([t for t in transforms if isinstance(t, WeightRenaming)],
+            [t for t in transforms if isinstance(t, WeightConverter)])
+
+
+def _rename(key: str, renamings, converters) -> str:
+    """A checkpoint key as transformers' loader names it in the model."""
+    from transformers.core_model_loading import rename_source_key
+
+    name, converter = rename_source_key(key, renamings, converters)
+    if converter is not None:  # a tensor transformers would split or merge: no PaliGemma checkpoint has one
+        raise UserError(f"checkpoint tensor {key!r} needs transformers' {converter!r} conversion, which a "
+                        "streamed build does not do")
+    return name
+
+
+@contextmanager
+def materialized(module, names: dict[int, str], source):
+    """`module` (part of a meta_model) with its parameters read from `source` until the block ends; then
+    back on the meta device, its memory released."""
+    swapped = []
+    for mod in module.modules():
+        for key, p in list(mod._parameters.items()):
+            if p is not None and p.is_meta:
+                mod._parameters[key] = torch.nn.Parameter(source.get(names[id(p)]), requires_grad=False)
+                swapped.append((mod, key, p))
+    try:
+        yield module
+    finally:
+        for mod, key, p in swapped:
+            mod._parameters[key] = p
