@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--quant", default="fp32")
     ap.add_argument("--gate-samples", type=int, default=16)
     ap.add_argument("--gate-tokens", type=int, default=32)
+    ap.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                    help="one decoder layer at a time (default: as pgexport build decides)")
     args = ap.parse_args()
     t0 = time.time()
     last = ["start"]
@@ -46,7 +48,8 @@ def main() -> None:
         last[0] = name
 
     path = build(BuildOptions(model=args.model, out=args.out, force=True, parity_tokens=args.parity_tokens,
-                              quant=args.quant, gate_samples=args.gate_samples, gate_tokens=args.gate_tokens), progress)
+                              quant=args.quant, gate_samples=args.gate_samples, gate_tokens=args.gate_tokens,
+                              stream=args.stream), progress)
     progress("(finished)")
     print(f"bundle {path}: {sum(p.stat().st_size for p in path.iterdir()) / 1024**3:.2f} GB on disk")
 

@@ -59,7 +59,9 @@ class _Build:
         t0 = time.time()
         with self.writer:
             # the PyTorch phase runs in a child process: its memory is back with the OS before onnxruntime loads
-            self.results = torch_phase.run(self.opts, self.writer.tmp, self.progress)
+            # the child plans again from the options: it gets this plan's decision to stream, not its own
+            self.results = torch_phase.run(replace(self.opts, stream=self.plan.stream), self.writer.tmp,
+                                           self.progress)
             execute(self.plan, BUNDLE, self.work(), self.progress)
             record = self.manifest.record
             self._update(record=replace(record, build=record.build | {"seconds": round(time.time() - t0, 1)}))
@@ -100,7 +102,7 @@ class _Build:
 
     def parity_check(self) -> None:
         report = parity.compare(self.writer.tmp, self.results.parity, self.opts.tolerance,
-                                manifest_file=self.writer.partial_name)
+                                manifest_file=self.writer.partial_name, layers=self.results.layers)
         if self.mask is not None:
             from . import mask_parity
 

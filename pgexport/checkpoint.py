@@ -111,6 +111,11 @@ def _weight_files(path: Path) -> tuple[Path, ...]:
 
 def check_safetensors(path: Path) -> dict:
     """Parse a safetensors header and check every tensor's byte range; -> {name: (dtype, shape)}."""
+    return {name: (dtype, shape) for name, (dtype, shape, _, _) in tensor_index(path).items()}
+
+
+def tensor_index(path: Path) -> dict:
+    """A safetensors file's checked header: {name: (dtype, shape, first byte, end byte)}, offsets in the file."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -145,7 +150,7 @@ def check_safetensors(path: Path) -> dict:
         if end > data_bytes:
             raise UserError(f"{path}: truncated: tensor {name!r} ends at byte {end} of {data_bytes} "
                             "(an interrupted download?)")
-        tensors[name] = (dtype, tuple(shape))
+        tensors[name] = (dtype, tuple(shape), 8 + n + begin, 8 + n + end)
     return tensors
 
 

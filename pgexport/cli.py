@@ -68,9 +68,14 @@ def _interrupt(signum, frame):
 @click.option("--max-memory", type=click.FloatRange(min=0.01), default=None, metavar="GB",
               help="Refuse, before anything starts, a build whose estimated peak memory is larger "
                    "(default: this machine's memory; see --dry-run for the estimate).")
+@click.option("--stream/--no-stream", default=None,
+              help="Hold one decoder layer in memory at a time: weights are read from the checkpoint's safetensors "
+                   "as each layer is needed, parity is checked layer by layer, and the peak is about the vision "
+                   "tower, the embedding table and one layer. Default: only when the whole model does not fit "
+                   "in --max-memory. Not yet with --adapter, int4-gptq or a GPTQ checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print the steps, memory, disk and time the build will need; build nothing.")
 def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens, mask_decoder, quant,
-          min_agreement, gate_samples, calibration, max_memory, dry_run):
+          min_agreement, gate_samples, calibration, max_memory, stream, dry_run):
     """Export a checkpoint to a bundle: vision encoder, projector and decoder-with-past ONNX graphs, tokenizer
     and manifest, checked against PyTorch (features, logits and greedy tokens) before it is written.
 
@@ -85,11 +90,12 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
     opts = BuildOptions(model=model, adapter=adapter, out=out, force=force, parity_tokens=parity_tokens,
                         tolerance=Tolerance(relative=tolerance), skip_parity=skip_parity, max_new_tokens=max_new_tokens,
                         mask_decoder=mask_decoder, quant=quant, min_agreement=min_agreement,
-                        gate_samples=gate_samples, calibration=calibration, max_memory=max_memory)
+                        gate_samples=gate_samples, calibration=calibration, max_memory=max_memory, stream=stream)
     if dry_run:
         plan = Plan.of(opts, check_memory=False)  # the figures, whether or not they fit
         for line in plan.estimate.lines():
             click.echo(line)
+        click.echo("mode        " + ("streamed, one decoder layer at a time" if plan.stream else "whole model"))
         click.echo("steps       " + ", ".join(s.name for s in steps(plan)))
         return
     bars: list = []  # created at the first step, so that an early user error prints no empty bar

@@ -19,6 +19,8 @@ BASE_RSS = 0.56e9  # bytes: Python, torch, transformers, onnxruntime, a tiny mod
 RSS_PER_FP32_BYTE = 1.33  # (16.1 GB - 0.56 GB) / 11.7 GB of float32 weights (3B int4 build, measured)
 BASE_SECONDS = 40.0
 SECONDS_PER_PARAMETER = (534 - BASE_SECONDS) / 2.92e9  # 3B int4: 8 min 54 s
+STREAM_RSS_PER_RESIDENT_BYTE = 1.0  # streamed: per byte of what stays in memory (placeholder until measured)
+BUNDLE_RSS_PER_BYTE = 1.5  # loading the finished bundle for the accuracy gate (3B int4: 3.0 GB peak, 2.0 GB)
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,18 @@ def bytes_per_parameter(precision) -> float:
     return {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}[precision.kind]
 
 
-def estimate(g: Geometry, recipe) -> Estimate:
+def estimate(g: Geometry, recipe, stream: bool = False) -> Estimate:
+    """stream: the PyTorch phase holds the projector and the embedding table, and the vision tower or one
+    decoder layer at a time (twice, as one is read while the last is freed); a quantized bundle is then loaded
+    whole for the accuracy gate."""
     params = parameters(g)
     fp32 = 4 * sum(params.values())
     bundle = int(sum(n * bytes_per_parameter(recipe.precision_for(c, None)) for c, n in params.items()))
-    return Estimate(params, bundle, fp32 + (0 if recipe.is_identity else bundle),
-                    int(BASE_RSS + RSS_PER_FP32_BYTE * fp32),
+    peak = BASE_RSS + RSS_PER_FP32_BYTE * fp32
+    if stream:
+        layer = (params["decoder_linear"] - g.text_hidden) / g.text_layers
+        resident = 4 * (params["projector"] + params["embedding"] + max(params["vision_encoder"], 2 * layer))
+        gate = 0 if recipe.is_identity else BUNDLE_RSS_PER_BYTE * bundle
+        peak = BASE_RSS + max(STREAM_RSS_PER_RESIDENT_BYTE * resident, gate)
+    return Estimate(params, bundle, fp32 + (0 if recipe.is_identity else bundle), int(peak),
                     BASE_SECONDS + SECONDS_PER_PARAMETER * sum(params.values()))

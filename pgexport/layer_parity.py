@@ -1,27 +1,30 @@
 """Parity one decoder layer at a time: what a build can check when the float32 model does not fit in memory.
 
 The whole-model parity check (parity.py) runs the float32 decoder graph, which is as large as the model.
-Here each decoder layer is exported on its own (the wiring DecoderWithPast uses, `decoder.run_layer`, with
-the layer's weights bound as the bundle's decoder binds them) and compared with the same layer in PyTorch
-on the same activations. The activations flow layer to layer in PyTorch, as GPTQ's calibration does, so
+Here a decoder layer is exported on its own (the wiring DecoderWithPast uses, `decoder.run_layer`), and
+written once per layer with that layer's weights bound as the bundle's decoder binds them (every layer has
+the same graph; only its weights differ), then compared with the same layer in PyTorch on the same
+activations. The activations flow layer to layer in PyTorch, as GPTQ's calibration does, so
 one layer's weights (plus the embedding table, for the first hidden state) are in memory at a time, and a
 layer that diverges is named rather than smeared over the logits.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import torch
 from torch import nn
 
 from pgexport_runtime.geometry import Geometry
 
 from .export import decoder
-from .export.onnx_export import export_graph, param_bytes
+from .export.onnx_export import EXTERNAL_DATA_THRESHOLD, export_graph, param_bytes
 from .weights import materialized, meta_model, parameter_names
 
 INPUT_NAMES = ["hidden", "cos", "sin", "bias", "past_key", "past_value"]
@@ -69,17 +72,24 @@ def check_layers(config, g: Geometry, source, batch: Prefill, tolerance: float, 
         cos, sin = dec.rotary(hidden, positions)
     empty = torch.zeros(ids.shape[0], g.num_kv_heads, 0, g.head_dim)
     entries = []
+    shifted = _LayerWeights(onnx_source or source)
     with tempfile.TemporaryDirectory(prefix="pgexport-layer-") as work:
         path = Path(work) / "layer.onnx"
+        graph = None
         for i, layer in enumerate(dec.layers):
             progress(i, len(dec.layers))
             bias = sliding if g.sliding_layers[i] else full
             inputs = (hidden, cos, sin, bias, empty, empty)
             with torch.no_grad(), materialized(layer, names, source):
                 expected = decoder.run_layer(g, layer, *inputs)
-            step = LayerStep(layer, g)
-            export_graph(step, _sample(g), path, INPUT_NAMES, OUTPUT_NAMES, _dynamic_shapes(), param_bytes(step),
-                         weights=(onnx_source or source, model))
+            shifted.layer = i
+            if graph is None:  # layer 0's parameters, read as layer i's by `shifted`
+                step = LayerStep(dec.layers[0], g)
+                external = param_bytes(step) > EXTERNAL_DATA_THRESHOLD
+                graph = export_graph(step, _sample(g), path, INPUT_NAMES, OUTPUT_NAMES, _dynamic_shapes(),
+                                     param_bytes(step), weights=(shifted, model))
+            else:
+                ir.save(graph, str(path), external_data=(path.name + ".data") if external else None)
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             got = session.run(None, {n: t.numpy() for n, t in zip(INPUT_NAMES, inputs)})
             del session
@@ -89,6 +99,19 @@ def check_layers(config, g: Geometry, source, batch: Prefill, tolerance: float, 
     failed = [e["layer"] for e in entries if not e["ok"]]
     return {"layers": entries, "tolerance_relative": tolerance, "ok": not failed,
             "first_failure": failed[0] if failed else None}
+
+
+class _LayerWeights:
+    """A weight source that reads layer 0's parameters as those of layer `layer`."""
+
+    def __init__(self, source):
+        self.source, self.layer = source, 0
+
+    def shapes(self) -> dict:
+        return self.source.shapes()
+
+    def get(self, name: str):
+        return self.source.get(re.sub(r"(\.layers\.)0\.", rf"\g<1>{self.layer}.", name, count=1))
 
 
 def summarize_failure(report: dict) -> str:

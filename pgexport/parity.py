@@ -59,11 +59,7 @@ def torch_reference(model, source_dir, g: Geometry, new_tokens: int) -> Referenc
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    processor = load_processor(source_dir)
-    image = parity_image(g.image_size)
-    inputs = processor(
-        images=[image] * len(PROMPTS), text=["<image>" + p for p in PROMPTS], return_tensors="pt", padding="longest"
-    )
+    inputs = _inputs(load_processor(source_dir), g, "pt")
     with torch.no_grad():
         feats = model.model.vision_tower(inputs["pixel_values"]).last_hidden_state
         embeds = model.model.multi_modal_projector(feats)
@@ -84,36 +80,42 @@ def torch_reference(model, source_dir, g: Geometry, new_tokens: int) -> Referenc
     )
 
 
+def _inputs(processor, g: Geometry, tensors: str):
+    return processor(images=[parity_image(g.image_size)] * len(PROMPTS), text=["<image>" + p for p in PROMPTS],
+                     return_tensors=tensors, padding="longest")
+
+
+def token_type_ids(source_dir, g: Geometry) -> np.ndarray:
+    """The reference batch's token types (0 prefix, 1 suffix), for per-layer parity."""
+    from pgexport.sources import load_processor
+
+    return _inputs(load_processor(source_dir), g, "np")["token_type_ids"]
+
+
 def _rel(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     diff = float(np.abs(a.astype(np.float64) - b).max())
     return diff, diff / max(float(np.abs(b).max()), 1e-12)
 
 
-def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "manifest.json") -> dict:
-    """Run the bundle with pgexport_runtime on the reference inputs; return the parity report."""
-    from pgexport_runtime import PaliGemma, SessionConfig, decoder
-    from pgexport_runtime.kv_cache import KVCache
+def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "manifest.json",
+            layers: dict | None = None) -> dict:
+    """Run the bundle with pgexport_runtime on the reference inputs; return the parity report.
 
+    layers: a streamed build's per-layer report (layer_parity.py). The float32 decoder graph is as large as the
+    model, so it is not loaded: its layers were compared one at a time instead, and the report says so."""
+    from pgexport_runtime import PaliGemma, SessionConfig
+
+    if layers is not None:
+        return _compare_streamed(bundle_dir, ref, tol, manifest_file, layers)
     # no prepacking: a 3B fp32 decoder would otherwise sit in memory twice (mmapped file + packed copy)
     pg = PaliGemma(bundle_dir, SessionConfig(prepack=False), verify=False, manifest_file=manifest_file)
-    g = pg.geometry
-    report: dict = {"prompts": list(PROMPTS), "tolerance_relative": tol.relative, "checks": {}}
+    report = _compare_inputs(pg.pixel_values, pg.tokenizer, pg.graphs.vision, pg.graphs.projector, ref, tol)
     checks = report["checks"]
-
-    # preprocessing: the runtime's pixels against transformers' SiglipImageProcessor
+    checks = report["checks"]
+    g = pg.geometry
     image = parity_image(g.image_size)
-    pixels = pg.pixel_values([image] * len(PROMPTS))
-    checks["preprocessing"] = _entry(*_rel(pixels, ref.pixel_values), 1e-6, absolute=True)
-
-    ids, mask = pg.tokenizer.batch(list(PROMPTS))
-    checks["tokenizer"] = {"max_abs": 0.0 if np.array_equal(ids, ref.input_ids) and np.array_equal(mask, ref.attention_mask) else 1.0,
-                           "ok": bool(np.array_equal(ids, ref.input_ids) and np.array_equal(mask, ref.attention_mask))}
-
-    # each graph on the reference's own inputs, so a divergence is pinned to one graph
-    (feats,) = pg.graphs.vision.run([io.VISION_FEATURES], {io.PIXEL_VALUES: ref.pixel_values})
-    checks["vision_encoder"] = _entry(*_rel(feats, ref.vision_features), tol.relative)
-    (embeds,) = pg.graphs.projector.run([io.IMAGE_EMBEDS], {io.VISION_FEATURES: ref.vision_features})
-    checks["projector"] = _entry(*_rel(embeds, ref.image_embeds), tol.relative)
+    from pgexport_runtime import decoder
+    from pgexport_runtime.kv_cache import KVCache
 
     batch, seq = ref.input_ids.shape
     every = np.tile(np.arange(seq, dtype=np.int64), (batch, 1))  # logits at every position, not only the last
@@ -132,6 +134,52 @@ def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "ma
         "first_divergence": first_div,
         "ok": got == ref.greedy or not tol.greedy_must_match,
     }
+    return _verdict(report)
+
+
+def _compare_inputs(pixel_values, tokenizer, vision, projector, ref: Reference, tol: Tolerance) -> dict:
+    """Preprocessing, tokenizer, vision encoder and projector against the reference."""
+    report: dict = {"prompts": list(PROMPTS), "tolerance_relative": tol.relative, "checks": {}}
+    checks = report["checks"]
+    # preprocessing: the runtime's pixels against transformers' SiglipImageProcessor
+    pixels = pixel_values([parity_image(ref.pixel_values.shape[-1])] * len(PROMPTS))
+    checks["preprocessing"] = _entry(*_rel(pixels, ref.pixel_values), 1e-6, absolute=True)
+
+    ids, mask = tokenizer.batch(list(PROMPTS))
+    same = bool(np.array_equal(ids, ref.input_ids) and np.array_equal(mask, ref.attention_mask))
+    checks["tokenizer"] = {"max_abs": 0.0 if same else 1.0, "ok": same}
+
+    # each graph on the reference's own inputs, so a divergence is pinned to one graph
+    (feats,) = vision.run([io.VISION_FEATURES], {io.PIXEL_VALUES: ref.pixel_values})
+    checks["vision_encoder"] = _entry(*_rel(feats, ref.vision_features), tol.relative)
+    (embeds,) = projector.run([io.IMAGE_EMBEDS], {io.VISION_FEATURES: ref.vision_features})
+    checks["projector"] = _entry(*_rel(embeds, ref.image_embeds), tol.relative)
+    return report
+
+
+def _compare_streamed(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str, layers: dict) -> dict:
+    """Everything but the decoder graph, which was compared layer by layer in the PyTorch phase."""
+    from pgexport_runtime import SessionConfig
+    from pgexport_runtime.manifest import load_manifest
+    from pgexport_runtime.preprocess import preprocess
+    from pgexport_runtime.prompt import PromptTokenizer
+    from pgexport_runtime.session import create_session
+
+    m = load_manifest(bundle_dir, verify=False, manifest_file=manifest_file)
+    cfg = SessionConfig(prepack=False)
+    vision, projector = (create_session(m.path(m.graphs[n].file), cfg) for n in ("vision_encoder", "projector"))
+    tokenizer = PromptTokenizer(m.tokenizer_file, m.geometry, m.tokenizer.image_token, m.tokenizer.bos_token)
+    report = _compare_inputs(lambda images: preprocess(images, m.preprocessing), tokenizer, vision, projector,
+                             ref, tol)
+    worst = max(e["relative"] for e in layers["layers"])
+    report["checks"]["decoder_layers"] = {"layers": len(layers["layers"]), "relative": worst, "limit": tol.relative,
+                                          "first_failure": layers["first_failure"], "ok": layers["ok"]}
+    report["decoder"] = "per layer: the float32 decoder graph was not run whole (a streamed build)"
+    return _verdict(report)
+
+
+def _verdict(report: dict) -> dict:
+    checks = report["checks"]
     report["ok"] = all(c["ok"] for c in checks.values())
     report["first_failure"] = next((k for k, c in checks.items() if not c["ok"]), None)
     return report
@@ -149,5 +197,8 @@ def summarize_failure(report: dict) -> str:
         return f"greedy tokens diverge from transformers at positions {c['first_divergence']}"
     if name == "tokenizer":
         return "prompt token ids differ from transformers' PaliGemmaProcessor"
+    if name == "decoder_layers":
+        return (f"decoder layer {c['first_failure']} differs from PyTorch (worst relative {c['relative']:.3g}, "
+                f"limit {c['limit']:.3g})")
     return (f"{name} differs from PyTorch: max |diff| {c['max_abs']:.3g} "
             f"(relative {c['relative']:.3g}, limit {c['limit']:.3g})")

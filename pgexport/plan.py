@@ -39,6 +39,7 @@ class BuildOptions:
     calibration: Path | None = None  # JSONL of {"image", "prompt"} for GPTQ; default: generated samples
     max_memory: float | None = None  # GB: refuse a build whose estimated peak memory is larger (default: this
     # machine's physical memory)
+    stream: bool | None = None  # one decoder layer in memory at a time; None: when the whole model does not fit
 
     def to_json(self) -> dict:
         """For the child process: paths as strings, the tolerance as its fields."""
@@ -66,6 +67,7 @@ class Plan:
     calibrate: bool  # GPTQ (or a GPTQ checkpoint's own integers)
     quantize: bool  # the recipe changes the float32 graphs
     mask_weights: Path | None  # mask-decoder (VQ-VAE) weights: --mask-decoder or the checkpoint's own
+    stream: bool = False  # the PyTorch phase holds one decoder layer at a time; parity is checked per layer
     estimate: Estimate | None = None  # memory, disk and time the build will need (estimate.py)
 
     @classmethod
@@ -85,17 +87,36 @@ class Plan:
             raise UserError(f"calibration file not found: {opts.calibration}")
         quantize = not recipe.is_identity
         mask = mask_decoder.find_weights(source.directory if source.kind != "preset" else None, opts.mask_decoder)
-        need = estimate(sources.load_geometry(source), recipe)
+        g = sources.load_geometry(source)
+        whole, streamed = estimate(g, recipe), estimate(g, recipe, stream=True)
         budget = opts.max_memory * 1e9 if opts.max_memory is not None else machine_memory()
+        stream = opts.stream if opts.stream is not None else whole.peak_rss_bytes > budget
+        if stream:
+            _check_streamable(source, recipe, opts.stream is None)
+        need = streamed if stream else whole
         if check_memory and need.peak_rss_bytes > budget:
             over = (f"--max-memory {opts.max_memory:g} GB" if opts.max_memory is not None else
                     f"this machine's {budget / 1e9:.1f} GB (--max-memory raises the limit)")
-            raise UserError(f"this build needs about {need.peak_rss_bytes / 1e9:.1f} GB of memory (estimated for "
-                            f"{need.total_parameters / 1e9:.2f} B parameters; see --dry-run), more than {over}: "
-                            "a build holds the float32 model, so use a machine with more memory")
+            how = ("streaming one decoder layer at a time" if stream else
+                   f"holding the float32 model; --stream needs about {streamed.peak_rss_bytes / 1e9:.1f} GB")
+            raise UserError(f"this build needs about {need.peak_rss_bytes / 1e9:.1f} GB of memory ({how}; "
+                            f"estimated for {need.total_parameters / 1e9:.2f} B parameters, see --dry-run), "
+                            f"more than {over}")
         return cls(opts, parity=not opts.skip_parity, gate=quantize and opts.gate_samples > 0,
                    adapter=source.adapter is not None, calibrate=recipe.needs_calibration, quantize=quantize,
-                   mask_weights=mask, estimate=need)
+                   mask_weights=mask, stream=stream, estimate=need)
+
+
+def _check_streamable(source, recipe, automatic: bool) -> None:
+    """What a streamed build does not do yet: a one-line refusal naming it."""
+    from . import sources
+
+    why = ("an --adapter (merge it into the checkpoint with peft first)" if source.adapter is not None else
+           f"the {recipe.name} recipe, which calibrates on the whole model" if recipe.needs_calibration else
+           "a GPTQ checkpoint" if source.kind != "preset" and sources.gptq_settings(source) is not None else None)
+    if why is not None:
+        lead = "the whole model does not fit in memory, so the build must stream, but" if automatic else "--stream"
+        raise UserError(f"{lead} does not support {why} yet")
 
 
 def machine_memory() -> float:
@@ -124,6 +145,7 @@ STEPS = (
     Step("export vision encoder", TORCH),
     Step("export projector", TORCH),
     Step("export decoder", TORCH),
+    Step("layer parity", TORCH, lambda p: p.parity and p.stream),
     Step("export mask decoder", BUNDLE, lambda p: p.mask_weights is not None),
     Step("write manifest", BUNDLE),
     Step("parity check", BUNDLE, lambda p: p.parity),
@@ -141,11 +163,14 @@ def steps(plan: Plan, process: str | None = None) -> list[Step]:
 
 
 def execute(plan: Plan, process: str, work: dict[str, Callable[[], None]], progress: Callable[[str], None]) -> None:
-    """Run one process's steps in order: progress(name), then its work."""
+    """Run one process's steps in order: progress(name), then its work, then free memory back to the OS."""
     names = {s.name for s in STEPS if s.process == process}
     if set(work) != names:  # a programming error: every step of the process has exactly one piece of work
         raise AssertionError(f"{process} steps without work: {sorted(names - set(work))}; "
                              f"work without a step: {sorted(set(work) - names)}")
+    from .memory import trim
+
     for s in steps(plan, process):
         progress(s.name)
         work[s.name]()
+        trim()

@@ -235,7 +235,12 @@ def load_model_and_integers(source: Source, dtype=None, merge_adapter: bool = Tr
     dtype = dtype or torch.float32
     integers = None
     if source.kind == "preset":
-        model = _random_model(source, dtype)
+        from pgexport import preset_weights
+
+        if preset_weights.is_on_disk(source.preset):  # full size: written tensor by tensor, loaded like a checkpoint
+            model = checkpoint.load_strict(preset_weights.ensure(source), dtype)
+        else:
+            model = _random_model(source, dtype)
     elif (settings := gptq_settings(source)) is not None:
         from pgexport.quant.gptq_import import load_checkpoint
 

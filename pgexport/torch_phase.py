@@ -31,6 +31,7 @@ class TorchResults:
     gate_greedy: list[list[int]] | None
     gate_logprobs: list[np.ndarray] | None
     gptq: dict | None  # module name -> blockwise.Packed
+    layers: dict | None = None  # a streamed build's per-layer parity report (layer_parity.py)
 
 
 def run(opts: BuildOptions, out_dir: Path, progress) -> TorchResults:
@@ -52,22 +53,23 @@ def _child(job: dict, job_file: Path) -> None:
     opts = BuildOptions.from_json(job["options"])
     with write_errors(opts.out):
         plan = Plan.of(opts)
-        phase = _Phase(opts, Path(job["out_dir"]), job_file.parent)
+        phase = _Phase(plan, Path(job["out_dir"]), job_file.parent)
         execute(plan, TORCH, phase.work(), lambda name: child.emit("step", name))
 
 
 class _Phase:
     """What the torch steps share: the source, the model (peft-attached until merged), the results written."""
 
-    def __init__(self, opts: BuildOptions, out_dir: Path, work: Path):
+    def __init__(self, plan: Plan, out_dir: Path, work: Path):
         from . import sources
         from .quant.recipes import resolve_recipe
 
-        self.opts, self.out_dir, self.work_dir = opts, out_dir, work
-        self.source = sources.resolve(opts.model, opts.adapter)
+        self.opts, self.stream, self.out_dir, self.work_dir = plan.options, plan.stream, out_dir, work
+        self.source = sources.resolve(self.opts.model, self.opts.adapter)
         self.geometry = sources.load_geometry(self.source)
-        self.recipe = resolve_recipe(opts.quant)
+        self.recipe = resolve_recipe(self.opts.quant)
         self.model = self.integers = None
+        self.weights = None  # streamed: the checkpoint the decoder layers are read from, one at a time
 
     def work(self) -> dict:
         from .export import graphs
@@ -75,9 +77,9 @@ class _Phase:
         g, out = self.geometry, self.out_dir
         return {"load model": self.load_model, "PyTorch reference": self.parity_reference,
                 "gate reference": self.gate_reference, "merge adapter": self.merge_adapter, "GPTQ": self.gptq,
-                "export vision encoder": lambda: graphs.export_vision_encoder(self.model, g, out),
+                "export vision encoder": self.export_vision_encoder,
                 "export projector": lambda: graphs.export_projector(self.model, g, out),
-                "export decoder": self.export_decoder}
+                "export decoder": self.export_decoder, "layer parity": self.layer_parity}
 
     @property
     def reference(self):
@@ -90,6 +92,16 @@ class _Phase:
 
         from . import sources
 
+        if self.stream:
+            from . import preset_weights, streamed
+            from .weights import CheckpointWeights, meta_model
+
+            directory = preset_weights.ensure(self.source) if self.source.kind == "preset" else self.source.directory
+            config = sources.load_config(self.source)
+            checkpoint = CheckpointWeights(directory, meta_model(config))
+            self.model = streamed.streamed_model(config, checkpoint)
+            self.weights = streamed.ResidentFirst(self.model, checkpoint)
+            return
         self.model, self.integers = sources.load_model_and_integers(self.source, torch.float32, merge_adapter=False)
 
     def parity_reference(self) -> None:
@@ -103,16 +115,44 @@ class _Phase:
         from .quant import gate, samples
 
         gate_set = samples.gate_samples(self.source, self.opts.gate_samples, self.geometry.image_size)
+        # streamed, every forward pass reads every layer: the samples go through together
         gref = gate.torch_reference(self.reference, self.source.directory, self.geometry, gate_set,
-                                    self.opts.gate_tokens)
+                                    self.opts.gate_tokens, batch=16 if self.stream else 1)
         np.savez(self.work_dir / "gate.npz", **{f"lp{i}": lp for i, lp in enumerate(gref.logprobs)})
         (self.work_dir / "gate.json").write_text(json.dumps({"greedy": gref.greedy}))
+
+    def export_vision_encoder(self) -> None:
+        from contextlib import nullcontext
+
+        from .export import graphs
+        from .weights import materialized, parameter_names
+
+        if self.stream:  # the references are done: the table is read again, a tensor at a time, when exported
+            from .streamed import drop_table
+
+            drop_table(self.model)
+        tower = self.model.model.vision_tower
+        # streamed, the tower holds its weights only inside its forward: for the export, throughout
+        with materialized(tower, parameter_names(self.model), self.weights) if self.stream else nullcontext():
+            graphs.export_vision_encoder(self.model, self.geometry, self.out_dir)
 
     def export_decoder(self) -> None:
         from .export import graphs
         from .weights import ModuleWeights
 
-        graphs.export_decoder(self.model.config, ModuleWeights(self.model), self.geometry, self.out_dir)
+        weights = self.weights if self.stream else ModuleWeights(self.model)
+        graphs.export_decoder(self.model.config, weights, self.geometry, self.out_dir)
+
+    def layer_parity(self) -> None:
+        from . import layer_parity
+
+        with np.load(self.work_dir / "parity.npz", allow_pickle=False) as z:
+            ids, embeds, mask = z["input_ids"], z["image_embeds"], z["attention_mask"]
+        types = parity.token_type_ids(self.source.directory, self.geometry)
+        report = layer_parity.check_layers(self.model.config, self.geometry, self.weights,
+                                           layer_parity.Prefill(ids, embeds, mask, types),
+                                           self.opts.tolerance.relative)
+        (self.work_dir / "layers.json").write_text(json.dumps(report))
 
     def merge_adapter(self) -> None:
         from . import adapters
@@ -162,7 +202,8 @@ def _load(work: Path) -> TorchResults:
 
             gptq = {n: Packed(z[f"{n}|data"], z[f"{n}|scales"], opt(f"{n}|zero_points"), bits, block, k, n_out,
                               opt(f"{n}|input_perm")) for n, (bits, block, k, n_out) in meta.items()}
-    return TorchResults(ref, greedy, logprobs, gptq)
+    layers = json.loads((work / "layers.json").read_text()) if (work / "layers.json").is_file() else None
+    return TorchResults(ref, greedy, logprobs, gptq, layers)
 
 
 if __name__ == "__main__":

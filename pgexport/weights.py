@@ -6,8 +6,9 @@ bound afterwards, each read when it is written (export/bind.py). Two sources giv
 model's own parameter names (`model.language_model.layers.0.self_attn.q_proj.weight`):
 
 - `ModuleWeights`: a model in memory (a preset's random weights, a merged adapter, a GPTQ import);
-- `CheckpointWeights`: a checkpoint's safetensors files, memory-mapped, each tensor read and converted to
-  float32 on request. Checkpoint keys are renamed the way transformers' own loader renames them (PaliGemma 1
+- `CheckpointWeights`: a checkpoint's safetensors files, each tensor read and converted to float32 on
+  request. Read, not memory-mapped: pages of a mapping stay in the process's resident set once touched, so a
+  streamed 3B build held 10.9 GB, most of it the checkpoint's bf16 pages. Checkpoint keys are renamed the way transformers' own loader renames them (PaliGemma 1
   checkpoints say `language_model.model.layers...`), and the set of tensors is checked against the
   architecture before anything is read, as `checkpoint.load_strict` checks a whole-model load.
 """
@@ -22,6 +23,8 @@ import torch
 from pgexport_runtime.errors import UserError
 
 from . import checkpoint
+
+FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
 def meta_model(config):
@@ -59,39 +62,57 @@ class CheckpointWeights:
 
     def __init__(self, directory: Path, model):
         """model: the architecture (meta_model(config)) the checkpoint must supply every parameter of."""
-        from safetensors import safe_open
-
         files = checkpoint.check_directory(directory).weights
         renamings, converters = _renamings(model)
         wanted = {name: tuple(p.shape) for name, p in model.named_parameters()}
-        self._where: dict[str, tuple[Path, str]] = {}
+        self._where: dict[str, tuple[Path, str, int, int]] = {}  # name -> file, dtype, byte range
         unexpected, wrong = [], []
         for path in files:
-            for key, (_, shape) in checkpoint.check_safetensors(path).items():
+            for key, (dtype, shape, start, end) in checkpoint.tensor_index(path).items():
                 name = _rename(key, renamings, converters)
                 if name not in wanted:
                     unexpected.append(key)
                 elif shape != wanted[name]:
                     wrong.append(f"{key} {shape} vs {wanted[name]}")
+                elif dtype not in FLOAT_DTYPES:
+                    wrong.append(f"{key} stored as {dtype}, not a float type")
                 else:
-                    self._where[name] = (path, key)
+                    self._where[name] = (path, dtype, start, end)
         missing = sorted(set(wanted) - set(self._where))
         problems = [f"{len(names)} {label}: " + ", ".join(names[:4]) + (f" and {len(names) - 4} more" if
                     len(names) > 4 else "") for names, label in ((missing, "missing"), (sorted(unexpected),
-                                                                  "unexpected"), (sorted(wrong), "wrong shape"))
+                                                                  "unexpected"), (sorted(wrong), "wrong shape or type"))
                     if names]
         if problems:
             raise UserError(f"{directory}: the checkpoint does not match the PaliGemma architecture its config "
                             f"describes ({'; '.join(problems)})")
         self._shapes = wanted
-        self._open = {path: safe_open(str(path), framework="pt") for path in files}
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._shapes)
 
     def get(self, name: str) -> torch.Tensor:
-        path, key = self._where[name]
-        return self._open[path].get_tensor(key).to(torch.float32)
+        out = torch.empty(self._shapes[name])
+        self.read_into(name, out, bytearray(self._where[name][3] - self._where[name][2]))
+        return out
+
+    def read_into(self, name: str, out: torch.Tensor, scratch: bytearray) -> None:
+        """The tensor, as float32, into `out`, read through `scratch` (at least its size in bytes): a streamed
+        model reads every layer on every forward pass into buffers it keeps, so no page is newly faulted in."""
+        path, dtype, start, end = self._where[name]
+        if end == start:
+            return
+        view = memoryview(scratch)[:end - start]
+        with open(path, "rb") as f:
+            f.seek(start)
+            if f.readinto(view) != len(view):
+                raise UserError(f"{path}: truncated while reading {name}")
+        # safetensors is little-endian, as every platform torch runs on here
+        out.copy_(torch.frombuffer(view, dtype=FLOAT_DTYPES[dtype]).reshape(out.shape))
+
+    def nbytes(self, name: str) -> int:
+        """The tensor's size in the checkpoint."""
+        return self._where[name][3] - self._where[name][2]
 
 
 def _renamings(model):
@@ -114,18 +135,29 @@ def _rename(key: str, renamings, converters) -> str:
     return name
 
 
-@contextmanager
-def materialized(module, names: dict[int, str], source):
-    """`module` (part of a meta_model) with its parameters read from `source` until the block ends; then
-    back on the meta device, its memory released."""
+def load_into(module, names: dict[int, str], source) -> list:
+    """Give every meta parameter of `module` its tensor from `source`; -> what `release` needs to undo it."""
     swapped = []
     for mod in module.modules():
         for key, p in list(mod._parameters.items()):
             if p is not None and p.is_meta:
                 mod._parameters[key] = torch.nn.Parameter(source.get(names[id(p)]), requires_grad=False)
                 swapped.append((mod, key, p))
+    return swapped
+
+
+def release(swapped: list) -> None:
+    """Put the meta parameters back: the tensors read by `load_into` are freed."""
+    for mod, key, p in swapped:
+        mod._parameters[key] = p
+
+
+@contextmanager
+def materialized(module, names: dict[int, str], source):
+    """`module` (part of a meta_model) with its parameters read from `source` until the block ends; then
+    back on the meta device, its memory released."""
+    swapped = load_into(module, names, source)
     try:
         yield module
     finally:
-        for mod, key, p in swapped:
-            mod._parameters[key] = p
+        release(swapped)

@@ -125,7 +125,8 @@ def test_checkpoint_dir_without_safetensors(tmp_path, capsys):
     from pgexport import sources
 
     ckpt = tmp_path / "ckpt"
-    shutil.copytree(sources.resolve("tiny-pg1").directory, ckpt)
+    # the preset's config and tokenizer; not its weights, which a streamed build may have written beside them
+    shutil.copytree(sources.resolve("tiny-pg1").directory, ckpt, ignore=shutil.ignore_patterns("*.safetensors*"))
     (ckpt / "pytorch_model.bin").write_bytes(b"pickle would be here")
     code, _, err = run_cli(["build", "--model", ckpt, "--out", tmp_path / "b"], capsys)
     assert_one_line_error(code, err, "pickle files are never loaded")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pgexport import sources
@@ -36,18 +38,31 @@ def test_recipes_size_the_bundle():
 
 def test_dry_run_prints_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "b"
-    code, stdout, _ = run_cli(["build", "--model", "paligemma-3b-224", "--quant", "int4", "--out", out, "--dry-run"],
-                              capsys)
+    code, stdout, _ = run_cli(["build", "--model", "paligemma-3b-224", "--quant", "int4", "--out", out, "--dry-run",
+                               "--no-stream"], capsys)
     assert code == 0 and not out.exists() and not list(tmp_path.iterdir())
     assert "memory      about 16.1 GB" in stdout and "accuracy gate" in stdout
+    assert "mode        whole model" in stdout and "layer parity" not in stdout
+    code, stdout, _ = run_cli(["build", "--model", "paligemma-3b-224", "--quant", "int4", "--out", out, "--dry-run",
+                               "--stream"], capsys)
+    assert code == 0 and not out.exists() and not list(tmp_path.iterdir())
+    assert "mode        streamed, one decoder layer at a time" in stdout and "layer parity" in stdout
 
 
 def test_max_memory_refuses_before_anything_starts(tmp_path, capsys):
     out = tmp_path / "b"
-    code, _, stderr = run_cli(["build", "--model", "paligemma-3b-224", "--out", out, "--max-memory", "0.05"], capsys)
+    code, _, stderr = run_cli(["build", "--model", "paligemma-3b-224", "--out", out, "--max-memory", "0.05",
+                               "--no-stream"], capsys)
     assert code == 2 and not out.exists() and not list(tmp_path.iterdir())
-    assert stderr.startswith("error: this build needs about 16.1 GB") and stderr.count("\n") == 1
+    assert stderr.startswith("error: this build needs about 16.1 GB of memory (holding the float32 model; --stream "
+                             "needs about ") and stderr.count("\n") == 1
     assert "--max-memory 0.05 GB" in stderr
+    # without --no-stream the build streams, and a budget below even that is refused the same way
+    code, _, stderr = run_cli(["build", "--model", "paligemma-3b-224", "--quant", "int4", "--out", out,
+                               "--max-memory", "0.05"], capsys)
+    assert code == 2 and not out.exists() and not list(tmp_path.iterdir())
+    assert re.match(r"error: this build needs about \d+\.\d GB of memory \(streaming one decoder layer at a time;",
+                    stderr) and stderr.count("\n") == 1
 
 
 def test_the_default_budget_is_the_machines_memory(monkeypatch):
@@ -57,6 +72,7 @@ def test_the_default_budget_is_the_machines_memory(monkeypatch):
     monkeypatch.setattr(plan, "machine_memory", lambda: 24e9)
     assert Plan.of(BuildOptions(model="paligemma-3b-224")).estimate.peak_rss_bytes < 24e9  # 3B fits in 24 GB
     with pytest.raises(UserError, match=r"52.0 GB of memory .* more than this machine's 24.0 GB"):
-        Plan.of(BuildOptions(model="paligemma2-10b-224", quant="int4"))
-    assert Plan.of(BuildOptions(model="paligemma2-10b-224", quant="int4", max_memory=60)).estimate is not None
+        Plan.of(BuildOptions(model="paligemma2-10b-224", quant="int4", stream=False))
+    assert Plan.of(BuildOptions(model="paligemma2-10b-224", quant="int4")).stream  # it streams instead
+    assert not Plan.of(BuildOptions(model="paligemma2-10b-224", quant="int4", max_memory=60)).stream
     assert Plan.of(BuildOptions(model="paligemma2-10b-224"), check_memory=False).estimate.total_parameters > 9.6e9

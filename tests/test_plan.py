@@ -26,18 +26,20 @@ def test_conditions_select_steps():
     base = dict(parity=True, gate=False, adapter=False, calibrate=False, quantize=False, mask_weights=None)
     plain = [s.name for s in steps(Plan(BuildOptions(), **base))]
     full = [s.name for s in steps(Plan(BuildOptions(), **base | dict(gate=True, adapter=True, calibrate=True,
-                                                                      quantize=True, mask_weights=Path("m"))))]
+                                                                      quantize=True, mask_weights=Path("m"),
+                                                                      stream=True)))]
     assert set(plain) < set(full) and [n for n in full if n in plain] == plain
     assert full == [s.name for s in STEPS]
     assert [s.name for s in steps(Plan(BuildOptions(), **base), TORCH)][0] == "load model"
     assert "merge adapter" not in plain and "GPTQ" not in plain and "accuracy gate" not in plain
+    assert "layer parity" not in plain  # streamed builds only
 
 
 def test_options_survive_the_trip_to_the_child():
     from pgexport.parity import Tolerance
 
     opts = BuildOptions(model="m", adapter=Path("a"), out=Path("o"), tolerance=Tolerance(relative=2e-3),
-                        calibration=Path("c.jsonl"), min_agreement=0.5)
+                        calibration=Path("c.jsonl"), min_agreement=0.5, stream=True)
     assert BuildOptions.from_json(opts.to_json()) == opts
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pgexport.quant.apply import quantize_graphs
-from pgexport.quant.blockwise import dequantize, pack_rtn, unpack_ints
+from pgexport.quant.blockwise import dequantize, pack_rtn, pack_rtn_rows, unpack_ints
 from pgexport.quant.gptq import gptq_quantize, to_packed
 from pgexport.quant.recipes import RECIPES, Precision, resolve_recipe
 from pgexport_runtime import PaliGemma
@@ -393,3 +393,17 @@ def test_int8_dynamic_linear_equals_an_independent_emulation(tmp_path):
     assert (np.abs(xq[:, 0::2, None] * ws[None, 0::2] + xq[:, 1::2, None] * ws[None, 1::2]) > 32767).any()
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     assert np.abs(got - xs @ w).max() > 1e-4 * np.abs(xs @ w).max()  # it is quantized, not the float product
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_table_packed_in_slices_is_packed_whole(symmetric):
+    """pack_rtn_rows (the embedding table, a slice of the vocabulary at a time) gives pack_rtn's result."""
+    table = np.random.default_rng(3).standard_normal((1000, 96)).astype(np.float32)  # [vocab, hidden]
+    whole, sliced = pack_rtn(table.T, 4, 32, symmetric), pack_rtn_rows(table, 4, 32, symmetric, rows=300)
+    assert (sliced.k, sliced.n) == (whole.k, whole.n) == (96, 1000)
+    np.testing.assert_array_equal(sliced.data, whole.data)
+    np.testing.assert_array_equal(sliced.scales, whole.scales)
+    if symmetric:
+        assert sliced.zero_points is None and whole.zero_points is None
+    else:
+        np.testing.assert_array_equal(sliced.zero_points, whole.zero_points)

@@ -102,3 +102,52 @@ def test_layer_parity_names_the_broken_layer(ckpt):
     assert rel[1] > 1e-2  # the swapped weight, not rounding
     assert all(r < 1e-5 for i, r in enumerate(rel) if i != 1)  # every other layer, bound the same way, agrees
     assert layer_parity.summarize_failure(report).startswith("decoder layer 1 differs from PyTorch")
+
+
+@pytest.mark.parametrize("name", ["tiny-pg1", "tiny-pg2"])
+def test_streamed_build_writes_the_whole_builds_graphs(name, bundles, tmp_path):
+    """The whole-model build (the `bundles` fixture) and a streamed build of the same preset write the same
+    graph files, byte for byte; the streamed build checked its decoder layer by layer."""
+    import json
+
+    from conftest import PROGRESS
+
+    from pgexport.build import BuildOptions, build
+
+    progress: list[str] = []
+    out = build(BuildOptions(model=name, out=tmp_path / "b", stream=True), progress.append)
+    assert "layer parity" in progress and "layer parity" not in PROGRESS[name]
+    whole, streamed = (json.loads((d / "manifest.json").read_text()) for d in (bundles[name], out))
+    assert whole["files"] == streamed["files"]  # sha256 of every graph, data file and the tokenizer
+    checks = streamed["parity"]["checks"]
+    assert streamed["parity"]["ok"] and "decoder_prefill" not in checks
+    assert checks["decoder_layers"]["layers"] == sources.load_geometry(sources.resolve(name)).text_layers
+    assert checks["decoder_layers"]["relative"] < 1e-5
+
+
+def test_stream_is_chosen_when_the_whole_model_does_not_fit(monkeypatch):
+    from pgexport import plan
+    from pgexport.plan import BuildOptions, Plan, steps
+
+    monkeypatch.setattr(plan, "machine_memory", lambda: 16e9)  # the laptop of issue 21
+    p = Plan.of(BuildOptions(model="paligemma-3b-224", quant="int4"))
+    assert p.stream and p.estimate.peak_rss_bytes < 16e9
+    assert "layer parity" in [s.name for s in steps(p)]
+    assert not Plan.of(BuildOptions(model="paligemma-3b-224", quant="int4", max_memory=20)).stream
+    assert Plan.of(BuildOptions(model="tiny-pg1", stream=True)).stream  # asked for, though it fits
+
+
+def test_stream_refuses_what_it_does_not_do_yet(tmp_path):
+    from checkpoints import save_lora_adapter
+
+    from pgexport.plan import BuildOptions, Plan
+
+    with pytest.raises(UserError, match=r"^--stream does not support the int4-gptq recipe"):
+        Plan.of(BuildOptions(model="tiny-pg1", quant="int4-gptq", stream=True))
+    with pytest.raises(UserError, match=r"^the whole model does not fit in memory, so the build must stream, but "
+                                        r"does not support the int4-gptq recipe"):
+        Plan.of(BuildOptions(model="paligemma-3b-224", quant="int4-gptq", max_memory=8))
+    base = save_checkpoint("tiny-pg1", tmp_path / "base")
+    adapter = save_lora_adapter(base, tmp_path / "lora", ["q_proj"], seed=0)
+    with pytest.raises(UserError, match=r"^--stream does not support an --adapter"):
+        Plan.of(BuildOptions(model=str(base), adapter=adapter, stream=True))

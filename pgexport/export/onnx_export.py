@@ -19,9 +19,10 @@ EXTERNAL_DATA_THRESHOLD = 1 << 30  # past 1 GiB of weights, write a .data file (
 
 
 def export_graph(module, args, path: Path, input_names, output_names, dynamic_shapes, param_bytes: int,
-                 fuse: bool = True, weights=None) -> dict[str, int]:
+                 fuse: bool = True, weights=None) -> ir.Model:
     """Export `module(*args)` to `path` with named inputs/outputs and named dynamic axes; with `fuse`, apply
-    onnxruntime's operator fusions (`fusions.fuse_for_ort`) first. Returns the fusion counts.
+    onnxruntime's operator fusions (`fusions.fuse_for_ort`) first. Returns the graph as written (with bound
+    weights it can be written again: each weight is read from the source as it is written).
 
     weights: None for a module with real parameters; or (source, model) for a module whose parameters are on
     the meta device (part of `model`, a `weights.meta_model`), its weights then read from `source`
@@ -48,11 +49,13 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_sh
             params = bind.unbind(program.model, _initializer_params(module, model))
             program.optimize()  # what optimize=True runs; it cannot fold what depends on a weight
             bind.bind(program.model, params, source)
-    counts = fuse_for_ort(program.model) if fuse else {}
-    ir.save(program.model, str(path), external_data=(path.name + ".data") if external else None)
+    if fuse:
+        fuse_for_ort(program.model)
+    model = program.model
     del program
+    ir.save(model, str(path), external_data=(path.name + ".data") if external else None)
     _check_io(path, input_names, output_names)
-    return counts
+    return model
 
 
 def _initializer_params(module, model) -> dict[str, str]:

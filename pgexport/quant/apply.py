@@ -52,19 +52,41 @@ def _dynamic_int8(path: Path, nodes: list[str]) -> None:
     Not int8 weights: onnxruntime's u8s8 product on x86 without VNNI sums pairs of products in int16 and
     saturates (VPMADDUBSW). On the demo vision encoder that is 1 - cosine 8.9e-4 against float32 where the
     same weights computed exactly give 4.5e-5; at PaliGemma-3B 8.6e-2 against 1.7e-4. u8u8 is exact on
-    every CPU (4.4e-5 and 1.6e-4) for 12 % more vision time at 3B on AVX2 (benchmarks/vision_int8.py)."""
+    every CPU (4.4e-5 and 1.6e-4) for 12 % more vision time at 3B on AVX2 (benchmarks/vision_int8.py).
+
+    In a child process: quantize_dynamic holds about three copies of the graph (4.7 GB for the 3B vision
+    encoder), and the protobuf memory it frees stays with the process that allocated it."""
+    from .. import child
+    from .rewrite import replace_graph_files
+
+    stage = path.parent / f".int8-{path.name}"
+    stage.mkdir(exist_ok=True)
+    child.run("pgexport.quant.apply", {"path": str(path), "out": str(stage / path.name), "nodes": nodes},
+              stage / "job.json", lambda event, text: None)
+    for f in ("job.json", "job.log"):
+        (stage / f).unlink(missing_ok=True)
+    replace_graph_files(path, stage)
+
+
+def _child(job: dict, job_file: Path) -> None:
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from .rewrite import EXTERNAL_DATA_THRESHOLD, replace_graph_files
+    from .rewrite import EXTERNAL_DATA_THRESHOLD
 
     logging.getLogger("root").setLevel(logging.ERROR)
-    stage = path.parent / f".int8-{path.name}"
-    stage.mkdir(exist_ok=True)
+    path = Path(job["path"])
     size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
-    quantize_dynamic(path, stage / path.name, per_channel=True, weight_type=QuantType.QUInt8,
-                     op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+    quantize_dynamic(path, Path(job["out"]), per_channel=True, weight_type=QuantType.QUInt8,
+                     op_types_to_quantize=["MatMul"], nodes_to_quantize=job["nodes"],
                      use_external_data_format=size > EXTERNAL_DATA_THRESHOLD,
                      extra_options={"MatMulConstBOnly": True})
-    replace_graph_files(path, stage)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .. import child
+
+    sys.exit(child.main(_child))

@@ -30,11 +30,16 @@ class GateReference:
     logprobs: list[np.ndarray]  # [T_i, V] float32: log p(next token) at the positions predicting greedy[i]
 
 
-def torch_reference(model, source_dir, g: Geometry, samples, max_new_tokens: int, progress=None) -> GateReference:
+def torch_reference(model, source_dir, g: Geometry, samples, max_new_tokens: int, progress=None,
+                    batch: int = 1) -> GateReference:
+    """batch > 1: samples generated together, left-padded, each row's log-probs taken from the generation's own
+    logits. For a model that streams its layers (streamed.py), where every forward pass reads every layer."""
     import torch
     from pgexport.sources import load_processor
 
     processor = load_processor(source_dir)
+    if batch > 1:
+        return _batched_reference(model, processor, g, samples, max_new_tokens, batch, progress)
     greedy, logprobs = [], []
     for i, (image, prompt) in enumerate(samples):
         if progress:
@@ -52,6 +57,29 @@ def torch_reference(model, source_dir, g: Geometry, samples, max_new_tokens: int
         greedy.append(tokens)
         logprobs.append(log_softmax(logits[start:start + len(tokens)].numpy()))
     return GateReference(samples, greedy, logprobs)
+
+
+def _batched_reference(model, processor, g: Geometry, samples, max_new_tokens: int, batch: int,
+                       progress) -> GateReference:
+    import torch
+
+    greedy, logprobs = [], []
+    for start in range(0, len(samples), batch):
+        if progress:
+            progress(start, len(samples))
+        chunk = samples[start:start + batch]
+        inputs = processor(images=[im for im, _ in chunk], text=["<image>" + p for _, p in chunk],
+                           return_tensors="pt", padding="longest")
+        inputs.pop("labels", None)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True)
+        steps = torch.stack(out.logits, dim=1)  # [B, T, V]
+        for row in range(len(chunk)):
+            tokens = until_eos(out.sequences[row, inputs["input_ids"].shape[1]:].tolist(), g.eos_token_id)
+            greedy.append(tokens)
+            logprobs.append(log_softmax(steps[row, :len(tokens)].float().numpy()))
+    return GateReference(list(samples), greedy, logprobs)
 
 
 def bundle_reference(pg, samples, max_new_tokens: int) -> GateReference:

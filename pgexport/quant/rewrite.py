@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from .blockwise import Packed, pack_rtn
+from .blockwise import Packed, pack_rtn, pack_rtn_rows
 from .recipes import Precision, Recipe
 
 MS_DOMAIN = "com.microsoft"
@@ -125,6 +125,7 @@ def _drop_unused_initializers(graph: ir.Graph) -> None:
 
 def _fp16_cast(graph: ir.Graph, weight: ir.Value, base: str) -> tuple[ir.Node, ir.Value]:
     w16 = _add_initializer(graph, f"{base}.fp16", weight.const_value.numpy().astype(np.float16))
+    _release(weight)
     cast = ir.node("Cast", [w16], {"to": ir.DataType.FLOAT}, name=f"{base}_cast_fp32")
     return cast, cast.outputs[0]
 
@@ -160,6 +161,8 @@ def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: Gra
             packed = gptq[module]
         else:
             packed = pack_rtn(w, prec.bits, prec.block_size, prec.symmetric)
+        del w
+        _release(weight)
         new = _matmul_nbits(graph, node, packed, prec, base)
         pre = []
         if packed.input_perm is not None:  # act-order GPTQ import: permute activations, not g_idx
@@ -169,6 +172,14 @@ def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: Gra
             pre.append(gather)
         _replace(graph, node, [*pre, new], new.outputs[0])
     _drop_unused_initializers(graph)
+
+
+def _release(weight: ir.Value) -> None:
+    """Unmap a float weight read from the graph's external data once it is packed. A mapped page stays in the
+    process's resident set once read: quantizing the 3B float32 decoder (10 GB) peaked at 12.0 GB RSS."""
+    release = getattr(weight.const_value, "release", None)
+    if release is not None:
+        release()
 
 
 def _tied_pair(graph: ir.Graph) -> tuple[ir.Value, ir.Node | None, ir.Node | None, ir.Node | None]:
@@ -216,7 +227,9 @@ def rewrite_embedding(graph: ir.Graph, recipe: Recipe, report: GraphReport) -> N
         report.notes.append(f"embedding: hidden size {hidden} is not a multiple of {prec.block_size}; "
                             f"used block {block}")
     # MatMulNBits wants W as [K, N] = [hidden, vocab]; the table is [vocab, hidden], so N = vocab rows.
-    packed = pack_rtn(e.T, prec.bits, block, prec.symmetric)
+    packed = pack_rtn_rows(e, prec.bits, block, prec.symmetric)
+    del e
+    _release(table)
     data = _add_initializer(graph, f"embed_tokens.q{packed.bits}", packed.data)  # [V, k_blocks, blob]
     scales = _add_initializer(graph, "embed_tokens.scales", packed.scales)  # [V, k_blocks]
     inputs3 = [ir.node("Reshape", [scales, _add_initializer(graph, "embed_tokens.scales_shape",

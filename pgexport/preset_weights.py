@@ -1,0 +1,102 @@
+"""A preset's seeded random weights, written once into its cache directory as a checkpoint.
+
+A build that streams reads weights from safetensors files (weights.CheckpointWeights), so a preset needs
+them on disk; then the same path serves a downloaded checkpoint of the same size. Two kinds of preset:
+
+- tiny test presets (their JSON widens `init_std` past transformers' 0.02): the whole model is generated in memory as before
+  (`sources._random_model`, widened init) and saved by transformers in float32, so a streamed build sees
+  exactly the weights a whole-model build of the preset does;
+- full-size presets (3B to 28B, transformers' default init): never whole in memory. Each tensor is drawn from its own generator, seeded
+  by the preset's seed and the tensor's name, with transformers' default init for its kind (normal(0, 0.02)
+  for matrices and embeddings, zero biases, LayerNorm scales 1, Gemma's RMSNorm scales 0 since it computes
+  1 + w), rounded to bfloat16, and written shard by shard. A whole-model build of such a preset loads the
+  same files.
+
+Shards are written under temporary names and renamed; the index (or the single file) is written last, so
+an interrupted write is redone, never read half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+
+import torch
+
+from .checkpoint import INDEX_FILE
+
+SHARD_BYTES = 2 << 30
+
+
+def is_on_disk(preset: dict) -> bool:
+    """Whether a preset's weights are read from its cache directory also by a whole-model build."""
+    return float(preset.get("init_std", 0.02)) == 0.02
+
+
+def ensure(source, progress=None) -> Path:
+    """The preset's directory with its weights written (a checkpoint directory, as transformers saves one)."""
+    directory = source.directory
+    if (directory / "model.safetensors").is_file() or (directory / INDEX_FILE).is_file():
+        return directory
+    if is_on_disk(source.preset):
+        _write_per_tensor(source, directory, progress)
+    else:
+        from .sources import _random_model
+
+        model = _random_model(source, torch.float32)
+        tmp = directory / f".weights.tmp{os.getpid()}"
+        model.save_pretrained(tmp)
+        os.replace(tmp / "model.safetensors", directory / "model.safetensors")
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+    return directory
+
+
+def tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """One full-size preset tensor, float32, the same on every machine."""
+    if len(shape) == 1:
+        if name.endswith("bias"):
+            return torch.zeros(shape)
+        # SigLIP's LayerNorm scales start at 1; Gemma's RMSNorm stores w in (1 + w), so 0
+        return torch.ones(shape) if ".vision_tower." in f".{name}" else torch.zeros(shape)
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
+    return torch.randn(shape, generator=gen) * 0.02
+
+
+def _write_per_tensor(source, directory: Path, progress) -> None:
+    from safetensors.torch import save_file
+
+    from .sources import load_config
+    from .weights import meta_model
+
+    seed = int(source.preset.get("seed", 0))
+    params = [(n, tuple(p.shape)) for n, p in meta_model(load_config(source)).named_parameters()]
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, shape in params:
+        nbytes = 2 * int(torch.Size(shape).numel())
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    shapes = dict(params)
+    files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for i, (names, file) in enumerate(zip(shards, files)):
+        if progress:
+            progress(i, len(shards))
+        tensors = {n: tensor(n, shapes[n], seed).to(torch.bfloat16) for n in names}
+        tmp = directory / f".{file}.tmp{os.getpid()}"
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        del tensors
+        os.replace(tmp, directory / file)
+        weight_map |= {n: file for n in names}
+    index = {"metadata": {"total_size": sum(2 * torch.Size(s).numel() for s in shapes.values())},
+             "weight_map": weight_map}
+    tmp = directory / f".{INDEX_FILE}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(index, indent=2))
+    os.replace(tmp, directory / INDEX_FILE)
