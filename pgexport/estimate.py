@@ -5,8 +5,9 @@ table) and sized at the precision the recipe gives each. Peak memory and time ar
 measured on this project's 2-core AMD EPYC (AVX2): the demo model's int4 build (5.1 M parameters, 0.58 GB peak
 RSS) and PaliGemma-3B-224's int4 build (2.92 B parameters, 16.1 GB peak RSS, 8 min 54 s). A build holds the
 float32 model in its PyTorch phase and the float32 graphs while it quantizes them, so peak memory grows with the
-float32 size: about 0.56 GB + 1.33 x (4 bytes x parameters). They are estimates, not promises: a build that
-streams layer by layer (issue 21) will change them.
+float32 size: about 0.56 GB + 1.33 x (4 bytes x parameters). A streamed build (--stream) holds the table, the
+projector and the vision tower or two decoder layers, then loads the finished bundle for the gate; its figures
+scale one measured streamed 3B build. They are estimates, not promises.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ BASE_RSS = 0.56e9  # bytes: Python, torch, transformers, onnxruntime, a tiny mod
 RSS_PER_FP32_BYTE = 1.33  # (16.1 GB - 0.56 GB) / 11.7 GB of float32 weights (3B int4 build, measured)
 BASE_SECONDS = 40.0
 SECONDS_PER_PARAMETER = (534 - BASE_SECONDS) / 2.92e9  # 3B int4: 8 min 54 s
-STREAM_RSS_PER_RESIDENT_BYTE = 1.0  # streamed: per byte of what stays in memory (placeholder until measured)
-BUNDLE_RSS_PER_BYTE = 1.5  # loading the finished bundle for the accuracy gate (3B int4: 3.0 GB peak, 2.0 GB)
+# Streamed, one measured build (3B int4, 2-core EPYC, 2026-11-30): the PyTorch phase peaked at 5.7 GB over 3.77 GB
+# of resident float32 (table, projector, vision tower or two layers); the build process at 6.2 GB during the
+# accuracy gate, with the 2.0 GB int4 bundle loaded. Larger models are extrapolated from this one point.
+STREAM_RSS_PER_RESIDENT_BYTE = (5.7e9 - BASE_RSS) / 3.77e9
+BUNDLE_RSS_PER_BYTE = (6.2e9 - BASE_RSS) / 1.99e9
+STREAM_TIME_FACTOR = 1233 / 534  # that build took 20 min 33 s; the whole-model one 8 min 54 s
 
 
 @dataclass(frozen=True)
@@ -75,5 +80,6 @@ def estimate(g: Geometry, recipe, stream: bool = False) -> Estimate:
         resident = 4 * (params["projector"] + params["embedding"] + max(params["vision_encoder"], 2 * layer))
         gate = 0 if recipe.is_identity else BUNDLE_RSS_PER_BYTE * bundle
         peak = BASE_RSS + max(STREAM_RSS_PER_RESIDENT_BYTE * resident, gate)
+    seconds = BASE_SECONDS + SECONDS_PER_PARAMETER * sum(params.values())
     return Estimate(params, bundle, fp32 + (0 if recipe.is_identity else bundle), int(peak),
-                    BASE_SECONDS + SECONDS_PER_PARAMETER * sum(params.values()))
+                    seconds * (STREAM_TIME_FACTOR if stream else 1.0))
