@@ -116,7 +116,7 @@ def _check_streamable(source, recipe, automatic: bool) -> None:
            "a GPTQ checkpoint" if source.kind != "preset" and sources.gptq_settings(source) is not None else None)
     if why is not None:
         lead = "the whole model does not fit in memory, so the build must stream, but" if automatic else "--stream"
-        raise UserError(f"{lead} does not support {why} yet")
+        raise UserError(f"{lead} does not yet support {why}")
 
 
 def machine_memory() -> float:

@@ -142,12 +142,12 @@ def test_stream_refuses_what_it_does_not_do_yet(tmp_path):
 
     from pgexport.plan import BuildOptions, Plan
 
-    with pytest.raises(UserError, match=r"^--stream does not support the int4-gptq recipe"):
+    with pytest.raises(UserError, match=r"^--stream does not yet support the int4-gptq recipe"):
         Plan.of(BuildOptions(model="tiny-pg1", quant="int4-gptq", stream=True))
     with pytest.raises(UserError, match=r"^the whole model does not fit in memory, so the build must stream, but "
-                                        r"does not support the int4-gptq recipe"):
+                                        r"does not yet support the int4-gptq recipe"):
         Plan.of(BuildOptions(model="paligemma-3b-224", quant="int4-gptq", max_memory=8))
     base = save_checkpoint("tiny-pg1", tmp_path / "base")
     adapter = save_lora_adapter(base, tmp_path / "lora", ["q_proj"], seed=0)
-    with pytest.raises(UserError, match=r"^--stream does not support an --adapter"):
+    with pytest.raises(UserError, match=r"^--stream does not yet support an --adapter"):
         Plan.of(BuildOptions(model=str(base), adapter=adapter, stream=True))
