@@ -103,7 +103,8 @@ def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "ma
 
     layers: a streamed build's per-layer report (layer_parity.py). The float32 decoder graph is as large as the
     model, so it is not loaded: its layers were compared one at a time instead, and the report says so."""
-    from pgexport_runtime import PaliGemma, SessionConfig
+    from pgexport_runtime import PaliGemma, SessionConfig, decoder
+    from pgexport_runtime.kv_cache import KVCache
 
     if layers is not None:
         return _compare_streamed(bundle_dir, ref, tol, manifest_file, layers)
@@ -111,12 +112,7 @@ def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "ma
     pg = PaliGemma(bundle_dir, SessionConfig(prepack=False), verify=False, manifest_file=manifest_file)
     report = _compare_inputs(pg.pixel_values, pg.tokenizer, pg.graphs.vision, pg.graphs.projector, ref, tol)
     checks = report["checks"]
-    checks = report["checks"]
     g = pg.geometry
-    image = parity_image(g.image_size)
-    from pgexport_runtime import decoder
-    from pgexport_runtime.kv_cache import KVCache
-
     batch, seq = ref.input_ids.shape
     every = np.tile(np.arange(seq, dtype=np.int64), (batch, 1))  # logits at every position, not only the last
     logits = decoder.prefill(pg.graphs, g, KVCache(g, batch, seq), ref.input_ids, ref.image_embeds,
@@ -125,6 +121,7 @@ def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "ma
     checks["decoder_prefill"] = _entry(*_rel(logits[real], ref.logits[real]), tol.relative)
 
     # end to end: the runtime's own preprocessing, prompt building, prefill and IO-bound decode loop
+    image = parity_image(g.image_size)
     results = pg.generate([image] * len(PROMPTS), list(PROMPTS), max_new_tokens=max(len(r) for r in ref.greedy))
     got = [until_eos(r.tokens, g.eos_token_id) for r in results]
     first_div = agreement.sequences(ref.greedy, got)["first_divergence"]
