@@ -62,6 +62,7 @@ class _Build:
             # the child plans again from the options: it gets this plan's decision to stream, not its own
             self.results = torch_phase.run(replace(self.opts, stream=self.plan.stream), self.writer.tmp,
                                            self.progress)
+            self.quantized.update(self.results.quantized or {})  # a streamed build's decoder
             execute(self.plan, BUNDLE, self.work(), self.progress)
             record = self.manifest.record
             self._update(record=replace(record, build=record.build | {"seconds": round(time.time() - t0, 1)}))
@@ -121,11 +122,12 @@ class _Build:
 
     def rewrite_manifest(self) -> None:
         """The quantized graphs' precisions, files and report (sha256s rehashed as the manifest is written)."""
-        quantization = {"recipe": self.recipe.to_dict(), "summary": self.recipe.summary(), "graphs": self.quantized,
+        reports = {name: self.quantized[name] for name in FILES if name in self.quantized}  # in graph order
+        quantization = {"recipe": self.recipe.to_dict(), "summary": self.recipe.summary(), "graphs": reports,
                         "accuracy": None}
         names = sorted(p.name for p in self.writer.tmp.iterdir())
         graphs = dict(self.manifest.graphs)
-        for name, report in self.quantized.items():
+        for name, report in reports.items():
             file = graphs[name].file
             graphs[name] = replace(graphs[name], precision=report["precision"],
                                    data_files=tuple(f for f in names if f.startswith(file) and f != file))

@@ -151,7 +151,7 @@ STEPS = (
     Step("parity check", BUNDLE, lambda p: p.parity),
     Step("quantize vision encoder", BUNDLE, lambda p: p.quantize),
     Step("quantize projector", BUNDLE, lambda p: p.quantize),
-    Step("quantize decoder", BUNDLE, lambda p: p.quantize),
+    Step("quantize decoder", BUNDLE, lambda p: p.quantize and not p.stream),  # streamed: as it is exported
     Step("rewrite manifest", BUNDLE, lambda p: p.quantize),
     Step("accuracy gate", BUNDLE, lambda p: p.gate),
 )

@@ -32,6 +32,7 @@ class TorchResults:
     gate_logprobs: list[np.ndarray] | None
     gptq: dict | None  # module name -> blockwise.Packed
     layers: dict | None = None  # a streamed build's per-layer parity report (layer_parity.py)
+    quantized: dict | None = None  # graph name -> quantization report, for graphs quantized as exported
 
 
 def run(opts: BuildOptions, out_dir: Path, progress) -> TorchResults:
@@ -137,11 +138,15 @@ class _Phase:
             graphs.export_vision_encoder(self.model, self.geometry, self.out_dir)
 
     def export_decoder(self) -> None:
+        """Streamed and quantized, the decoder is quantized as it is written: it is never on disk in float32."""
         from .export import graphs
         from .weights import ModuleWeights
 
         weights = self.weights if self.stream else ModuleWeights(self.model)
-        graphs.export_decoder(self.model.config, weights, self.geometry, self.out_dir)
+        recipe = self.recipe if self.stream and not self.recipe.is_identity else None
+        report = graphs.export_decoder(self.model.config, weights, self.geometry, self.out_dir, recipe)
+        if report is not None:
+            (self.work_dir / "quantized.json").write_text(json.dumps({"decoder": report}))
 
     def layer_parity(self) -> None:
         from . import layer_parity
@@ -202,8 +207,10 @@ def _load(work: Path) -> TorchResults:
 
             gptq = {n: Packed(z[f"{n}|data"], z[f"{n}|scales"], opt(f"{n}|zero_points"), bits, block, k, n_out,
                               opt(f"{n}|input_perm")) for n, (bits, block, k, n_out) in meta.items()}
-    layers = json.loads((work / "layers.json").read_text()) if (work / "layers.json").is_file() else None
-    return TorchResults(ref, greedy, logprobs, gptq, layers)
+    def read(name):
+        return json.loads((work / name).read_text()) if (work / name).is_file() else None
+
+    return TorchResults(ref, greedy, logprobs, gptq, read("layers.json"), read("quantized.json"))
 
 
 if __name__ == "__main__":

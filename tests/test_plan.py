@@ -25,11 +25,13 @@ def test_progress_reports_exactly_the_planned_steps(bundles):
 def test_conditions_select_steps():
     base = dict(parity=True, gate=False, adapter=False, calibrate=False, quantize=False, mask_weights=None)
     plain = [s.name for s in steps(Plan(BuildOptions(), **base))]
-    full = [s.name for s in steps(Plan(BuildOptions(), **base | dict(gate=True, adapter=True, calibrate=True,
-                                                                      quantize=True, mask_weights=Path("m"),
-                                                                      stream=True)))]
+    everything = base | dict(gate=True, adapter=True, calibrate=True, quantize=True, mask_weights=Path("m"))
+    full = [s.name for s in steps(Plan(BuildOptions(), **everything))]
+    streamed = [s.name for s in steps(Plan(BuildOptions(), **everything | dict(stream=True)))]
     assert set(plain) < set(full) and [n for n in full if n in plain] == plain
-    assert full == [s.name for s in STEPS]
+    assert sorted(set(full) | set(streamed)) == sorted(s.name for s in STEPS)
+    # streamed, parity is checked per layer and the decoder is quantized as it is exported
+    assert set(streamed) - set(full) == {"layer parity"} and set(full) - set(streamed) == {"quantize decoder"}
     assert [s.name for s in steps(Plan(BuildOptions(), **base), TORCH)][0] == "load model"
     assert "merge adapter" not in plain and "GPTQ" not in plain and "accuracy gate" not in plain
     assert "layer parity" not in plain  # streamed builds only

@@ -19,14 +19,16 @@ EXTERNAL_DATA_THRESHOLD = 1 << 30  # past 1 GiB of weights, write a .data file (
 
 
 def export_graph(module, args, path: Path, input_names, output_names, dynamic_shapes, param_bytes: int,
-                 fuse: bool = True, weights=None) -> ir.Model:
+                 fuse: bool = True, weights=None, write=None) -> ir.Model:
     """Export `module(*args)` to `path` with named inputs/outputs and named dynamic axes; with `fuse`, apply
     onnxruntime's operator fusions (`fusions.fuse_for_ort`) first. Returns the graph as written (with bound
     weights it can be written again: each weight is read from the source as it is written).
 
     weights: None for a module with real parameters; or (source, model) for a module whose parameters are on
     the meta device (part of `model`, a `weights.meta_model`), its weights then read from `source`
-    (`pgexport.weights`) one tensor at a time as the file is written (`bind`)."""
+    (`pgexport.weights`) one tensor at a time as the file is written (`bind`).
+
+    write: None to save the graph as exported; or `write(model, path)`, which saves it otherwise (quantized)."""
     module.eval()
     external = param_bytes > EXTERNAL_DATA_THRESHOLD
     with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
@@ -53,7 +55,10 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_sh
         fuse_for_ort(program.model)
     model = program.model
     del program
-    ir.save(model, str(path), external_data=(path.name + ".data") if external else None)
+    if write is None:
+        ir.save(model, str(path), external_data=(path.name + ".data") if external else None)
+    else:
+        write(model, path)
     _check_io(path, input_names, output_names)
     return model
 

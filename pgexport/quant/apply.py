@@ -18,14 +18,16 @@ class SlowPathError(RuntimeError):
     """A graph would run MatMulNBits on onnxruntime's slow path; the bundle is refused."""
 
 
-def quantize_graphs(files: dict[str, Path], recipe: Recipe, gptq: dict[str, Packed] | None = None) -> dict:
-    """files: graph name -> .onnx path. Returns the manifest's per-graph quantization report."""
-    return {name: quantize_graph(name, path, recipe, gptq) for name, path in files.items()}
-
-
 def quantize_graph(name: str, path: Path, recipe: Recipe, gptq: dict[str, Packed] | None = None) -> dict:
     """Rewrite one graph file in place per the recipe (GPTQ weights apply to the decoder); -> its report."""
-    model = ir.load(path)
+    return quantize_model(name, ir.load(path), path, recipe, gptq)
+
+
+def quantize_model(name: str, model: ir.Model, path: Path, recipe: Recipe,
+                   gptq: dict[str, Packed] | None = None) -> dict:
+    """Rewrite `model` (graph `name`) per the recipe and write it as `path`; -> its report. Weights are packed
+    one at a time as the file is written, read from wherever `model`'s tensors point: the float32 file it was
+    loaded from, or (a streamed build's decoder) the checkpoint, so no float32 decoder is ever written."""
     report = GraphReport()
     rewrite_linears(model.graph, GRAPH_COMPONENTS[name], recipe, report, gptq if name == "decoder" else None)
     if name == "decoder":
@@ -33,7 +35,7 @@ def quantize_graph(name: str, path: Path, recipe: Recipe, gptq: dict[str, Packed
     problems = check_fast_path(model.graph)
     if problems:
         raise SlowPathError("refusing to write a slow-path MatMulNBits: " + "; ".join(problems[:3]))
-    if any(label != "fp32" for label in report.weights.values()):
+    if any(label != "fp32" for label in report.weights.values()) or not path.exists():
         save_graph(model, path)
     del model
     if report.dynamic_int8:

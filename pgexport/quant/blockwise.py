@@ -18,6 +18,28 @@ import numpy as np
 from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
 
+@dataclass(frozen=True)
+class Layout:
+    """The shapes of one packed weight W [K, N], known before it is packed."""
+
+    bits: int
+    block_size: int
+    k: int
+    n: int
+    symmetric: bool
+
+    @property
+    def k_blocks(self) -> int:
+        return -(-self.k // self.block_size)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Packed field -> shape (uint8 data and zero points, float32 scales)."""
+        shapes = {"data": (self.n, self.k_blocks, self.block_size * self.bits // 8), "scales": (self.n, self.k_blocks)}
+        if not self.symmetric:
+            shapes["zero_points"] = (self.n, -(-self.k_blocks * self.bits // 8))
+        return shapes
+
+
 @dataclass
 class Packed:
     data: np.ndarray  # uint8 [N, k_blocks, blob]
@@ -32,6 +54,10 @@ class Packed:
     @property
     def k_blocks(self) -> int:
         return self.scales.shape[1]
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.bits, self.block_size, self.k, self.n, self.zero_points is None)
 
     def nbytes(self) -> int:
         return self.data.nbytes + self.scales.nbytes + (0 if self.zero_points is None else self.zero_points.nbytes)

@@ -16,12 +16,14 @@ from __future__ import annotations
 import ast
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
 
-from .blockwise import Packed, pack_rtn, pack_rtn_rows
+from .blockwise import Layout, Packed, pack_rtn, pack_rtn_rows
 from .recipes import Precision, Recipe
 
 MS_DOMAIN = "com.microsoft"
@@ -62,13 +64,55 @@ def _linear_weight(node: ir.Node) -> ir.Value | None:
     return b
 
 
-def _add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=_namer(graph).unique(name), const_value=ir.tensor(array))
-    value.const_value.name = value.name
-    value.shape = ir.Shape(array.shape)
-    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
-    graph.register_initializer(value)
-    return value
+def _add_initializer(graph: ir.Graph, name: str, value: np.ndarray | ir.TensorProtocol) -> ir.Value:
+    tensor = ir.tensor(value) if isinstance(value, np.ndarray) else value
+    v = ir.Value(name=_namer(graph).unique(name), const_value=tensor)
+    tensor.name = v.name
+    v.shape = ir.Shape(tensor.shape)
+    v.type = ir.TensorType(tensor.dtype)
+    graph.register_initializer(v)
+    return v
+
+
+class _Deferred:
+    """One weight, packed when the first of its parts is read (as the graph is saved) and dropped once each part
+    has been read: a rewritten graph never holds more than one packed weight and its float source, whatever
+    the model's size, and the source may itself be read lazily (a streamed export's bound weights)."""
+
+    def __init__(self, weight: ir.Value, layout: Layout, pack: Callable[[np.ndarray], Packed]):
+        self.weight, self.layout, self._pack = weight, layout, pack
+        self._packed: Packed | None = None
+        self._unread: set[str] = set()
+
+    def part(self, field: str) -> ir.TensorProtocol:
+        if self._packed is None:
+            self._packed = self._pack(self.weight.const_value.numpy())
+            _release(self.weight)
+            self._unread = set(self.layout.shapes())
+        array = getattr(self._packed, field)
+        if array.shape != self.layout.shapes()[field]:
+            raise AssertionError(f"{self.weight.name}: packed {field} {array.shape}, laid out "
+                                 f"{self.layout.shapes()[field]}")
+        self._unread.discard(field)
+        if not self._unread:
+            self._packed = None
+        return ir.tensor(array)
+
+
+_FIELD_TYPES = {"data": ir.DataType.UINT8, "scales": ir.DataType.FLOAT, "zero_points": ir.DataType.UINT8}
+
+
+def _packed_values(graph: ir.Graph, base: str, packed: Packed | _Deferred) -> list[ir.Value]:
+    """[data, scales(, zero points)] initializers: a packed weight's arrays, or a deferred one's lazy parts."""
+    layout = packed.layout
+    values = []
+    for name, shape in layout.shapes().items():
+        if isinstance(packed, Packed):
+            tensor = ir.tensor(getattr(packed, name))
+        else:
+            tensor = ir.LazyTensor(partial(packed.part, name), _FIELD_TYPES[name], ir.Shape(shape))
+        values.append(_add_initializer(graph, f"{base}." + (f"q{layout.bits}" if name == "data" else name), tensor))
+    return values
 
 
 def _namer(graph: ir.Graph) -> "_Namer":
@@ -91,19 +135,13 @@ class _Namer:
         return name
 
 
-def _matmul_nbits(graph: ir.Graph, node: ir.Node, packed: Packed, prec: Precision, base: str,
-                  shared: list[ir.Value] | None = None) -> ir.Node:
-    """MatMulNBits replacing `node`; `shared` = existing [data, scales(, zero points)] initializers to reuse."""
-    if shared is None:
-        shared = [_add_initializer(graph, f"{base}.q{packed.bits}", packed.data),
-                  _add_initializer(graph, f"{base}.scales", packed.scales)]
-        if packed.zero_points is not None:
-            shared.append(_add_initializer(graph, f"{base}.zero_points", packed.zero_points))
-    inputs = [node.inputs[0], *shared]
-    attrs = {"K": packed.k, "N": packed.n, "bits": packed.bits, "block_size": packed.block_size}
+def _matmul_nbits(graph: ir.Graph, node: ir.Node, layout: Layout, packed: list[ir.Value], prec: Precision,
+                  base: str) -> ir.Node:
+    """MatMulNBits replacing `node`, reading the packed initializers [data, scales(, zero points)]."""
+    attrs = {"K": layout.k, "N": layout.n, "bits": layout.bits, "block_size": layout.block_size}
     if prec.accuracy_level:
         attrs["accuracy_level"] = prec.accuracy_level
-    return ir.node("MatMulNBits", inputs, attrs, domain=MS_DOMAIN, name=(node.name or base) + "_nbits",
+    return ir.node("MatMulNBits", [node.inputs[0], *packed], attrs, domain=MS_DOMAIN, name=(node.name or base) + "_nbits",
                    metadata_props=dict(node.metadata_props))
 
 
@@ -124,8 +162,15 @@ def _drop_unused_initializers(graph: ir.Graph) -> None:
 
 
 def _fp16_cast(graph: ir.Graph, weight: ir.Value, base: str) -> tuple[ir.Node, ir.Value]:
-    w16 = _add_initializer(graph, f"{base}.fp16", weight.const_value.numpy().astype(np.float16))
-    _release(weight)
+    """Cast(fp16 copy of `weight`) -> float32; the copy is made as the graph is saved (see _Deferred)."""
+    source = weight.const_value
+
+    def half() -> ir.TensorProtocol:
+        w16 = ir.tensor(source.numpy().astype(np.float16))
+        _release(weight)
+        return w16
+
+    w16 = _add_initializer(graph, f"{base}.fp16", ir.LazyTensor(half, ir.DataType.FLOAT16, source.shape))
     cast = ir.node("Cast", [w16], {"to": ir.DataType.FLOAT}, name=f"{base}_cast_fp32")
     return cast, cast.outputs[0]
 
@@ -154,18 +199,17 @@ def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: Gra
             graph.insert_before(node, cast)
             node.replace_input_with(1, w32)
             continue
-        w = weight.const_value.numpy()
         if prec.kind == "int4-gptq":
             if gptq is None or module not in gptq:
                 raise RuntimeError(f"no GPTQ weights for {module}")
             packed = gptq[module]
         else:
-            packed = pack_rtn(w, prec.bits, prec.block_size, prec.symmetric)
-        del w
-        _release(weight)
-        new = _matmul_nbits(graph, node, packed, prec, base)
+            k, n = weight.const_value.shape
+            packed = _Deferred(weight, Layout(prec.bits, prec.block_size, k, n, prec.symmetric),
+                               partial(pack_rtn, bits=prec.bits, block_size=prec.block_size, symmetric=prec.symmetric))
+        new = _matmul_nbits(graph, node, packed.layout, _packed_values(graph, base, packed), prec, base)
         pre = []
-        if packed.input_perm is not None:  # act-order GPTQ import: permute activations, not g_idx
+        if isinstance(packed, Packed) and packed.input_perm is not None:  # act-order GPTQ import: permute activations, not g_idx
             perm = _add_initializer(graph, f"{base}.input_perm", packed.input_perm)
             gather = ir.node("Gather", [node.inputs[0], perm], {"axis": -1}, name=f"{base}_input_perm")
             new.replace_input_with(0, gather.outputs[0])
@@ -212,8 +256,7 @@ def rewrite_embedding(graph: ir.Graph, recipe: Recipe, report: GraphReport) -> N
     report.weights["embed_tokens" + (" (+ tied lm_head)" if tied else "")] = prec.label()
     if prec.kind == "fp32":
         return
-    e = table.const_value.numpy()  # [V, H]
-    vocab, hidden = e.shape
+    vocab, hidden = table.const_value.shape
     if prec.kind == "fp16":
         cast, e32 = _fp16_cast(graph, table, "embed_tokens")
         graph.insert_before(gather, cast)
@@ -227,33 +270,29 @@ def rewrite_embedding(graph: ir.Graph, recipe: Recipe, report: GraphReport) -> N
         report.notes.append(f"embedding: hidden size {hidden} is not a multiple of {prec.block_size}; "
                             f"used block {block}")
     # MatMulNBits wants W as [K, N] = [hidden, vocab]; the table is [vocab, hidden], so N = vocab rows.
-    packed = pack_rtn_rows(e, prec.bits, block, prec.symmetric)
-    del e
-    _release(table)
-    data = _add_initializer(graph, f"embed_tokens.q{packed.bits}", packed.data)  # [V, k_blocks, blob]
-    scales = _add_initializer(graph, "embed_tokens.scales", packed.scales)  # [V, k_blocks]
+    layout = Layout(prec.bits, block, hidden, vocab, prec.symmetric)
+    shared = _packed_values(graph, "embed_tokens", _Deferred(
+        table, layout, partial(pack_rtn_rows, bits=prec.bits, block_size=block, symmetric=prec.symmetric)))
+    data, scales = shared[:2]  # data [V, k_blocks, blob], scales [V, k_blocks]
     inputs3 = [ir.node("Reshape", [scales, _add_initializer(graph, "embed_tokens.scales_shape",
-                                                             np.array([vocab, packed.k_blocks, 1], np.int64))],
+                                                             np.array([vocab, layout.k_blocks, 1], np.int64))],
                        name="embed_tokens_scales_3d")]
     gbq_inputs = [data, gather.inputs[1], inputs3[0].outputs[0]]
-    shared = [data, scales]
-    if packed.zero_points is not None:
-        zp = _add_initializer(graph, "embed_tokens.zero_points", packed.zero_points)
-        shared.append(zp)
-        inputs3.append(ir.node("Reshape", [zp, _add_initializer(graph, "embed_tokens.zp_shape",
-                                                                 np.array([vocab, -1, 1], np.int64))],
+    if not layout.symmetric:
+        inputs3.append(ir.node("Reshape", [shared[2], _add_initializer(graph, "embed_tokens.zp_shape",
+                                                                       np.array([vocab, -1, 1], np.int64))],
                                name="embed_tokens_zp_3d"))
         gbq_inputs.append(inputs3[-1].outputs[0])
     # GatherBlockQuantized over the 3-D table: [B, S, k_blocks, block] -> Reshape to [B, S, hidden]
     gbq = ir.node("GatherBlockQuantized", gbq_inputs,
-                  {"gather_axis": 0, "quantize_axis": 2, "block_size": block, "bits": packed.bits},
+                  {"gather_axis": 0, "quantize_axis": 2, "block_size": block, "bits": layout.bits},
                   domain=MS_DOMAIN, name="embed_tokens_gbq")
     flat = ir.node("Reshape", [gbq.outputs[0], _add_initializer(graph, "embed_tokens.out_shape",
                                                                 np.array([0, 0, hidden], np.int64))],
                    name="embed_tokens_gbq_reshape")
     _replace(graph, gather, [*inputs3, gbq, flat], flat.outputs[0])
     if tied:
-        new = _matmul_nbits(graph, head, packed, prec, "lm_head", shared=shared)  # the same table, not a copy
+        new = _matmul_nbits(graph, head, layout, shared, prec, "lm_head")  # the same table, not a copy
         _replace(graph, head, [new], new.outputs[0])
         graph.remove(transpose, safe=True)
     _drop_unused_initializers(graph)
