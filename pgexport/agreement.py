@@ -12,7 +12,7 @@ accuracy gate and by `pgexport bench` alike (numpy only).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -42,8 +42,9 @@ def sequences(refs: Sequence[Sequence[int]], gots: Sequence[Sequence[int]]) -> d
     }
 
 
-def distributions(ref_logprobs: Sequence[np.ndarray], got_logprobs: Sequence[np.ndarray]) -> dict:
-    """Mean and max KL(reference || bundle) in nats and top-1 agreement, over every teacher-forced position."""
+def distributions(ref_logprobs: Iterable[np.ndarray], got_logprobs: Iterable[np.ndarray]) -> dict:
+    """Mean and max KL(reference || bundle) in nats and top-1 agreement, over every teacher-forced position.
+    The pairs are taken one at a time: either side may be a generator."""
     kls, top1 = [], []
     for p_log, q_log in zip(ref_logprobs, got_logprobs):
         p_log, q_log = np.asarray(p_log, np.float64), np.asarray(q_log, np.float64)

@@ -64,6 +64,7 @@ class _Build:
                                            self.progress)
             self.quantized.update(self.results.quantized or {})  # a streamed build's decoder
             execute(self.plan, BUNDLE, self.work(), self.progress)
+            torch_phase.cleanup(self.writer.tmp)
             record = self.manifest.record
             self._update(record=replace(record, build=record.build | {"seconds": round(time.time() - t0, 1)}))
             check_graph_files(self.writer.tmp, self.manifest.to_dict())

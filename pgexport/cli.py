@@ -95,7 +95,8 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
         plan = Plan.of(opts, check_memory=False)  # the figures, whether or not they fit
         for line in plan.estimate.lines():
             click.echo(line)
-        click.echo("mode        " + ("streamed, one decoder layer at a time" if plan.stream else "whole model"))
+        click.echo("mode        " + ("streamed, one decoder layer at a time" + (
+            "; the decoder quantized as it is exported" if plan.quantize else "") if plan.stream else "whole model"))
         click.echo("steps       " + ", ".join(s.name for s in steps(plan)))
         return
     bars: list = []  # created at the first step, so that an early user error prints no empty bar

@@ -32,7 +32,7 @@ STREAM_TIME_FACTOR = 1233 / 534  # that build took 20 min 33 s; the whole-model 
 class Estimate:
     parameters: dict[str, int]  # per recipe component
     bundle_bytes: int  # the finished bundle
-    disk_bytes: int  # at the peak: the float32 graphs plus the bundle being written
+    disk_bytes: int  # at the peak: the float32 graphs written plus the bundle being written
     peak_rss_bytes: int
     seconds: float
 
@@ -81,5 +81,8 @@ def estimate(g: Geometry, recipe, stream: bool = False) -> Estimate:
         gate = 0 if recipe.is_identity else BUNDLE_RSS_PER_BYTE * bundle
         peak = BASE_RSS + max(STREAM_RSS_PER_RESIDENT_BYTE * resident, gate)
     seconds = BASE_SECONDS + SECONDS_PER_PARAMETER * sum(params.values())
-    return Estimate(params, bundle, fp32 + (0 if recipe.is_identity else bundle), int(peak),
+    written = fp32  # the float32 graphs, quantized afterwards; streamed, the decoder is quantized as it is written
+    if stream and not recipe.is_identity and recipe.decoder_linear.kind != "int8":  # (dynamic int8 reads a file)
+        written = 4 * (params["vision_encoder"] + params["projector"])
+    return Estimate(params, bundle, written + (0 if recipe.is_identity else bundle), int(peak),
                     seconds * (STREAM_TIME_FACTOR if stream else 1.0))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ WORK = ".torch"
 class TorchResults:
     parity: parity.Reference | None
     gate_greedy: list[list[int]] | None
-    gate_logprobs: list[np.ndarray] | None
+    gate_logprobs: Sequence[np.ndarray] | None  # OnDisk
     gptq: dict | None  # module name -> blockwise.Packed
     layers: dict | None = None  # a streamed build's per-layer parity report (layer_parity.py)
     quantized: dict | None = None  # graph name -> quantization report, for graphs quantized as exported
@@ -37,7 +38,7 @@ class TorchResults:
 
 def run(opts: BuildOptions, out_dir: Path, progress) -> TorchResults:
     """Run the torch steps for these options in a child Python, exporting into out_dir; relay its progress;
-    load what it wrote."""
+    load what it wrote (the gate's log-probabilities stay on disk until read; `cleanup` removes them)."""
     work = out_dir / WORK
     work.mkdir(parents=True, exist_ok=True)
     job = {"options": opts.to_json(), "out_dir": str(out_dir)}
@@ -45,9 +46,12 @@ def run(opts: BuildOptions, out_dir: Path, progress) -> TorchResults:
         child.run("pgexport.torch_phase", job, work / "job.json", lambda event, text: progress(text))
     except child.ChildFailed as exc:
         raise RuntimeError(f"the PyTorch phase failed (exit {exc.code}):\n" + "\n".join(exc.tail)) from None
-    results = _load(work)
-    shutil.rmtree(work, ignore_errors=True)
-    return results
+    return _load(work)
+
+
+def cleanup(out_dir: Path) -> None:
+    """Remove what the torch steps left for the bundle steps (before the bundle is committed)."""
+    shutil.rmtree(out_dir / WORK, ignore_errors=True)
 
 
 def _child(job: dict, job_file: Path) -> None:
@@ -119,7 +123,9 @@ class _Phase:
         # streamed, every forward pass reads every layer: the samples go through together
         gref = gate.torch_reference(self.reference, self.source.directory, self.geometry, gate_set,
                                     self.opts.gate_tokens, batch=16 if self.stream else 1)
-        np.savez(self.work_dir / "gate.npz", **{f"lp{i}": lp for i, lp in enumerate(gref.logprobs)})
+        (self.work_dir / "gate").mkdir(exist_ok=True)
+        for i, lp in enumerate(gref.logprobs):  # one file each: the gate reads them one at a time
+            np.save(self.work_dir / "gate" / f"lp{i}.npy", lp, allow_pickle=False)
         (self.work_dir / "gate.json").write_text(json.dumps({"greedy": gref.greedy}))
 
     def export_vision_encoder(self) -> None:
@@ -185,6 +191,22 @@ class _Phase:
                                                              for n, p in packed.items()}))
 
 
+class OnDisk(Sequence):
+    """Arrays read from .npy files when indexed (the gate's [T, V] log-probabilities: 0.5 GB for 16 samples
+    at PaliGemma's vocabulary, held one at a time)."""
+
+    def __init__(self, paths: list[Path]):
+        self._paths = paths
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return np.load(self._paths[i], allow_pickle=False)
+
+
 def _load(work: Path) -> TorchResults:
     from .quant.blockwise import Packed
 
@@ -194,10 +216,9 @@ def _load(work: Path) -> TorchResults:
             arrays = {k: z[k] for k in z.files}
         ref = parity.Reference(greedy=json.loads((work / "parity.json").read_text())["greedy"], **arrays)
     greedy = logprobs = None
-    if (work / "gate.npz").is_file():
+    if (work / "gate.json").is_file():
         greedy = json.loads((work / "gate.json").read_text())["greedy"]
-        with np.load(work / "gate.npz", allow_pickle=False) as z:
-            logprobs = [z[f"lp{i}"] for i in range(len(greedy))]
+        logprobs = OnDisk([work / "gate" / f"lp{i}.npy" for i in range(len(greedy))])
     gptq = None
     if (work / "gptq.npz").is_file():
         meta = json.loads((work / "gptq.json").read_text())

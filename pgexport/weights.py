@@ -91,13 +91,16 @@ class CheckpointWeights:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._shapes)
 
-    def get(self, name: str) -> torch.Tensor:
-        out = torch.empty(self._shapes[name])
+    def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        out = torch.empty(self._shapes[name], dtype=dtype)
         self.read_into(name, out, bytearray(self._where[name][3] - self._where[name][2]))
         return out
 
+    def stored_dtype(self, name: str) -> torch.dtype:
+        return FLOAT_DTYPES[self._where[name][1]]
+
     def read_into(self, name: str, out: torch.Tensor, scratch: bytearray) -> None:
-        """The tensor, as float32, into `out`, read through `scratch` (at least its size in bytes): a streamed
+        """The tensor, converted to `out`'s dtype, into `out`, read through `scratch` (at least its size in bytes): a streamed
         model reads every layer on every forward pass into buffers it keeps, so no page is newly faulted in."""
         path, dtype, start, end = self._where[name]
         if end == start:

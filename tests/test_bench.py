@@ -145,6 +145,27 @@ def test_cli_speed_mode_is_auto_detected_for_random_presets(tiny_bundles):
     assert all(r["throughput"]["decode_tokens_mean"] == 3 for r in report["runs"])  # EOS ignored: 1 + 3 tokens
 
 
+def test_a_reference_too_large_for_the_machine_is_named_not_run(tiny_bundles, monkeypatch):
+    """Speed mode skips (and notes) a reference whose weights alone exceed the machine's memory; full mode, whose
+    accuracy needs it, refuses in one line before any worker starts."""
+    from pgexport.bench import run as bench_run
+    from pgexport.bench.run import reference_bytes
+    from pgexport_runtime.errors import UserError
+    from pgexport_runtime.manifest import load_manifest
+
+    g = load_manifest(tiny_bundles["clean"]).geometry
+    monkeypatch.setattr(bench_run, "machine_memory", lambda: (reference_bytes(g, "bf16") + reference_bytes(g, "fp32")) / 2)
+    out = tiny_bundles["root"] / "small-machine"
+    report = run_bench(BenchOptions(bundles=(tiny_bundles["clean"],), mode="speed", warmup=0, repeats=1,
+                                    new_tokens=2, work_dir=out / "work"))
+    assert [r["name"] for r in report["runs"]] == ["torch-bf16", "tiny-fp32"]
+    assert any(n.startswith("torch-fp32 not run: its weights alone need") for n in report["notes"]), report["notes"]
+    with pytest.raises(UserError, match="fp32 PyTorch reference .* needs at least .* --mode speed"):
+        run_bench(BenchOptions(bundles=(tiny_bundles["clean"],), mode="full", reference_dtypes=("fp32",), limit=1,
+                               warmup=0, repeats=1, work_dir=out / "work-full"))
+    assert not (out / "work-full").exists() or not list((out / "work-full").glob("result-*.json"))
+
+
 def test_sequence_comparison():
     acc = compare_sequences({"a": [1, 2, 3], "b": [4, 5]}, {"a": [1, 2, 3], "b": [4, 6, 7]})
     assert acc["sequence_agreement"] == 0.5

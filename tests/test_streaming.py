@@ -151,3 +151,24 @@ def test_stream_refuses_what_it_does_not_do_yet(tmp_path):
     adapter = save_lora_adapter(base, tmp_path / "lora", ["q_proj"], seed=0)
     with pytest.raises(UserError, match=r"^--stream does not yet support an --adapter"):
         Plan.of(BuildOptions(model=str(base), adapter=adapter, stream=True))
+
+
+@pytest.mark.parametrize("name", ["tiny-pg1", "tiny-pg2"])
+def test_streamed_model_keeps_a_bf16_table_and_computes_as_transformers(name, tmp_path):
+    """From a bfloat16 checkpoint the streamed reference keeps the table in bfloat16 (half its float32 memory)
+    and computes in float32: the loaded float32 model's logits and greedy tokens."""
+    import torch
+
+    from pgexport.streamed import streamed_model
+
+    directory = save_checkpoint(name, tmp_path / "ckpt", dtype=torch.bfloat16)
+    source = sources.resolve(str(directory))
+    config, g = sources.load_config(source), sources.load_geometry(source)
+    model = streamed_model(config, CheckpointWeights(directory, meta_model(config)))
+    assert model.model.language_model.embed_tokens.weight.dtype == torch.bfloat16
+    got = parity.torch_reference(model, directory, g, 12)
+    want = parity.torch_reference(sources.load_model(source), directory, g, 12)
+    real = want.attention_mask.astype(bool)
+    diff = np.abs(got.logits[real] - want.logits[real]).max() / np.abs(want.logits[real]).max()
+    assert diff < 1e-5, diff
+    assert got.greedy == want.greedy and any(len(set(row)) >= 4 for row in want.greedy), want.greedy

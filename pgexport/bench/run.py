@@ -73,6 +73,7 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
     work = Path(opts.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
+    memory = machine_memory()
 
     items, eval_name = _items(opts, mode, manifests[0])
     groups = list(dict.fromkeys(specs))  # one reference (and one set of inputs) per model source
@@ -86,6 +87,15 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
         ref_tokens = work / f"reference-{k}-tokens.json"
         for j, dtype in enumerate(dtypes):
             primary = j == 0 and mode == "full"
+            need = reference_bytes(manifests[members[0]].geometry, dtype)
+            if need > memory:  # it cannot load: say so, rather than be killed for memory part way through
+                if primary:
+                    raise UserError(f"the {dtype} PyTorch reference of {spec} needs at least {need / 1e9:.1f} GB "
+                                    f"(its weights), more than this machine's {memory / 1e9:.1f} GB: measure "
+                                    "latency and memory alone with --mode speed")
+                notes.append(f"torch-{dtype}{suffix} not run: its weights alone need {need / 1e9:.1f} GB, more "
+                             f"than this machine's {memory / 1e9:.1f} GB")
+                continue
             name = f"torch-{dtype}{suffix}"
             spec_ = {**common, "kind": "reference", "source": spec, "dtype": dtype, "teacher_self": primary,
                      "exact_weights": mode == "full", "logprobs_dir": str(work / f"logprobs-ref-{k}")}
@@ -137,6 +147,19 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
     }
     validate(report)
     return report
+
+
+def reference_bytes(g, dtype: str) -> float:
+    """The least a PyTorch reference holds: the interpreter and libraries, and the model's weights at `dtype`."""
+    from pgexport.estimate import BASE_RSS, parameters
+
+    return BASE_RSS + sum(parameters(g).values()) * {"fp32": 4, "bf16": 2}[dtype]
+
+
+def machine_memory() -> float:
+    from pgexport.plan import machine_memory as physical
+
+    return physical()
 
 
 def _units(opts: BenchOptions, n: int, mode: str, teacher: bool) -> int:

@@ -10,6 +10,7 @@ teacher-forced next-token distributions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ from ..agreement import until_eos
 class GateReference:
     samples: list[tuple[Image.Image, str]]
     greedy: list[list[int]]
-    logprobs: list[np.ndarray]  # [T_i, V] float32: log p(next token) at the positions predicting greedy[i]
+    logprobs: Sequence[np.ndarray]  # [T_i, V] float32: log p(next token) at the positions predicting greedy[i]
 
 
 def torch_reference(model, source_dir, g: Geometry, samples, max_new_tokens: int, progress=None,
@@ -98,12 +99,14 @@ def bundle_reference(pg, samples, max_new_tokens: int) -> GateReference:
 def evaluate(pg, ref: GateReference, max_new_tokens: int) -> dict:
     """Compare a loaded bundle (pgexport_runtime.PaliGemma) with the reference (pgexport/agreement.py's measures)."""
     eos = pg.geometry.eos_token_id
-    got, scored = [], []
-    for (image, prompt), want in zip(ref.samples, ref.greedy):
-        got.append(until_eos(pg(image, prompt, max_new_tokens=max_new_tokens).tokens, eos))
-        prefix = np.array([pg.tokenizer.prefix_ids(prompt)], dtype=np.int64)
-        scored.append(decoder.score(pg.graphs, pg.geometry, prefix, pg.image_embeddings([image]), want))
-    seq, dist = agreement.sequences(ref.greedy, got), agreement.distributions(ref.logprobs, scored)
+    got = [until_eos(pg(image, prompt, max_new_tokens=max_new_tokens).tokens, eos) for image, prompt in ref.samples]
+
+    def scored():  # one [T, V] array at a time, each compared and dropped (ref.logprobs may be read lazily too)
+        for (image, prompt), want in zip(ref.samples, ref.greedy):
+            prefix = np.array([pg.tokenizer.prefix_ids(prompt)], dtype=np.int64)
+            yield decoder.score(pg.graphs, pg.geometry, prefix, pg.image_embeddings([image]), want)
+
+    seq, dist = agreement.sequences(ref.greedy, got), agreement.distributions(ref.logprobs, scored())
     return {
         "samples": len(ref.samples),
         "sequence_agreement": seq["sequence_agreement"],
