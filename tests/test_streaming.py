@@ -172,3 +172,25 @@ def test_streamed_model_keeps_a_bf16_table_and_computes_as_transformers(name, tm
     diff = np.abs(got.logits[real] - want.logits[real]).max() / np.abs(want.logits[real]).max()
     assert diff < 1e-5, diff
     assert got.greedy == want.greedy and any(len(set(row)) >= 4 for row in want.greedy), want.greedy
+
+
+def test_decoder_quantized_as_exported_is_the_quantized_float_export(ckpt, tmp_path):
+    """A streamed build packs the decoder's weights as the graph is written (no float32 file): the files are
+    those of exporting in float32 and quantizing the file afterwards, byte for byte."""
+    from pgexport.quant.apply import quantize_graph
+    from pgexport.quant.recipes import resolve_recipe
+
+    directory, config, g, _ = ckpt
+    recipe = resolve_recipe("int4")
+    (tmp_path / "after").mkdir()
+    (tmp_path / "during").mkdir()
+    weights = CheckpointWeights(directory, meta_model(config))
+    graphs.export_decoder(config, weights, g, tmp_path / "after")
+    want = quantize_graph("decoder", tmp_path / "after" / "decoder.onnx", recipe)
+    got = graphs.export_decoder(config, weights, g, tmp_path / "during", recipe)
+    assert got == want and set(want["weights"].values()) == {"int4/b32"}
+    files = sorted(p.name for p in (tmp_path / "during").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "after").iterdir())
+    for f in files:
+        assert (tmp_path / "during" / f).read_bytes() == (tmp_path / "after" / f).read_bytes(), f
+    assert Counter(n.op_type for n in ir.load(tmp_path / "during" / "decoder.onnx").graph)["MatMulNBits"] > 0

@@ -145,8 +145,18 @@ def _matmul_nbits(graph: ir.Graph, node: ir.Node, layout: Layout, packed: list[i
                    metadata_props=dict(node.metadata_props))
 
 
+def _insert(graph: ir.Graph, before: ir.Node, nodes: list[ir.Node]) -> None:
+    """Insert `nodes`, their outputs named after them. onnx_ir would number them from a counter that depends
+    on the graph's history (exported in this process, or loaded from a file): the same rewrite would be
+    written two ways."""
+    graph.insert_before(before, nodes)
+    for node in nodes:
+        for i, out in enumerate(node.outputs):
+            out.name = _namer(graph).unique(f"{node.name}_out{i}")
+
+
 def _replace(graph: ir.Graph, old: ir.Node, new_nodes: list[ir.Node], new_output: ir.Value) -> None:
-    graph.insert_before(old, new_nodes)
+    _insert(graph, old, new_nodes)
     out = old.outputs[0]
     name = out.name if out in graph.outputs else None
     out.replace_all_uses_with(new_output, replace_graph_outputs=True)
@@ -196,7 +206,7 @@ def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: Gra
             continue
         if prec.kind == "fp16":
             cast, w32 = _fp16_cast(graph, weight, base)
-            graph.insert_before(node, cast)
+            _insert(graph, node, [cast])
             node.replace_input_with(1, w32)
             continue
         if prec.kind == "int4-gptq":
@@ -259,7 +269,7 @@ def rewrite_embedding(graph: ir.Graph, recipe: Recipe, report: GraphReport) -> N
     vocab, hidden = table.const_value.shape
     if prec.kind == "fp16":
         cast, e32 = _fp16_cast(graph, table, "embed_tokens")
-        graph.insert_before(gather, cast)
+        _insert(graph, gather, [cast])
         gather.replace_input_with(0, e32)
         if tied:
             transpose.replace_input_with(0, e32)
