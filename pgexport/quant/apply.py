@@ -18,6 +18,11 @@ class SlowPathError(RuntimeError):
     """A graph would run MatMulNBits on onnxruntime's slow path; the bundle is refused."""
 
 
+def quantize_graphs(files: dict[str, Path], recipe: Recipe, gptq: dict[str, Packed] | None = None) -> dict:
+    """files: graph name -> .onnx path. Returns the manifest's per-graph quantization report."""
+    return {name: quantize_graph(name, path, recipe, gptq) for name, path in files.items()}
+
+
 def quantize_graph(name: str, path: Path, recipe: Recipe, gptq: dict[str, Packed] | None = None) -> dict:
     """Rewrite one graph file in place per the recipe (GPTQ weights apply to the decoder); -> its report."""
     return quantize_model(name, ir.load(path), path, recipe, gptq)
