@@ -29,7 +29,7 @@ def streamed_model(config, source):
     tower = model.model.vision_tower
     tower.register_forward_pre_hook(_load(names, source))
     tower.register_forward_hook(_release)
-    slots = _LayerSlots(names, source)
+    slots = model._layer_slots = _LayerSlots(names, source)
     for layer in lm.layers:
         layer.register_forward_pre_hook(slots.load)
         layer.register_forward_hook(_release)
@@ -105,7 +105,10 @@ class _LayerSlots:
 
 def drop_table(model) -> None:
     """Once the references are computed: the embedding table (and an untied lm_head) back on the meta device,
-    its memory freed for the export steps, which read it again one tensor at a time."""
+    and the layers' shared buffers freed (a forward pass would allocate them again), for the export steps,
+    which read weights again one tensor at a time."""
+    model._layer_slots.buffers.clear()
+    model._layer_slots.scratch = bytearray()
     lm = model.model.language_model
     tied = model.lm_head.weight is lm.embed_tokens.weight
     for module in (lm.embed_tokens, model.lm_head):
