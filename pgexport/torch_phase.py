@@ -201,9 +201,7 @@ class OnDisk(Sequence):
     def __len__(self) -> int:
         return len(self._paths)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def __getitem__(self, i: int) -> np.ndarray:
         return np.load(self._paths[i], allow_pickle=False)
 
 

@@ -148,13 +148,13 @@ def test_cli_speed_mode_is_auto_detected_for_random_presets(tiny_bundles):
 def test_a_reference_too_large_for_the_machine_is_named_not_run(tiny_bundles, monkeypatch):
     """Speed mode skips (and notes) a reference whose weights alone exceed the machine's memory; full mode, whose
     accuracy needs it, refuses in one line before any worker starts."""
-    from pgexport.bench import run as bench_run
+    from pgexport import plan
     from pgexport.bench.run import reference_bytes
     from pgexport_runtime.errors import UserError
     from pgexport_runtime.manifest import load_manifest
 
     g = load_manifest(tiny_bundles["clean"]).geometry
-    monkeypatch.setattr(bench_run, "machine_memory", lambda: (reference_bytes(g, "bf16") + reference_bytes(g, "fp32")) / 2)
+    monkeypatch.setattr(plan, "machine_memory", lambda: (reference_bytes(g, "bf16") + reference_bytes(g, "fp32")) / 2)
     out = tiny_bundles["root"] / "small-machine"
     report = run_bench(BenchOptions(bundles=(tiny_bundles["clean"],), mode="speed", warmup=0, repeats=1,
                                     new_tokens=2, work_dir=out / "work"))

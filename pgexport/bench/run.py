@@ -73,7 +73,9 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
     work = Path(opts.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    memory = machine_memory()
+    from pgexport import plan
+
+    memory = plan.machine_memory()
 
     items, eval_name = _items(opts, mode, manifests[0])
     groups = list(dict.fromkeys(specs))  # one reference (and one set of inputs) per model source
@@ -154,12 +156,6 @@ def reference_bytes(g, dtype: str) -> float:
     from pgexport.estimate import BASE_RSS, parameters
 
     return BASE_RSS + sum(parameters(g).values()) * {"fp32": 4, "bf16": 2}[dtype]
-
-
-def machine_memory() -> float:
-    from pgexport.plan import machine_memory as physical
-
-    return physical()
 
 
 def _units(opts: BenchOptions, n: int, mode: str, teacher: bool) -> int:
