@@ -82,7 +82,7 @@ def estimate(g: Geometry, recipe, stream: bool = False) -> Estimate:
         peak = BASE_RSS + max(STREAM_RSS_PER_RESIDENT_BYTE * resident, gate)
     seconds = BASE_SECONDS + SECONDS_PER_PARAMETER * sum(params.values())
     written = fp32  # the float32 graphs, quantized afterwards; streamed, the decoder is quantized as it is written
-    if stream and not recipe.is_identity and recipe.decoder_linear.kind != "int8":  # (dynamic int8 reads a file)
+    if stream and not recipe.is_identity:
         written = 4 * (params["vision_encoder"] + params["projector"])
     return Estimate(params, bundle, written + (0 if recipe.is_identity else bundle), int(peak),
                     seconds * (STREAM_TIME_FACTOR if stream else 1.0))

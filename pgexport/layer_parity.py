@@ -111,7 +111,13 @@ class _LayerWeights:
         return self.source.shapes()
 
     def get(self, name: str):
-        return self.source.get(re.sub(r"(\.layers\.)0\.", rf"\g<1>{self.layer}.", name, count=1))
+        return self.source.get(self._name(name))
+
+    def rows(self, name: str, start: int, stop: int):
+        return self.source.rows(self._name(name), start, stop)
+
+    def _name(self, name: str) -> str:
+        return re.sub(r"(\.layers\.)0\.", rf"\g<1>{self.layer}.", name, count=1)
 
 
 def summarize_failure(report: dict) -> str:

@@ -134,6 +134,12 @@ class ResidentFirst:
             return self._source.get(name)
         return held.detach().to(torch.float32)
 
+    def rows(self, name: str, start: int, stop: int):
+        held = dict(self._model.named_parameters()).get(name)
+        if held is None or held.is_meta:
+            return self._source.rows(name, start, stop)
+        return held.detach()[start:stop].to(torch.float32)
+
 
 def _load(names, source):
     def hook(module, args):

@@ -56,6 +56,9 @@ class ModuleWeights:
     def get(self, name: str) -> torch.Tensor:
         return self._params[name].detach().to(torch.float32)
 
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self._params[name].detach()[start:stop].to(torch.float32)
+
 
 class CheckpointWeights:
     """The tensors of a checkpoint directory's safetensors files, read lazily by model parameter name."""
@@ -102,13 +105,27 @@ class CheckpointWeights:
     def read_into(self, name: str, out: torch.Tensor, scratch: bytearray) -> None:
         """The tensor, converted to `out`'s dtype, into `out`, read through `scratch` (at least its size in bytes): a streamed
         model reads every layer on every forward pass into buffers it keeps, so no page is newly faulted in."""
+        self._read(name, 0, out, scratch)
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows start..stop of a tensor (a slice of the embedding table), in float32, read alone."""
+        shape = self._shapes[name]
+        start, stop = max(0, start), min(stop, shape[0])
+        out = torch.empty((max(stop - start, 0), *shape[1:]), dtype=torch.float32)
+        row_bytes = self.nbytes(name) // shape[0] if shape[0] else 0
+        self._read(name, start * row_bytes, out, bytearray(out.shape[0] * row_bytes))
+        return out
+
+    def _read(self, name: str, offset: int, out: torch.Tensor, scratch: bytearray) -> None:
+        """out.numel() stored elements of `name` from byte `offset` of it, converted into `out`."""
         path, dtype, start, end = self._where[name]
-        if end == start:
+        size = out.numel() * FLOAT_DTYPES[dtype].itemsize
+        if size == 0:
             return
-        view = memoryview(scratch)[:end - start]
+        view = memoryview(scratch)[:size]
         with open(path, "rb") as f:
-            f.seek(start)
-            if f.readinto(view) != len(view):
+            f.seek(start + offset)
+            if start + offset + size > end or f.readinto(view) != size:
                 raise UserError(f"{path}: truncated while reading {name}")
         # safetensors is little-endian, as every platform torch runs on here
         out.copy_(torch.frombuffer(view, dtype=FLOAT_DTYPES[dtype]).reshape(out.shape))

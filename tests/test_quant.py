@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -395,11 +396,56 @@ def test_int8_dynamic_linear_equals_an_independent_emulation(tmp_path):
     assert np.abs(got - xs @ w).max() > 1e-4 * np.abs(xs @ w).max()  # it is quantized, not the float product
 
 
+@pytest.mark.parametrize("model", ["tiny-pg1", "tiny-pg2"])
+def test_int8_dynamic_vision_encoder_is_onnxruntimes_quantize_dynamic(bundles, model, tmp_path):
+    """The dynamic int8 rewrite writes what onnxruntime's quantize_dynamic (per-channel uint8 weights) writes
+    for the same MatMuls: the same operators, the same codes, scales and zero points, the same outputs bit for
+    bit, with one weight in memory at a time instead of the whole graph."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from pgexport.quant.apply import quantize_graph
+
+    src = bundles[model] / "vision_encoder.onnx"
+    ours = tmp_path / "ours" / "vision_encoder.onnx"
+    ours.parent.mkdir()
+    for f in bundles[model].glob("vision_encoder.onnx*"):
+        shutil.copy(f, ours.parent / f.name)
+    theirs = tmp_path / "theirs.onnx"
+    quantize_dynamic(src, theirs, per_channel=True, weight_type=QuantType.QUInt8, op_types_to_quantize=["MatMul"],
+                     extra_options={"MatMulConstBOnly": True})
+    report = quantize_graph("vision_encoder", ours, RECIPES["int8-dynamic"])
+    assert set(report["weights"].values()) == {"int8"}
+
+    def weights(path):
+        """(codes, zero points) per MatMulInteger; the weight scales each rescale multiplies in; the ops."""
+        graph = onnx.load(str(path)).graph
+        inits = {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in graph.initializer}
+        x_scales = {n.output[1] for n in graph.node if n.op_type == "DynamicQuantizeLinear"}
+        codes = Counter((inits[n.input[1]], inits[n.input[3]]) for n in graph.node if n.op_type == "MatMulInteger")
+        scales = Counter(inits[i] for n in graph.node if n.op_type == "Mul" and x_scales & set(n.input)
+                         for i in n.input if i in inits)
+        return codes, scales, Counter(n.op_type for n in graph.node)
+
+    mine, ref = weights(ours), weights(theirs)
+    assert sum(mine[0].values()) == sum(mine[1].values()) == len(report["weights"]) > 0
+    assert mine == ref
+
+    pixels = np.random.default_rng(1).normal(0, 1, [2, *ort.InferenceSession(str(src)).get_inputs()[0].shape[1:]])
+    feeds = {"pixel_values": pixels.astype(np.float32)}
+    (a,) = ort.InferenceSession(str(ours)).run(None, feeds)
+    (b,) = ort.InferenceSession(str(theirs)).run(None, feeds)
+    (f,) = ort.InferenceSession(str(src)).run(None, feeds)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, f)  # quantized, not the float graph
+
+
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_table_packed_in_slices_is_packed_whole(symmetric):
     """pack_rtn_rows (the embedding table, a slice of the vocabulary at a time) gives pack_rtn's result."""
     table = np.random.default_rng(3).standard_normal((1000, 96)).astype(np.float32)  # [vocab, hidden]
-    whole, sliced = pack_rtn(table.T, 4, 32, symmetric), pack_rtn_rows(table, 4, 32, symmetric, rows=300)
+    whole, sliced = pack_rtn(table.T, 4, 32, symmetric), pack_rtn_rows(lambda a, b: table[a:b], 1000, 96, 4, 32, symmetric,
+                                                                rows=300)
     assert (sliced.k, sliced.n) == (whole.k, whole.n) == (96, 1000)
     np.testing.assert_array_equal(sliced.data, whole.data)
     np.testing.assert_array_equal(sliced.scales, whole.scales)

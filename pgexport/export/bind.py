@@ -54,7 +54,8 @@ def bind(model: ir.Model, weights: dict[ir.Value, str], source) -> None:
     for value, param in weights.items():
         if value.name in graph.initializers:  # the optimizer drops unused parameters (an untied lm_head's table)
             _check_shape(value, shapes[param], param)
-            lazy[value] = _Lazy(shapes[param], np.float32, lambda param=param: source.get(param).numpy())
+            lazy[value] = _Lazy(shapes[param], np.float32, lambda param=param: source.get(param).numpy(),
+                                rows=lambda a, b, param=param: source.rows(param, a, b).numpy())
     for node in list(graph):
         if not _foldable(node, lazy):
             continue
@@ -91,10 +92,11 @@ def _foldable(node: ir.Node, lazy: dict) -> bool:
 
 
 class _Lazy:
-    """A deferred float32 array: its shape now, its values on call."""
+    """A deferred float32 array: its shape now, its values on call; a weight read as it is stored can also be
+    read a slice of rows at a time (`rows(a, b)`)."""
 
-    def __init__(self, shape, dtype, fn):
-        self.shape, self.dtype, self._fn = tuple(shape), np.dtype(dtype), fn
+    def __init__(self, shape, dtype, fn, rows=None):
+        self.shape, self.dtype, self._fn, self.rows = tuple(shape), np.dtype(dtype), fn, rows
         self.size = int(np.prod(self.shape))
 
     def __call__(self) -> np.ndarray:
@@ -134,9 +136,15 @@ def _dtype(dtype: np.dtype) -> ir.DataType:
     return ir.DataType.from_numpy(np.dtype(dtype))
 
 
+ROWS_KEY = "pgexport.rows"  # tensor.meta: rows(a, b) -> float32 rows a..b, when the tensor can be read so
+
+
 def _lazy_tensor(fn: _Lazy, name: str) -> ir.LazyTensor:
-    return ir.LazyTensor(lambda: ir.tensor(fn(), name=name), dtype=_dtype(fn.dtype), shape=ir.Shape(fn.shape),
-                         name=name)
+    tensor = ir.LazyTensor(lambda: ir.tensor(fn(), name=name), dtype=_dtype(fn.dtype), shape=ir.Shape(fn.shape),
+                           name=name)
+    if fn.rows is not None:
+        tensor.meta[ROWS_KEY] = fn.rows
+    return tensor
 
 
 def _check_shape(value: ir.Value, shape: tuple, param: str) -> None:

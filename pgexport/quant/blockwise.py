@@ -13,6 +13,7 @@ its kernels expect.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
@@ -78,13 +79,18 @@ def pack_rtn(w_kn: np.ndarray, bits: int, block_size: int, symmetric: bool = Tru
     return Packed(data, scales, None if symmetric else zero_points, bits, block_size, k, n)
 
 
-def pack_rtn_rows(w_nk: np.ndarray, bits: int, block_size: int, symmetric: bool = True,
-                  rows: int = 16384) -> Packed:
-    """pack_rtn of W given transposed, [N, K] (an embedding table [vocab, hidden]), a slice of N at a time:
-    each output column is quantized on its own, so the result is pack_rtn(w_nk.T) without the float32 copy
-    of the whole transposed table (2.1 GB at PaliGemma-3B)."""
-    n, k = w_nk.shape
-    parts = [pack_rtn(w_nk[a:a + rows].T, bits, block_size, symmetric) for a in range(0, n, rows)]
+def pack_rtn_rows(read: Callable[[int, int], np.ndarray], n: int, k: int, bits: int, block_size: int,
+                  symmetric: bool = True, rows: int = 16384) -> Packed:
+    """pack_rtn of a weight given transposed, [N, K] (an embedding table [vocab, hidden]), `rows` rows at a
+    time: read(a, b) -> float32 rows a..b. Each output column is quantized on its own, so the result is
+    pack_rtn(table.T) without a float32 copy of the whole table (2.1 GB at PaliGemma-3B, 3.7 GB at 10B): a
+    streamed build reads each slice from the checkpoint as stored."""
+    parts = []
+    for a in range(0, n, rows):
+        block = read(a, min(a + rows, n))
+        if block.shape != (min(rows, n - a), k):
+            raise ValueError(f"rows {a}..{a + rows}: read {block.shape}, expected ({min(rows, n - a)}, {k})")
+        parts.append(pack_rtn(block.T, bits, block_size, symmetric))
     zp = None if symmetric else np.concatenate([q.zero_points for q in parts])
     return Packed(np.concatenate([q.data for q in parts]), np.concatenate([q.scales for q in parts]), zp, bits,
                   block_size, k, n)

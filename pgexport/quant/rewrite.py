@@ -6,9 +6,10 @@ Gather on the embedding table and the lm_head MatMul on Transpose(that table) ar
 pair is rewritten together: ONE packed table serves GatherBlockQuantized (embedding) and MatMulNBits
 (lm_head) — onnxruntime's own quantizer would skip the lm_head, whose weight is not an initializer.
 
-Dynamic int8 is delegated to onnxruntime.quantization.quantize_dynamic (per-channel), on the MatMuls the
-recipe selects; everything else is written here with onnx_ir, which keeps external data lazy, so a 10 GB
-decoder is rewritten one tensor at a time.
+Dynamic int8 is onnxruntime's pattern (DynamicQuantizeLinear, MatMulInteger with per-channel uint8 weights),
+written node for node as its quantize_dynamic writes it, with its own per-channel quantizer (int8.py). Every
+graph is written here with onnx_ir, which keeps external data lazy, and every new weight is packed as the
+file is written: a 10 GB decoder is rewritten one tensor at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
+from ..export.bind import ROWS_KEY
 from .blockwise import Layout, Packed, pack_rtn, pack_rtn_rows
+from .int8 import PerChannel, per_channel_uint8
 from .recipes import Precision, Recipe
 
 MS_DOMAIN = "com.microsoft"
@@ -37,7 +40,6 @@ class GraphReport:
     """What happened to each weight: module -> precision label, plus sizes."""
 
     weights: dict[str, str] = field(default_factory=dict)
-    dynamic_int8: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -77,42 +79,55 @@ def _add_initializer(graph: ir.Graph, name: str, value: np.ndarray | ir.TensorPr
 class _Deferred:
     """One weight, packed when the first of its parts is read (as the graph is saved) and dropped once each part
     has been read: a rewritten graph never holds more than one packed weight and its float source, whatever
-    the model's size, and the source may itself be read lazily (a streamed export's bound weights)."""
+    the model's size, and the source may itself be read lazily (a streamed export's bound weights).
 
-    def __init__(self, weight: ir.Value, layout: Layout, pack: Callable[[np.ndarray], Packed]):
-        self.weight, self.layout, self._pack = weight, layout, pack
-        self._packed: Packed | None = None
+    shapes: part name -> shape; pack(float tensor) -> an object with those parts as attributes."""
+
+    def __init__(self, weight: ir.Value, shapes: dict[str, tuple[int, ...]], pack: Callable[[ir.TensorProtocol], object]):
+        self.weight, self.shapes, self._pack = weight, shapes, pack
+        self._packed = None
         self._unread: set[str] = set()
 
     def part(self, field: str) -> ir.TensorProtocol:
         if self._packed is None:
-            self._packed = self._pack(self.weight.const_value.numpy())
+            self._packed = self._pack(self.weight.const_value)
             _release(self.weight)
-            self._unread = set(self.layout.shapes())
+            self._unread = set(self.shapes)
         array = getattr(self._packed, field)
-        if array.shape != self.layout.shapes()[field]:
-            raise AssertionError(f"{self.weight.name}: packed {field} {array.shape}, laid out "
-                                 f"{self.layout.shapes()[field]}")
+        if array.shape != self.shapes[field]:
+            raise AssertionError(f"{self.weight.name}: packed {field} {array.shape}, laid out {self.shapes[field]}")
         self._unread.discard(field)
         if not self._unread:
             self._packed = None
         return ir.tensor(array)
 
 
-_FIELD_TYPES = {"data": ir.DataType.UINT8, "scales": ir.DataType.FLOAT, "zero_points": ir.DataType.UINT8}
+_FIELD_TYPES = {"data": ir.DataType.UINT8, "scales": ir.DataType.FLOAT, "zero_points": ir.DataType.UINT8,
+                "quantized": ir.DataType.UINT8, "scale": ir.DataType.FLOAT, "zero_point": ir.DataType.UINT8}
 
 
-def _packed_values(graph: ir.Graph, base: str, packed: Packed | _Deferred) -> list[ir.Value]:
+def _deferred_values(graph: ir.Graph, deferred: _Deferred, names: dict[str, str]) -> dict[str, ir.Value]:
+    """An initializer for each part of a deferred weight, named per `names` (part -> initializer name)."""
+    return {part: _add_initializer(graph, names[part], ir.LazyTensor(partial(deferred.part, part), _FIELD_TYPES[part],
+                                                                     ir.Shape(shape)))
+            for part, shape in deferred.shapes.items()}
+
+
+def _packed_values(graph: ir.Graph, base: str, packed: Packed | _Deferred, layout: Layout) -> list[ir.Value]:
     """[data, scales(, zero points)] initializers: a packed weight's arrays, or a deferred one's lazy parts."""
-    layout = packed.layout
-    values = []
-    for name, shape in layout.shapes().items():
-        if isinstance(packed, Packed):
-            tensor = ir.tensor(getattr(packed, name))
-        else:
-            tensor = ir.LazyTensor(partial(packed.part, name), _FIELD_TYPES[name], ir.Shape(shape))
-        values.append(_add_initializer(graph, f"{base}." + (f"q{layout.bits}" if name == "data" else name), tensor))
-    return values
+    names = {name: f"{base}." + (f"q{layout.bits}" if name == "data" else name) for name in layout.shapes()}
+    if isinstance(packed, _Deferred):
+        return list(_deferred_values(graph, packed, names).values())
+    return [_add_initializer(graph, names[name], ir.tensor(getattr(packed, name))) for name in layout.shapes()]
+
+
+def _rows(tensor: ir.TensorProtocol) -> Callable[[int, int], np.ndarray]:
+    """Read a 2-D weight a slice of rows at a time: as its source reads them when it can (a streamed
+    export's checkpoint), else from its array (an external tensor's is a memory map)."""
+    if ROWS_KEY in tensor.meta:
+        return tensor.meta[ROWS_KEY]
+    array = tensor.numpy()
+    return lambda a, b: np.asarray(array[a:b], dtype=np.float32)
 
 
 def _namer(graph: ir.Graph) -> "_Namer":
@@ -187,7 +202,7 @@ def _fp16_cast(graph: ir.Graph, weight: ir.Value, base: str) -> tuple[ir.Node, i
 
 def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: GraphReport,
                     gptq: dict[str, Packed] | None = None) -> None:
-    """MatMul(x, W) -> MatMulNBits / Cast(fp16 W) per the recipe; dynamic int8 ones are only marked."""
+    """MatMul(x, W) -> MatMulNBits / dynamic int8 / Cast(fp16 W) per the recipe."""
     for node in list(graph):
         weight = _linear_weight(node)
         if weight is None:
@@ -200,9 +215,7 @@ def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: Gra
         if prec.kind == "fp32":
             continue
         if prec.kind == "int8":
-            if not node.name:
-                node.name = _namer(graph).unique(f"{module}_matmul")
-            report.dynamic_int8.append(node.name)
+            _dynamic_int8(graph, node, weight, base)
             continue
         if prec.kind == "fp16":
             cast, w32 = _fp16_cast(graph, weight, base)
@@ -213,11 +226,13 @@ def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: Gra
             if gptq is None or module not in gptq:
                 raise RuntimeError(f"no GPTQ weights for {module}")
             packed = gptq[module]
+            layout = packed.layout
         else:
             k, n = weight.const_value.shape
-            packed = _Deferred(weight, Layout(prec.bits, prec.block_size, k, n, prec.symmetric),
-                               partial(pack_rtn, bits=prec.bits, block_size=prec.block_size, symmetric=prec.symmetric))
-        new = _matmul_nbits(graph, node, packed.layout, _packed_values(graph, base, packed), prec, base)
+            layout = Layout(prec.bits, prec.block_size, k, n, prec.symmetric)
+            packed = _Deferred(weight, layout.shapes(), lambda t, prec=prec: pack_rtn(
+                t.numpy(), bits=prec.bits, block_size=prec.block_size, symmetric=prec.symmetric))
+        new = _matmul_nbits(graph, node, layout, _packed_values(graph, base, packed, layout), prec, base)
         pre = []
         if isinstance(packed, Packed) and packed.input_perm is not None:  # act-order GPTQ import: permute activations, not g_idx
             perm = _add_initializer(graph, f"{base}.input_perm", packed.input_perm)
@@ -226,6 +241,41 @@ def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: Gra
             pre.append(gather)
         _replace(graph, node, [*pre, new], new.outputs[0])
     _drop_unused_initializers(graph)
+
+
+def _dynamic_int8(graph: ir.Graph, node: ir.Node, weight: ir.Value, base: str) -> None:
+    """MatMul(x, W) -> onnxruntime's dynamic int8 pattern, node for node as its quantize_dynamic writes it:
+    DynamicQuantizeLinear(x) (one per distinct x), MatMulInteger with per-channel uint8 W, Cast to float32,
+    Mul by x_scale * W_scale. onnxruntime fuses it into DynamicQuantizeMatMul when it loads the graph."""
+    k, n = weight.const_value.shape
+    deferred = _Deferred(weight, PerChannel.shapes(k, n), lambda t: per_channel_uint8(t.numpy()))
+    w = _deferred_values(graph, deferred, {"quantized": f"{base}.q8", "scale": f"{base}.scale",
+                                           "zero_point": f"{base}.zero_point"})
+    props = dict(node.metadata_props)
+    x = node.inputs[0]
+    quantized = graph.meta.get(_QUANTIZED_INPUTS)
+    if quantized is None:
+        quantized = graph.meta[_QUANTIZED_INPUTS] = {}
+    new = []
+    if x not in quantized:
+        dql = ir.node("DynamicQuantizeLinear", [x], name=f"{base}_quantize_input", num_outputs=3,
+                      metadata_props=props)
+        quantized[x] = tuple(dql.outputs)
+        new.append(dql)
+    xq, x_scale, x_zero = quantized[x]
+    scales = ir.node("Mul", [x_scale, w["scale"]], name=f"{base}_scales", metadata_props=props)
+    product = ir.node("MatMulInteger", [xq, w["quantized"], x_zero, w["zero_point"]], name=f"{base}_matmul_integer",
+                      metadata_props=props)
+    cast = ir.node("Cast", product.outputs, {"to": ir.DataType.FLOAT}, name=f"{base}_cast", metadata_props=props)
+    rescale = ir.node("Mul", [cast.outputs[0], scales.outputs[0]], name=f"{base}_rescale", metadata_props=props)
+    # as quantize_dynamic leaves them: the nodes' values untyped, the output typed as the MatMul's was. float16
+    # conversion (pgexport package) keeps these nodes float32 and places its casts by the types at their edges;
+    # typed inner values would get casts between the nodes too
+    rescale.outputs[0].type, rescale.outputs[0].shape = node.outputs[0].type, node.outputs[0].shape
+    _replace(graph, node, [*new, scales, product, cast, rescale], rescale.outputs[0])
+
+
+_QUANTIZED_INPUTS = "pgexport.dynamic_int8_inputs"  # graph.meta: x -> its DynamicQuantizeLinear outputs
 
 
 def _release(weight: ir.Value) -> None:
@@ -281,8 +331,8 @@ def rewrite_embedding(graph: ir.Graph, recipe: Recipe, report: GraphReport) -> N
                             f"used block {block}")
     # MatMulNBits wants W as [K, N] = [hidden, vocab]; the table is [vocab, hidden], so N = vocab rows.
     layout = Layout(prec.bits, block, hidden, vocab, prec.symmetric)
-    shared = _packed_values(graph, "embed_tokens", _Deferred(
-        table, layout, partial(pack_rtn_rows, bits=prec.bits, block_size=block, symmetric=prec.symmetric)))
+    shared = _packed_values(graph, "embed_tokens", _Deferred(table, layout.shapes(), lambda t: pack_rtn_rows(
+        _rows(t), vocab, hidden, bits=prec.bits, block_size=block, symmetric=prec.symmetric)), layout)
     data, scales = shared[:2]  # data [V, k_blocks, blob], scales [V, k_blocks]
     inputs3 = [ir.node("Reshape", [scales, _add_initializer(graph, "embed_tokens.scales_shape",
                                                              np.array([vocab, layout.k_blocks, 1], np.int64))],
