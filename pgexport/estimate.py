@@ -1,13 +1,20 @@
 """What a build will need, from the geometry and the recipe alone (`pgexport build --dry-run`, `--max-memory`).
 
 Parameters are counted per recipe component (vision encoder, projector, decoder linears, embedding/lm_head
-table) and sized at the precision the recipe gives each. Peak memory and time are linear fits through two builds
-measured on this project's 2-core AMD EPYC (AVX2): the demo model's int4 build (5.1 M parameters, 0.58 GB peak
-RSS) and PaliGemma-3B-224's int4 build (2.92 B parameters, 16.1 GB peak RSS, 8 min 54 s). A build holds the
-float32 model in its PyTorch phase and the float32 graphs while it quantizes them, so peak memory grows with the
-float32 size: about 0.56 GB + 1.33 x (4 bytes x parameters). A streamed build (--stream) holds the table, the
-projector and the vision tower or two decoder layers, then loads the finished bundle for the gate; its figures
-scale one measured streamed 3B build. They are estimates, not promises.
+table) and sized at the precision the recipe gives each. Peak memory and time are fits through builds measured
+on this project's 2-core AMD EPYC (AVX2), `benchmarks/build_memory.py`, peak RSS as /usr/bin/time -v's kB / 10^6:
+
+- whole model: a line through the demo model's int4 build (5.1 M parameters, 0.58 GB) and PaliGemma-3B-224's
+  int4 build of 2026-12-01 (2.92 B parameters, 17.5 GB, 25 min 3 s). It holds the float32 model in its PyTorch
+  phase and onnxruntime's parity session over the float32 graphs after it: about 0.56 GB + 1.45 x (4 bytes x
+  parameters). Time is linear in the parameters: the references and the gate are most of it;
+- streamed: the PyTorch phase holds the table as stored (16-bit for presets and bf16 checkpoints), the projector,
+  and the vision tower or two decoder layers, plus the activations of the gate's 16 samples as one batch; the
+  gate then runs the finished bundle in onnxruntime. The first is scaled from the same 3B build streamed
+  (4.54 GB over 2.71 GB resident). The second is a line through two bundles run here: the 3B int4 gate (3.98 GB
+  for 1.87 GB) and the 10B int4 bundle under `pgexport bench` (8.73 GB for 5.80 GB).
+
+They are estimates, not promises.
 """
 
 from __future__ import annotations
@@ -17,15 +24,12 @@ from dataclasses import dataclass
 from pgexport_runtime.geometry import Geometry
 
 BASE_RSS = 0.56e9  # bytes: Python, torch, transformers, onnxruntime, a tiny model (demo int4 build, measured)
-RSS_PER_FP32_BYTE = 1.33  # (16.1 GB - 0.56 GB) / 11.7 GB of float32 weights (3B int4 build, measured)
+RSS_PER_FP32_BYTE = (17.54e9 - BASE_RSS) / 11.68e9  # 3B int4 whole-model build: 17.54 GB over 11.68 GB of float32
 BASE_SECONDS = 40.0
-SECONDS_PER_PARAMETER = (534 - BASE_SECONDS) / 2.92e9  # 3B int4: 8 min 54 s
-# Streamed, one measured build (3B int4, 2-core EPYC, 2026-11-30): the PyTorch phase peaked at 5.7 GB over 3.77 GB
-# of resident float32 (table, projector, vision tower or two layers); the build process at 6.2 GB during the
-# accuracy gate, with the 2.0 GB int4 bundle loaded. Larger models are extrapolated from this one point.
-STREAM_RSS_PER_RESIDENT_BYTE = (5.7e9 - BASE_RSS) / 3.77e9
-BUNDLE_RSS_PER_BYTE = (6.2e9 - BASE_RSS) / 1.99e9
-STREAM_TIME_FACTOR = 1233 / 534  # that build took 20 min 33 s; the whole-model one 8 min 54 s
+SECONDS_PER_PARAMETER = (1503 - BASE_SECONDS) / 2.92e9  # 3B int4, whole model: 25 min 3 s
+STREAM_RSS_PER_RESIDENT_BYTE = (4.54e9 - BASE_RSS) / 2.71e9  # 3B int4 streamed: PyTorch phase (gate reference)
+BUNDLE_RSS = (3.98e9, 1.87e9), (8.73e9, 5.80e9)  # (peak RSS, bundle bytes): the 3B gate, the 10B bench
+STREAM_TIME_FACTOR = 1118 / 1503  # 3B int4 streamed, 18 min 38 s; whole model 25 min 3 s, the same day
 
 
 @dataclass(frozen=True)
@@ -67,19 +71,23 @@ def bytes_per_parameter(precision) -> float:
     return {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}[precision.kind]
 
 
-def estimate(g: Geometry, recipe, stream: bool = False) -> Estimate:
-    """stream: the PyTorch phase holds the projector and the embedding table, and the vision tower or one
-    decoder layer at a time (twice, as one is read while the last is freed); a quantized bundle is then loaded
-    whole for the accuracy gate."""
+def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2) -> Estimate:
+    """stream: the PyTorch phase holds the projector, the embedding table (`table_itemsize` bytes a value, as the
+    checkpoint stores it), and the vision tower or one decoder layer at a time (twice, as one is read while
+    the last is freed); a quantized bundle is then run for the accuracy gate."""
     params = parameters(g)
     fp32 = 4 * sum(params.values())
     bundle = int(sum(n * bytes_per_parameter(recipe.precision_for(c, None)) for c, n in params.items()))
     peak = BASE_RSS + RSS_PER_FP32_BYTE * fp32
     if stream:
         layer = (params["decoder_linear"] - g.text_hidden) / g.text_layers
-        resident = 4 * (params["projector"] + params["embedding"] + max(params["vision_encoder"], 2 * layer))
-        gate = 0 if recipe.is_identity else BUNDLE_RSS_PER_BYTE * bundle
-        peak = BASE_RSS + max(STREAM_RSS_PER_RESIDENT_BYTE * resident, gate)
+        resident = (table_itemsize * params["embedding"]
+                    + 4 * (params["projector"] + max(params["vision_encoder"], 2 * layer)))
+        peak = BASE_RSS + STREAM_RSS_PER_RESIDENT_BYTE * resident
+        if not recipe.is_identity:
+            (rss_a, size_a), (rss_b, size_b) = BUNDLE_RSS
+            per_byte = (rss_b - rss_a) / (size_b - size_a)
+            peak = max(peak, rss_a + per_byte * (bundle - size_a))
     seconds = BASE_SECONDS + SECONDS_PER_PARAMETER * sum(params.values())
     written = fp32  # the float32 graphs, quantized afterwards; streamed, the decoder is quantized as it is written
     if stream and not recipe.is_identity:

@@ -88,7 +88,8 @@ class Plan:
         quantize = not recipe.is_identity
         mask = mask_decoder.find_weights(source.directory if source.kind != "preset" else None, opts.mask_decoder)
         g = sources.load_geometry(source)
-        whole, streamed = estimate(g, recipe), estimate(g, recipe, stream=True)
+        whole = estimate(g, recipe)
+        streamed = estimate(g, recipe, stream=True, table_itemsize=_table_itemsize(source))
         budget = opts.max_memory * 1e9 if opts.max_memory is not None else machine_memory()
         stream = opts.stream if opts.stream is not None else whole.peak_rss_bytes > budget
         if stream:
@@ -105,6 +106,20 @@ class Plan:
         return cls(opts, parity=not opts.skip_parity, gate=quantize and opts.gate_samples > 0,
                    adapter=source.adapter is not None, calibrate=recipe.needs_calibration, quantize=quantize,
                    mask_weights=mask, stream=stream, estimate=need)
+
+
+def _table_itemsize(source) -> int:
+    """Bytes a value of the embedding table takes as the source stores it, which a streamed build keeps: 2 for
+    bf16 or fp16 (presets are written in bf16), else 4. Read from the safetensors headers only."""
+    from . import checkpoint
+
+    if source.kind == "preset":
+        return 2
+    for path in checkpoint.check_directory(source.directory).weights:
+        for key, (dtype, *_) in checkpoint.tensor_index(path).items():
+            if key.endswith("embed_tokens.weight"):
+                return 2 if dtype in ("BF16", "F16") else 4
+    return 4
 
 
 def _check_streamable(source, recipe, automatic: bool) -> None:

@@ -41,7 +41,7 @@ def test_dry_run_prints_and_writes_nothing(tmp_path, capsys):
     code, stdout, _ = run_cli(["build", "--model", "paligemma-3b-224", "--quant", "int4", "--out", out, "--dry-run",
                                "--no-stream"], capsys)
     assert code == 0 and not out.exists() and not list(tmp_path.iterdir())
-    assert "memory      about 16.1 GB" in stdout and "accuracy gate" in stdout
+    assert "memory      about 17.6 GB" in stdout and "accuracy gate" in stdout
     assert "mode        whole model" in stdout and "layer parity" not in stdout
     code, stdout, _ = run_cli(["build", "--model", "paligemma-3b-224", "--quant", "int4", "--out", out, "--dry-run",
                                "--stream"], capsys)
@@ -54,7 +54,7 @@ def test_max_memory_refuses_before_anything_starts(tmp_path, capsys):
     code, _, stderr = run_cli(["build", "--model", "paligemma-3b-224", "--out", out, "--max-memory", "0.05",
                                "--no-stream"], capsys)
     assert code == 2 and not out.exists() and not list(tmp_path.iterdir())
-    assert stderr.startswith("error: this build needs about 16.1 GB of memory (holding the float32 model; --stream "
+    assert stderr.startswith("error: this build needs about 17.6 GB of memory (holding the float32 model; --stream "
                              "needs about ") and stderr.count("\n") == 1
     assert "--max-memory 0.05 GB" in stderr
     # without --no-stream the build streams, and a budget below even that is refused the same way
@@ -71,8 +71,29 @@ def test_the_default_budget_is_the_machines_memory(monkeypatch):
 
     monkeypatch.setattr(plan, "machine_memory", lambda: 24e9)
     assert Plan.of(BuildOptions(model="paligemma-3b-224")).estimate.peak_rss_bytes < 24e9  # 3B fits in 24 GB
-    with pytest.raises(UserError, match=r"52.0 GB of memory .* more than this machine's 24.0 GB"):
+    with pytest.raises(UserError, match=r"56.7 GB of memory .* more than this machine's 24.0 GB"):
         Plan.of(BuildOptions(model="paligemma2-10b-224", quant="int4", stream=False))
     assert Plan.of(BuildOptions(model="paligemma2-10b-224", quant="int4")).stream  # it streams instead
     assert not Plan.of(BuildOptions(model="paligemma2-10b-224", quant="int4", max_memory=60)).stream
     assert Plan.of(BuildOptions(model="paligemma2-10b-224"), check_memory=False).estimate.total_parameters > 9.6e9
+
+
+def test_streamed_estimate_holds_the_table_as_stored(tiny, tmp_path):
+    """A streamed build keeps the embedding table as the checkpoint stores it; the estimate reads that dtype
+    from the safetensors header: a bf16 checkpoint's table counts half its float32 size."""
+    import copy
+
+    import torch
+
+    from pgexport.estimate import STREAM_RSS_PER_RESIDENT_BYTE
+    from pgexport.plan import BuildOptions, Plan
+
+    peaks = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        directory = tmp_path / str(dtype).rpartition(".")[2]
+        copy.deepcopy(tiny.model).to(dtype).save_pretrained(directory)
+        tiny.processor.save_pretrained(directory)
+        plan = Plan.of(BuildOptions(model=str(directory), stream=True), check_memory=False)  # fp32: no gate
+        peaks[dtype] = plan.estimate.peak_rss_bytes
+    saved = STREAM_RSS_PER_RESIDENT_BYTE * 2 * parameters(tiny.geometry)["embedding"]
+    assert abs(peaks[torch.float32] - peaks[torch.bfloat16] - saved) <= 2
