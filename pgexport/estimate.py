@@ -11,7 +11,7 @@ on this project's 2-core AMD EPYC (AVX2), `benchmarks/build_memory.py`, peak RSS
 - streamed: the PyTorch phase holds the table as stored (16-bit for presets and bf16 checkpoints), the projector,
   and the vision tower or two decoder layers, plus the activations of the gate's 16 samples as one batch; the
   gate then runs the finished bundle in onnxruntime. The first is scaled from the same 3B build streamed
-  (4.54 GB over 2.71 GB resident). The second is a line through two bundles run here: the 3B int4 gate (3.98 GB
+  (4.97 GB over 2.71 GB resident). The second is a line through two bundles run here: the 3B int4 gate (3.98 GB
   for 1.87 GB) and the 10B int4 bundle under `pgexport bench` (8.73 GB for 5.80 GB).
 
 They are estimates, not promises.
@@ -27,7 +27,7 @@ BASE_RSS = 0.56e9  # bytes: Python, torch, transformers, onnxruntime, a tiny mod
 RSS_PER_FP32_BYTE = (17.54e9 - BASE_RSS) / 11.68e9  # 3B int4 whole-model build: 17.54 GB over 11.68 GB of float32
 BASE_SECONDS = 40.0
 SECONDS_PER_PARAMETER = (1503 - BASE_SECONDS) / 2.92e9  # 3B int4, whole model: 25 min 3 s
-STREAM_RSS_PER_RESIDENT_BYTE = (4.54e9 - BASE_RSS) / 2.71e9  # 3B int4 streamed: PyTorch phase (gate reference)
+STREAM_RSS_PER_RESIDENT_BYTE = (4.97e9 - BASE_RSS) / 2.71e9  # 3B int4 streamed: its PyTorch phase, the peak
 BUNDLE_RSS = (3.98e9, 1.87e9), (8.73e9, 5.80e9)  # (peak RSS, bundle bytes): the 3B gate, the 10B bench
 STREAM_TIME_FACTOR = 1118 / 1503  # 3B int4 streamed, 18 min 38 s; whole model 25 min 3 s, the same day
 

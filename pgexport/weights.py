@@ -1,6 +1,6 @@
 """Where a build's weights come from, one tensor at a time.
 
-A build that holds the whole float32 model needs about 1.3x its size in memory (16.1 GB for 3B). A graph can
+A build that holds the whole float32 model needs about 1.45x its size in memory (17.5 GB for 3B). A graph can
 instead be exported from a model whose parameters are on the meta device (shapes only) and have its weights
 bound afterwards, each read when it is written (export/bind.py). Two sources give those tensors by the
 model's own parameter names (`model.language_model.layers.0.self_attn.q_proj.weight`):
