@@ -67,8 +67,10 @@ def check_layers(config, g: Geometry, source, batch: Prefill, tolerance: float, 
     with torch.no_grad():
         table = dec.embed
         dec.embed = _RowsEmbedding(source, names[id(table.weight)], table)
-        hidden = dec._embed(ids, torch.from_numpy(batch.image_embeds))
-        dec.embed = table
+        try:
+            hidden = dec._embed(ids, torch.from_numpy(batch.image_embeds))
+        finally:
+            dec.embed = table
         full, sliding = dec._attention_bias(mask, types, 0)
         positions = (torch.cumsum(mask, dim=1) * mask).clamp(min=1)  # 1-based, as the runtime computes them
         cos, sin = dec.rotary(hidden, positions)

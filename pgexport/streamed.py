@@ -129,16 +129,16 @@ class ResidentFirst:
         return self._source.shapes()
 
     def get(self, name: str):
-        held = dict(self._model.named_parameters()).get(name)
-        if held is None or held.is_meta:
-            return self._source.get(name)
-        return held.detach().to(torch.float32)
+        held = self._held(name)
+        return self._source.get(name) if held is None else held.to(torch.float32)
 
     def rows(self, name: str, start: int, stop: int):
+        held = self._held(name)
+        return self._source.rows(name, start, stop) if held is None else held[start:stop].to(torch.float32)
+
+    def _held(self, name: str) -> torch.Tensor | None:
         held = dict(self._model.named_parameters()).get(name)
-        if held is None or held.is_meta:
-            return self._source.rows(name, start, stop)
-        return held.detach()[start:stop].to(torch.float32)
+        return None if held is None or held.is_meta else held.detach()
 
 
 def _load(names, source):

@@ -83,7 +83,8 @@ class _Deferred:
 
     shapes: part name -> shape; pack(float tensor) -> an object with those parts as attributes."""
 
-    def __init__(self, weight: ir.Value, shapes: dict[str, tuple[int, ...]], pack: Callable[[ir.TensorProtocol], object]):
+    def __init__(self, weight: ir.Value, shapes: dict[str, tuple[int, ...]],
+                 pack: Callable[[ir.TensorProtocol], object]):
         self.weight, self.shapes, self._pack = weight, shapes, pack
         self._packed = None
         self._unread: set[str] = set()
