@@ -140,19 +140,17 @@ class _Build:
 
         Measured as it will run: with prepacking, the runtime default. Unpacked MatMulNBits weights take a far
         slower kernel path (the 3B int4 gate took most of a 46-minute build that way). Float graphs stay
-        unpacked, as in the parity check, so that a 3B fp16/fp32 decoder is not held twice."""
-        from pgexport_runtime import PaliGemma, SessionConfig
-
+        unpacked, as in the parity check, so that a 3B fp16/fp32 decoder is not held twice. It runs in a child
+        process that imports only the runtime, the vision encoder first and freed before the decoder loads
+        (gate.evaluate_apart, gate.evaluate_bundle)."""
         from .quant import gate, samples
 
         ref = gate.GateReference(samples.gate_samples(self.source, self.opts.gate_samples, self.geometry.image_size),
                                  self.results.gate_greedy, self.results.gate_logprobs)
         quantized = any(self.recipe.precision_for(c, None).kind not in ("fp32", "fp16")
                         for c in ("decoder_linear", "lm_head"))
-        pg = PaliGemma(self.writer.tmp, SessionConfig(prepack=quantized), verify=False,
-                       manifest_file=self.writer.partial_name)
-        accuracy = gate.evaluate(pg, ref, self.opts.gate_tokens)
-        del pg
+        accuracy = gate.evaluate_apart(self.writer.tmp, ref, self.opts.gate_tokens, quantized,
+                                       self.writer.tmp / torch_phase.WORK, self.writer.partial_name)
         record = self.manifest.record
         self._update(record=replace(record, quantization=record.quantization | {"accuracy": accuracy}))
         if self.opts.min_agreement is not None and accuracy["sequence_agreement"] < self.opts.min_agreement:

@@ -30,7 +30,7 @@ WORK = ".torch"
 class TorchResults:
     parity: parity.Reference | None
     gate_greedy: list[list[int]] | None
-    gate_logprobs: Sequence[np.ndarray] | None  # OnDisk
+    gate_logprobs: Sequence[np.ndarray] | None  # gate.OnDisk
     gptq: dict | None  # module name -> blockwise.Packed
     layers: dict | None = None  # a streamed build's per-layer parity report (layer_parity.py)
     quantized: dict | None = None  # graph name -> quantization report, for graphs quantized as exported
@@ -121,11 +121,10 @@ class _Phase:
 
         gate_set = samples.gate_samples(self.source, self.opts.gate_samples, self.geometry.image_size)
         # streamed, every forward pass reads every layer: the samples go through together
+        (self.work_dir / "gate").mkdir(exist_ok=True)  # one file each, written as made: read one at a time
         gref = gate.torch_reference(self.reference, self.source.directory, self.geometry, gate_set,
-                                    self.opts.gate_tokens, batch=16 if self.stream else 1)
-        (self.work_dir / "gate").mkdir(exist_ok=True)
-        for i, lp in enumerate(gref.logprobs):  # one file each: the gate reads them one at a time
-            np.save(self.work_dir / "gate" / f"lp{i}.npy", lp, allow_pickle=False)
+                                    self.opts.gate_tokens, batch=16 if self.stream else 1,
+                                    out_dir=self.work_dir / "gate")
         (self.work_dir / "gate.json").write_text(json.dumps({"greedy": gref.greedy}))
 
     def export_vision_encoder(self) -> None:
@@ -191,22 +190,9 @@ class _Phase:
                                                              for n, p in packed.items()}))
 
 
-class OnDisk(Sequence):
-    """Arrays read from .npy files when indexed (the gate's [T, V] log-probabilities: 0.5 GB for 16 samples
-    at PaliGemma's vocabulary, held one at a time)."""
-
-    def __init__(self, paths: list[Path]):
-        self._paths = paths
-
-    def __len__(self) -> int:
-        return len(self._paths)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return np.load(self._paths[i], allow_pickle=False)
-
-
 def _load(work: Path) -> TorchResults:
     from .quant.blockwise import Packed
+    from .quant.gate import OnDisk
 
     ref = None
     if (work / "parity.npz").is_file():

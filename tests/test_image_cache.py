@@ -89,3 +89,25 @@ def test_cli_answers_several_prompts_in_order(bundles, images, tmp_path, capsys)
     code, _, err = run_cli(["run", bundles["tiny-pg1"], "--image", path, "--prompt", "ocr", "--prompt", "ocr",
                             "--overlay", tmp_path / "o.png"], capsys)
     assert code == 2 and "--overlay draws one answer" in err
+
+
+def test_a_bundle_loaded_in_two_parts_answers_as_one(bundles, images):
+    """load="vision" then load="decoder" (the build's gate on a 10B bundle): the same tokens as the whole bundle;
+    each part says in one line what it lacks."""
+    import pytest
+
+    from pgexport_runtime.errors import UserError
+
+    bundle = bundles["tiny-pg2"]
+    whole, vision, dec = PaliGemma(bundle), PaliGemma(bundle, load="vision"), PaliGemma(bundle, load="decoder")
+    assert dec.graphs.vision is None and dec.graphs.projector is None and vision.graphs.decoder is None
+    want = [whole(im, p, max_new_tokens=8).tokens for im, p in zip(images, PROMPTS)]
+    got = [dec.generate([], [p], max_new_tokens=8, image_embeds=vision.image_embeddings([im]))[0].tokens
+           for im, p in zip(images, PROMPTS)]
+    assert got == want and len({tuple(t) for t in want}) > 1
+    with pytest.raises(UserError, match="without the vision encoder"):
+        dec(images[0], "caption en")
+    with pytest.raises(UserError, match="without the decoder"):
+        vision(images[0], "caption en")
+    with pytest.raises(UserError, match="unknown load"):
+        PaliGemma(bundle, load="half")

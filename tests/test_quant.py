@@ -452,3 +452,24 @@ def test_table_packed_in_slices_is_packed_whole(symmetric):
         assert sliced.zero_points is None and whole.zero_points is None
     else:
         np.testing.assert_array_equal(sliced.zero_points, whole.zero_points)
+
+
+def test_the_gate_in_two_parts_measures_what_one_session_does(demo_bundles, tmp_path):
+    """The build's gate loads the vision encoder, then (freed) the decoder alone, in a child process: the same
+    numbers as one PaliGemma holding the whole int4 bundle, and nothing left in its work directory but the
+    child's job and log."""
+    from pathlib import Path
+
+    from pgexport import sources
+    from pgexport.quant import gate, samples
+
+    source = sources.resolve(str(Path(__file__).resolve().parents[1] / "models" / "pg-demo"), None)
+    cards = samples.gate_samples(source, 6, sources.load_geometry(source).image_size)
+    ref = gate.bundle_reference(PaliGemma(demo_bundles["fp32"]), cards, 12)
+    whole = gate.evaluate(PaliGemma(demo_bundles["int4"], image_cache_bytes=0), ref, 12)
+    parts = gate.evaluate_bundle(demo_bundles["int4"], ref, 12, None, tmp_path, "manifest.json")
+    apart = gate.evaluate_apart(demo_bundles["int4"], ref, 12, True, tmp_path / "work", "manifest.json")
+    assert parts == whole and apart == whole  # apart: in a child process, the samples passed as PNG files
+    assert whole["mean_kl"] > 0 and 0 < whole["top1_agreement"] < 1  # int4 against fp32: close, not equal
+    assert len({tuple(t) for t in ref.greedy}) > 1  # different images, different answers
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["gate_job.json", "gate_job.log", "work"]

@@ -10,8 +10,12 @@ teacher-forced next-token distributions.
 
 from __future__ import annotations
 
+import json
+import sys
+
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -31,17 +35,33 @@ class GateReference:
     logprobs: Sequence[np.ndarray]  # [T_i, V] float32: log p(next token) at the positions predicting greedy[i]
 
 
+class OnDisk(Sequence):
+    """Arrays read from .npy files when indexed (the gate's [T, V] log-probabilities: 0.5 GB for 16 samples
+    at PaliGemma's vocabulary, held one at a time)."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.load(self.paths[i], allow_pickle=False)
+
+
 def torch_reference(model, source_dir, g: Geometry, samples, max_new_tokens: int, progress=None,
-                    batch: int = 1) -> GateReference:
+                    batch: int = 1, out_dir: Path | None = None) -> GateReference:
     """batch > 1: samples generated together, left-padded, each row's log-probs taken from the generation's own
-    logits. For a model that streams its layers (streamed.py), where every forward pass reads every layer."""
+    logits. For a model that streams its layers (streamed.py), where every forward pass reads every layer.
+    out_dir: each sample's log-probabilities are written there (lp{i}.npy) as they are made, not held."""
     import torch
     from pgexport.sources import load_processor
 
     processor = load_processor(source_dir)
+    logprobs = _Store(out_dir)
     if batch > 1:
-        return _batched_reference(model, processor, g, samples, max_new_tokens, batch, progress)
-    greedy, logprobs = [], []
+        return _batched_reference(model, processor, g, samples, max_new_tokens, batch, progress, logprobs)
+    greedy = []
     for i, (image, prompt) in enumerate(samples):
         if progress:
             progress(i, len(samples))
@@ -57,14 +77,31 @@ def torch_reference(model, source_dir, g: Geometry, samples, max_new_tokens: int
         start = inputs["input_ids"].shape[1] - 1
         greedy.append(tokens)
         logprobs.append(log_softmax(logits[start:start + len(tokens)].numpy()))
-    return GateReference(samples, greedy, logprobs)
+    return GateReference(samples, greedy, logprobs.done())
+
+
+class _Store:
+    """The reference's log-probabilities, in a list or written to a directory as they come."""
+
+    def __init__(self, out_dir: Path | None):
+        self.out_dir, self.items = out_dir, []
+
+    def append(self, lp: np.ndarray) -> None:
+        if self.out_dir is None:
+            self.items.append(lp)
+            return
+        self.items.append(self.out_dir / f"lp{len(self.items)}.npy")
+        np.save(self.items[-1], lp, allow_pickle=False)
+
+    def done(self) -> Sequence[np.ndarray]:
+        return self.items if self.out_dir is None else OnDisk(self.items)
 
 
 def _batched_reference(model, processor, g: Geometry, samples, max_new_tokens: int, batch: int,
-                       progress) -> GateReference:
+                       progress, logprobs: _Store) -> GateReference:
     import torch
 
-    greedy, logprobs = [], []
+    greedy = []
     for start in range(0, len(samples), batch):
         if progress:
             progress(start, len(samples))
@@ -75,12 +112,14 @@ def _batched_reference(model, processor, g: Geometry, samples, max_new_tokens: i
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  output_logits=True, return_dict_in_generate=True)
-        steps = torch.stack(out.logits, dim=1)  # [B, T, V]
-        for row in range(len(chunk)):
+        out.past_key_values = None  # the batch's KV cache (3.3 GB for 16 samples at 10B) is not needed here
+        for row in range(len(chunk)):  # a row's [T, V] at a time: no [B, T, V] copy of the logits
             tokens = until_eos(out.sequences[row, inputs["input_ids"].shape[1]:].tolist(), g.eos_token_id)
             greedy.append(tokens)
-            logprobs.append(log_softmax(steps[row, :len(tokens)].float().numpy()))
-    return GateReference(list(samples), greedy, logprobs)
+            rows = torch.stack([step[row] for step in out.logits[:len(tokens)]]) if tokens else out.logits[0][:0]
+            logprobs.append(log_softmax(rows.float().numpy()))
+        del out
+    return GateReference(list(samples), greedy, logprobs.done())
 
 
 def bundle_reference(pg, samples, max_new_tokens: int) -> GateReference:
@@ -96,15 +135,96 @@ def bundle_reference(pg, samples, max_new_tokens: int) -> GateReference:
     return GateReference(list(samples), greedy, logprobs)
 
 
-def evaluate(pg, ref: GateReference, max_new_tokens: int) -> dict:
-    """Compare a loaded bundle (pgexport_runtime.PaliGemma) with the reference (pgexport/agreement.py's measures)."""
+def evaluate_apart(bundle, ref: GateReference, max_new_tokens: int, prepack: bool, work: Path,
+                   manifest_file: str) -> dict:
+    """`evaluate_bundle` in a child Python that imports only the runtime (pgexport.child): the process that
+    holds the bundle holds nothing of the build's (torch, transformers, the quantizer's freed heap). The
+    samples go to it as PNG files (lossless), the reference's log-probabilities as the .npy files they are."""
+    from .. import child
+
+    work.mkdir(parents=True, exist_ok=True)
+    images, made = [], []
+    for i, (image, _) in enumerate(ref.samples):
+        images.append(work / f"gate_image{i}.png")
+        image.save(images[-1])
+    paths = ref.logprobs.paths if isinstance(ref.logprobs, OnDisk) else None
+    if paths is None:
+        paths = made = [work / f"gate_lp{i}.npy" for i in range(len(ref.logprobs))]
+        for path, lp in zip(paths, ref.logprobs):
+            np.save(path, lp, allow_pickle=False)
+    job = {"bundle": str(bundle), "manifest_file": manifest_file, "images": [str(p) for p in images],
+           "prompts": [prompt for _, prompt in ref.samples], "greedy": ref.greedy,
+           "logprobs": [str(p) for p in paths], "max_new_tokens": max_new_tokens, "prepack": prepack}
+    result = work / "gate_result.json"
+    try:
+        child.run("pgexport.quant.gate", job, work / "gate_job.json", lambda event, text: None)
+        return json.loads(result.read_text())
+    except child.ChildFailed as exc:
+        raise RuntimeError(f"the accuracy gate failed (exit {exc.code}):\n" + "\n".join(exc.tail)) from None
+    finally:
+        for p in (*images, *made, result):
+            p.unlink(missing_ok=True)
+
+
+def _child(job: dict, job_file: Path) -> None:
+    from pgexport_runtime import SessionConfig
+
+    samples = []
+    for path, prompt in zip(job["images"], job["prompts"]):
+        with Image.open(path) as image:
+            samples.append((image.copy(), prompt))
+    ref = GateReference(samples, job["greedy"], OnDisk([Path(p) for p in job["logprobs"]]))
+    result = evaluate_bundle(Path(job["bundle"]), ref, job["max_new_tokens"], SessionConfig(prepack=job["prepack"]),
+                             job_file.parent, job["manifest_file"])
+    (job_file.parent / "gate_result.json").write_text(json.dumps(result))
+
+
+def evaluate_bundle(bundle, ref: GateReference, max_new_tokens: int, session, work, manifest_file: str) -> dict:
+    """`evaluate` on a bundle directory, never holding the whole bundle: the vision encoder and projector
+    first, alone, for every sample's image embeddings (kept in `work` as .npy files); they are freed before
+    the decoder loads. The same graphs and inputs as one PaliGemma holding all three, so the same numbers;
+    the peak is the decoder's alone (its prepacked weights are most of a 10B bundle's memory)."""
+    from pgexport_runtime import PaliGemma
+
+    from ..memory import trim
+
+    opts = dict(verify=False, manifest_file=manifest_file, image_cache_bytes=0)
+    vision, paths = PaliGemma(bundle, session, load="vision", **opts), []
+    for i, (image, _) in enumerate(ref.samples):
+        paths.append(work / f"image_embeds{i}.npy")
+        np.save(paths[-1], vision.image_embeddings([image]))
+    del vision
+    trim()
+    pg = PaliGemma(bundle, session, load="decoder", **opts)
+    try:
+        return evaluate(pg, ref, max_new_tokens, OnDisk(paths))
+    finally:
+        for p in paths:
+            p.unlink(missing_ok=True)
+
+
+def evaluate(pg, ref: GateReference, max_new_tokens: int, image_embeds: Sequence[np.ndarray] | None = None) -> dict:
+    """Compare a loaded bundle (pgexport_runtime.PaliGemma) with the reference (pgexport/agreement.py's measures).
+    Each sample's image is encoded once for its generation and its scoring (or taken from image_embeds)."""
     eos = pg.geometry.eos_token_id
-    got = [until_eos(pg(image, prompt, max_new_tokens=max_new_tokens).tokens, eos) for image, prompt in ref.samples]
+
+    def embeds(i: int) -> np.ndarray:
+        return pg.image_embeddings([ref.samples[i][0]]) if image_embeds is None else image_embeds[i]
+
+    got, held = [], []
+    for i, (_, prompt) in enumerate(ref.samples):
+        held.append(embeds(i))
+        got.append(until_eos(pg.generate([], [prompt], max_new_tokens=max_new_tokens, image_embeds=held[-1])[0].tokens,
+                             eos))
+        if image_embeds is not None:
+            held[-1] = None  # read again from disk when scored
 
     def scored():  # one [T, V] array at a time, each compared and dropped (ref.logprobs may be read lazily too)
-        for (image, prompt), want in zip(ref.samples, ref.greedy):
+        for i, ((_, prompt), want) in enumerate(zip(ref.samples, ref.greedy)):
             prefix = np.array([pg.tokenizer.prefix_ids(prompt)], dtype=np.int64)
-            yield decoder.score(pg.graphs, pg.geometry, prefix, pg.image_embeddings([image]), want)
+            e = held[i] if held[i] is not None else image_embeds[i]
+            held[i] = None
+            yield decoder.score(pg.graphs, pg.geometry, prefix, e, want)
 
     seq, dist = agreement.sequences(ref.greedy, got), agreement.distributions(ref.logprobs, scored())
     return {
@@ -115,3 +235,9 @@ def evaluate(pg, ref: GateReference, max_new_tokens: int) -> dict:
         "mean_kl": dist["mean_kl"],
         "max_new_tokens": max_new_tokens,
     }
+
+
+if __name__ == "__main__":
+    from pgexport import child
+
+    sys.exit(child.main(_child))

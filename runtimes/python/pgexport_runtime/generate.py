@@ -17,9 +17,11 @@ from .sampling import Sampling, choose
 
 @dataclass
 class Graphs:
-    vision: ort.InferenceSession
-    projector: ort.InferenceSession
-    decoder: ort.InferenceSession
+    """The loaded sessions; None for a graph not loaded (PaliGemma's `load`)."""
+
+    vision: ort.InferenceSession | None
+    projector: ort.InferenceSession | None
+    decoder: ort.InferenceSession | None
     device: str = "cpu"
     device_id: int = 0
 

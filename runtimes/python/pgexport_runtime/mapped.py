@@ -8,6 +8,12 @@ page that is read later (an embedding row in a Gather) faults back in from the p
 
 A mapping is only released when it holds no private (copy-on-write) page, i.e. when every resident page
 is an unmodified page of the file, so that nothing can be lost. Linux only; elsewhere it does nothing.
+
+While a graph loads, onnxruntime maps and unmaps initializers itself, so an address read from smaps may be
+reused before the madvise: there `released_while` uses MADV_PAGEOUT, which reclaims clean file pages and
+never discards data (an anonymous page would be swapped out, or left where there is no swap). The lm_head's
+prepacking reads the whole shared table last, and its pages would otherwise stay resident until the load
+returns, on top of every packed weight: 0.55 GB at PaliGemma 2 10B int4.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ import ctypes
 import os
 import re
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 MADV_DONTNEED = 4
+MADV_PAGEOUT = 21  # Linux 5.4+; older kernels answer EINVAL and nothing happens
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \S+\s*(.*)$")
 
 
@@ -39,7 +48,7 @@ def _mappings() -> list[dict]:
     return out
 
 
-def release_mapped_pages(files: Iterable[str | Path]) -> int:
+def release_mapped_pages(files: Iterable[str | Path], advice: int = MADV_DONTNEED) -> int:
     """Drop this process's resident, unmodified pages of `files`' mappings. Returns the bytes released."""
     wanted = {os.path.realpath(p) for p in files}
     if not wanted or not sys.platform.startswith("linux"):
@@ -55,6 +64,29 @@ def release_mapped_pages(files: Iterable[str | Path]) -> int:
     for m in maps:
         if m["path"] not in wanted or m["rss"] == 0 or m["anonymous"] != 0:
             continue  # not ours, nothing resident, or holds written (copy-on-write) pages: leave it alone
-        if madvise(m["start"], m["end"] - m["start"], MADV_DONTNEED) == 0:
+        if madvise(m["start"], m["end"] - m["start"], advice) == 0:
             released += m["rss"]
     return released
+
+
+@contextmanager
+def released_while(files: Iterable[str | Path], period: float = 0.05) -> Iterator[None]:
+    """Reclaim `files`' clean resident pages every `period` seconds while the block runs (MADV_PAGEOUT: safe
+    while other code maps and unmaps), then drop what is left once it returns (MADV_DONTNEED). Measured on
+    the 10B geometry's shared 4-bit table alone (549 MB): load peak 1494 MB released after, 1428 MB every
+    0.2 s, 977 MB every 0.05 s."""
+    files = list(files)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(period):
+            release_mapped_pages(files, MADV_PAGEOUT)
+
+    worker = threading.Thread(target=loop, name="pgexport-release-mapped", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
+        release_mapped_pages(files)

@@ -15,7 +15,7 @@ from .generate import Graphs, encode_image, generate
 from .image_cache import DEFAULT_MAX_BYTES, ImageCache
 from .images import as_image
 from .manifest import load_manifest
-from .mapped import release_mapped_pages
+from .mapped import released_while
 from .masks import MaskDecoder
 from .preprocess import preprocess
 from .prompt import PromptTokenizer
@@ -24,6 +24,9 @@ from .session import SessionConfig, check_io, create_session
 from .structured import Answer, to_answer
 
 ImageLike = Image.Image | str | Path | np.ndarray  # a path, a PIL image, or uint8 HxW / HxWx3 / HxWx4
+# PaliGemma's `load`: which graphs a loaded bundle holds in memory
+LOADS = {"all": ("vision_encoder", "projector", "decoder"), "vision": ("vision_encoder", "projector"),
+         "decoder": ("decoder",)}
 
 
 @dataclass
@@ -40,11 +43,17 @@ class PaliGemma:
     image_cache_bytes bounds the image-feature cache (image_cache.py; 0 turns it off): several prompts about
     one image, in one call or in several, pay for the vision encoder once.
     One object may serve several threads at once: a generation keeps its state (KV cache, IO binding) local.
+    load="vision" holds only the vision encoder and projector (image_embeddings); load="decoder" only the
+    decoder, which then generates from image_embeds computed elsewhere: two steps that never hold the whole
+    bundle at once (the build's accuracy gate runs a 10B bundle that way).
     """
 
     def __init__(self, bundle: str | Path, session: SessionConfig | None = None, verify: bool = True,
                  manifest_file: str = "manifest.json", max_image_pixels: int = limits.DEFAULT_MAX_IMAGE_PIXELS,
-                 image_cache_bytes: int = DEFAULT_MAX_BYTES):
+                 image_cache_bytes: int = DEFAULT_MAX_BYTES, load: str = "all"):
+        if load not in LOADS:
+            raise UserError(f"unknown load {load!r} (use one of {', '.join(LOADS)})")
+        self.load = load
         self.max_image_pixels = limits.check_max_image_pixels(max_image_pixels)
         if not isinstance(image_cache_bytes, int) or isinstance(image_cache_bytes, bool) or image_cache_bytes < 0:
             raise UserError(f"image_cache_bytes must be a non-negative integer, got {image_cache_bytes!r}")
@@ -56,15 +65,16 @@ class PaliGemma:
         tok = m.tokenizer  # before the graphs: a broken tokenizer is found without loading them
         self.tokenizer = PromptTokenizer(m.tokenizer_file, self.geometry, tok.image_token, tok.bos_token)
         self.eos_ids = {self.geometry.eos_token_id}
+        wanted = LOADS[load]
         self.graphs = Graphs(
-            vision=self._session("vision_encoder"),
-            projector=self._session("projector"),
-            decoder=self._session("decoder"),
+            vision=self._session("vision_encoder") if "vision_encoder" in wanted else None,
+            projector=self._session("projector") if "projector" in wanted else None,
+            decoder=self._session("decoder") if "decoder" in wanted else None,
             device=cfg.ort_device,
             device_id=cfg.device_id,
         )
         # optional graph (segment): 16 <seg> codes -> a 64x64 mask; None in bundles built without one
-        entry = m.graphs.get("mask_decoder")
+        entry = m.graphs.get("mask_decoder") if "decoder" in wanted else None
         self.mask_decoder = MaskDecoder(m.path(entry.file), entry.codes, cfg) if entry else None
         if self.mask_decoder is not None:
             check_io(self.mask_decoder.session, m.path(entry.file), self._expected_io("mask_decoder"), entry)
@@ -74,11 +84,13 @@ class PaliGemma:
 
     def _session(self, graph: str):
         entry, cfg = self.manifest.graphs[graph], self.session_config
-        session = create_session(self.manifest.path(entry.file), cfg)
-        check_io(session, self.manifest.path(entry.file), self._expected_io(graph), entry)
         if cfg.release_mapped_weights and cfg.prepack and entry.data_files:
-            # one graph at a time, so that the next graph loads with this one's copies already given back
-            release_mapped_pages(self.manifest.path(f) for f in entry.data_files)
+            # while it loads and once it has: the next graph loads with this one's copies already given back
+            with released_while([self.manifest.path(f) for f in entry.data_files]):
+                session = create_session(self.manifest.path(entry.file), cfg)
+        else:
+            session = create_session(self.manifest.path(entry.file), cfg)
+        check_io(session, self.manifest.path(entry.file), self._expected_io(graph), entry)
         return session
 
     def images(self, images: Sequence[ImageLike]) -> list[Image.Image]:
@@ -90,6 +102,9 @@ class PaliGemma:
 
     def image_embeddings(self, images: Sequence[ImageLike]) -> np.ndarray:
         """Image embeddings [B, N, D]; with the image cache on, each distinct image is encoded once."""
+        if self.graphs.vision is None:
+            raise UserError(f"this PaliGemma was loaded with load={self.load!r}, without the vision encoder: "
+                            "give generate() image_embeds")
         pixels = self.pixel_values(images)
         if self.image_cache is None:
             return encode_image(self.graphs, pixels)
@@ -110,6 +125,9 @@ class PaliGemma:
         Every bound (limits.py) is checked before any image is decoded or graph is run; no prompts, no
         results: `generate([], [])` is `[]`.
         """
+        if self.graphs.decoder is None:
+            raise UserError(f"this PaliGemma was loaded with load={self.load!r}, without the decoder: it computes "
+                            "image_embeddings only")
         if isinstance(prompts, str) or isinstance(images, (str, Path, Image.Image, np.ndarray)):
             raise UserError("generate takes lists: generate([image], [prompt]); for one pair use pg(image, prompt)")
         sampling = Sampling() if sampling is None else sampling

@@ -30,8 +30,8 @@ class SessionConfig:
     # Prepacking copies MatMul weights into kernel-friendly heap buffers at load: faster, but a second copy
     # of every weight. Off, onnxruntime serves external-data weights from the mmapped file (page cache).
     prepack: bool = True
-    # After each graph loads, give back the resident pages of its mmapped weight files that prepacking has
-    # copied (mapped.py): about 330 MB less RSS at PaliGemma-3B int4, same outputs. Linux only.
+    # While each graph loads and after, give back the resident pages of its mmapped weight files that
+    # prepacking has copied (mapped.py): about 330 MB less RSS at PaliGemma-3B int4, same outputs. Linux only.
     release_mapped_weights: bool = True
     # onnxruntime's per-node profiler: a JSON trace per graph, PREFIX_<graph>_<time>.json, written when the
     # session's end_profiling() is called (benchmarks/profile_ops.py reads them). Off by default.
