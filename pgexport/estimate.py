@@ -27,7 +27,13 @@ BASE_RSS = 0.56e9  # bytes: Python, torch, transformers, onnxruntime, a tiny mod
 RSS_PER_FP32_BYTE = (17.54e9 - BASE_RSS) / 11.68e9  # 3B int4 whole-model build: 17.54 GB over 11.68 GB of float32
 BASE_SECONDS = 40.0
 SECONDS_PER_PARAMETER = (1503 - BASE_SECONDS) / 2.92e9  # 3B int4, whole model: 25 min 3 s
-STREAM_RSS_PER_RESIDENT_BYTE = (4.97e9 - BASE_RSS) / 2.71e9  # 3B int4 streamed: its PyTorch phase, the peak
+# 3B int4 streamed: its PyTorch phase, the peak, less the gate batch's KV cache (counted apart, below)
+STREAM_RSS_PER_RESIDENT_BYTE = (4.97e9 - BASE_RSS - 0.18e9) / 2.71e9
+# The streamed gate reference runs its samples in batches whose float32 KV cache stays within this: 16 samples
+# at 3B (0.18 GB); at 10B, 16 samples held 3.5 GB and took the PyTorch phase to 8.7 GB: now two batches of 8
+GATE_KV_BUDGET = 2.0e9
+GATE_BATCH_MOST = 16
+GATE_PROMPT_TOKENS = 32  # room for <bos>, a gate prompt and "\n" after the image tokens
 BUNDLE_RSS = (3.98e9, 1.87e9), (8.73e9, 5.80e9)  # (peak RSS, bundle bytes): the 3B gate, the 10B bench
 STREAM_TIME_FACTOR = 1118 / 1503  # 3B int4 streamed, 18 min 38 s; whole model 25 min 3 s, the same day
 
@@ -71,7 +77,22 @@ def bytes_per_parameter(precision) -> float:
     return {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}[precision.kind]
 
 
-def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2) -> Estimate:
+def kv_bytes(g: Geometry, new_tokens: int) -> int:
+    """One sample's float32 KV cache in the PyTorch reference: image tokens, prompt and new tokens."""
+    positions = g.num_image_tokens + GATE_PROMPT_TOKENS + new_tokens
+    return 2 * g.text_layers * g.num_kv_heads * g.head_dim * 4 * positions
+
+
+def gate_batch(g: Geometry, new_tokens: int, samples: int = GATE_BATCH_MOST) -> int:
+    """How many gate samples a streamed build's reference generates together: as few batches as GATE_KV_BUDGET
+    allows (each batch reads every layer once per token), of even sizes, at most GATE_BATCH_MOST."""
+    fits = max(1, min(GATE_BATCH_MOST, int(GATE_KV_BUDGET // kv_bytes(g, new_tokens))))
+    batches = -(-max(samples, 1) // fits)
+    return -(-max(samples, 1) // batches)
+
+
+def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2, gate_tokens: int = 32,
+             gate_samples: int = 16) -> Estimate:
     """stream: the PyTorch phase holds the projector, the embedding table (`table_itemsize` bytes a value, as the
     checkpoint stores it), and the vision tower or one decoder layer at a time (twice, as one is read while
     the last is freed); a quantized bundle is then run for the accuracy gate."""
@@ -84,6 +105,8 @@ def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2)
         resident = (table_itemsize * params["embedding"]
                     + 4 * (params["projector"] + max(params["vision_encoder"], 2 * layer)))
         peak = BASE_RSS + STREAM_RSS_PER_RESIDENT_BYTE * resident
+        if not recipe.is_identity and gate_samples > 0:  # the gate reference's batch
+            peak += gate_batch(g, gate_tokens, gate_samples) * kv_bytes(g, gate_tokens)
         if not recipe.is_identity:
             (rss_a, size_a), (rss_b, size_b) = BUNDLE_RSS
             per_byte = (rss_b - rss_a) / (size_b - size_a)

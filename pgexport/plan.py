@@ -89,7 +89,8 @@ class Plan:
         mask = mask_decoder.find_weights(source.directory if source.kind != "preset" else None, opts.mask_decoder)
         g = sources.load_geometry(source)
         whole = estimate(g, recipe)
-        streamed = estimate(g, recipe, stream=True, table_itemsize=_table_itemsize(source))
+        streamed = estimate(g, recipe, stream=True, table_itemsize=_table_itemsize(source),
+                            gate_tokens=opts.gate_tokens, gate_samples=opts.gate_samples)
         budget = opts.max_memory * 1e9 if opts.max_memory is not None else machine_memory()
         stream = opts.stream if opts.stream is not None else whole.peak_rss_bytes > budget
         if stream:

@@ -119,12 +119,14 @@ class _Phase:
     def gate_reference(self) -> None:
         from .quant import gate, samples
 
+        from .estimate import gate_batch
+
         gate_set = samples.gate_samples(self.source, self.opts.gate_samples, self.geometry.image_size)
-        # streamed, every forward pass reads every layer: the samples go through together
         (self.work_dir / "gate").mkdir(exist_ok=True)  # one file each, written as made: read one at a time
+        # streamed, every forward pass reads every layer: samples go through together, as many as the KV fits
+        batch = gate_batch(self.geometry, self.opts.gate_tokens, len(gate_set)) if self.stream else 1
         gref = gate.torch_reference(self.reference, self.source.directory, self.geometry, gate_set,
-                                    self.opts.gate_tokens, batch=16 if self.stream else 1,
-                                    out_dir=self.work_dir / "gate")
+                                    self.opts.gate_tokens, batch=batch, out_dir=self.work_dir / "gate")
         (self.work_dir / "gate.json").write_text(json.dumps({"greedy": gref.greedy}))
 
     def export_vision_encoder(self) -> None:

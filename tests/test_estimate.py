@@ -97,3 +97,23 @@ def test_streamed_estimate_holds_the_table_as_stored(tiny, tmp_path):
         peaks[dtype] = plan.estimate.peak_rss_bytes
     saved = STREAM_RSS_PER_RESIDENT_BYTE * 2 * parameters(tiny.geometry)["embedding"]
     assert abs(peaks[torch.float32] - peaks[torch.bfloat16] - saved) <= 2
+
+
+def test_the_streamed_gate_reference_batches_within_its_kv_budget(tiny):
+    """As few batches as the KV budget allows, of even sizes: 3B's 16 samples in one batch, 10B's in two of 8
+    (16 at once held 3.5 GB of KV cache and took the 10B PyTorch phase to 8.7 GB); the KV cache is the one
+    transformers holds (a tiny model's, measured)."""
+    import torch
+
+    from pgexport.estimate import GATE_KV_BUDGET, gate_batch, kv_bytes
+
+    g = tiny.geometry
+    cache = tiny.model.model.language_model(inputs_embeds=torch.zeros(1, g.num_image_tokens + 32 + 32, g.text_hidden),
+                                      use_cache=True).past_key_values
+    held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert held == kv_bytes(g, 32)
+    for preset, want in (("paligemma-3b-224", 16), ("paligemma2-10b-224", 8), ("paligemma2-28b-224", 8)):
+        big = sources.load_geometry(sources.resolve(preset))
+        assert gate_batch(big, 32, 16) == want and want * kv_bytes(big, 32) <= GATE_KV_BUDGET
+    ten = sources.load_geometry(sources.resolve("paligemma2-10b-224"))
+    assert [gate_batch(ten, 32, n) for n in (1, 9, 10, 20)] == [1, 9, 5, 7]  # 9 fit: 10 -> 5 + 5; 20 -> 7 + 7 + 6
