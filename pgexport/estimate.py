@@ -78,9 +78,12 @@ def bytes_per_parameter(precision) -> float:
 
 
 def kv_bytes(g: Geometry, new_tokens: int) -> int:
-    """One sample's float32 KV cache in the PyTorch reference: image tokens, prompt and new tokens."""
+    """One sample's float32 KV cache in the PyTorch reference: image tokens, prompt and new tokens (a sliding
+    window layer keeps the last window - 1 positions, as transformers' cache does)."""
     positions = g.num_image_tokens + GATE_PROMPT_TOKENS + new_tokens
-    return 2 * g.text_layers * g.num_kv_heads * g.head_dim * 4 * positions
+    window = (g.sliding_window or positions + 1) - 1
+    held = sum(min(positions, window) if sliding else positions for sliding in g.sliding_layers)
+    return 2 * g.num_kv_heads * g.head_dim * 4 * held
 
 
 def gate_batch(g: Geometry, new_tokens: int, samples: int = GATE_BATCH_MOST) -> int:
