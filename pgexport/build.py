@@ -103,7 +103,7 @@ class _Build:
         self.manifest = replace(self.manifest, **sections)
 
     def parity_check(self) -> None:
-        report = parity.compare(self.writer.tmp, self.results.parity, self.opts.tolerance,
+        report = parity.compare(self.writer.tmp, torch_phase.load_parity(self.results.parity), self.opts.tolerance,
                                 manifest_file=self.writer.partial_name, layers=self.results.layers)
         if self.mask is not None:
             from . import mask_parity

@@ -9,10 +9,12 @@ on this project's 2-core AMD EPYC (AVX2), `benchmarks/build_memory.py`, peak RSS
   phase and onnxruntime's parity session over the float32 graphs after it: about 0.56 GB + 1.45 x (4 bytes x
   parameters). Time is linear in the parameters: the references and the gate are most of it;
 - streamed: the PyTorch phase holds the table as stored (16-bit for presets and bf16 checkpoints), the projector,
-  and the vision tower or two decoder layers, plus the activations of the gate's 16 samples as one batch; the
-  gate then runs the finished bundle in onnxruntime. The first is scaled from the same 3B build streamed
-  (4.97 GB over 2.71 GB resident). The second is a line through two bundles run here: the 3B int4 gate (3.98 GB
-  for 1.87 GB) and the 10B int4 bundle under `pgexport bench` (8.73 GB for 5.80 GB).
+  and the vision tower or two decoder layers, plus the KV cache of the gate reference's batch; scaled from the
+  3B build streamed (4.97 GB over 2.71 GB resident, less its 0.18 GB of KV cache). The accuracy gate then runs
+  the bundle's decoder alone in a child process: onnxruntime's packed 4-bit weights at 1.2 x their bytes on
+  disk (float32 scales and block sums for int8 compute: measured), the runtime's two KV buffers for one
+  sample, and the rest of the process, 0.56 GB, from the 10B int4 build of 2026-12-01 (7.94 GB). Time is a
+  line through the 3B (18 min 38 s, 2026-11-30) and 10B (36 min 0 s, 2026-12-01) streamed builds.
 
 They are estimates, not promises.
 """
@@ -34,8 +36,11 @@ STREAM_RSS_PER_RESIDENT_BYTE = (4.97e9 - BASE_RSS - 0.18e9) / 2.71e9
 GATE_KV_BUDGET = 2.0e9
 GATE_BATCH_MOST = 16
 GATE_PROMPT_TOKENS = 32  # room for <bos>, a gate prompt and "\n" after the image tokens
-BUNDLE_RSS = (3.98e9, 1.87e9), (8.73e9, 5.80e9)  # (peak RSS, bundle bytes): the 3B gate, the 10B bench
-STREAM_TIME_FACTOR = 1118 / 1503  # 3B int4 streamed, 18 min 38 s; whole model 25 min 3 s, the same day
+GATE_PACKED_PER_BYTE = 1.2  # MatMulNBits packed for int8 compute: 0.75 bytes a 4-bit weight against 0.625 stored
+GATE_BASE_RSS = 0.56e9  # the gate process besides those and the KV cache (10B int4 streamed build: 7.94 GB)
+# streamed build time: a line through 3B int4 (2.92 B parameters, 1118 s) and 10B int4 (9.66 B, 2160 s)
+STREAM_SECONDS_PER_PARAMETER = (2160 - 1118) / (9.66e9 - 2.92e9)
+STREAM_BASE_SECONDS = 1118 - STREAM_SECONDS_PER_PARAMETER * 2.92e9
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class Estimate:
         return [f"parameters  {self.total_parameters / 1e6:,.1f} M ({parts})",
                 f"memory      about {gb(self.peak_rss_bytes)} peak RSS",
                 f"disk        about {gb(self.disk_bytes)} at the peak; the bundle about {gb(self.bundle_bytes)}",
-                f"time        about {self.seconds / 60:.0f} min on 2 AVX2 cores (scaled from a measured 3B build)"]
+                f"time        about {self.seconds / 60:.0f} min on 2 AVX2 cores (scaled from measured builds)"]
 
 
 def parameters(g: Geometry) -> dict[str, int]:
@@ -77,11 +82,12 @@ def bytes_per_parameter(precision) -> float:
     return {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}[precision.kind]
 
 
-def kv_bytes(g: Geometry, new_tokens: int) -> int:
-    """One sample's float32 KV cache in the PyTorch reference: image tokens, prompt and new tokens (a sliding
-    window layer keeps the last window - 1 positions, as transformers' cache does)."""
+def kv_bytes(g: Geometry, new_tokens: int, windowed: bool = True) -> int:
+    """One sample's float32 KV cache: image tokens, prompt and new tokens. windowed: in the PyTorch reference,
+    where a sliding-window layer keeps the last window - 1 positions, as transformers' cache does; the runtime's
+    buffers hold every position of every layer."""
     positions = g.num_image_tokens + GATE_PROMPT_TOKENS + new_tokens
-    window = (g.sliding_window or positions + 1) - 1
+    window = (g.sliding_window or positions + 1) - 1 if windowed else positions
     held = sum(min(positions, window) if sliding else positions for sliding in g.sliding_layers)
     return 2 * g.num_kv_heads * g.head_dim * 4 * held
 
@@ -108,15 +114,16 @@ def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2,
         resident = (table_itemsize * params["embedding"]
                     + 4 * (params["projector"] + max(params["vision_encoder"], 2 * layer)))
         peak = BASE_RSS + STREAM_RSS_PER_RESIDENT_BYTE * resident
-        if not recipe.is_identity and gate_samples > 0:  # the gate reference's batch
+        if not recipe.is_identity and gate_samples > 0:  # the gate reference's batch, then the gate
             peak += gate_batch(g, gate_tokens, gate_samples) * kv_bytes(g, gate_tokens)
-        if not recipe.is_identity:
-            (rss_a, size_a), (rss_b, size_b) = BUNDLE_RSS
-            per_byte = (rss_b - rss_a) / (size_b - size_a)
-            peak = max(peak, rss_a + per_byte * (bundle - size_a))
+            decoder = sum(params[c] * bytes_per_parameter(recipe.precision_for(c, None))
+                          for c in ("decoder_linear", "embedding"))
+            peak = max(peak, GATE_BASE_RSS + GATE_PACKED_PER_BYTE * decoder
+                       + 2 * kv_bytes(g, gate_tokens, windowed=False))
     seconds = BASE_SECONDS + SECONDS_PER_PARAMETER * sum(params.values())
+    if stream:
+        seconds = STREAM_BASE_SECONDS + STREAM_SECONDS_PER_PARAMETER * sum(params.values())
     written = fp32  # the float32 graphs, quantized afterwards; streamed, the decoder is quantized as it is written
     if stream and not recipe.is_identity:
         written = 4 * (params["vision_encoder"] + params["projector"])
-    return Estimate(params, bundle, written + (0 if recipe.is_identity else bundle), int(peak),
-                    seconds * (STREAM_TIME_FACTOR if stream else 1.0))
+    return Estimate(params, bundle, written + (0 if recipe.is_identity else bundle), int(peak), seconds)

@@ -189,15 +189,14 @@ def evaluate_bundle(bundle, ref: GateReference, max_new_tokens: int, session, wo
     from ..memory import trim
 
     opts = dict(verify=False, manifest_file=manifest_file, image_cache_bytes=0)
-    vision, paths = PaliGemma(bundle, session, load="vision", **opts), []
-    for i, (image, _) in enumerate(ref.samples):
-        paths.append(work / f"image_embeds{i}.npy")
-        np.save(paths[-1], vision.image_embeddings([image]))
-    del vision
-    trim()
-    pg = PaliGemma(bundle, session, load="decoder", **opts)
+    paths = [work / f"image_embeds{i}.npy" for i in range(len(ref.samples))]
     try:
-        return evaluate(pg, ref, max_new_tokens, OnDisk(paths))
+        vision = PaliGemma(bundle, session, load="vision", **opts)
+        for path, (image, _) in zip(paths, ref.samples):
+            np.save(path, vision.image_embeddings([image]))
+        del vision
+        trim()
+        return evaluate(PaliGemma(bundle, session, load="decoder", **opts), ref, max_new_tokens, OnDisk(paths))
     finally:
         for p in paths:
             p.unlink(missing_ok=True)
@@ -205,26 +204,17 @@ def evaluate_bundle(bundle, ref: GateReference, max_new_tokens: int, session, wo
 
 def evaluate(pg, ref: GateReference, max_new_tokens: int, image_embeds: Sequence[np.ndarray] | None = None) -> dict:
     """Compare a loaded bundle (pgexport_runtime.PaliGemma) with the reference (pgexport/agreement.py's measures).
-    Each sample's image is encoded once for its generation and its scoring (or taken from image_embeds)."""
+    Each sample's image is encoded once, for its generation and its scoring (or taken from image_embeds)."""
     eos = pg.geometry.eos_token_id
-
-    def embeds(i: int) -> np.ndarray:
-        return pg.image_embeddings([ref.samples[i][0]]) if image_embeds is None else image_embeds[i]
-
-    got, held = [], []
-    for i, (_, prompt) in enumerate(ref.samples):
-        held.append(embeds(i))
-        got.append(until_eos(pg.generate([], [prompt], max_new_tokens=max_new_tokens, image_embeds=held[-1])[0].tokens,
-                             eos))
-        if image_embeds is not None:
-            held[-1] = None  # read again from disk when scored
+    if image_embeds is None:
+        image_embeds = [pg.image_embeddings([image]) for image, _ in ref.samples]
+    got = [until_eos(pg.generate([], [prompt], max_new_tokens=max_new_tokens, image_embeds=image_embeds[i])[0].tokens,
+                     eos) for i, (_, prompt) in enumerate(ref.samples)]
 
     def scored():  # one [T, V] array at a time, each compared and dropped (ref.logprobs may be read lazily too)
         for i, ((_, prompt), want) in enumerate(zip(ref.samples, ref.greedy)):
             prefix = np.array([pg.tokenizer.prefix_ids(prompt)], dtype=np.int64)
-            e = held[i] if held[i] is not None else image_embeds[i]
-            held[i] = None
-            yield decoder.score(pg.graphs, pg.geometry, prefix, e, want)
+            yield decoder.score(pg.graphs, pg.geometry, prefix, image_embeds[i], want)
 
     seq, dist = agreement.sequences(ref.greedy, got), agreement.distributions(ref.logprobs, scored())
     return {
