@@ -32,7 +32,7 @@ SECONDS_PER_PARAMETER = (1503 - BASE_SECONDS) / 2.92e9  # 3B int4, whole model: 
 # 3B int4 streamed: its PyTorch phase, the peak, less the gate batch's KV cache (counted apart, below)
 STREAM_RSS_PER_RESIDENT_BYTE = (4.97e9 - BASE_RSS - 0.18e9) / 2.71e9
 # The streamed gate reference runs its samples in batches whose float32 KV cache stays within this: 16 samples
-# at 3B (0.18 GB); at 10B, 16 samples held 3.5 GB and took the PyTorch phase to 8.7 GB: now two batches of 8
+# at 3B (0.18 GB); at 10B, 16 samples held 3.5 GB and took the PyTorch phase over 8.9 GB: now two batches of 8
 GATE_KV_BUDGET = 2.0e9
 GATE_BATCH_MOST = 16
 GATE_PROMPT_TOKENS = 32  # room for <bos>, a gate prompt and "\n" after the image tokens

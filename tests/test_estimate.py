@@ -101,7 +101,7 @@ def test_streamed_estimate_holds_the_table_as_stored(tiny, tmp_path):
 
 def test_the_streamed_gate_reference_batches_within_its_kv_budget(tiny):
     """As few batches as the KV budget allows, of even sizes: 3B's 16 samples in one batch, 10B's in two of 8
-    (16 at once held 3.5 GB of KV cache and took the 10B PyTorch phase to 8.7 GB); the KV cache is the one
+    (16 at once held 3.5 GB of KV cache and took the 10B PyTorch phase over 8.9 GB); the KV cache is the one
     transformers holds (a tiny model's, measured)."""
     import torch
 
