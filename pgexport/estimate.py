@@ -14,7 +14,7 @@ on this project's 2-core AMD EPYC (AVX2), `benchmarks/build_memory.py`, peak RSS
   the bundle's decoder alone in a child process: onnxruntime's packed 4-bit weights at 1.2 x their bytes on
   disk (float32 scales and block sums for int8 compute: measured), the runtime's two KV buffers for one
   sample, and the rest of the process, 0.56 GB, from the 10B int4 build of 2026-12-01 (7.94 GB). Time is a
-  line through the 3B (18 min 38 s, 2026-11-30) and 10B (36 min 0 s, 2026-12-01) streamed builds.
+  line through the 3B (18 min 38 s) and 10B (36 min 0 s) streamed builds, both of 2026-12-01.
 
 They are estimates, not promises.
 """
