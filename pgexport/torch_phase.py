@@ -117,9 +117,8 @@ class _Phase:
         (self.work_dir / "parity.json").write_text(json.dumps({"greedy": ref.greedy}))
 
     def gate_reference(self) -> None:
-        from .quant import gate, samples
-
         from .estimate import gate_batch
+        from .quant import gate, samples
 
         gate_set = samples.gate_samples(self.source, self.opts.gate_samples, self.geometry.image_size)
         (self.work_dir / "gate").mkdir(exist_ok=True)  # one file each, written as made: read one at a time

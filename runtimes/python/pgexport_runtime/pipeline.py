@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,11 +85,9 @@ class PaliGemma:
 
     def _session(self, graph: str):
         entry, cfg = self.manifest.graphs[graph], self.session_config
-        if cfg.release_mapped_weights and cfg.prepack and entry.data_files:
-            # while it loads and once it has: the next graph loads with this one's copies already given back
-            with released_while([self.manifest.path(f) for f in entry.data_files]):
-                session = create_session(self.manifest.path(entry.file), cfg)
-        else:
+        # while it loads and once it has: the next graph loads with this one's copies already given back
+        release = cfg.release_mapped_weights and cfg.prepack and entry.data_files
+        with released_while([self.manifest.path(f) for f in entry.data_files]) if release else nullcontext():
             session = create_session(self.manifest.path(entry.file), cfg)
         check_io(session, self.manifest.path(entry.file), self._expected_io(graph), entry)
         return session
