@@ -38,6 +38,16 @@ GATE_BATCH_MOST = 16
 GATE_PROMPT_TOKENS = 32  # room for <bos>, a gate prompt and "\n" after the image tokens
 GATE_PACKED_PER_BYTE = 1.2  # MatMulNBits packed for int8 compute: 0.75 bytes a 4-bit weight against 0.625 stored
 GATE_BASE_RSS = 0.56e9  # the gate process besides those and the KV cache (10B int4 streamed build: 7.94 GB)
+# GPTQ (int4-gptq), timed here: quantizing one linear W [N, K] takes about GPTQ_K3 * K^3 + GPTQ_NK2 * N * K^2
+# seconds (the Cholesky factors of its Hessian, then the column sweep), a fit through 3584 x 3584 (2.0 s),
+# 2048 x 16384 (46 s) and 3584 x 14336 (36 s); calibration runs every sample through each layer twice and
+# accumulates x^T x per linear, at MATMUL_FLOPS (a 300-token linear ran at 194 GFLOPS; attention and the
+# rest run slower). Streamed, the calibration answers are generated in batches, every pass reading every layer:
+# STREAM_PASS_SECONDS_PER_PARAMETER from the 10B gate reference (877 s for 66 passes of 8 samples).
+GPTQ_K3, GPTQ_NK2 = 6.5e-12, 3.2e-11
+MATMUL_FLOPS = 150e9
+STREAM_PASS_SECONDS_PER_PARAMETER = 877 / 66 / 9.66e9
+GPTQ_ANSWER_TOKENS = 32  # quant.gptq.ANSWER_TOKENS
 # streamed build time: a line through 3B int4 (2.92 B parameters, 1118 s) and 10B int4 (9.66 B, 2160 s)
 STREAM_SECONDS_PER_PARAMETER = (2160 - 1118) / (9.66e9 - 2.92e9)
 STREAM_BASE_SECONDS = 1118 - STREAM_SECONDS_PER_PARAMETER * 2.92e9
@@ -100,6 +110,35 @@ def gate_batch(g: Geometry, new_tokens: int, samples: int = GATE_BATCH_MOST) -> 
     return -(-max(samples, 1) // batches)
 
 
+def _linears(g: Geometry) -> list[tuple[int, int]]:
+    """(N, K) of each linear in a decoder layer: q, k, v, o, gate, up, down."""
+    q, kv, dt, it = g.num_heads * g.head_dim, g.num_kv_heads * g.head_dim, g.text_hidden, g.text_intermediate
+    return [(q, dt), (kv, dt), (kv, dt), (dt, q), (it, dt), (it, dt), (dt, it)]
+
+
+def gptq_bytes(g: Geometry, samples: int) -> int:
+    """What GPTQ holds besides the model: every sample's hidden states between layers, and one layer's Hessians
+    (float32 K x K per linear) while it calibrates, or the largest one's, permuted, and its weight's copies while
+    that is quantized."""
+    tokens = g.num_image_tokens + GATE_PROMPT_TOKENS + GPTQ_ANSWER_TOKENS
+    states = samples * tokens * (g.text_hidden + 2 * g.head_dim) * 4
+    linears = _linears(g)
+    n, k = max(linears, key=lambda nk: nk[1])
+    return states + max(4 * sum(k * k for _, k in linears), 8 * k * k + 12 * n * k)
+
+
+def gptq_seconds(g: Geometry, samples: int, stream: bool) -> float:
+    tokens = samples * (g.num_image_tokens + GATE_PROMPT_TOKENS + GPTQ_ANSWER_TOKENS)
+    linears = _linears(g)
+    flops = sum(2 * 2 * tokens * n * k + 2 * tokens * k * k for n, k in linears)  # two passes, then x^T x
+    seconds = sum(GPTQ_K3 * k**3 + GPTQ_NK2 * n * k * k for n, k in linears) + flops / MATMUL_FLOPS
+    seconds *= g.text_layers
+    if stream:  # the answers: generated a batch at a time, every token a pass over every layer
+        passes = -(-samples // gate_batch(g, GPTQ_ANSWER_TOKENS, samples)) * (GPTQ_ANSWER_TOKENS + 1)
+        seconds += passes * STREAM_PASS_SECONDS_PER_PARAMETER * sum(parameters(g).values())
+    return seconds
+
+
 def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2, gate_tokens: int = 32,
              gate_samples: int = 16) -> Estimate:
     """stream: the PyTorch phase holds the projector, the embedding table (`table_itemsize` bytes a value, as the
@@ -123,6 +162,10 @@ def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2,
     seconds = BASE_SECONDS + SECONDS_PER_PARAMETER * sum(params.values())
     if stream:
         seconds = STREAM_BASE_SECONDS + STREAM_SECONDS_PER_PARAMETER * sum(params.values())
+    if recipe.needs_calibration:  # beside the model as each stream holds it: the table and a layer, or all of it
+        held = BASE_RSS + (STREAM_RSS_PER_RESIDENT_BYTE * resident if stream else fp32)
+        peak = max(peak, held + gptq_bytes(g, recipe.calibration_samples))
+        seconds += gptq_seconds(g, recipe.calibration_samples, stream)
     written = fp32  # the float32 graphs, quantized afterwards; streamed, the decoder is quantized as it is written
     if stream and not recipe.is_identity:
         written = 4 * (params["vision_encoder"] + params["projector"])

@@ -94,7 +94,7 @@ class Plan:
         budget = opts.max_memory * 1e9 if opts.max_memory is not None else machine_memory()
         stream = opts.stream if opts.stream is not None else whole.peak_rss_bytes > budget
         if stream:
-            _check_streamable(source, recipe, opts.stream is None)
+            _check_streamable(source, opts.stream is None)
         need = streamed if stream else whole
         if check_memory and need.peak_rss_bytes > budget:
             over = (f"--max-memory {opts.max_memory:g} GB" if opts.max_memory is not None else
@@ -123,12 +123,11 @@ def _table_itemsize(source) -> int:
     return 4
 
 
-def _check_streamable(source, recipe, automatic: bool) -> None:
+def _check_streamable(source, automatic: bool) -> None:
     """What a streamed build does not do yet: a one-line refusal naming it."""
     from . import sources
 
     why = ("an --adapter (merge it into the checkpoint with peft first)" if source.adapter is not None else
-           f"the {recipe.name} recipe, which calibrates on the whole model" if recipe.needs_calibration else
            "a GPTQ checkpoint" if source.kind != "preset" and sources.gptq_settings(source) is not None else None)
     if why is not None:
         lead = "the whole model does not fit in memory, so the build must stream, but" if automatic else "--stream"

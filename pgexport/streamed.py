@@ -11,6 +11,8 @@ layer, whatever the depth; the price is reading every layer once per forward pas
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from .weights import load_into, meta_model, parameter_names, release
@@ -101,6 +103,25 @@ class _LayerSlots:
             mod._parameters[key] = torch.nn.Parameter(buffer, requires_grad=False)
             swapped.append((mod, key, p))
         layer._streamed = swapped
+
+
+def streams(model) -> bool:
+    """Whether `model` is one of streamed_model's."""
+    return hasattr(model, "_layer_slots")
+
+
+@contextmanager
+def layer_held(model, layer):
+    """A decoder layer with its weights for the block, for code that calls its submodules rather than its forward
+    (GPTQ): a streamed model's layer holds them only inside its forward. A loaded model's: as it is."""
+    if not streams(model):
+        yield layer
+        return
+    model._layer_slots.load(layer, ())
+    try:
+        yield layer
+    finally:
+        _release(layer, (), None)
 
 
 def drop_table(model) -> None:

@@ -75,6 +75,7 @@ class _Phase:
         self.recipe = resolve_recipe(self.opts.quant)
         self.model = self.integers = None
         self.weights = None  # streamed: the checkpoint the decoder layers are read from, one at a time
+        self.gptq_files = None  # streamed: GPTQ's packed weights, on disk until the decoder is exported
 
     def work(self) -> dict:
         from .export import graphs
@@ -150,7 +151,7 @@ class _Phase:
 
         weights = self.weights if self.stream else ModuleWeights(self.model)
         recipe = self.recipe if self.stream and not self.recipe.is_identity else None
-        report = graphs.export_decoder(self.model.config, weights, self.geometry, self.out_dir, recipe)
+        report = graphs.export_decoder(self.model.config, weights, self.geometry, self.out_dir, recipe, self.gptq_files)
         if report is not None:
             (self.work_dir / "quantized.json").write_text(json.dumps({"decoder": report}))
 
@@ -171,14 +172,22 @@ class _Phase:
         self.model = adapters.merge(self.model)
 
     def gptq(self) -> None:
+        """Streamed, each layer's packed weights go to disk as they are made and the decoder export reads them
+        back; otherwise they are handed to the bundle process, which quantizes the float32 decoder file."""
         if self.integers is not None:  # a GPTQ checkpoint: its own integers, not a new calibration
             packed = self.integers
         else:
             from .quant import gptq, samples
+            from .quant.stored import PackedFiles
 
             calib = samples.calibration_samples(self.source, self.recipe.calibration_samples,
                                                 self.geometry.image_size, self.opts.calibration)
-            packed = gptq.quantize_decoder(self.model, self.source.directory, self.geometry, self.recipe, calib)
+            into = PackedFiles(self.work_dir / "gptq") if self.stream else None
+            packed = gptq.quantize_decoder(self.model, self.source.directory, self.geometry, self.recipe, calib,
+                                           into=into)
+            if self.stream:
+                self.gptq_files = packed
+                return
         arrays = {}
         for name, p in packed.items():
             arrays[f"{name}|data"], arrays[f"{name}|scales"] = p.data, p.scales

@@ -117,3 +117,19 @@ def test_the_streamed_gate_reference_batches_within_its_kv_budget(tiny):
         assert gate_batch(big, 32, 16) == want and want * kv_bytes(big, 32) <= GATE_KV_BUDGET
     ten = sources.load_geometry(sources.resolve("paligemma2-10b-224"))
     assert [gate_batch(ten, 32, n) for n in (1, 9, 10, 20)] == [1, 9, 5, 7]  # 9 fit: 10 -> 5 + 5; 20 -> 7 + 7 + 6
+
+
+def test_the_gptq_estimate_counts_the_layers_own_linears_and_hessians(tiny):
+    """GPTQ's memory term is built from each decoder linear's (N, K): they are the model's, and a Hessian per
+    linear of the layer is what gptq.quantize_decoder holds while a layer calibrates."""
+    from torch import nn
+
+    from pgexport.estimate import _linears, gptq_bytes
+
+    layer = tiny.model.model.language_model.layers[0]
+    shapes = [tuple(m.weight.shape) for m in layer.modules() if isinstance(m, nn.Linear)]
+    assert sorted(shapes) == sorted(_linears(tiny.geometry))
+    hessians = 4 * sum(k * k for _, k in shapes)
+    assert gptq_bytes(tiny.geometry, 0) >= hessians
+    streamed = {q: estimate(tiny.geometry, resolve_recipe(q), stream=True) for q in ("int4", "int4-gptq")}
+    assert streamed["int4-gptq"].seconds > streamed["int4"].seconds

@@ -10,6 +10,7 @@ import pytest
 
 from pgexport.quant.blockwise import dequantize
 from pgexport_runtime import PaliGemma
+from pgexport_runtime.errors import UserError
 from pgexport.quant.gptq_import import dequantize_linear, read_linear, to_matmulnbits
 from pgexport.quant.recipes import Precision, Recipe
 from pgexport.quant.rewrite import GraphReport, check_fast_path, rewrite_linears
@@ -146,6 +147,8 @@ def test_build_from_a_gptq_checkpoint_reproduces_it(tmp_path):
 
     recipe = tmp_path / "import-only.json"  # only the decoder linears, from the checkpoint's own integers
     recipe.write_text(json.dumps({"base": "fp32", "decoder_linear": "int4-gptq"}))
+    with pytest.raises(UserError, match=r"^--stream does not yet support a GPTQ checkpoint"):
+        build(BuildOptions(model=str(ckpt), out=tmp_path / "streamed", quant=str(recipe), stream=True))
     out = build(BuildOptions(model=str(ckpt), out=tmp_path / "bundle", quant=str(recipe), gate_samples=6,
                              gate_tokens=12, parity_tokens=8))
     manifest = json.loads((out / "manifest.json").read_text())

@@ -142,15 +142,47 @@ def test_stream_refuses_what_it_does_not_do_yet(tmp_path):
 
     from pgexport.plan import BuildOptions, Plan
 
-    with pytest.raises(UserError, match=r"^--stream does not yet support the int4-gptq recipe"):
-        Plan.of(BuildOptions(model="tiny-pg1", quant="int4-gptq", stream=True))
-    with pytest.raises(UserError, match=r"^the whole model does not fit in memory, so the build must stream, but "
-                                        r"does not yet support the int4-gptq recipe"):
-        Plan.of(BuildOptions(model="paligemma-3b-224", quant="int4-gptq", max_memory=8))
     base = save_checkpoint("tiny-pg1", tmp_path / "base")
     adapter = save_lora_adapter(base, tmp_path / "lora", ["q_proj"], seed=0)
     with pytest.raises(UserError, match=r"^--stream does not yet support an --adapter"):
         Plan.of(BuildOptions(model=str(base), adapter=adapter, stream=True))
+    with pytest.raises(UserError, match=r"^the whole model does not fit in memory, so the build must stream, but "
+                                        r"does not yet support an --adapter"):
+        Plan.of(BuildOptions(model=str(base), adapter=adapter, max_memory=0.01))
+
+
+@pytest.mark.parametrize("name", ["tiny-pg1", "tiny-pg2"])
+def test_streamed_gptq_build_writes_the_whole_builds_graphs(name, tmp_path):
+    """GPTQ under --stream: calibrated on the streamed model one layer at a time, its packed weights kept on disk
+    until the decoder is exported, and never a float32 decoder file. The graphs are the whole-model GPTQ
+    build's, byte for byte, and its 4-bit weights are not round-to-nearest's."""
+    import json
+
+    from pgexport.build import BuildOptions, build
+    from pgexport.quant.blockwise import Packed, pack_rtn, unpack_ints
+
+    seen: dict[bool, list[str]] = {True: [], False: []}
+    out = {stream: build(BuildOptions(model=name, out=tmp_path / str(stream), quant="int4-gptq", gate_samples=4,
+                                      gate_tokens=8, parity_tokens=4, stream=stream), seen[stream].append)
+           for stream in (False, True)}
+    assert "quantize decoder" in seen[False] and "quantize decoder" not in seen[True]
+    assert "GPTQ" in seen[True] and "layer parity" in seen[True]
+    whole, streamed = (json.loads((out[s] / "manifest.json").read_text()) for s in (False, True))
+    assert whole["files"] == streamed["files"]
+    assert streamed["parity"]["ok"] and streamed["quantization"]["graphs"] == whole["quantization"]["graphs"]
+    assert set(streamed["quantization"]["graphs"]["decoder"]["weights"].values()) == {"int4-gptq/b32", "int4/b32"}
+
+    init = ir.load(out[True] / "decoder.onnx").graph.initializers
+    float_model = sources.load_model(sources.resolve(name))
+    differ = 0
+    for i, layer in enumerate(float_model.model.language_model.layers):
+        w = layer.mlp.down_proj.weight.detach().numpy()  # [N, K]
+        base = f"layers.{i}.mlp.down_proj"
+        got = Packed(init[f"{base}.q4"].const_value.numpy(), init[f"{base}.scales"].const_value.numpy(), None, 4,
+                     32, w.shape[1], w.shape[0])
+        differ += int((unpack_ints(got) != unpack_ints(pack_rtn(w.T.copy(), 4, 32))).sum())
+    assert differ > 0  # GPTQ moved some codes off round-to-nearest
+    assert not (tmp_path / "True" / ".torch").exists()
 
 
 @pytest.mark.parametrize("name", ["tiny-pg1", "tiny-pg2"])

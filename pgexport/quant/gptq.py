@@ -19,6 +19,8 @@ The algorithm (Frantar et al., "GPTQ", 2022), as done here:
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+
 import numpy as np
 import torch
 from torch import nn
@@ -30,6 +32,7 @@ from .blockwise import Packed, pack_codes
 
 DAMP = 0.01
 LAZY_BLOCK = 128
+ANSWER_TOKENS = 32  # greedy answer tokens per calibration sample
 
 
 def group_scales(w: torch.Tensor, block: int, bits: int = 4) -> torch.Tensor:
@@ -47,9 +50,12 @@ def group_scales(w: torch.Tensor, block: int, bits: int = 4) -> torch.Tensor:
 
 def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, block: int, bits: int = 4,
                   damp: float = DAMP, lazy: int = LAZY_BLOCK) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """Quantize W [N, K] given H [K, K]. Returns codes uint8 [N, groups, block], scales [N, groups], W_q."""
+    """Quantize W [N, K] given H [K, K], which is consumed (overwritten). Returns codes uint8 [N, groups, block],
+    scales [N, groups], W_q. At most two K x K float32 matrices are alive at a time (the down projection's is
+    0.82 GB at 10B): the permuted copy, then each factor as the last is dropped."""
     w = w.detach().to(torch.float32).clone()
-    h = hessian.detach().to(torch.float32).clone()
+    h = hessian.detach().to(torch.float32)
+    del hessian
     n, k = w.shape
     zero = 2 ** (bits - 1)
     qmax = 2**bits - 1
@@ -60,12 +66,16 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, block: int, bits: int 
 
     perm = torch.argsort(torch.diag(h), descending=True)  # act-order
     w = w[:, perm]
-    h = h[perm][:, perm]
+    h = h.index_select(0, perm)
+    h = h.index_select(1, perm)
     col_group = perm // block
-    h += torch.eye(k) * (damp * torch.mean(torch.diag(h)))
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    h.diagonal().add_(damp * torch.mean(torch.diag(h)))
+    h = torch.linalg.cholesky(h)
+    h = torch.cholesky_inverse(h)
+    hinv = torch.linalg.cholesky(h, upper=True)
+    del h
 
-    codes = torch.zeros(n, k, dtype=torch.int64)
+    codes = torch.zeros(n, k, dtype=torch.uint8)
     q_all = torch.zeros_like(w)
     for i1 in range(0, k, lazy):
         i2 = min(i1 + lazy, k)
@@ -77,19 +87,20 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, block: int, bits: int 
             s = scales[:, col_group[i1 + j]]
             q = torch.clamp(torch.round(col / s) + zero, 0, qmax)
             wq = (q - zero) * s
-            codes[:, i1 + j] = q.to(torch.int64)
+            codes[:, i1 + j] = q.to(torch.uint8)
             q_all[:, i1 + j] = wq
             e = (col - wq) / hinv1[j, j]
             w1[:, j:] -= e.unsqueeze(1) * hinv1[j, j:].unsqueeze(0)
             err1[:, j] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    del w, hinv
 
     inv = torch.argsort(perm)
     codes, q_all = codes[:, inv], q_all[:, inv]
     groups = scales.shape[1]
-    padded = torch.full((n, groups * block), zero, dtype=torch.int64)
+    padded = torch.full((n, groups * block), zero, dtype=torch.uint8)
     padded[:, :k] = codes
-    return padded.view(n, groups, block).numpy().astype(np.uint8), scales.numpy(), q_all
+    return padded.view(n, groups, block).numpy(), scales.numpy(), q_all
 
 
 def to_packed(codes: np.ndarray, scales: np.ndarray, bits: int, block: int, k: int) -> Packed:
@@ -97,86 +108,118 @@ def to_packed(codes: np.ndarray, scales: np.ndarray, bits: int, block: int, k: i
     return pack_codes(codes, scales, None, bits, block, k)
 
 
-def quantize_decoder(model, source_dir, g: Geometry, recipe, samples, progress=None) -> dict[str, Packed]:
-    """GPTQ every decoder linear the recipe marks int4-gptq; module names match the exported graph's."""
+def quantize_decoder(model, source_dir, g: Geometry, recipe, samples, progress=None,
+                     into: MutableMapping | None = None) -> MutableMapping[str, Packed]:
+    """GPTQ every decoder linear the recipe marks int4-gptq; module names match the exported graph's.
+
+    The model is loaded, or streams its layers (streamed.py): a layer's weights are then read for its turn and
+    dropped after it, so GPTQ holds one layer, its Hessians and the calibration activations. into: where each
+    packed weight goes as it is made (blockwise.PackedFiles, a streamed build: on disk); default a dict."""
+    from pgexport.estimate import gate_batch
     from pgexport.export.decoder import DecoderWithPast
+    from pgexport.streamed import layer_held, streams
 
     dec = DecoderWithPast(model, g)
-    states = _calibration_inputs(model, dec, source_dir, g, samples)
-    out: dict[str, Packed] = {}
+    # answers generated in batches as the gate reference's are: a streamed forward pass reads every layer
+    batch = gate_batch(g, ANSWER_TOKENS, len(samples))
+    states = _calibration_inputs(model, dec, source_dir, g, samples, ANSWER_TOKENS, batch)
+    out: MutableMapping[str, Packed] = {} if into is None else into
+    restore = not streams(model)  # a loaded model is exported afterwards in float32; a streamed one rereads it
     with torch.no_grad():
         for i, layer in enumerate(dec.layers):
             if progress:
                 progress(i, len(dec.layers))
-            targets = {}
-            for sub, mod in layer.named_modules():
-                name = f"layers.{i}.{sub}"
-                if isinstance(mod, nn.Linear) and recipe.precision_for("decoder_linear", name).kind == "int4-gptq":
-                    targets[name] = mod
-            hessians = {name: torch.zeros(m.in_features, m.in_features) for name, m in targets.items()}
-            counts = dict.fromkeys(targets, 0)
-
-            def hook(name):
-                def fn(_module, inputs):
-                    x, keep = inputs[0], _current_keep[0]
-                    x = x.reshape(-1, x.shape[-1])[keep.reshape(-1)].to(torch.float32)
-                    n_new = x.shape[0]
-                    total = counts[name] + n_new
-                    hessians[name].mul_(counts[name] / total).add_(x.T @ x, alpha=2.0 / total)
-                    counts[name] = total
-                return fn
-
-            _current_keep: list = [None]
-            handles = [m.register_forward_pre_hook(hook(name)) for name, m in targets.items()]
-            for s in states:
-                _current_keep[0] = s["keep"]
-                _run_layer(dec, layer, i, s)
-            for h in handles:
-                h.remove()
-            originals = {}
-            for name, mod in targets.items():
-                prec = recipe.precision_for("decoder_linear", name)
-                codes, scales, wq = gptq_quantize(mod.weight, hessians[name], prec.block_size)
-                out[name] = to_packed(codes, scales, 4, prec.block_size, mod.in_features)
-                originals[name] = mod.weight.detach().clone()
-                mod.weight.copy_(wq)
-            # the next layer calibrates on what this quantized layer produces
-            for s in states:
-                s["hidden"] = _run_layer(dec, layer, i, s)
-            for name, mod in targets.items():  # the float32 model is exported afterwards: restore it
-                mod.weight.copy_(originals[name])
+            with layer_held(model, layer):
+                _quantize_layer(dec, layer, i, recipe, states, out, restore)
     return out
 
 
+def _quantize_layer(dec, layer, i: int, recipe, states: list[dict], out: MutableMapping, restore: bool) -> None:
+    targets = {}
+    for sub, mod in layer.named_modules():
+        name = f"layers.{i}.{sub}"
+        if isinstance(mod, nn.Linear) and recipe.precision_for("decoder_linear", name).kind == "int4-gptq":
+            targets[name] = mod
+    hessians = {name: torch.zeros(m.in_features, m.in_features) for name, m in targets.items()}
+    counts = dict.fromkeys(targets, 0)
+    current_keep: list = [None]
+
+    def hook(name):
+        def fn(_module, inputs):
+            x, keep = inputs[0], current_keep[0]
+            x = x.reshape(-1, x.shape[-1])[keep.reshape(-1)].to(torch.float32)
+            total = counts[name] + x.shape[0]
+            hessians[name].mul_(counts[name] / total).add_(x.T @ x, alpha=2.0 / total)
+            counts[name] = total
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in targets.items()]
+    for s in states:
+        current_keep[0] = s["keep"]
+        _run_layer(dec, layer, i, s)
+    for h in handles:
+        h.remove()
+    originals = {}
+    for name, mod in targets.items():
+        prec = recipe.precision_for("decoder_linear", name)
+        codes, scales, wq = gptq_quantize(mod.weight, hessians.pop(name), prec.block_size)
+        out[name] = to_packed(codes, scales, 4, prec.block_size, mod.in_features)
+        if restore:
+            originals[name] = mod.weight.detach().clone()
+        mod.weight.copy_(wq)
+    # the next layer calibrates on what this quantized layer produces
+    for s in states:
+        s["hidden"] = _run_layer(dec, layer, i, s)
+    for name, weight in originals.items():
+        targets[name].weight.copy_(weight)
+
+
 def _run_layer(dec, layer, i: int, s: dict) -> torch.Tensor:
+    """Layer i on one sample's inputs. Its attention bias is made for the call, not kept: [T, T] per sample is
+    4.4 GB over 32 samples of 4,100 tokens at 896 pixels, where the hidden states are 1.9 GB at 10B."""
     g = dec.g
-    bias = s["sliding"] if g.sliding_layers[i] else s["full"]
+    full, sliding = dec._attention_bias(s["keep"].to(torch.int64), s["token_type"], 0)
+    bias = sliding if g.sliding_layers[i] else full
     empty = torch.zeros(1, g.num_kv_heads, 0, g.head_dim)
     hidden, _, _ = run_layer(g, layer, s["hidden"], s["cos"], s["sin"], bias, empty, empty)
     return hidden
 
 
-def _calibration_inputs(model, dec, source_dir, g: Geometry, samples, answer_tokens: int = 32) -> list[dict]:
-    """Layer-0 inputs per sample: image+prompt prefix (bidirectional) + the model's greedy answer (causal)."""
+def _calibration_inputs(model, dec, source_dir, g: Geometry, samples, answer_tokens: int = ANSWER_TOKENS,
+                        batch: int = 1) -> list[dict]:
+    """Layer-0 inputs per sample: image+prompt prefix (bidirectional) + the model's greedy answer (causal),
+    through its first end of sequence. batch > 1: the answers are generated that many samples at a time,
+    left-padded; each sample's inputs are then built without the padding."""
     from pgexport.sources import load_processor
 
     processor = load_processor(source_dir)
     states = []
     with torch.no_grad():
-        for image, prompt in samples:
-            inputs = processor(images=[image], text=["<image>" + prompt], return_tensors="pt")
+        for start in range(0, len(samples), batch):
+            chunk = samples[start:start + batch]
+            inputs = processor(images=[im for im, _ in chunk], text=["<image>" + p for _, p in chunk],
+                               return_tensors="pt", padding="longest")
             inputs.pop("labels", None)
             out = model.generate(**inputs, max_new_tokens=answer_tokens, do_sample=False)
-            ids = out[:, : inputs["input_ids"].shape[1] + answer_tokens]
-            prefix = inputs["input_ids"].shape[1]
-            token_type = torch.zeros_like(ids)
-            token_type[:, prefix:] = 1
-            mask = torch.ones_like(ids)
             embeds = model.model.get_image_features(inputs["pixel_values"]).pooler_output
-            hidden = dec._embed(ids, embeds)
-            full, sliding = dec._attention_bias(mask, token_type, 0)
-            positions = torch.arange(1, ids.shape[1] + 1).unsqueeze(0)
-            cos, sin = dec.rotary(hidden, positions)
-            states.append({"hidden": hidden, "full": full, "sliding": sliding, "cos": cos, "sin": sin,
-                           "keep": mask.to(torch.bool)})
+            width = inputs["input_ids"].shape[1]
+            for row in range(len(chunk)):
+                prefix = inputs["input_ids"][row][inputs["attention_mask"][row].to(torch.bool)]
+                answer = _through_eos(out[row, width:].tolist(), g.eos_token_id)
+                ids = torch.cat([prefix, torch.tensor(answer, dtype=prefix.dtype)]).unsqueeze(0)
+                states.append(_layer_inputs(dec, ids, prefix.shape[0], embeds[row:row + 1]))
     return states
+
+
+def _through_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[:tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+def _layer_inputs(dec, ids: torch.Tensor, prefix: int, embeds: torch.Tensor) -> dict:
+    token_type = torch.zeros_like(ids)
+    token_type[:, prefix:] = 1
+    hidden = dec._embed(ids, embeds)
+    positions = torch.arange(1, ids.shape[1] + 1).unsqueeze(0)
+    cos, sin = dec.rotary(hidden, positions)
+    return {"hidden": hidden, "token_type": token_type, "cos": cos, "sin": sin,
+            "keep": torch.ones_like(ids, dtype=torch.bool)}

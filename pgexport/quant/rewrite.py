@@ -18,6 +18,7 @@ import ast
 import shutil
 from dataclasses import dataclass, field
 from functools import partial
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +29,7 @@ from ..export.bind import ROWS_KEY
 from .blockwise import Layout, Packed, pack_rtn, pack_rtn_rows
 from .int8 import PerChannel, per_channel_uint8
 from .recipes import Precision, Recipe
+from .stored import StoredPacked
 
 MS_DOMAIN = "com.microsoft"
 # Past 64 MiB of weights a rewritten graph keeps them in a .data file: onnxruntime then maps them instead of
@@ -202,7 +204,7 @@ def _fp16_cast(graph: ir.Graph, weight: ir.Value, base: str) -> tuple[ir.Node, i
 
 
 def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: GraphReport,
-                    gptq: dict[str, Packed] | None = None) -> None:
+                    gptq: Mapping[str, Packed | StoredPacked] | None = None) -> None:
     """MatMul(x, W) -> MatMulNBits / dynamic int8 / Cast(fp16 W) per the recipe."""
     for node in list(graph):
         weight = _linear_weight(node)
@@ -228,6 +230,8 @@ def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: Gra
                 raise RuntimeError(f"no GPTQ weights for {module}")
             packed = gptq[module]
             layout = packed.layout
+            if not isinstance(packed, Packed):  # on disk (stored.PackedFiles): read back as the graph is written
+                packed = _Deferred(weight, layout.shapes(), lambda _w, stored=packed: stored.load())
         else:
             k, n = weight.const_value.shape
             layout = Layout(prec.bits, prec.block_size, k, n, prec.symmetric)
