@@ -73,8 +73,9 @@ def read_adapter(path: Path) -> Adapter:
     return Adapter(path, config)
 
 
-def attach(model, adapter: Adapter):
-    """The peft model (base + adapter, unmerged, eval mode). The base is modified in place."""
+def attach(model, adapter: Adapter, streamed: bool = False):
+    """The peft model (base + adapter, unmerged, eval mode). The base is modified in place. streamed: the base
+    is a streamed model (streamed.py), whose layers are on the meta device outside their forward."""
     from peft import PeftConfig, PeftModel
 
     where = f"--adapter {adapter.directory}"
@@ -82,8 +83,14 @@ def attach(model, adapter: Adapter):
         config = PeftConfig.from_pretrained(str(adapter.directory))
     except (ValueError, TypeError, KeyError, OSError) as exc:
         raise UserError(f"{where}: peft cannot read {CONFIG_FILE} ({first_line(exc)})") from None
+    if streamed:
+        _check_streamable(config, where)
     try:
         peft_model = PeftModel(model, config)
+        if streamed:
+            from .merged import materialize_adapter
+
+            materialize_adapter(peft_model)
         result = peft_model.load_adapter(str(adapter.directory), "default")
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         # peft's words for "target modules not found in the base model" and torch's size-mismatch report
@@ -98,6 +105,16 @@ def attach(model, adapter: Adapter):
         raise UserError(f"{where} does not fit this base model ({'; '.join(names)})")
     peft_model.set_adapter("default")
     return peft_model.eval()
+
+
+def _check_streamable(config, where: str) -> None:
+    """A streamed model keeps the embedding table (and an lm_head) in modules of its own, which peft cannot adapt."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    for key in ("model.language_model.embed_tokens", "lm_head"):
+        if check_target_module_exists(config, key):
+            raise UserError(f"{where}: --stream does not yet support an adapter on {key.rpartition('.')[2]} (merge it "
+                            "into the checkpoint with peft first)")
 
 
 def merge(peft_model):

@@ -72,7 +72,8 @@ def _interrupt(signum, frame):
               help="Hold one decoder layer in memory at a time: weights are read from the checkpoint's safetensors "
                    "as each layer is needed, parity is checked layer by layer, and the peak is about the vision "
                    "tower, the embedding table and one layer. Default: only when the whole model does not fit "
-                   "in --max-memory. Not yet with --adapter, int4-gptq or a GPTQ checkpoint.")
+                   "in --max-memory. Works with --adapter (peft merges it module by module) and int4-gptq (calibrated "
+                   "layer by layer); not yet with a GPTQ checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print the steps, memory, disk and time the build will need; build nothing.")
 def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens, mask_decoder, quant,
           min_agreement, gate_samples, calibration, max_memory, stream, dry_run):

@@ -127,7 +127,8 @@ def _check_streamable(source, automatic: bool) -> None:
     """What a streamed build does not do yet: a one-line refusal naming it."""
     from . import sources
 
-    why = ("an --adapter (merge it into the checkpoint with peft first)" if source.adapter is not None else
+    saved = source.adapter.config.get("modules_to_save") if source.adapter is not None else None
+    why = ("an adapter with modules_to_save (merge it into the checkpoint with peft first)" if saved else
            "a GPTQ checkpoint" if source.kind != "preset" and sources.gptq_settings(source) is not None else None)
     if why is not None:
         lead = "the whole model does not fit in memory, so the build must stream, but" if automatic else "--stream"

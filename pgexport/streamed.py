@@ -28,10 +28,10 @@ def streamed_model(config, source):
     head = None if config.tie_word_embeddings else _stored(source, names[id(model.lm_head.weight)])
     lm.embed_tokens = _Embedding(_stored(source, names[id(lm.embed_tokens.weight)]), lm.embed_tokens.embed_scale)
     model.lm_head = _Head(lm.embed_tokens.weight if head is None else head)  # tied: the one table
-    tower = model.model.vision_tower
-    tower.register_forward_pre_hook(_load(names, source))
-    tower.register_forward_hook(_release)
     slots = model._layer_slots = _LayerSlots(names, source)
+    tower = model.model.vision_tower
+    tower.register_forward_pre_hook(_load(names, slots))
+    tower.register_forward_hook(_release)
     for layer in lm.layers:
         layer.register_forward_pre_hook(slots.load)
         layer.register_forward_hook(_release)
@@ -105,6 +105,12 @@ class _LayerSlots:
         layer._streamed = swapped
 
 
+def read_from(model, source) -> None:
+    """The vision tower and the decoder layers read their weights from `source` from now on (an adapter merged in:
+    merged.MergedWeights)."""
+    model._layer_slots.source = source
+
+
 def streams(model) -> bool:
     """Whether `model` is one of streamed_model's."""
     return hasattr(model, "_layer_slots")
@@ -162,9 +168,9 @@ class ResidentFirst:
         return None if held is None or held.is_meta else held.detach()
 
 
-def _load(names, source):
+def _load(names, slots: _LayerSlots):
     def hook(module, args):
-        module._streamed = load_into(module, names, source)
+        module._streamed = load_into(module, names, slots.source)
 
     return hook
 

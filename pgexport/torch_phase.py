@@ -76,6 +76,7 @@ class _Phase:
         self.model = self.integers = None
         self.weights = None  # streamed: the checkpoint the decoder layers are read from, one at a time
         self.gptq_files = None  # streamed: GPTQ's packed weights, on disk until the decoder is exported
+        self.checkpoint = self.names = None  # streamed with an adapter: what merge_adapter merges it into
 
     def work(self) -> dict:
         from .export import graphs
@@ -107,6 +108,12 @@ class _Phase:
             checkpoint = CheckpointWeights(directory, meta_model(config))
             self.model = streamed.streamed_model(config, checkpoint)
             self.weights = streamed.ResidentFirst(self.model, checkpoint)
+            if self.source.adapter is not None:  # merged into what is read, after the references (merge_adapter)
+                from . import adapters
+                from .weights import parameter_names
+
+                self.checkpoint, self.names = checkpoint, parameter_names(self.model)
+                self.model = adapters.attach(self.model, self.source.adapter, streamed=True)
             return
         self.model, self.integers = sources.load_model_and_integers(self.source, torch.float32, merge_adapter=False)
 
@@ -167,6 +174,14 @@ class _Phase:
         (self.work_dir / "layers.json").write_text(json.dumps(report))
 
     def merge_adapter(self) -> None:
+        """Streamed, the adapter is merged into each module's weights as they are read (merged.py)."""
+        if self.stream:
+            from . import merged, streamed
+
+            self.model, weights = merged.unload(self.model, self.names, self.checkpoint)
+            streamed.read_from(self.model, weights)
+            self.weights = streamed.ResidentFirst(self.model, weights)
+            return
         from . import adapters
 
         self.model = adapters.merge(self.model)

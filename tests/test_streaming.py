@@ -138,17 +138,65 @@ def test_stream_is_chosen_when_the_whole_model_does_not_fit(monkeypatch):
 
 
 def test_stream_refuses_what_it_does_not_do_yet(tmp_path):
+    """An adapter that trains whole modules (modules_to_save) or adapts the embedding table: one line, nothing
+    left. (A GPTQ checkpoint: tests/test_gptq_import.py.)"""
+    import json
+
     from checkpoints import save_lora_adapter
 
-    from pgexport.plan import BuildOptions, Plan
+    from pgexport.build import BuildOptions, build
+    from pgexport.plan import Plan
 
     base = save_checkpoint("tiny-pg1", tmp_path / "base")
-    adapter = save_lora_adapter(base, tmp_path / "lora", ["q_proj"], seed=0)
-    with pytest.raises(UserError, match=r"^--stream does not yet support an --adapter"):
-        Plan.of(BuildOptions(model=str(base), adapter=adapter, stream=True))
+    saved = save_lora_adapter(base, tmp_path / "saved", ["q_proj"], seed=0)
+    config = json.loads((saved / "adapter_config.json").read_text())
+    (saved / "adapter_config.json").write_text(json.dumps({**config, "modules_to_save": ["multi_modal_projector"]}))
+    with pytest.raises(UserError, match=r"^--stream does not yet support an adapter with modules_to_save"):
+        Plan.of(BuildOptions(model=str(base), adapter=saved, stream=True))
     with pytest.raises(UserError, match=r"^the whole model does not fit in memory, so the build must stream, but "
-                                        r"does not yet support an --adapter"):
-        Plan.of(BuildOptions(model=str(base), adapter=adapter, max_memory=0.01))
+                                        r"does not yet support an adapter with modules_to_save"):
+        Plan.of(BuildOptions(model=str(base), adapter=saved, max_memory=0.01))
+    table = save_lora_adapter(base, tmp_path / "table", ["q_proj", "embed_tokens"], seed=0)
+    with pytest.raises(UserError, match=r"--stream does not yet support an adapter on embed_tokens"):
+        build(BuildOptions(model=str(base), adapter=table, out=tmp_path / "out", stream=True, parity_tokens=4))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("name, quant, tuner", [("tiny-pg1", "int4-gptq", "lora"), ("tiny-pg2", "fp32", "dora")])
+def test_streamed_adapter_build_writes_the_whole_builds_graphs(name, quant, tuner, tmp_path):
+    """--adapter under --stream: the reference is peft's model over the streamed base, unmerged; each adapted
+    module is merged by peft as its weights are read. The graphs are the whole-model build's (peft's
+    merge_and_unload) byte for byte, with adapted linears in the vision tower, the projector (held) and the
+    decoder layers (streamed); parity against the unmerged peft model holds."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import PaliGemmaForConditionalGeneration
+
+    from pgexport.build import BuildOptions, build
+
+    base = save_checkpoint(name, tmp_path / "base")
+    model = PaliGemmaForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(3)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, use_dora=tuner == "dora",
+                                                  target_modules=["q_proj", "v_proj", "down_proj", "linear"]))
+    with torch.no_grad():  # as after training: B is not zero
+        for key, p in peft_model.named_parameters():
+            if "lora_" in key:
+                p.normal_(0.0, 3.0 / p.shape[-1] ** 0.5)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    seen: dict[bool, list[str]] = {True: [], False: []}
+    out = {stream: build(BuildOptions(model=str(base), adapter=tmp_path / "adapter", out=tmp_path / str(stream),
+                                      quant=quant, gate_samples=4, gate_tokens=8, parity_tokens=4, stream=stream),
+                         seen[stream].append) for stream in (False, True)}
+    assert "merge adapter" in seen[True] and "layer parity" in seen[True]
+    whole, streamed = (json.loads((out[s] / "manifest.json").read_text()) for s in (False, True))
+    assert whole["files"] == streamed["files"]
+    assert streamed["parity"]["ok"] and streamed["source"]["adapter"]["peft_type"] == "LORA"
+    adapted = {k for k, _ in peft_model.named_parameters() if "lora_A" in k}
+    assert any("vision_tower" in k for k in adapted) and any("multi_modal_projector" in k for k in adapted)
+    assert any("language_model" in k for k in adapted)
 
 
 @pytest.mark.parametrize("name", ["tiny-pg1", "tiny-pg2"])
