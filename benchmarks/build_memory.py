@@ -49,7 +49,8 @@ def main() -> None:
 
     path = build(BuildOptions(model=args.model, out=args.out, force=True, parity_tokens=args.parity_tokens,
                               quant=args.quant, gate_samples=args.gate_samples, gate_tokens=args.gate_tokens,
-                              stream=args.stream), progress)
+                              stream=args.stream), progress,
+                 lambda text: print(f"{time.time() - t0:8.1f}s  {last[0]}: {text}", flush=True))
     progress("(finished)")
     print(f"bundle {path}: {sum(p.stat().st_size for p in path.iterdir()) / 1024**3:.2f} GB on disk")
 

@@ -32,20 +32,21 @@ def planned_steps(opts: BuildOptions) -> list[str]:
     return [s.name for s in steps(Plan.of(opts))]
 
 
-def build(opts: BuildOptions, progress=None) -> Path:
-    """Export, check and write a bundle. `progress(step_name)` is called as each step starts."""
+def build(opts: BuildOptions, progress=None, detail=None) -> Path:
+    """Export, check and write a bundle. `progress(step_name)` is called as each step starts, `detail(text)`
+    as a long step moves on (GPTQ and layer parity: "layer 3/42")."""
     with write_errors(opts.out):  # a full disk or read-only target: one line, and the temp dir is gone
-        return _Build(Plan.of(opts), progress or (lambda name: None)).run()
+        return _Build(Plan.of(opts), progress or (lambda name: None), detail).run()
 
 
 class _Build:
     """The bundle process: the torch steps run in a child (torch_phase), then the "bundle" steps of
     plan.STEPS run here on the graphs it exported, in the bundle's temporary directory."""
 
-    def __init__(self, plan: Plan, progress):
+    def __init__(self, plan: Plan, progress, detail=None):
         from .quant.recipes import resolve_recipe
 
-        self.plan, self.opts, self.progress = plan, plan.options, progress
+        self.plan, self.opts, self.progress, self.detail = plan, plan.options, progress, detail
         self.source = sources.resolve(self.opts.model, self.opts.adapter)
         self.geometry = sources.load_geometry(self.source)
         self.recipe = resolve_recipe(self.opts.quant)
@@ -61,7 +62,7 @@ class _Build:
             # the PyTorch phase runs in a child process: its memory is back with the OS before onnxruntime loads
             # the child plans again from the options: it gets this plan's decision to stream, not its own
             self.results = torch_phase.run(replace(self.opts, stream=self.plan.stream), self.writer.tmp,
-                                           self.progress)
+                                           self.progress, self.detail)
             self.quantized.update(self.results.quantized or {})  # a streamed build's decoder
             execute(self.plan, BUNDLE, self.work(), self.progress)
             torch_phase.cleanup(self.writer.tmp)

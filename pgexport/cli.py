@@ -103,7 +103,7 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
     bars: list = []  # created at the first step, so that an early user error prints no empty bar
     progress = _step_bar(bars, planned_steps(opts))
     try:
-        path = run_build(opts, progress)
+        path = run_build(opts, progress, lambda text: bars and bars[0].set_postfix_str(text))
         if bars:
             bars[0].update(1)
     except (ParityError, GateError, GraphFilesError) as exc:
@@ -340,10 +340,11 @@ def _step_bar(bars: list, steps: list[str]):
         if not bars:
             # disable=None: a bar only on a terminal; piped stderr (CI logs, scripts) keeps to one-line messages
             bars.append(tqdm(total=len(steps), file=sys.stderr, dynamic_ncols=True, disable=None,
-                             bar_format="{desc:<24} {bar} {n_fmt}/{total_fmt} [{elapsed}]"))
+                             bar_format="{desc:<24} {bar} {n_fmt}/{total_fmt} [{elapsed}]{postfix}"))
         else:
             bars[0].update(1)
         bars[0].set_description_str(name)
+        bars[0].set_postfix_str("")  # a step's detail ("layer 3/42", GPTQ and layer parity) until the next step
 
     return progress
 

@@ -36,14 +36,22 @@ class TorchResults:
     quantized: dict | None = None  # graph name -> quantization report, for graphs quantized as exported
 
 
-def run(opts: BuildOptions, out_dir: Path, progress) -> TorchResults:
-    """Run the torch steps for these options in a child Python, exporting into out_dir; relay its progress;
-    load what it wrote (the gate's log-probabilities stay on disk until read; `cleanup` removes them)."""
+def run(opts: BuildOptions, out_dir: Path, progress, detail=None) -> TorchResults:
+    """Run the torch steps for these options in a child Python, exporting into out_dir; relay its progress
+    (progress(step name); detail(text) within a long step, e.g. "layer 3/42"); load what it wrote (the gate's
+    log-probabilities stay on disk until read; `cleanup` removes them)."""
     work = out_dir / WORK
     work.mkdir(parents=True, exist_ok=True)
     job = {"options": opts.to_json(), "out_dir": str(out_dir)}
+
+    def relay(event: str, text: str) -> None:
+        if event == "step":
+            progress(text)
+        elif event == "detail" and detail is not None:
+            detail(text)
+
     try:
-        child.run("pgexport.torch_phase", job, work / "job.json", lambda event, text: progress(text))
+        child.run("pgexport.torch_phase", job, work / "job.json", relay)
     except child.ChildFailed as exc:
         raise RuntimeError(f"the PyTorch phase failed (exit {exc.code}):\n" + "\n".join(exc.tail)) from None
     return _load(work)
@@ -170,7 +178,7 @@ class _Phase:
         types = parity.token_type_ids(self.source.directory, self.geometry)
         report = layer_parity.check_layers(self.model.config, self.geometry, self.weights,
                                            layer_parity.Prefill(ids, embeds, mask, types),
-                                           self.opts.tolerance.relative)
+                                           self.opts.tolerance.relative, progress=_layer_detail)
         (self.work_dir / "layers.json").write_text(json.dumps(report))
 
     def merge_adapter(self) -> None:
@@ -199,7 +207,7 @@ class _Phase:
                                                 self.geometry.image_size, self.opts.calibration)
             into = PackedFiles(self.work_dir / "gptq") if self.stream else None
             packed = gptq.quantize_decoder(self.model, self.source.directory, self.geometry, self.recipe, calib,
-                                           into=into)
+                                           progress=_layer_detail, into=into)
             if self.stream:
                 self.gptq_files = packed
                 return
@@ -213,6 +221,10 @@ class _Phase:
         np.savez(self.work_dir / "gptq.npz", **arrays)
         (self.work_dir / "gptq.json").write_text(json.dumps({n: [p.bits, p.block_size, p.k, p.n]
                                                              for n, p in packed.items()}))
+
+
+def _layer_detail(i: int, n: int) -> None:
+    child.emit("detail", f"layer {i + 1}/{n}")
 
 
 def load_parity(path: Path) -> parity.Reference:

@@ -210,11 +210,16 @@ def test_streamed_gptq_build_writes_the_whole_builds_graphs(name, tmp_path):
     from pgexport.quant.blockwise import Packed, pack_rtn, unpack_ints
 
     seen: dict[bool, list[str]] = {True: [], False: []}
+    details: dict[bool, list[str]] = {True: [], False: []}
     out = {stream: build(BuildOptions(model=name, out=tmp_path / str(stream), quant="int4-gptq", gate_samples=4,
-                                      gate_tokens=8, parity_tokens=4, stream=stream), seen[stream].append)
+                                      gate_tokens=8, parity_tokens=4, stream=stream), seen[stream].append,
+                         details[stream].append)
            for stream in (False, True)}
     assert "quantize decoder" in seen[False] and "quantize decoder" not in seen[True]
     assert "GPTQ" in seen[True] and "layer parity" in seen[True]
+    n = sources.load_geometry(sources.resolve(name)).text_layers  # a line per layer: GPTQ, then layer parity
+    assert details[True] == [f"layer {i}/{n}" for i in range(1, n + 1)] * 2
+    assert details[False] == [f"layer {i}/{n}" for i in range(1, n + 1)]
     whole, streamed = (json.loads((out[s] / "manifest.json").read_text()) for s in (False, True))
     assert whole["files"] == streamed["files"]
     assert streamed["parity"]["ok"] and streamed["quantization"]["graphs"] == whole["quantization"]["graphs"]
