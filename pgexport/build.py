@@ -190,7 +190,7 @@ def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: li
     return Manifest(
         geometry=g,
         graphs={name: _graph_entry(files, name, g) for name in ("vision_encoder", "projector", "decoder")},
-        kv_cache=KvCache(),
+        kv_cache=KvCache(layout=opts.kv_cache),
         tokenizer=sources.load_tokenizer_info(source, g, processor),
         preprocessing=sources.load_preprocessing(source, g, processor),
         generation=Generation(max_new_tokens=opts.max_new_tokens),

@@ -74,9 +74,13 @@ def _interrupt(signum, frame):
                    "tower, the embedding table and one layer. Default: only when the whole model does not fit "
                    "in --max-memory. Works with --adapter (peft merges it module by module) and int4-gptq (calibrated "
                    "layer by layer); not yet with a GPTQ checkpoint.")
+@click.option("--kv-cache", type=click.Choice(["concat", "shared"]), default="concat", show_default=True,
+              help="How the decoder takes its KV cache. concat: a new present buffer each step (every runtime). "
+                   "shared: one buffer per layer written in place by onnxruntime's GroupQueryAttention (no copy of "
+                   "the past per token); the Python runtime only, onnxruntime >= 1.30.")
 @click.option("--dry-run", is_flag=True, help="Print the steps, memory, disk and time the build will need; build nothing.")
 def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens, mask_decoder, quant,
-          min_agreement, gate_samples, calibration, max_memory, stream, dry_run):
+          min_agreement, gate_samples, calibration, max_memory, stream, kv_cache, dry_run):
     """Export a checkpoint to a bundle: vision encoder, projector and decoder-with-past ONNX graphs, tokenizer
     and manifest, checked against PyTorch (features, logits and greedy tokens) before it is written.
 
@@ -91,7 +95,8 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
     opts = BuildOptions(model=model, adapter=adapter, out=out, force=force, parity_tokens=parity_tokens,
                         tolerance=Tolerance(relative=tolerance), skip_parity=skip_parity, max_new_tokens=max_new_tokens,
                         mask_decoder=mask_decoder, quant=quant, min_agreement=min_agreement,
-                        gate_samples=gate_samples, calibration=calibration, max_memory=max_memory, stream=stream)
+                        gate_samples=gate_samples, calibration=calibration, max_memory=max_memory, stream=stream,
+                        kv_cache=kv_cache)
     if dry_run:
         plan = Plan.of(opts, check_memory=False)  # the figures, whether or not they fit
         for line in plan.estimate.lines():

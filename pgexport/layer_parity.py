@@ -34,12 +34,12 @@ OUTPUT_NAMES = ["hidden_out", "present_key", "present_value"]
 class LayerStep(nn.Module):
     """One decoder layer as the decoder graph runs it: (hidden, cos, sin, bias, past k/v) -> (hidden, k, v)."""
 
-    def __init__(self, layer, g: Geometry):
+    def __init__(self, layer, g: Geometry, shared: bool = False):
         super().__init__()
-        self.layer, self.g = layer, g
+        self.layer, self.g, self.shared = layer, g, shared
 
     def forward(self, hidden, cos, sin, bias, past_key, past_value):
-        return decoder.run_layer(self.g, self.layer, hidden, cos, sin, bias, past_key, past_value)
+        return decoder.run_layer(self.g, self.layer, hidden, cos, sin, bias, past_key, past_value, self.shared)
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,12 @@ class Prefill:
 
 
 def check_layers(config, g: Geometry, source, batch: Prefill, tolerance: float, onnx_source=None,
-                 progress=lambda i, n: None) -> dict:
+                 progress=lambda i, n: None, kv_layout: str = "concat") -> dict:
     """Each decoder layer's graph against PyTorch; -> {"layers": [{"layer", "relative", "ok"}...], "ok",
     "first_failure"}. `onnx_source` (default `source`) is where the graphs' weights come from: a test
-    gives it a broken one."""
+    gives it a broken one. kv_layout: the bundle decoder's; "shared" layers attend through GroupQueryAttention
+    into an empty cache buffer of the prefill's length, whose written rows are compared with PyTorch's keys."""
+    shared = kv_layout == "shared"
     import onnxruntime as ort
 
     model = meta_model(config)
@@ -74,7 +76,7 @@ def check_layers(config, g: Geometry, source, batch: Prefill, tolerance: float, 
         full, sliding = dec._attention_bias(mask, types, 0)
         positions = (torch.cumsum(mask, dim=1) * mask).clamp(min=1)  # 1-based, as the runtime computes them
         cos, sin = dec.rotary(hidden, positions)
-    empty = torch.zeros(ids.shape[0], g.num_kv_heads, 0, g.head_dim)
+    empty = torch.zeros(ids.shape[0], g.num_kv_heads, ids.shape[1] if shared else 0, g.head_dim)
     entries = []
     shifted = _LayerWeights(onnx_source or source)
     with tempfile.TemporaryDirectory(prefix="pgexport-layer-") as work:
@@ -84,13 +86,13 @@ def check_layers(config, g: Geometry, source, batch: Prefill, tolerance: float, 
             progress(i, len(dec.layers))
             bias = sliding if g.sliding_layers[i] else full
             inputs = (hidden, cos, sin, bias, empty, empty)
-            with torch.no_grad(), materialized(layer, names, source):
-                expected = decoder.run_layer(g, layer, *inputs)
+            with torch.no_grad(), materialized(layer, names, source):  # PyTorch's own attention, either layout
+                expected = decoder.run_layer(g, layer, *inputs[:4], empty[:, :, :0], empty[:, :, :0])
             shifted.layer = i
             if graph is None:  # layer 0's parameters, read as layer i's by `shifted`
-                step = LayerStep(dec.layers[0], g)
+                step = LayerStep(dec.layers[0], g, shared)
                 external = param_bytes(step) > EXTERNAL_DATA_THRESHOLD
-                graph = export_graph(step, _sample(g), path, INPUT_NAMES, OUTPUT_NAMES, _dynamic_shapes(),
+                graph = export_graph(step, _sample(g, shared), path, INPUT_NAMES, OUTPUT_NAMES, _dynamic_shapes(),
                                      param_bytes(step), weights=(shifted, model))
             else:
                 ir.save(graph, str(path), external_data=(path.name + ".data") if external else None)
@@ -148,14 +150,16 @@ def _relative(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got.astype(np.float64) - want).max() / max(float(np.abs(want).max()), 1e-12))
 
 
-def _sample(g: Geometry) -> tuple:
-    """Batch 2, three new tokens after two cached ones (no dimension 0 or 1, so none is specialised)."""
+def _sample(g: Geometry, shared: bool = False) -> tuple:
+    """Batch 2, three new tokens after two cached ones (no dimension 0 or 1, so none is specialised; shared: in
+    a buffer of 6)."""
     gen = torch.Generator().manual_seed(3)
     b, s, p = 2, 3, 2
+    room = p + s + 1 if shared else p
     return (torch.randn(b, s, g.text_hidden, generator=gen), torch.randn(b, s, g.head_dim, generator=gen),
             torch.randn(b, s, g.head_dim, generator=gen), torch.zeros(b, 1, s, p + s),
-            torch.randn(b, g.num_kv_heads, p, g.head_dim, generator=gen),
-            torch.randn(b, g.num_kv_heads, p, g.head_dim, generator=gen))
+            torch.randn(b, g.num_kv_heads, room, g.head_dim, generator=gen),
+            torch.randn(b, g.num_kv_heads, room, g.head_dim, generator=gen))
 
 
 def _dynamic_shapes() -> tuple:

@@ -104,7 +104,6 @@ def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "ma
     layers: a streamed build's per-layer report (layer_parity.py). The float32 decoder graph is as large as the
     model, so it is not loaded: its layers were compared one at a time instead, and the report says so."""
     from pgexport_runtime import PaliGemma, SessionConfig, decoder
-    from pgexport_runtime.kv_cache import KVCache
 
     if layers is not None:
         return _compare_streamed(bundle_dir, ref, tol, manifest_file, layers)
@@ -115,7 +114,7 @@ def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "ma
     g = pg.geometry
     batch, seq = ref.input_ids.shape
     every = np.tile(np.arange(seq, dtype=np.int64), (batch, 1))  # logits at every position, not only the last
-    logits = decoder.prefill(pg.graphs, g, KVCache(g, batch, seq), ref.input_ids, ref.image_embeds,
+    logits = decoder.prefill(pg.graphs, g, pg.graphs.kv_cache(g, batch, seq), ref.input_ids, ref.image_embeds,
                              ref.attention_mask, logits_index=every)
     real = ref.attention_mask.astype(bool)
     checks["decoder_prefill"] = _entry(*_rel(logits[real], ref.logits[real]), tol.relative)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from pgexport_runtime.errors import UserError
+from pgexport_runtime.manifest import KV_LAYOUTS
 
 from .estimate import Estimate, estimate
 from .parity import Tolerance
@@ -40,6 +41,7 @@ class BuildOptions:
     max_memory: float | None = None  # GB: refuse a build whose estimated peak memory is larger (default: this
     # machine's physical memory)
     stream: bool | None = None  # one decoder layer in memory at a time; None: when the whole model does not fit
+    kv_cache: str = "concat"  # the decoder's KV-cache layout: "concat" (every runtime) or "shared" (in place)
 
     def to_json(self) -> dict:
         """For the child process: paths as strings, the tolerance as its fields."""
@@ -85,6 +87,8 @@ class Plan:
                             f"{recipe.name} does not")
         if opts.calibration is not None and not Path(opts.calibration).is_file():
             raise UserError(f"calibration file not found: {opts.calibration}")
+        if opts.kv_cache not in KV_LAYOUTS:
+            raise UserError(f"unknown --kv-cache {opts.kv_cache!r} (use one of {', '.join(KV_LAYOUTS)})")
         quantize = not recipe.is_identity
         mask = mask_decoder.find_weights(source.directory if source.kind != "preset" else None, opts.mask_decoder)
         g = sources.load_geometry(source)

@@ -166,7 +166,8 @@ class _Phase:
 
         weights = self.weights if self.stream else ModuleWeights(self.model)
         recipe = self.recipe if self.stream and not self.recipe.is_identity else None
-        report = graphs.export_decoder(self.model.config, weights, self.geometry, self.out_dir, recipe, self.gptq_files)
+        report = graphs.export_decoder(self.model.config, weights, self.geometry, self.out_dir, recipe, self.gptq_files,
+                                       self.opts.kv_cache)
         if report is not None:
             (self.work_dir / "quantized.json").write_text(json.dumps({"decoder": report}))
 
@@ -178,7 +179,8 @@ class _Phase:
         types = parity.token_type_ids(self.source.directory, self.geometry)
         report = layer_parity.check_layers(self.model.config, self.geometry, self.weights,
                                            layer_parity.Prefill(ids, embeds, mask, types),
-                                           self.opts.tolerance.relative, progress=_layer_detail)
+                                           self.opts.tolerance.relative, progress=_layer_detail,
+                                           kv_layout=self.opts.kv_cache)
         (self.work_dir / "layers.json").write_text(json.dumps(report))
 
     def merge_adapter(self) -> None:

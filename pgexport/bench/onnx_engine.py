@@ -11,7 +11,6 @@ import numpy as np
 
 from pgexport_runtime import PaliGemma, SessionConfig, decoder
 from pgexport_runtime import io_names as io
-from pgexport_runtime.kv_cache import KVCache
 
 
 class OnnxEngine:
@@ -39,7 +38,7 @@ class OnnxEngine:
 
     def prefill(self, ids: np.ndarray, embeds, max_len: int) -> np.ndarray:
         """The whole prefix in one call; returns the last position's logits."""
-        self._cache = KVCache(self.g, 1, max_len)
+        self._cache = self.pg.graphs.kv_cache(self.g, 1, max_len)
         self._mask = np.ones_like(ids)  # batch 1: no padding
         return decoder.prefill(self.pg.graphs, self.g, self._cache, ids, embeds, self._mask)[0, -1]
 

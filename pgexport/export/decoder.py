@@ -30,10 +30,15 @@ from pgexport_runtime.geometry import Geometry
 
 
 class DecoderWithPast(nn.Module):
-    def __init__(self, model, g: Geometry):
+    """kv_layout (pgexport_runtime.manifest.KV_LAYOUTS) "concat": past [B, kv_heads, P, D] in, present
+    [B, kv_heads, P + S, D] out. "shared": past and
+    present are one buffer [B, kv_heads, max_len, D] that the graph writes in place (attention.py); the cached
+    length is then the attention mask's length less this call's tokens."""
+
+    def __init__(self, model, g: Geometry, kv_layout: str = "concat"):
         super().__init__()
         lm = model.model.language_model
-        self.g = g
+        self.g, self.shared = g, kv_layout == "shared"
         self.embed = lm.embed_tokens  # GemmaTextScaledWordEmbedding: lookup * sqrt(hidden)
         self.layers = lm.layers
         self.norm = lm.norm
@@ -43,14 +48,14 @@ class DecoderWithPast(nn.Module):
     def forward(self, input_ids, image_embeds, attention_mask, position_ids, token_type_ids, logits_index, past):
         g = self.g
         hidden = self._embed(input_ids, image_embeds)
-        past_len = past[0].shape[2]
+        past_len = attention_mask.shape[1] - input_ids.shape[1] if self.shared else past[0].shape[2]
         full_bias, sliding_bias = self._attention_bias(attention_mask, token_type_ids, past_len)
         cos, sin = self.rotary(hidden, position_ids)
 
         presents = []
         for i, layer in enumerate(self.layers):
             bias = sliding_bias if g.sliding_layers[i] else full_bias
-            hidden, k, v = run_layer(g, layer, hidden, cos, sin, bias, past[2 * i], past[2 * i + 1])
+            hidden, k, v = run_layer(g, layer, hidden, cos, sin, bias, past[2 * i], past[2 * i + 1], self.shared)
             presents += [k, v]
 
         hidden = self.norm(hidden)
@@ -104,11 +109,13 @@ class DecoderWithPast(nn.Module):
         return full, sliding
 
 
-def run_layer(g: Geometry, layer, hidden, cos, sin, bias, past_k, past_v):
-    """One decoder layer on plain tensors: (hidden, present key, present value)."""
+def run_layer(g: Geometry, layer, hidden, cos, sin, bias, past_k, past_v, shared: bool = False):
+    """One decoder layer on plain tensors: (hidden, present key, present value). shared: the KV cache is one
+    buffer written in place (attention.py)."""
     residual = hidden
     x = layer.input_layernorm(hidden)
-    attn_out, k, v = _attention(g, layer.self_attn, x, cos, sin, bias, past_k, past_v)
+    attend = _shared_attention if shared else _attention
+    attn_out, k, v = attend(g, layer.self_attn, x, cos, sin, bias, past_k, past_v)
     if g.family == "paligemma2":
         hidden = residual + layer.post_attention_layernorm(attn_out)
         hidden = hidden + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
@@ -142,6 +149,20 @@ def _attention(g: Geometry, attn, x, cos, sin, bias, past_k, past_v):
     return attn.o_proj(out), k, v
 
 
+def _shared_attention(g: Geometry, attn, x, cos, sin, bias, past_k, past_v):
+    from .attention import group_query_attention
+
+    b, s, _ = x.shape
+    q = attn.q_proj(x).view(b, s, g.num_heads, g.head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(b, s, g.num_kv_heads, g.head_dim).transpose(1, 2)
+    q, k = _apply_rope(q, k, cos, sin)
+    q = q.transpose(1, 2).reshape(b, s, g.num_heads * g.head_dim)
+    k = k.transpose(1, 2).reshape(b, s, g.num_kv_heads * g.head_dim)
+    out, k, v = group_query_attention(q, k, attn.v_proj(x), past_k, past_v, bias, g.num_heads, g.num_kv_heads,
+                                      g.attn_scale, float(g.attn_softcap or 0.0))
+    return attn.o_proj(out), k, v
+
+
 def _apply_rope(q, k, cos, sin):
     """Rotary embedding as in transformers' apply_rotary_pos_emb (rotate_half convention)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -153,16 +174,18 @@ def _apply_rope(q, k, cos, sin):
     return q * cos + rotate(q) * sin, k * cos + rotate(k) * sin
 
 
-def sample_inputs(g: Geometry) -> tuple:
-    """Batch 2, two new tokens after two cached ones: no dimension is 0 or 1, so none gets specialised."""
+def sample_inputs(g: Geometry, kv_layout: str = "concat") -> tuple:
+    """Batch 2, three new tokens after two cached ones: no dimension is 0 or 1, so none gets specialised (shared:
+    in a buffer of 6, which is neither)."""
     batch, seq, past = 2, 3, 2
+    room = past + seq + 1 if kv_layout == "shared" else past
     ids = torch.tensor([[g.image_token_id, g.bos_token_id, 5], [g.image_token_id, g.bos_token_id, 6]])
     image_embeds = torch.randn(batch, 2, g.text_hidden, generator=torch.Generator().manual_seed(2))
     attention_mask = torch.ones(batch, past + seq, dtype=torch.int64)
     position_ids = torch.arange(past + 1, past + seq + 1).repeat(batch, 1)
     token_type_ids = torch.zeros(batch, seq, dtype=torch.int64)
     logits_index = torch.tensor([[1, 2], [1, 2]])
-    kv = [torch.randn(batch, g.num_kv_heads, past, g.head_dim) for _ in range(2 * g.text_layers)]
+    kv = [torch.randn(batch, g.num_kv_heads, room, g.head_dim) for _ in range(2 * g.text_layers)]
     return (ids, image_embeds, attention_mask, position_ids, token_type_ids, logits_index, kv)
 
 

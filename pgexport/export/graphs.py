@@ -31,18 +31,20 @@ def export_projector(model, g: Geometry, out_dir: Path) -> None:
                  projector.OUTPUT_NAMES, projector.DYNAMIC_SHAPES, param_bytes(m))
 
 
-def export_decoder(config, weights, g: Geometry, out_dir: Path, recipe=None, gptq=None) -> dict | None:
+def export_decoder(config, weights, g: Geometry, out_dir: Path, recipe=None, gptq=None,
+                   kv_layout: str = "concat") -> dict | None:
     """The decoder, exported from the architecture alone (`config`, parameters on the meta device), its
     weights read one at a time from `weights` (pgexport.weights) as the file is written: the largest graph
     is never held whole, in torch or in ONNX.
 
     recipe: quantize as the file is written (quant.apply.quantize_model; a streamed build), so that the float32
     decoder (37 GB at 10B) never reaches the disk; returns the quantization report. None: write float32.
-    gptq: module name -> its GPTQ weights, for the linears the recipe marks int4-gptq (quant.stored.PackedFiles)."""
+    gptq: module name -> its GPTQ weights, for the linears the recipe marks int4-gptq (quant.stored.PackedFiles).
+    kv_layout: how the graph takes the KV cache (decoder.DecoderWithPast)."""
     from ..weights import meta_model
 
     model = meta_model(config)
-    m = decoder.DecoderWithPast(model, g)
+    m = decoder.DecoderWithPast(model, g, kv_layout)
     report = {}
 
     def quantize(graph, path: Path) -> None:
@@ -50,7 +52,7 @@ def export_decoder(config, weights, g: Geometry, out_dir: Path, recipe=None, gpt
 
         report.update(quantize_model("decoder", graph, path, recipe, gptq))
 
-    export_graph(m, decoder.sample_inputs(g), out_dir / FILES["decoder"], decoder.input_names(g),
+    export_graph(m, decoder.sample_inputs(g, kv_layout), out_dir / FILES["decoder"], decoder.input_names(g),
                  decoder.output_names(g), decoder.dynamic_shapes(g), param_bytes(m), weights=(weights, model),
                  write=quantize if recipe is not None else None)
     return report or None

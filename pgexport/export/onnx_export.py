@@ -12,6 +12,7 @@ import torch
 
 from ..weights import parameter_names
 from . import bind
+from .attention import TRANSLATIONS
 from .fusions import fuse_for_ort
 
 OPSET = 18
@@ -45,6 +46,7 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_sh
             optimize=weights is None,
             verbose=False,
             report=False,
+            custom_translation_table=TRANSLATIONS,  # the decoder's in-place attention (attention.py)
         )
         if weights is not None:
             source, model = weights

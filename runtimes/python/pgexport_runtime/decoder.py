@@ -70,7 +70,7 @@ def score(graphs, g: Geometry, prefix_ids: np.ndarray, image_embeds: np.ndarray,
     ids = np.concatenate([prefix_ids, np.asarray(continuation[:-1], dtype=np.int64)[None]], axis=1)
     types = np.concatenate([np.zeros_like(prefix_ids), np.ones((1, n - 1), dtype=np.int64)], axis=1)
     keep = np.arange(seq - 1, seq - 1 + n, dtype=np.int64)[None]
-    logits = prefill(graphs, g, KVCache(g, 1, ids.shape[1], graphs.device, graphs.device_id), ids, image_embeds,
+    logits = prefill(graphs, g, graphs.kv_cache(g, 1, ids.shape[1]), ids, image_embeds,
                      np.ones_like(ids), types, keep)
     return log_softmax(logits[0])
 

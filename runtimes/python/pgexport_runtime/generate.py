@@ -24,6 +24,11 @@ class Graphs:
     decoder: ort.InferenceSession | None
     device: str = "cpu"
     device_id: int = 0
+    kv_layout: str = "concat"  # the manifest's kv_cache.layout: how the decoder takes its cache
+
+    def kv_cache(self, g: Geometry, batch: int, max_len: int) -> KVCache:
+        """A cache for the decoder, laid out as it takes one, on the sessions' device."""
+        return KVCache(g, batch, max_len, self.device, self.device_id, self.kv_layout)
 
 
 def encode_image(graphs: Graphs, pixel_values: np.ndarray) -> np.ndarray:
@@ -40,7 +45,7 @@ def generate(graphs: Graphs, g: Geometry, image_embeds: np.ndarray, input_ids: n
     """Greedy or sampled continuation of left-padded prefixes. Returns the new tokens of each row."""
     batch, seq = input_ids.shape
     rng = np.random.default_rng(sampling.seed)
-    cache = KVCache(g, batch, seq + max_new_tokens, graphs.device, graphs.device_id)
+    cache = graphs.kv_cache(g, batch, seq + max_new_tokens)
     # 1. Prefill: the whole prefix (image + bos + prompt + "\n") in one call, attending bidirectionally
     #    with padding masked; logits at the last position only.
     logits = decoder.prefill(graphs, g, cache, input_ids, image_embeds, attention_mask)

@@ -1,9 +1,12 @@
 """The KV cache: buffers owned by the caller, allocated once per generation, bound to ORT by pointer.
 
-The decoder graph maps past_key_values.{i}.* [B, kv_heads, P, head_dim] to present.{i}.* [B, kv_heads,
-P+S, head_dim]. Each tensor gets two flat buffers sized for the whole generation. A step reads the past
-from one buffer and ORT writes the present straight into the other; then the two swap roles. Nothing is
-allocated or concatenated in numpy per step, and on CUDA the buffers stay on the device.
+Layout "concat": the decoder graph maps past_key_values.{i}.* [B, kv_heads, P, head_dim] to present.{i}.*
+[B, kv_heads, P+S, head_dim]. Each tensor gets two flat buffers sized for the whole generation. A step reads
+the past from one buffer and ORT writes the present straight into the other; then the two swap roles.
+Layout "shared": each tensor is one buffer [B, kv_heads, max_len, head_dim], bound as both past and present;
+the graph writes this step's rows into it in place (pgexport's export/attention.py), and the cached length
+is carried by the attention mask. Either way nothing is allocated or concatenated in numpy per step, and on
+CUDA the buffers stay on the device.
 """
 
 from __future__ import annotations
@@ -16,16 +19,18 @@ from .geometry import Geometry
 
 
 class KVCache:
-    def __init__(self, g: Geometry, batch: int, max_len: int, device: str = "cpu", device_id: int = 0):
+    def __init__(self, g: Geometry, batch: int, max_len: int, device: str = "cpu", device_id: int = 0,
+                 layout: str = "concat"):
         self.g, self.batch, self.max_len = g, batch, max_len
         self.device, self.device_id = device, device_id
+        self.shared = layout == "shared"
         self.length = 0  # tokens currently cached
         n = batch * g.num_kv_heads * max_len * g.head_dim
         self._keep = []  # the allocations, kept alive while ORT holds pointers into them
-        self._ptr = []  # [tensor][side] base address; tensor = 2*layer + (0 key | 1 value)
+        self._ptr = []  # [tensor][side] base address; tensor = 2*layer + (0 key | 1 value); shared: one side
         for _ in range(2 * g.text_layers):
             sides = []
-            for _ in range(2):
+            for _ in range(1 if self.shared else 2):
                 if device == "cpu":
                     buf = np.empty(n, dtype=np.float32)
                     sides.append(buf.ctypes.data)
@@ -43,17 +48,30 @@ class KVCache:
         """Bind the cached past as inputs and the other side as the present outputs of this step."""
         if self.length + new_tokens > self.max_len:
             raise RuntimeError(f"KV cache full: {self.length} + {new_tokens} > {self.max_len}")
+        if self.shared:
+            self._bind_shared(binding)
+            return
         past, present = self._side, 1 - self._side
-        names = []
-        for i in range(self.g.text_layers):
-            names += [(io.past_key(i), io.present_key(i)), (io.past_value(i), io.present_value(i))]
-        for t, (past_name, present_name) in enumerate(names):
+        for t, (past_name, present_name) in enumerate(self._names()):
             binding.bind_input(past_name, self.device, self.device_id, np.float32,
                                self._shape(self.length), self._ptr[t][past])
             binding.bind_output(present_name, self.device, self.device_id, np.float32,
                                 self._shape(self.length + new_tokens), self._ptr[t][present])
 
+    def _bind_shared(self, binding: ort.IOBinding) -> None:
+        for t, (past, present) in enumerate(self._names()):
+            for bind in (binding.bind_input, binding.bind_output):
+                bind(past if bind == binding.bind_input else present, self.device, self.device_id, np.float32,
+                     self._shape(self.max_len), self._ptr[t][0])
+
+    def _names(self) -> list[tuple[str, str]]:
+        names = []
+        for i in range(self.g.text_layers):
+            names += [(io.past_key(i), io.present_key(i)), (io.past_value(i), io.present_value(i))]
+        return names
+
     def advance(self, new_tokens: int) -> None:
         """After a step: the present becomes the past."""
         self.length += new_tokens
-        self._side = 1 - self._side
+        if not self.shared:
+            self._side = 1 - self._side

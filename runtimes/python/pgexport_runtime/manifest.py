@@ -31,7 +31,9 @@ READS = (1, 2)  # version 1 holds everything version 2 reads
 MANIFEST = "manifest.json"
 GRAPHS = ("vision_encoder", "projector", "decoder")
 OPTIONAL_GRAPHS = ("mask_decoder",)  # appended later; older bundles simply lack them
-KV_LAYOUTS = ("concat",)  # present = past + new tokens, written by ORT into a second buffer (kv_cache.py)
+# "concat": present = past + new tokens, written by ORT into a second buffer; "shared": past and present are one
+# buffer of the generation's length, written in place by the decoder's GroupQueryAttention (kv_cache.py)
+KV_LAYOUTS = ("concat", "shared")
 KV_DTYPES = ("float32",)
 MAX_MANIFEST_BYTES = 8 << 20  # a 3B int4 manifest is about 20 KB
 MAX_TOKENIZER_BYTES = 256 << 20  # Gemma's tokenizer.json is 17 MB; it is read whole into memory
@@ -85,8 +87,8 @@ class GraphEntry:
 
 @dataclass(frozen=True)
 class KvCache:
-    layout: str = "concat"  # "concat": present = past + new, in separate buffers; a later "shared" layout
-    dtype: str = "float32"  # (fused attention writing into one max-length buffer) would be a new value here
+    layout: str = "concat"  # KV_LAYOUTS
+    dtype: str = "float32"
 
     def to_dict(self) -> dict:
         return {"layout": self.layout, "dtype": self.dtype}

@@ -73,6 +73,7 @@ class PaliGemma:
             decoder=self._session("decoder") if "decoder" in wanted else None,
             device=cfg.ort_device,
             device_id=cfg.device_id,
+            kv_layout=m.kv_cache.layout,
         )
         # optional graph (segment): 16 <seg> codes -> a 64x64 mask; None in bundles built without one
         entry = m.graphs.get("mask_decoder") if "decoder" in wanted else None

@@ -1,0 +1,103 @@
+"""Attention through onnxruntime's GroupQueryAttention, writing the KV cache in place (kv_cache.layout "shared").
+
+In the "concat" layout the decoder graph returns present = past + this call's keys, a new tensor every step, so
+onnxruntime copies the whole past into it each token. In the "shared" layout past and present are one
+preallocated buffer of the generation's full length, [B, kv_heads, max_len, head_dim]: the runtime binds the same
+memory as input and output, and com.microsoft GroupQueryAttention (onnxruntime >= 1.30 for `causal`) writes only the
+new rows when it sees the two are the same. Its arguments, as this graph passes them:
+- query/key/value [B, S, heads * head_dim], after the rotary embedding (do_rotary=0);
+- seqlens_k = total length - 1 for every row, total_sequence_length = the attention mask's length T (left
+  padding is masked by the bias, as in the concat graph);
+- attention_bias [B, 1, S, T]: the prefix-LM mask, padding and (Gemma 2) the sliding window, so causal=0 and
+  local_window_size=-1; softcap (Gemma 2: 50, applied before the bias, as transformers does) and the scale.
+onnxruntime refuses a call with S > 1 tokens after a non-empty cache in a batch of several rows; the runtime
+never makes one (prefill starts from an empty cache, decode feeds one token).
+
+The op is a torch custom op (its eager body is the reference semantics, used for shapes when exporting) that
+the exporter translates with `TRANSLATIONS`; onnx has no schema for the contrib op, so one is registered here
+for the exporter to build the node from.
+"""
+
+from __future__ import annotations
+
+import onnx
+import torch
+from onnx.defs import OpSchema
+from onnxscript import opset18 as op
+from onnxscript.values import Opset
+
+DOMAIN = "com.microsoft"
+
+
+def _register_schema() -> None:
+    try:
+        onnx.defs.get_schema("GroupQueryAttention", 1, DOMAIN)
+        return
+    except onnx.defs.SchemaError:
+        pass
+    optional = OpSchema.FormalParameterOption.Optional
+
+    def arg(name: str, types: str = "T", required: bool = True) -> OpSchema.FormalParameter:
+        if required:
+            return OpSchema.FormalParameter(name, types, "")
+        return OpSchema.FormalParameter(name, types, "", param_option=optional)
+
+    ints = ("num_heads", "kv_num_heads", "local_window_size", "do_rotary", "causal")
+    floats = ("scale", "softcap")
+    onnx.defs.register_schema(OpSchema(
+        "GroupQueryAttention", DOMAIN, 1, "onnxruntime's contrib op, the inputs and attributes pgexport uses",
+        inputs=[arg("query"), arg("key"), arg("value"), arg("past_key"), arg("past_value"), arg("seqlens_k", "M"),
+                arg("total_sequence_length", "M"), arg("cos_cache", required=False),
+                arg("sin_cache", required=False), arg("position_ids", "P", required=False),
+                arg("attention_bias", required=False)],
+        outputs=[arg("output"), arg("present_key"), arg("present_value")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int32)"], ""),
+                          ("P", ["tensor(int64)"], "")],
+        attributes=[OpSchema.Attribute(n, OpSchema.AttrType.INT, "", required=False) for n in ints]
+        + [OpSchema.Attribute(n, OpSchema.AttrType.FLOAT, "", required=False) for n in floats]))
+
+
+_register_schema()
+_msft = Opset(DOMAIN, 1)
+
+
+@torch.library.custom_op("pgexport::group_query_attention", mutates_args=())
+def group_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past_key: torch.Tensor,
+                          past_value: torch.Tensor, bias: torch.Tensor, num_heads: int, kv_heads: int,
+                          scale: float, softcap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output [B, S, heads * D], present key, present value [B, kv_heads, max_len, D]): this call's keys and
+    values written at positions T - S .. T of copies of the buffers, attention over their first T positions."""
+    b, s, _ = query.shape
+    d = past_key.shape[3]
+    total = bias.shape[-1]
+    present_key, present_value = past_key.clone(), past_value.clone()
+    present_key[:, :, total - s:total] = key.view(b, s, kv_heads, d).transpose(1, 2)
+    present_value[:, :, total - s:total] = value.view(b, s, kv_heads, d).transpose(1, 2)
+    groups = num_heads // kv_heads
+    q = query.view(b, s, num_heads, d).transpose(1, 2)
+    k = present_key[:, :, :total].repeat_interleave(groups, 1)
+    v = present_value[:, :, :total].repeat_interleave(groups, 1)
+    scores = q @ k.transpose(2, 3) * scale
+    if softcap > 0:
+        scores = torch.tanh(scores / softcap) * softcap
+    out = torch.softmax(scores + bias, dim=-1) @ v
+    return out.transpose(1, 2).reshape(b, s, num_heads * d), present_key, present_value
+
+
+@group_query_attention.register_fake
+def _shapes(query, key, value, past_key, past_value, bias, num_heads, kv_heads, scale, softcap):
+    return query.new_empty(query.shape), past_key.new_empty(past_key.shape), past_value.new_empty(past_value.shape)
+
+
+def _to_onnx(query, key, value, past_key, past_value, bias, num_heads: int, kv_heads: int, scale: float,
+             softcap: float):
+    total = op.Shape(bias, start=-1)  # [1] int64: T
+    batch = op.Shape(query, start=0, end=1)
+    seqlens = op.Expand(op.Cast(op.Sub(total, op.Constant(value_ints=[1])), to=onnx.TensorProto.INT32), batch)
+    return _msft.GroupQueryAttention(
+        query, key, value, past_key, past_value, seqlens, op.Cast(op.Squeeze(total), to=onnx.TensorProto.INT32),
+        None, None, None, bias, num_heads=num_heads, kv_num_heads=kv_heads, scale=scale, softcap=softcap,
+        causal=0, do_rotary=0, local_window_size=-1)
+
+
+TRANSLATIONS = {torch.ops.pgexport.group_query_attention.default: _to_onnx}
