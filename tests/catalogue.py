@@ -255,7 +255,9 @@ CASES: list[Case] = [
     Case("preprocessing-unknown-resample", CAPTION, "this runtime knows bicubic",
          put("preprocessing", "resample", "lanczos")),
     Case("tokenizer-section-not-an-object", CAPTION, "tokenizer must be an object", put("tokenizer", None, "t.json")),
-    Case("kv-layout-unknown", CAPTION, "KV-cache layout 'shared' is not supported", put("kv_cache", "layout", "shared")),
+    Case("kv-layout-unknown", CAPTION, "KV-cache layout 'paged' is not supported", put("kv_cache", "layout", "paged")),
+    Case("kv-layout-not-the-graphs", CAPTION, "but the manifest says KV-cache layout 'shared'; graph and manifest do not",
+         put("kv_cache", "layout", "shared")),
     Case("schema-version-true", INSPECT, "schema version True is not supported", put("schema_version", None, True)),
     Case("sha256-not-hex", INSPECT, "is not a sha256", edit(lambda m: m["files"].update({"decoder.onnx": "zz"}))),
     # --- files: plain names inside the bundle, no symbolic links, checked before anything is hashed

@@ -21,7 +21,7 @@ from .masks import MaskDecoder
 from .preprocess import preprocess
 from .prompt import PromptTokenizer
 from .sampling import Sampling
-from .session import SessionConfig, check_io, create_session
+from .session import SessionConfig, check_io, check_kv_layout, create_session
 from .structured import Answer, to_answer
 
 ImageLike = Image.Image | str | Path | np.ndarray  # a path, a PIL image, or uint8 HxW / HxWx3 / HxWx4
@@ -91,6 +91,9 @@ class PaliGemma:
         with released_while([self.manifest.path(f) for f in entry.data_files]) if release else nullcontext():
             session = create_session(self.manifest.path(entry.file), cfg)
         check_io(session, self.manifest.path(entry.file), self._expected_io(graph), entry)
+        if graph == "decoder":
+            check_kv_layout(session, self.manifest.path(entry.file), self.manifest.kv_cache.layout,
+                            io_names.past_key(0), io_names.present_key(0))
         return session
 
     def images(self, images: Sequence[ImageLike]) -> list[Image.Image]:
