@@ -17,6 +17,7 @@ import pytest
 from conftest import PROMPTS
 
 from pgexport_runtime import PaliGemma, decoder
+from pgexport_runtime.describe import describe
 from pgexport_runtime.errors import UserError
 
 
@@ -38,6 +39,8 @@ def test_shared_layout_answers_as_the_concat_bundle(name, shared, bundles, image
     assert ops["GroupQueryAttention"] == g.text_layers and ops["Softmax"] == 0
 
     want, got = PaliGemma(bundles[name]), PaliGemma(shared[name])
+    assert "kv cache shared (one buffer, written in place), float32" in describe(got.manifest)
+    assert "kv cache concat (present = past + new tokens, a second buffer), float32" in describe(want.manifest)
     prompts = list(PROMPTS)
     a = [r.tokens for r in want.generate(images, prompts, max_new_tokens=16)]
     b = [r.tokens for r in got.generate(images, prompts, max_new_tokens=16)]

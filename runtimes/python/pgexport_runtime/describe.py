@@ -8,6 +8,10 @@ import json
 from .manifest import Manifest
 
 
+KV_LAYOUT_WORDS = {"concat": "present = past + new tokens, a second buffer",
+                   "shared": "one buffer, written in place"}
+
+
 def describe(m: Manifest) -> list[str]:
     """`inspect`: graphs, sizes, precisions, I/O, geometry, parity, recipe, measured accuracy, tools."""
     g, record = m.geometry, m.record
@@ -19,6 +23,7 @@ def describe(m: Manifest) -> list[str]:
     lines = [f"bundle   {m.root}  (schema {m.schema_version}, from {spec})",
              f"model    {g.family}, {g.image_size}px / {g.num_image_tokens} image tokens, decoder {g.text_layers}x"
              f"{g.text_hidden} ({g.num_heads} heads, {g.num_kv_heads} kv), vocab {g.vocab_size}",
+             f"kv cache {m.kv_cache.layout} ({KV_LAYOUT_WORDS.get(m.kv_cache.layout, '')}), {m.kv_cache.dtype}",
              "graphs"]
     for name, entry in m.graphs.items():
         size = sum((m.root / f).stat().st_size for f in (entry.file, *entry.data_files))
