@@ -162,8 +162,8 @@ def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2,
     seconds = BASE_SECONDS + SECONDS_PER_PARAMETER * sum(params.values())
     if stream:
         seconds = STREAM_BASE_SECONDS + STREAM_SECONDS_PER_PARAMETER * sum(params.values())
-    if recipe.needs_calibration:  # beside the model as each stream holds it: the table and a layer, or all of it
-        held = BASE_RSS + (STREAM_RSS_PER_RESIDENT_BYTE * resident if stream else fp32)
+    if recipe.needs_calibration:  # beside what the model holds: the table and a layer, or all of it
+        held = BASE_RSS + (resident if stream else fp32)
         peak = max(peak, held + gptq_bytes(g, recipe.calibration_samples))
         seconds += gptq_seconds(g, recipe.calibration_samples, stream)
     written = fp32  # the float32 graphs, quantized afterwards; streamed, the decoder is quantized as it is written
