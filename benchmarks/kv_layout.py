@@ -5,8 +5,8 @@
 Each bundle's decoder is loaded alone; for each context length its cache is filled with random values to that
 length (the cost of a decode step does not depend on the values, and a real prefill of 4,096 tokens takes
 minutes here), then `--steps` decode steps run through the runtime's own `decoder.decode` with IO binding.
-Reported: the median milliseconds per token over `--repeats` runs and the ratio to the first bundle, all in one
-run on one machine (name the CPU beside the figures: `lscpu`).
+Reported: the median milliseconds per token over `--repeats` runs, the bundles measured in turn within each
+repeat, and the ratio to the first bundle, all in one run on one machine (name the CPU beside the figures: `lscpu`).
 """
 
 from __future__ import annotations
@@ -46,13 +46,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
-    results: dict[str, dict[int, float]] = {}
-    for spec in args.bundle:
-        name, _, path = spec.partition("=")
-        pg = PaliGemma(path, load="decoder")
-        results[name] = {n: statistics.median(per_token_ms(pg, n, args.steps) for _ in range(args.repeats))
-                         for n in lengths}
-        del pg
+    bundles = {name: PaliGemma(path, load="decoder") for name, _, path in (s.partition("=") for s in args.bundle)}
+    # interleaved: each repeat measures every bundle in turn, so a drift of the machine touches them alike (one
+    # bundle measured after the other differed by up to 25 % at 256 tokens, in either order)
+    times: dict[str, dict[int, list[float]]] = {name: {n: [] for n in lengths} for name in bundles}
+    for _ in range(args.repeats):
+        for n in lengths:
+            for name, pg in bundles.items():
+                times[name][n].append(per_token_ms(pg, n, args.steps))
+    results = {name: {n: statistics.median(v) for n, v in per.items()} for name, per in times.items()}
     base = next(iter(results))
     print("| cached tokens | " + " | ".join(f"{n} ms/token" for n in results) + " | " +
           " | ".join(f"{n} / {base}" for n in list(results)[1:]) + " |")
