@@ -77,7 +77,7 @@ def _interrupt(signum, frame):
 @click.option("--kv-cache", type=click.Choice(["concat", "shared"]), default="concat", show_default=True,
               help="How the decoder takes its KV cache. concat: a new present buffer each step (every runtime). "
                    "shared: one buffer per layer written in place by onnxruntime's GroupQueryAttention (no copy of "
-                   "the past per token); the Python runtime only, onnxruntime >= 1.30.")
+                   "the past per token); onnxruntime >= 1.30, not yet on WebGPU.")
 @click.option("--dry-run", is_flag=True, help="Print the steps, memory, disk and time the build will need; build nothing.")
 def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens, mask_decoder, quant,
           min_agreement, gate_samples, calibration, max_memory, stream, kv_cache, dry_run):

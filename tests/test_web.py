@@ -185,3 +185,42 @@ def test_node_runtime_runs_an_ort_packaged_bundle(node_modules, demo_bundles, tm
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         assert json.loads(r.stdout) == want, row.id
+
+
+@pytest.mark.parametrize("name", ["tiny-pg1", "tiny-pg2"])
+def test_node_runtime_runs_a_shared_kv_cache_bundle(node_modules, bundles, images, name, tmp_path):
+    """A bundle built with --kv-cache shared in onnxruntime-node (one preallocated buffer per tensor, written in
+    place) and onnxruntime-web's WASM backend (handed off): the Python runtime's answers on it, which are the
+    concat bundle's tokens."""
+    from pgexport.build import BuildOptions, build
+    from pgexport_runtime import PaliGemma
+
+    shared = build(BuildOptions(model=name, out=tmp_path / "shared", kv_cache="shared", parity_tokens=4))
+    image = tmp_path / "image.png"
+    images[1].save(image)
+    pg, concat = PaliGemma(shared), PaliGemma(bundles[name])
+    for prompt in ("caption en", "answer en what is the colour of the big circle on the left side?"):
+        want = pg.answer(str(image), prompt, max_new_tokens=12).to_json()
+        assert want["tokens"] == list(concat.answer(str(image), prompt, max_new_tokens=12).tokens)
+        for backend in ("node", "wasm"):
+            r = subprocess.run(["node", str(WEB / "cli.js"), str(shared), "--image", str(image), "--prompt", prompt,
+                                "--max-new-tokens", "12", "--json", "--backend", backend],
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr[-2000:]
+            assert json.loads(r.stdout) == want, (backend, prompt)
+
+
+def test_node_runtime_refuses_a_layout_the_graph_does_not_have(node_modules, bundles, tmp_path):
+    """A manifest that says "shared" over a concat decoder: one line at load, on both backends."""
+    bundle = tmp_path / "b"
+    shutil.copytree(bundles["tiny-pg1"], bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["kv_cache"]["layout"] = "shared"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    image = min((ROOT / "models" / "pg-demo-heldout" / "images").iterdir())
+    for backend in ("node", "wasm"):
+        r = subprocess.run(["node", str(WEB / "cli.js"), str(bundle), "--image", str(image), "--prompt", "caption en",
+                            "--backend", backend], capture_output=True, text=True, timeout=300)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode != 0 and len(lines) == 1, r.stderr
+        assert "returns past + new tokens as its present, but the manifest says KV-cache layout 'shared'" in lines[0]

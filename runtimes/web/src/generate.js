@@ -23,7 +23,7 @@ export async function encodeImage(ort, graphs, pixelValues) {
 export async function generate(ort, graphs, g, imageEmbeds, prefix, maxNewTokens, sampling, eosId, shouldStop, onToken) {
   const { batch, width } = prefix;
   const rng = new Rng(sampling.seed);
-  const cache = new KVCache(ort, g, batch, width + maxNewTokens, graphs.kvMode);
+  const cache = new KVCache(ort, g, batch, width + maxNewTokens, graphs.kvMode, graphs.kvLayout);
   try {
     // 1. Prefill: the whole prefix (image + bos + prompt + "\n") in one call, bidirectional, padding masked;
     //    logits at the last position only.

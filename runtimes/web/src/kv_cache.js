@@ -11,20 +11,25 @@
 //   runs inside its own WASM heap, so on WASM each step's presents are new JS arrays copied out of the heap. On
 //   WebGPU the presents stay on the GPU (session option preferredOutputLocation 'gpu-buffer', see pipeline.js) and
 //   only the previous step's buffers are released; their shape grows every step, so they cannot be pre-allocated.
+// Layout 'shared' (a bundle built with --kv-cache shared): past and present are one [B, kv_heads, maxLen, head_dim]
+// buffer that the decoder's GroupQueryAttention writes in place. 'preallocated': one Float32Array per tensor, fed
+// and fetched over its whole length, so onnxruntime-node writes the new rows into it. 'handoff': a zero buffer of
+// the whole length to start, then the presents onnxruntime returns (on WASM a copy out of its heap, as for concat).
 
 import * as io from './io_names.js';
 
 export class KVCache {
-  /** @param {'preallocated'|'handoff'} mode */
-  constructor(ort, g, batch, maxLen, mode = 'preallocated') {
-    Object.assign(this, { ort, g, batch, maxLen, mode });
+  /** @param {'preallocated'|'handoff'} mode  @param {'concat'|'shared'} layout the manifest's kv_cache.layout */
+  constructor(ort, g, batch, maxLen, mode = 'preallocated', layout = 'concat') {
+    Object.assign(this, { ort, g, batch, maxLen, mode, shared: layout === 'shared' });
     this.length = 0; // tokens currently cached
     this.names = [];
     for (let i = 0; i < g.text_layers; i++) {
       this.names.push([io.pastKey(i), io.presentKey(i)], [io.pastValue(i), io.presentValue(i)]);
     }
     const n = batch * g.num_kv_heads * maxLen * g.head_dim;
-    this.buffers = mode === 'preallocated' ? this.names.map(() => [new Float32Array(n), new Float32Array(n)]) : null;
+    const sides = this.shared ? 1 : 2;
+    this.buffers = mode === 'preallocated' ? this.names.map(() => Array.from({ length: sides }, () => new Float32Array(n))) : null;
     this.side = 0; // preallocated: which buffer of each pair holds the past
     this.past = null; // handoff: the previous step's present tensors
   }
@@ -42,7 +47,14 @@ export class KVCache {
     if (this.length + newTokens > this.maxLen) throw new Error(`KV cache full: ${this.length} + ${newTokens} > ${this.maxLen}`);
     const { Tensor } = this.ort;
     this.names.forEach(([past, present], t) => {
-      if (this.mode === 'preallocated') {
+      if (this.shared && this.mode === 'preallocated') {
+        const [buffer] = this.buffers[t];
+        feeds[past] = new Tensor('float32', buffer, this.dims(this.maxLen));
+        fetches[present] = new Tensor('float32', buffer, this.dims(this.maxLen));
+      } else if (this.shared) {
+        feeds[past] = this.past?.[t] ?? new Tensor('float32', new Float32Array(this.size(this.maxLen)), this.dims(this.maxLen));
+        fetches[present] = null;
+      } else if (this.mode === 'preallocated') {
         const [a, b] = this.side === 0 ? this.buffers[t] : [...this.buffers[t]].reverse();
         feeds[past] = new Tensor('float32', a.subarray(0, this.size(this.length)), this.dims(this.length));
         fetches[present] = new Tensor('float32', b.subarray(0, this.size(this.length + newTokens)), this.dims(this.length + newTokens));

@@ -16,7 +16,7 @@ export const SCHEMA_VERSIONS = [1, 2];
 export const MANIFEST = 'manifest.json';
 export const GRAPHS = ['vision_encoder', 'projector', 'decoder'];
 export const OPTIONAL_GRAPHS = ['mask_decoder'];
-export const KV_LAYOUTS = ['concat'];
+export const KV_LAYOUTS = ['concat', 'shared']; // kv_cache.js
 export const KV_DTYPES = ['float32'];
 export const MAX_MANIFEST_BYTES = 8 << 20;
 export const MAX_TOKENIZER_BYTES = 256 << 20;
@@ -25,7 +25,7 @@ const SHA256 = /^[0-9a-f]{64}$/;
 
 /**
  * @typedef {{file: string, dataFiles: string[], precision: string, inputs: string[], outputs: string[]}} GraphEntry
- * @typedef {{raw: object, geometry: object, graphs: Object<string, GraphEntry>, kvDtype: string,
+ * @typedef {{raw: object, geometry: object, graphs: Object<string, GraphEntry>, kvLayout: string, kvDtype: string,
  *   tokenizer: {file: string, imageToken: string, bosToken: string, eosToken: string, padToken: string},
  *   preprocessing: object, maxNewTokens: number, files: Object<string, string>}} Manifest
  * @typedef {{where: string, size(name: string): Promise<number>, read(name: string): Promise<Uint8Array>,
@@ -102,7 +102,7 @@ export function parseManifest(raw) {
   const gen = fields.section(raw, 'generation', 'manifest');
   const maxNewTokens = fields.integer(gen, 'max_new_tokens', 'generation', 1, geometry.max_position_embeddings);
   const preprocessing = preprocessingFromDict(fields.section(raw, 'preprocessing', 'manifest'));
-  return { raw, geometry, graphs, kvDtype, tokenizer, preprocessing, maxNewTokens, files };
+  return { raw, geometry, graphs, kvLayout: layout, kvDtype, tokenizer, preprocessing, maxNewTokens, files };
 }
 
 function readFiles(files) {

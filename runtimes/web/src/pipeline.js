@@ -4,7 +4,7 @@
 
 import * as io from './io_names.js';
 import * as limits from './limits.js';
-import { UserError } from './errors.js';
+import { BundleError, UserError } from './errors.js';
 import { encodeImage, generate } from './generate.js';
 import { DEFAULT_MAX_BYTES, ImageCache } from './image_cache.js';
 import { loadManifest } from './manifest.js';
@@ -12,7 +12,7 @@ import { MaskDecoder } from './masks.js';
 import { preprocess } from './preprocess.js';
 import { PromptTokenizer } from './prompt.js';
 import { sampling as makeSampling } from './sampling.js';
-import { checkIO, createSession } from './session.js';
+import { checkIO, checkKvLayout, createSession } from './session.js';
 import { toAnswer } from './structured.js';
 
 const now = () => globalThis.performance.now();
@@ -51,12 +51,18 @@ export class PaliGemma {
     };
     const presentOnGpu = {};
     if (gpu) for (let i = 0; i < g.text_layers; i++) Object.assign(presentOnGpu, { [io.presentKey(i)]: 'gpu-buffer', [io.presentValue(i)]: 'gpu-buffer' });
+    if (gpu && manifest.kvLayout === 'shared') {
+      throw new BundleError("KV-cache layout 'shared' is not supported with the KV cache on the GPU (WebGPU) yet: " +
+        'use a bundle built with --kv-cache concat');
+    }
     const graphs = {
       vision: await session('vision_encoder'),
       projector: await session('projector'),
       decoder: await session('decoder', gpu ? { preferredOutputLocation: presentOnGpu } : {}),
       kvMode: gpu ? 'handoff' : kvMode,
+      kvLayout: manifest.kvLayout,
     };
+    checkKvLayout(graphs.decoder, manifest.graphs.decoder, manifest.kvLayout, io.pastKey(0), io.presentKey(0));
     const maskDecoder = manifest.graphs.mask_decoder ? new MaskDecoder(ort, await session('mask_decoder')) : null;
     return new PaliGemma(ort, manifest, tokenizer, graphs, maskDecoder, imageCache);
   }
