@@ -1,7 +1,7 @@
 """Packed weights kept in a directory as they are made, read back one at a time when the graph is written.
 
 A streamed build runs GPTQ before it exports the decoder; the packed 4-bit weights of a 10B decoder are
-4.6 GB, which the build cannot hold until the export asks for them. Each weight is written as an .npz of its
+about 5 GB, which the build cannot hold until the export asks for them. Each weight is written as an .npz of its
 arrays; its layout (shapes) stays in memory, so the graph can be rewritten before any array is read back.
 """
 

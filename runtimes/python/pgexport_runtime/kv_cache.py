@@ -45,24 +45,21 @@ class KVCache:
         return [self.batch, self.g.num_kv_heads, length, self.g.head_dim]
 
     def bind(self, binding: ort.IOBinding, new_tokens: int) -> None:
-        """Bind the cached past as inputs and the other side as the present outputs of this step."""
+        """Bind the cached past as inputs and the other side as the present outputs of this step (shared: the one
+        buffer as both, over its whole length)."""
         if self.length + new_tokens > self.max_len:
             raise RuntimeError(f"KV cache full: {self.length} + {new_tokens} > {self.max_len}")
         if self.shared:
-            self._bind_shared(binding)
-            return
-        past, present = self._side, 1 - self._side
+            past = present = 0
+            past_len = present_len = self.max_len
+        else:
+            past, past_len = self._side, self.length
+            present, present_len = 1 - self._side, self.length + new_tokens
         for t, (past_name, present_name) in enumerate(self._names()):
             binding.bind_input(past_name, self.device, self.device_id, np.float32,
-                               self._shape(self.length), self._ptr[t][past])
+                               self._shape(past_len), self._ptr[t][past])
             binding.bind_output(present_name, self.device, self.device_id, np.float32,
-                                self._shape(self.length + new_tokens), self._ptr[t][present])
-
-    def _bind_shared(self, binding: ort.IOBinding) -> None:
-        for t, (past, present) in enumerate(self._names()):
-            for bind in (binding.bind_input, binding.bind_output):
-                bind(past if bind == binding.bind_input else present, self.device, self.device_id, np.float32,
-                     self._shape(self.max_len), self._ptr[t][0])
+                                self._shape(present_len), self._ptr[t][present])
 
     def _names(self) -> list[tuple[str, str]]:
         names = []
