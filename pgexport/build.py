@@ -78,7 +78,8 @@ class _Build:
                 "quantize vision encoder": lambda: self.quantize("vision_encoder"),
                 "quantize projector": lambda: self.quantize("projector"),
                 "quantize decoder": lambda: self.quantize("decoder"),
-                "rewrite manifest": self.rewrite_manifest, "accuracy gate": self.accuracy_gate}
+                "rewrite manifest": self.rewrite_manifest, "fix shapes": self.fix_shapes,
+                "accuracy gate": self.accuracy_gate}
 
     def export_mask_decoder(self) -> None:
         from .export.graphs import export_mask_decoder
@@ -90,7 +91,7 @@ class _Build:
         processor = sources.load_processor(self.source.directory)
         sources.write_tokenizer(self.source, self.writer.path("tokenizer.json"), processor)
         files = sorted(p.name for p in self.writer.tmp.iterdir())
-        self.manifest = _manifest(self.source, self.geometry, self.opts, files, processor)
+        self.manifest = _manifest(self.source, self.geometry, self.opts, files, processor, self.plan.static)
         if self.mask is not None:  # an optional, appended graph entry (older runtimes ignore it)
             from .export import mask_decoder
 
@@ -136,6 +137,39 @@ class _Build:
         self._update(graphs=graphs, record=replace(self.manifest.record, quantization=quantization))
         self.writer.write_manifest(self.manifest.to_dict(), final=False)
 
+    def fix_shapes(self) -> None:
+        """--kv-cache static: every graph's dimensions fixed, a prefill graph per prefix length. The graphs were
+        parity-checked and quantized with symbolic dimensions; the fixed ones must then give their greedy tokens
+        on the parity prompts (not checked in a streamed build, where the decoder is not loaded whole: there
+        the accuracy gate, which runs after this step, measures the graphs as they ship)."""
+        from .export.static_shapes import fix_bundle
+
+        check = self.plan.parity and not self.plan.stream
+        before = self._parity_greedy() if check else None
+        graphs = fix_bundle(self.writer.tmp, self.manifest.graphs, self.geometry, self.manifest.kv_cache)
+        self._update(graphs=graphs)
+        self.writer.write_manifest(self.manifest.to_dict(), final=False)
+        if not check:
+            return
+        after = self._parity_greedy()
+        entry = {"tokens": [len(t) for t in before], "match": after == before, "ok": after == before}
+        parity_report = self.manifest.record.parity
+        checks = parity_report["checks"] | {"static_shapes": entry}
+        self._update(record=replace(self.manifest.record, parity=parity_report | {"checks": checks}))
+        self.writer.write_manifest(self.manifest.to_dict(), final=False)
+        if after != before:
+            raise ParityError(f"parity check failed: the fixed-shape graphs give other greedy tokens than the same "
+                              f"graphs before their shapes were fixed ({after} != {before})")
+
+    def _parity_greedy(self) -> list[list[int]]:
+        from pgexport_runtime import PaliGemma, SessionConfig
+
+        pg = PaliGemma(self.writer.tmp, SessionConfig(prepack=False), verify=False,
+                       manifest_file=self.writer.partial_name)
+        image = parity.parity_image(self.geometry.image_size)
+        return [r.tokens for r in pg.generate([image] * len(parity.PROMPTS), list(parity.PROMPTS),
+                                              max_new_tokens=self.opts.parity_tokens)]
+
     def accuracy_gate(self) -> None:
         """The quantized bundle against the PyTorch reference's greedy tokens and log-probabilities.
 
@@ -175,7 +209,8 @@ def _graph_entry(files: list[str], name: str, g: Geometry, **extra) -> GraphEntr
     return GraphEntry(file, data, "fp32", tuple(inputs), tuple(outputs), **extra)
 
 
-def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: list[str], processor) -> Manifest:
+def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: list[str], processor,
+              plan_static: KvCache | None = None) -> Manifest:
     import importlib.metadata as md
 
     from .export.onnx_export import OPSET
@@ -190,7 +225,7 @@ def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: li
     return Manifest(
         geometry=g,
         graphs={name: _graph_entry(files, name, g) for name in ("vision_encoder", "projector", "decoder")},
-        kv_cache=KvCache(layout=opts.kv_cache),
+        kv_cache=plan_static or KvCache(layout=opts.kv_cache),
         tokenizer=sources.load_tokenizer_info(source, g, processor),
         preprocessing=sources.load_preprocessing(source, g, processor),
         generation=Generation(max_new_tokens=opts.max_new_tokens),

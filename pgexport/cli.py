@@ -74,13 +74,22 @@ def _interrupt(signum, frame):
                    "tower, the embedding table and one layer. Default: only when the whole model does not fit "
                    "in --max-memory. Works with --adapter (peft merges it module by module) and int4-gptq (calibrated "
                    "layer by layer); not yet with a GPTQ checkpoint.")
-@click.option("--kv-cache", type=click.Choice(["concat", "shared"]), default="concat", show_default=True,
+@click.option("--kv-cache", type=click.Choice(["concat", "shared", "static"]), default="concat", show_default=True,
               help="How the decoder takes its KV cache. concat: a new present buffer each step (every runtime). "
                    "shared: one buffer per layer written in place by onnxruntime's GroupQueryAttention (no copy of "
-                   "the past per token); onnxruntime >= 1.30, not yet on WebGPU.")
+                   "the past per token); onnxruntime >= 1.30, not yet on WebGPU. static: the same in-place buffer of "
+                   "a fixed length and no dynamic dimension in any graph (batch 1, a prefill graph per prefix "
+                   "length, sharing the decoder's weights), for execution providers that want fixed shapes; the "
+                   "Python runtime only.")
+@click.option("--prefill-lengths", default=None, metavar="N,N,...",
+              help="--kv-cache static: the prefix lengths (image tokens + <bos> + prompt + newline) to write a "
+                   "prefill graph for; a prompt is padded up to the next. Default: image tokens + 16 and + 64.")
+@click.option("--max-len", type=click.IntRange(2), default=None,
+              help="--kv-cache static: the KV cache's fixed length, prefix and answer. Default: the longest "
+                   "prefill length + --max-new-tokens; the runtime stops an answer when the cache is full.")
 @click.option("--dry-run", is_flag=True, help="Print the steps, memory, disk and time the build will need; build nothing.")
 def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens, mask_decoder, quant,
-          min_agreement, gate_samples, calibration, max_memory, stream, kv_cache, dry_run):
+          min_agreement, gate_samples, calibration, max_memory, stream, kv_cache, prefill_lengths, max_len, dry_run):
     """Export a checkpoint to a bundle: vision encoder, projector and decoder-with-past ONNX graphs, tokenizer
     and manifest, checked against PyTorch (features, logits and greedy tokens) before it is written.
 
@@ -96,7 +105,7 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
                         tolerance=Tolerance(relative=tolerance), skip_parity=skip_parity, max_new_tokens=max_new_tokens,
                         mask_decoder=mask_decoder, quant=quant, min_agreement=min_agreement,
                         gate_samples=gate_samples, calibration=calibration, max_memory=max_memory, stream=stream,
-                        kv_cache=kv_cache)
+                        kv_cache=kv_cache, prefill_lengths=_lengths(prefill_lengths), max_len=max_len)
     if dry_run:
         plan = Plan.of(opts, check_memory=False)  # the figures, whether or not they fit
         for line in plan.estimate.lines():
@@ -335,6 +344,17 @@ def bench(bundles, reference, reference_dtypes, eval_set, limit, mode, warmup, r
     else:
         click.echo((out / "bench.md").read_text())
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _lengths(text: str | None) -> tuple[int, ...] | None:
+    """--prefill-lengths "272,320" -> (272, 320)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--prefill-lengths takes comma-separated token counts, like 272,320; got {text!r}") from None
+    return values
 
 
 def _step_bar(bars: list, steps: list[str]):

@@ -58,7 +58,7 @@ def check_layers(config, g: Geometry, source, batch: Prefill, tolerance: float, 
     "first_failure"}. `onnx_source` (default `source`) is where the graphs' weights come from: a test
     gives it a broken one. kv_layout: the bundle decoder's; "shared" layers attend through GroupQueryAttention
     into an empty cache buffer of the prefill's length, whose written rows are compared with PyTorch's keys."""
-    shared = kv_layout == "shared"
+    shared = kv_layout in ("shared", "static")  # both attend through GroupQueryAttention
     import onnxruntime as ort
 
     model = meta_model(config)
@@ -70,10 +70,10 @@ def check_layers(config, g: Geometry, source, batch: Prefill, tolerance: float, 
         table = dec.embed
         dec.embed = _RowsEmbedding(source, names[id(table.weight)], table)
         try:
-            hidden = dec._embed(ids, torch.from_numpy(batch.image_embeds))
+            hidden = dec._embed(ids, torch.from_numpy(batch.image_embeds), types)
         finally:
             dec.embed = table
-        full, sliding = dec._attention_bias(mask, types, 0)
+        full, sliding = dec._attention_bias(mask, types, torch.arange(ids.shape[1]).expand_as(ids))
         positions = (torch.cumsum(mask, dim=1) * mask).clamp(min=1)  # 1-based, as the runtime computes them
         cos, sin = dec.rotary(hidden, positions)
     empty = torch.zeros(ids.shape[0], g.num_kv_heads, ids.shape[1] if shared else 0, g.head_dim)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from pgexport_runtime.errors import UserError
-from pgexport_runtime.manifest import KV_LAYOUTS
+from pgexport_runtime.manifest import KV_LAYOUTS, MAX_PREFILL_GRAPHS, KvCache
 
 from .estimate import Estimate, estimate
 from .parity import Tolerance
@@ -41,7 +41,10 @@ class BuildOptions:
     max_memory: float | None = None  # GB: refuse a build whose estimated peak memory is larger (default: this
     # machine's physical memory)
     stream: bool | None = None  # one decoder layer in memory at a time; None: when the whole model does not fit
-    kv_cache: str = "concat"  # the decoder's KV-cache layout: "concat" (every runtime) or "shared" (in place)
+    kv_cache: str = "concat"  # the decoder's KV-cache layout: "concat" (every runtime), "shared" (in place) or
+    # "static" (every shape fixed: a cache of max_len tokens, a prefill graph per prefix length)
+    prefill_lengths: tuple[int, ...] | None = None  # static: default image tokens + 16 and + 64
+    max_len: int | None = None  # static: default the longest prefill + max_new_tokens
 
     def to_json(self) -> dict:
         """For the child process: paths as strings, the tolerance as its fields."""
@@ -52,6 +55,8 @@ class BuildOptions:
     def from_json(cls, d: dict) -> "BuildOptions":
         kw = {k: Path(v) if k in _PATHS and v is not None else v for k, v in d.items()}
         kw["tolerance"] = Tolerance(**d["tolerance"])
+        if kw.get("prefill_lengths") is not None:
+            kw["prefill_lengths"] = tuple(kw["prefill_lengths"])
         return cls(**kw)
 
 
@@ -71,6 +76,7 @@ class Plan:
     mask_weights: Path | None  # mask-decoder (VQ-VAE) weights: --mask-decoder or the checkpoint's own
     stream: bool = False  # the PyTorch phase holds one decoder layer at a time; parity is checked per layer
     estimate: Estimate | None = None  # memory, disk and time the build will need (estimate.py)
+    static: KvCache | None = None  # --kv-cache static: the cache's length and the prefill graphs' lengths
 
     @classmethod
     def of(cls, opts: BuildOptions, check_memory: bool = True) -> "Plan":
@@ -92,6 +98,7 @@ class Plan:
         quantize = not recipe.is_identity
         mask = mask_decoder.find_weights(source.directory if source.kind != "preset" else None, opts.mask_decoder)
         g = sources.load_geometry(source)
+        static = static_shape(opts, g)
         whole = estimate(g, recipe)
         streamed = estimate(g, recipe, stream=True, table_itemsize=_table_itemsize(source),
                             gate_tokens=opts.gate_tokens, gate_samples=opts.gate_samples)
@@ -110,7 +117,26 @@ class Plan:
                             f"more than {over}")
         return cls(opts, parity=not opts.skip_parity, gate=quantize and opts.gate_samples > 0,
                    adapter=source.adapter is not None, calibrate=recipe.needs_calibration, quantize=quantize,
-                   mask_weights=mask, stream=stream, estimate=need)
+                   mask_weights=mask, stream=stream, estimate=need, static=static)
+
+
+def static_shape(opts: BuildOptions, g) -> KvCache | None:
+    """The static layout's fixed lengths, checked; None for the other layouts (which take neither option)."""
+    if opts.kv_cache != "static":
+        if opts.prefill_lengths is not None or opts.max_len is not None:
+            raise UserError("--prefill-lengths and --max-len fix the shapes of --kv-cache static; "
+                            f"--kv-cache {opts.kv_cache} takes any length")
+        return None
+    shortest = g.num_image_tokens + 2  # the image, <bos> and "\n"
+    lengths = opts.prefill_lengths or (g.num_image_tokens + 16, g.num_image_tokens + 64)
+    if len(lengths) > MAX_PREFILL_GRAPHS or list(lengths) != sorted(set(lengths)) or lengths[0] < shortest:
+        raise UserError(f"--prefill-lengths must be at most {MAX_PREFILL_GRAPHS} increasing lengths of at least "
+                        f"{shortest} tokens ({g.num_image_tokens} image tokens, <bos> and the newline)")
+    max_len = opts.max_len if opts.max_len is not None else lengths[-1] + opts.max_new_tokens
+    if not lengths[-1] < max_len <= g.max_position_embeddings:
+        raise UserError(f"--max-len must be longer than the longest prefill ({lengths[-1]}) and at most the "
+                        f"model's {g.max_position_embeddings} positions")
+    return KvCache("static", max_len=max_len, prefill_lengths=tuple(lengths))
 
 
 def _table_itemsize(source) -> int:
@@ -173,6 +199,7 @@ STEPS = (
     Step("quantize projector", BUNDLE, lambda p: p.quantize),
     Step("quantize decoder", BUNDLE, lambda p: p.quantize and not p.stream),  # streamed: as it is exported
     Step("rewrite manifest", BUNDLE, lambda p: p.quantize),
+    Step("fix shapes", BUNDLE, lambda p: p.static is not None),
     Step("accuracy gate", BUNDLE, lambda p: p.gate),
 )
 

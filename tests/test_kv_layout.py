@@ -81,5 +81,5 @@ def _buffer(cache, tensor: int, side: int, length: int) -> np.ndarray:
 def test_an_unknown_kv_layout_is_one_line():
     from pgexport.plan import BuildOptions, Plan
 
-    with pytest.raises(UserError, match=r"^unknown --kv-cache 'paged' \(use one of concat, shared\)"):
+    with pytest.raises(UserError, match=r"^unknown --kv-cache 'paged' \(use one of concat, shared, static\)"):
         Plan.of(BuildOptions(model="tiny-pg1", kv_cache="paged"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pgexport.build import BuildOptions, planned_steps
 from pgexport.plan import BUNDLE, STEPS, TORCH, Plan, steps
+from pgexport_runtime.manifest import KvCache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,8 @@ def test_progress_reports_exactly_the_planned_steps(bundles):
 def test_conditions_select_steps():
     base = dict(parity=True, gate=False, adapter=False, calibrate=False, quantize=False, mask_weights=None)
     plain = [s.name for s in steps(Plan(BuildOptions(), **base))]
-    everything = base | dict(gate=True, adapter=True, calibrate=True, quantize=True, mask_weights=Path("m"))
+    everything = base | dict(gate=True, adapter=True, calibrate=True, quantize=True, mask_weights=Path("m"),
+                             static=KvCache("static", max_len=96, prefill_lengths=(64,)))
     full = [s.name for s in steps(Plan(BuildOptions(), **everything))]
     streamed = [s.name for s in steps(Plan(BuildOptions(), **everything | dict(stream=True)))]
     assert set(plain) < set(full) and [n for n in full if n in plain] == plain
@@ -35,13 +37,15 @@ def test_conditions_select_steps():
     assert [s.name for s in steps(Plan(BuildOptions(), **base), TORCH)][0] == "load model"
     assert "merge adapter" not in plain and "GPTQ" not in plain and "accuracy gate" not in plain
     assert "layer parity" not in plain  # streamed builds only
+    assert "fix shapes" not in plain and full.index("fix shapes") == full.index("accuracy gate") - 1
 
 
 def test_options_survive_the_trip_to_the_child():
     from pgexport.parity import Tolerance
 
     opts = BuildOptions(model="m", adapter=Path("a"), out=Path("o"), tolerance=Tolerance(relative=2e-3),
-                        calibration=Path("c.jsonl"), min_agreement=0.5, stream=True)
+                        calibration=Path("c.jsonl"), min_agreement=0.5, stream=True, kv_cache="static",
+                        prefill_lengths=(40, 60), max_len=90)
     assert BuildOptions.from_json(opts.to_json()) == opts
 
 

@@ -210,12 +210,16 @@ def test_node_runtime_runs_a_shared_kv_cache_bundle(node_modules, bundles, image
             assert json.loads(r.stdout) == want, (backend, prompt)
 
 
-def test_node_runtime_refuses_a_layout_the_graph_does_not_have(node_modules, bundles, tmp_path):
-    """A manifest that says "shared" over a concat decoder: one line at load, on both backends."""
+@pytest.mark.parametrize("layout, says", [
+    ("shared", "returns past + new tokens as its present, but the manifest says KV-cache layout 'shared'"),
+    ("static", "KV-cache layout 'static' is not supported by this runtime (concat, shared)")])
+def test_node_runtime_refuses_a_layout_the_graph_does_not_have(node_modules, bundles, tmp_path, layout, says):
+    """A manifest that says "shared" over a concat decoder, or "static" (fixed shapes: the Python runtime only):
+    one line at load, on both backends."""
     bundle = tmp_path / "b"
     shutil.copytree(bundles["tiny-pg1"], bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["kv_cache"]["layout"] = "shared"
+    manifest["kv_cache"]["layout"] = layout
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     image = min((ROOT / "models" / "pg-demo-heldout" / "images").iterdir())
     for backend in ("node", "wasm"):
@@ -223,4 +227,4 @@ def test_node_runtime_refuses_a_layout_the_graph_does_not_have(node_modules, bun
                             "--backend", backend], capture_output=True, text=True, timeout=300)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode != 0 and len(lines) == 1, r.stderr
-        assert "returns past + new tokens as its present, but the manifest says KV-cache layout 'shared'" in lines[0]
+        assert says in lines[0], lines[0]

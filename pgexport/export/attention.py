@@ -6,8 +6,11 @@ preallocated buffer of the generation's full length, [B, kv_heads, max_len, head
 memory as input and output, and com.microsoft GroupQueryAttention (onnxruntime >= 1.30 for `causal`) writes only the
 new rows when it sees the two are the same. Its arguments, as this graph passes them:
 - query/key/value [B, S, heads * head_dim], after the rotary embedding (do_rotary=0);
-- seqlens_k = total length - 1 for every row, total_sequence_length = the attention mask's length T (left
-  padding is masked by the bias, as in the concat graph);
+- seqlens_k [B]: the last row this call writes, per batch row (shared: T - 1 for every row, left padding
+  masked by the bias as in the concat graph; static: each row's last position - 1), and
+  total_sequence_length = the attention mask's length T. onnxruntime writes rows seqlens_k + 1 - S ..
+  seqlens_k and attends over rows 0 .. seqlens_k of each batch row; the bias's rows are T long, so in the static
+  layout (T = the buffer's length) nothing about the call depends on how much is cached;
 - attention_bias [B, 1, S, T]: the prefix-LM mask, padding and (Gemma 2) the sliding window, so causal=0 and
   local_window_size=-1; softcap (Gemma 2: 50, applied before the bias, as transformers does) and the scale.
 onnxruntime refuses a call with S > 1 tokens after a non-empty cache in a batch of several rows; the runtime
@@ -63,16 +66,18 @@ _msft = Opset(DOMAIN, 1)
 
 @torch.library.custom_op("pgexport::group_query_attention", mutates_args=())
 def group_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past_key: torch.Tensor,
-                          past_value: torch.Tensor, bias: torch.Tensor, num_heads: int, kv_heads: int,
-                          scale: float, softcap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(output [B, S, heads * D], present key, present value [B, kv_heads, max_len, D]): this call's keys and
-    values written at positions T - S .. T of copies of the buffers, attention over their first T positions."""
+                          past_value: torch.Tensor, seqlens: torch.Tensor, bias: torch.Tensor, num_heads: int,
+                          kv_heads: int, scale: float, softcap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output [B, S, heads * D], present key, present value [B, kv_heads, max_len, D]): row b's keys and values
+    written at rows seqlens[b] + 1 - S .. seqlens[b] of copies of the buffers, attention over their first T rows
+    (those past seqlens[b] are masked by the bias, as onnxruntime never reads them)."""
     b, s, _ = query.shape
     d = past_key.shape[3]
     total = bias.shape[-1]
     present_key, present_value = past_key.clone(), past_value.clone()
-    present_key[:, :, total - s:total] = key.view(b, s, kv_heads, d).transpose(1, 2)
-    present_value[:, :, total - s:total] = value.view(b, s, kv_heads, d).transpose(1, 2)
+    for row, last in enumerate(seqlens.tolist()):
+        present_key[row, :, last + 1 - s:last + 1] = key[row].view(s, kv_heads, d).transpose(0, 1)
+        present_value[row, :, last + 1 - s:last + 1] = value[row].view(s, kv_heads, d).transpose(0, 1)
     groups = num_heads // kv_heads
     q = query.view(b, s, num_heads, d).transpose(1, 2)
     k = present_key[:, :, :total].repeat_interleave(groups, 1)
@@ -85,15 +90,13 @@ def group_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
 
 
 @group_query_attention.register_fake
-def _shapes(query, key, value, past_key, past_value, bias, num_heads, kv_heads, scale, softcap):
+def _shapes(query, key, value, past_key, past_value, seqlens, bias, num_heads, kv_heads, scale, softcap):
     return query.new_empty(query.shape), past_key.new_empty(past_key.shape), past_value.new_empty(past_value.shape)
 
 
-def _to_onnx(query, key, value, past_key, past_value, bias, num_heads: int, kv_heads: int, scale: float,
+def _to_onnx(query, key, value, past_key, past_value, seqlens, bias, num_heads: int, kv_heads: int, scale: float,
              softcap: float):
     total = op.Shape(bias, start=-1)  # [1] int64: T
-    batch = op.Shape(query, start=0, end=1)
-    seqlens = op.Expand(op.Cast(op.Sub(total, op.Constant(value_ints=[1])), to=onnx.TensorProto.INT32), batch)
     return _msft.GroupQueryAttention(
         query, key, value, past_key, past_value, seqlens, op.Cast(op.Squeeze(total), to=onnx.TensorProto.INT32),
         None, None, None, bias, num_heads=num_heads, kv_num_heads=kv_heads, scale=scale, softcap=softcap,

@@ -31,14 +31,16 @@ from pgexport_runtime.geometry import Geometry
 
 class DecoderWithPast(nn.Module):
     """kv_layout (pgexport_runtime.manifest.KV_LAYOUTS) "concat": past [B, kv_heads, P, D] in, present
-    [B, kv_heads, P + S, D] out. "shared": past and
-    present are one buffer [B, kv_heads, max_len, D] that the graph writes in place (attention.py); the cached
-    length is then the attention mask's length less this call's tokens."""
+    [B, kv_heads, P + S, D] out. "shared": past and present are one buffer [B, kv_heads, max_len, D] that the
+    graph writes in place (attention.py); the cached length is then the attention mask's length less this call's
+    tokens. "static": the same one buffer, but the attention mask covers all of it ([B, max_len], 1 = a row that
+    holds a real token) and a token's row is its position - 1, so every row's tokens are right-aligned from row
+    0: the rows each call writes follow from position_ids, and no input's length depends on the cache's."""
 
     def __init__(self, model, g: Geometry, kv_layout: str = "concat"):
         super().__init__()
         lm = model.model.language_model
-        self.g, self.shared = g, kv_layout == "shared"
+        self.g, self.shared, self.static = g, kv_layout in ("shared", "static"), kv_layout == "static"
         self.embed = lm.embed_tokens  # GemmaTextScaledWordEmbedding: lookup * sqrt(hidden)
         self.layers = lm.layers
         self.norm = lm.norm
@@ -47,15 +49,22 @@ class DecoderWithPast(nn.Module):
 
     def forward(self, input_ids, image_embeds, attention_mask, position_ids, token_type_ids, logits_index, past):
         g = self.g
-        hidden = self._embed(input_ids, image_embeds)
-        past_len = attention_mask.shape[1] - input_ids.shape[1] if self.shared else past[0].shape[2]
-        full_bias, sliding_bias = self._attention_bias(attention_mask, token_type_ids, past_len)
+        hidden = self._embed(input_ids, image_embeds, token_type_ids)
+        seqlens = None  # shared: every row's cache ends where the attention mask does
+        if self.static:
+            rows = position_ids - 1
+            seqlens = rows[:, -1].to(torch.int32)  # the last row this call writes, per batch row
+        else:
+            past_len = attention_mask.shape[1] - input_ids.shape[1] if self.shared else past[0].shape[2]
+            rows = (torch.arange(input_ids.shape[1], device=input_ids.device) + past_len).expand_as(input_ids)
+        full_bias, sliding_bias = self._attention_bias(attention_mask, token_type_ids, rows)
         cos, sin = self.rotary(hidden, position_ids)
 
         presents = []
         for i, layer in enumerate(self.layers):
             bias = sliding_bias if g.sliding_layers[i] else full_bias
-            hidden, k, v = run_layer(g, layer, hidden, cos, sin, bias, past[2 * i], past[2 * i + 1], self.shared)
+            hidden, k, v = run_layer(g, layer, hidden, cos, sin, bias, past[2 * i], past[2 * i + 1], self.shared,
+                                     seqlens)
             presents += [k, v]
 
         hidden = self.norm(hidden)
@@ -68,14 +77,15 @@ class DecoderWithPast(nn.Module):
             logits = torch.tanh(logits / g.final_softcap) * g.final_softcap
         return (logits, *presents)
 
-    def _embed(self, input_ids, image_embeds):
+    def _embed(self, input_ids, image_embeds, token_type_ids):
         """Token embeddings, with the k-th <image> token of each row taking image_embeds[row, k].
 
-        As in transformers: only as many <image> tokens as there are image embeddings are replaced (in
-        decode steps there are none, and a generated <image> id keeps its own embedding); ids past the
-        embedding table (an out-of-vocabulary image token) are looked up as id 0 before replacement.
+        As in transformers: only as many <image> tokens as there are image embeddings are replaced, and only in
+        the prefix (a generated or teacher-forced <image> id, token type 1, keeps its own embedding, whatever
+        image_embeds a decode step is given); ids past the embedding table (an out-of-vocabulary image token)
+        are looked up as id 0 before replacement.
         """
-        is_image = input_ids == self.g.image_token_id
+        is_image = (input_ids == self.g.image_token_id) & (token_type_ids == 0)
         slot = torch.cumsum(is_image.to(torch.int64), dim=1) * is_image.to(torch.int64)
         is_image = is_image & (slot <= image_embeds.shape[1])
         slot = torch.where(is_image, slot, torch.zeros_like(slot))
@@ -86,36 +96,41 @@ class DecoderWithPast(nn.Module):
         image = torch.gather(padded, 1, slot.unsqueeze(-1).expand(-1, -1, padded.shape[-1]))
         return torch.where(is_image.unsqueeze(-1), image, text)
 
-    def _attention_bias(self, attention_mask, token_type_ids, past_len):
-        """Additive [B,1,S,T] biases (0 = attend, dtype-min = masked) for full and sliding layers."""
+    def _attention_bias(self, attention_mask, token_type_ids, rows):
+        """Additive [B,1,S,T] biases (0 = attend, dtype-min = masked) for full and sliding layers. rows [B, S]:
+        the cache row (key index) each of this call's tokens is written to, consecutive within a batch row."""
         g = self.g
         seq = token_type_ids.shape[1]
-        total = attention_mask.shape[1]
-        q_pos = torch.arange(seq, device=attention_mask.device) + past_len  # absolute index of each query
-        k_pos = torch.arange(total, device=attention_mask.device)
-        causal = k_pos[None, :] <= q_pos[:, None]  # [S, T]
+        k_pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        causal = k_pos[None, None, :] <= rows[:, :, None]  # [B, S, T]
         # Prefix block: both query and key are prefix tokens of this call. Cached keys never are, which is
         # what transformers does (the block mask is built on the first iteration only).
-        key_type = torch.cat([torch.ones_like(attention_mask[:, :past_len]), token_type_ids], dim=1)
-        block = (token_type_ids[:, :, None] == 0) & (key_type[:, None, :] == 0)  # [B, S, T]
+        offset = k_pos[None, :] - rows[:, :1]  # [B, T]: a key's index within this call's tokens
+        in_call = (offset >= 0) & (offset < seq)
+        key_type = torch.gather(token_type_ids, 1, offset.clamp(0, seq - 1))
+        key_prefix = in_call & (key_type == 0)
+        block = (token_type_ids[:, :, None] == 0) & key_prefix[:, None, :]  # [B, S, T]
         keep = attention_mask[:, None, :].to(torch.bool)
         minval = torch.finfo(torch.float32).min
         zero = torch.zeros((), dtype=torch.float32)
-        full = torch.where((causal[None] | block) & keep, zero, minval).unsqueeze(1)
+        full = torch.where((causal | block) & keep, zero, minval).unsqueeze(1)
         if g.sliding_window is None or not any(g.sliding_layers):
             return full, full
-        in_window = (q_pos[:, None] - k_pos[None, :]) < g.sliding_window
-        sliding = torch.where(((causal & in_window)[None] | block) & keep, zero, minval).unsqueeze(1)
+        in_window = (rows[:, :, None] - k_pos[None, None, :]) < g.sliding_window
+        sliding = torch.where((causal & in_window | block) & keep, zero, minval).unsqueeze(1)
         return full, sliding
 
 
-def run_layer(g: Geometry, layer, hidden, cos, sin, bias, past_k, past_v, shared: bool = False):
+def run_layer(g: Geometry, layer, hidden, cos, sin, bias, past_k, past_v, shared: bool = False, seqlens=None):
     """One decoder layer on plain tensors: (hidden, present key, present value). shared: the KV cache is one
-    buffer written in place (attention.py)."""
+    buffer written in place (attention.py), the last row written per batch row given by seqlens [B] int32, or
+    (None) the bias's last key."""
     residual = hidden
     x = layer.input_layernorm(hidden)
-    attend = _shared_attention if shared else _attention
-    attn_out, k, v = attend(g, layer.self_attn, x, cos, sin, bias, past_k, past_v)
+    if shared:
+        attn_out, k, v = _shared_attention(g, layer.self_attn, x, cos, sin, bias, past_k, past_v, seqlens)
+    else:
+        attn_out, k, v = _attention(g, layer.self_attn, x, cos, sin, bias, past_k, past_v)
     if g.family == "paligemma2":
         hidden = residual + layer.post_attention_layernorm(attn_out)
         hidden = hidden + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
@@ -149,17 +164,19 @@ def _attention(g: Geometry, attn, x, cos, sin, bias, past_k, past_v):
     return attn.o_proj(out), k, v
 
 
-def _shared_attention(g: Geometry, attn, x, cos, sin, bias, past_k, past_v):
+def _shared_attention(g: Geometry, attn, x, cos, sin, bias, past_k, past_v, seqlens=None):
     from .attention import group_query_attention
 
     b, s, _ = x.shape
+    if seqlens is None:
+        seqlens = torch.full_like(x[:, 0, 0], bias.shape[-1] - 1, dtype=torch.int32)
     q = attn.q_proj(x).view(b, s, g.num_heads, g.head_dim).transpose(1, 2)
     k = attn.k_proj(x).view(b, s, g.num_kv_heads, g.head_dim).transpose(1, 2)
     q, k = _apply_rope(q, k, cos, sin)
     q = q.transpose(1, 2).reshape(b, s, g.num_heads * g.head_dim)
     k = k.transpose(1, 2).reshape(b, s, g.num_kv_heads * g.head_dim)
-    out, k, v = group_query_attention(q, k, attn.v_proj(x), past_k, past_v, bias, g.num_heads, g.num_kv_heads,
-                                      g.attn_scale, float(g.attn_softcap or 0.0))
+    out, k, v = group_query_attention(q, k, attn.v_proj(x), past_k, past_v, seqlens, bias, g.num_heads,
+                                      g.num_kv_heads, g.attn_scale, float(g.attn_softcap or 0.0))
     return attn.o_proj(out), k, v
 
 
@@ -176,12 +193,15 @@ def _apply_rope(q, k, cos, sin):
 
 def sample_inputs(g: Geometry, kv_layout: str = "concat") -> tuple:
     """Batch 2, three new tokens after two cached ones: no dimension is 0 or 1, so none gets specialised (shared:
-    in a buffer of 6, which is neither)."""
+    in a buffer of 6, which is neither; static: a mask of 7 over a buffer of 8, so that the two are not taken
+    for one dimension)."""
     batch, seq, past = 2, 3, 2
-    room = past + seq + 1 if kv_layout == "shared" else past
+    room = {"shared": past + seq + 1, "static": 8}.get(kv_layout, past)
     ids = torch.tensor([[g.image_token_id, g.bos_token_id, 5], [g.image_token_id, g.bos_token_id, 6]])
     image_embeds = torch.randn(batch, 2, g.text_hidden, generator=torch.Generator().manual_seed(2))
     attention_mask = torch.ones(batch, past + seq, dtype=torch.int64)
+    if kv_layout == "static":
+        attention_mask = torch.cat([attention_mask, torch.zeros(batch, 2, dtype=torch.int64)], dim=1)
     position_ids = torch.arange(past + 1, past + seq + 1).repeat(batch, 1)
     token_type_ids = torch.zeros(batch, seq, dtype=torch.int64)
     logits_index = torch.tensor([[1, 2], [1, 2]])

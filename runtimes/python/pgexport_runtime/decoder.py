@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import io_names as io
+from . import static
 from .geometry import Geometry
 from .kv_cache import KVCache
 
@@ -23,6 +24,8 @@ from .kv_cache import KVCache
 def run(graphs, g: Geometry, cache: KVCache, ids, image_embeds, attention_mask, position_ids, token_type_ids,
         logits_index) -> np.ndarray:
     """One decoder call through IO binding: the cache is read and written in place. -> logits [B, K, V]."""
+    if graphs.kv_layout == "static":  # fixed-shape graphs: position_ids follow from the cache rows
+        return static.run(graphs, g, cache, ids, image_embeds, attention_mask, token_type_ids, logits_index)
     binding = graphs.decoder.io_binding()
     for name, value in ((io.INPUT_IDS, ids), (io.DECODER_IMAGE_EMBEDS, image_embeds),
                         (io.ATTENTION_MASK, attention_mask), (io.POSITION_IDS, position_ids),
@@ -67,6 +70,14 @@ def score(graphs, g: Geometry, prefix_ids: np.ndarray, image_embeds: np.ndarray,
     seq, n = prefix_ids.shape[1], len(continuation)
     if n == 0:
         return np.zeros((0, g.vocab_size), dtype=np.float32)
+    if graphs.kv_layout == "static":  # graphs of one logits row: the prefix, then one fed token at a time
+        cache = graphs.kv_cache(g, 1, seq + n)
+        mask = np.ones_like(prefix_ids)
+        rows = [prefill(graphs, g, cache, prefix_ids, image_embeds, mask)[0, -1]]
+        for token in continuation[:-1]:
+            mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
+            rows.append(decode(graphs, g, cache, np.array([token], dtype=np.int64), mask)[0, -1])
+        return log_softmax(np.stack(rows))
     ids = np.concatenate([prefix_ids, np.asarray(continuation[:-1], dtype=np.int64)[None]], axis=1)
     types = np.concatenate([np.zeros_like(prefix_ids), np.ones((1, n - 1), dtype=np.int64)], axis=1)
     keep = np.arange(seq - 1, seq - 1 + n, dtype=np.int64)[None]

@@ -9,7 +9,15 @@ from .manifest import Manifest
 
 
 KV_LAYOUT_WORDS = {"concat": "present = past + new tokens, a second buffer",
-                   "shared": "one buffer, written in place"}
+                   "shared": "one buffer, written in place",
+                   "static": "one buffer of {max_len} tokens, written in place; every shape fixed, batch 1, "
+                             "prefixes padded to {lengths} tokens"}
+
+
+def kv_words(m: Manifest) -> str:
+    kv = m.kv_cache
+    return KV_LAYOUT_WORDS.get(kv.layout, "").format(max_len=kv.max_len,
+                                                     lengths=" or ".join(map(str, kv.prefill_lengths)))
 
 
 def describe(m: Manifest) -> list[str]:
@@ -23,11 +31,14 @@ def describe(m: Manifest) -> list[str]:
     lines = [f"bundle   {m.root}  (schema {m.schema_version}, from {spec})",
              f"model    {g.family}, {g.image_size}px / {g.num_image_tokens} image tokens, decoder {g.text_layers}x"
              f"{g.text_hidden} ({g.num_heads} heads, {g.num_kv_heads} kv), vocab {g.vocab_size}",
-             f"kv cache {m.kv_cache.layout} ({KV_LAYOUT_WORDS.get(m.kv_cache.layout, '')}), {m.kv_cache.dtype}",
+             f"kv cache {m.kv_cache.layout} ({kv_words(m)}), {m.kv_cache.dtype}",
              "graphs"]
+    prefill = set(m.kv_cache.prefill_graphs.values())
     for name, entry in m.graphs.items():
-        size = sum((m.root / f).stat().st_size for f in (entry.file, *entry.data_files))
-        lines += [f"  {name:<15} {entry.file:<22} {fmt_bytes(size):>9}  {entry.precision}",
+        shared = name in prefill  # the decoder's graph at another length, reading the decoder's weight file
+        size = sum((m.root / f).stat().st_size for f in (entry.file, *(() if shared else entry.data_files)))
+        note = ", the decoder's weights" if shared else ""
+        lines += [f"  {name:<15} {entry.file:<22} {fmt_bytes(size):>9}  {entry.precision}{note}",
                   f"  {'':<15} in:  {io_summary(entry.inputs)}",
                   f"  {'':<15} out: {io_summary(entry.outputs)}"]
     parity, quant = record.parity, record.quantization

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -13,6 +13,7 @@ from . import io_names as io
 from .geometry import Geometry
 from .kv_cache import KVCache
 from .sampling import Sampling, choose
+from .session import run_rows
 
 
 @dataclass
@@ -25,17 +26,31 @@ class Graphs:
     device: str = "cpu"
     device_id: int = 0
     kv_layout: str = "concat"  # the manifest's kv_cache.layout: how the decoder takes its cache
+    # "static" layout (static.py): the cache's fixed length, the prefill graphs' prefix lengths, and their
+    # sessions (a length without one runs on `decoder`, while the build's graphs still take any shape)
+    max_len: int = 0
+    prefill_lengths: tuple[int, ...] = ()
+    prefill: dict = field(default_factory=dict)
 
     def kv_cache(self, g: Geometry, batch: int, max_len: int) -> KVCache:
-        """A cache for the decoder, laid out as it takes one, on the sessions' device."""
+        """A cache for the decoder, laid out as it takes one, on the sessions' device (static: of its one length)."""
+        if self.kv_layout == "static":
+            max_len = self.max_len
         return KVCache(g, batch, max_len, self.device, self.device_id, self.kv_layout)
+
+    def room(self, prefix: int, max_new_tokens: int) -> int:
+        """max_new_tokens, within what the static layout's cache holds after a prefix of `prefix` tokens (the
+        last token chosen is never fed back)."""
+        if self.kv_layout != "static":
+            return max_new_tokens
+        return max(1, min(max_new_tokens, self.max_len - prefix + 1))
 
 
 def encode_image(graphs: Graphs, pixel_values: np.ndarray) -> np.ndarray:
     """pixel_values [B,3,H,W] -> image embeddings [B, N_img, D_text]."""
-    (features,) = graphs.vision.run([io.VISION_FEATURES], {io.PIXEL_VALUES: pixel_values})
-    (embeds,) = graphs.projector.run([io.IMAGE_EMBEDS], {io.VISION_FEATURES: features})
-    return embeds
+    one_row = graphs.kv_layout == "static"  # every graph of a static bundle takes batch 1
+    features = run_rows(graphs.vision, io.VISION_FEATURES, {io.PIXEL_VALUES: pixel_values}, one_row)
+    return run_rows(graphs.projector, io.IMAGE_EMBEDS, {io.VISION_FEATURES: features}, one_row)
 
 
 def generate(graphs: Graphs, g: Geometry, image_embeds: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,
@@ -44,6 +59,7 @@ def generate(graphs: Graphs, g: Geometry, image_embeds: np.ndarray, input_ids: n
              on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """Greedy or sampled continuation of left-padded prefixes. Returns the new tokens of each row."""
     batch, seq = input_ids.shape
+    max_new_tokens = graphs.room(seq, max_new_tokens)
     rng = np.random.default_rng(sampling.seed)
     cache = graphs.kv_cache(g, batch, seq + max_new_tokens)
     # 1. Prefill: the whole prefix (image + bos + prompt + "\n") in one call, attending bidirectionally

@@ -5,7 +5,8 @@ Layout "concat": the decoder graph maps past_key_values.{i}.* [B, kv_heads, P, h
 the past from one buffer and ORT writes the present straight into the other; then the two swap roles.
 Layout "shared": each tensor is one buffer [B, kv_heads, max_len, head_dim], bound as both past and present;
 the graph writes this step's rows into it in place (pgexport's export/attention.py), and the cached length
-is carried by the attention mask. Either way nothing is allocated or concatenated in numpy per step, and on
+is carried by the attention mask. Layout "static": the same one buffer, of the manifest's fixed length, bound
+a batch row at a time (bind_row; static.py). Either way nothing is allocated or concatenated in numpy per step, and on
 CUDA the buffers stay on the device.
 """
 
@@ -23,7 +24,7 @@ class KVCache:
                  layout: str = "concat"):
         self.g, self.batch, self.max_len = g, batch, max_len
         self.device, self.device_id = device, device_id
-        self.shared = layout == "shared"
+        self.shared = layout in ("shared", "static")
         self.length = 0  # tokens currently cached
         n = batch * g.num_kv_heads * max_len * g.head_dim
         self._keep = []  # the allocations, kept alive while ORT holds pointers into them
@@ -60,6 +61,19 @@ class KVCache:
                                self._shape(past_len), self._ptr[t][past])
             binding.bind_output(present_name, self.device, self.device_id, np.float32,
                                 self._shape(present_len), self._ptr[t][present])
+
+    def bind_row(self, binding: ort.IOBinding, row: int) -> None:
+        """One batch row's slice of each (one) buffer as both past and present, [1, kv_heads, max_len, head_dim]:
+        the static layout's graphs take batch 1."""
+        if not self.shared:
+            raise RuntimeError("bind_row is for a cache written in place")
+        shape = self._shape(self.max_len)
+        shape[0] = 1
+        offset = row * self.g.num_kv_heads * self.max_len * self.g.head_dim * 4  # float32 bytes
+        for t, (past_name, present_name) in enumerate(self._names()):
+            for bind in (binding.bind_input, binding.bind_output):
+                bind(past_name if bind == binding.bind_input else present_name, self.device, self.device_id,
+                     np.float32, shape, self._ptr[t][0] + offset)
 
     def _names(self) -> list[tuple[str, str]]:
         names = []

@@ -32,8 +32,10 @@ MANIFEST = "manifest.json"
 GRAPHS = ("vision_encoder", "projector", "decoder")
 OPTIONAL_GRAPHS = ("mask_decoder",)  # appended later; older bundles simply lack them
 # "concat": present = past + new tokens, written by ORT into a second buffer; "shared": past and present are one
-# buffer of the generation's length, written in place by the decoder's GroupQueryAttention (kv_cache.py)
-KV_LAYOUTS = ("concat", "shared")
+# buffer of the generation's length, written in place by the decoder's GroupQueryAttention (kv_cache.py);
+# "static": one buffer of a fixed length, every graph of fixed shape (static.py)
+KV_LAYOUTS = ("concat", "shared", "static")
+MAX_PREFILL_GRAPHS = 16
 KV_DTYPES = ("float32",)
 MAX_MANIFEST_BYTES = 8 << 20  # a 3B int4 manifest is about 20 KB
 MAX_TOKENIZER_BYTES = 256 << 20  # Gemma's tokenizer.json is 17 MB; it is read whole into memory
@@ -89,12 +91,24 @@ class GraphEntry:
 class KvCache:
     layout: str = "concat"  # KV_LAYOUTS
     dtype: str = "float32"
+    # "static" only: the buffer's fixed length (prefix + answer), and the prefix lengths a prefill graph
+    # exists for (graphs "decoder_prefill_<n>"; a prefix is padded up to the next one)
+    max_len: int | None = None
+    prefill_lengths: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"layout": self.layout, "dtype": self.dtype}
+        d = {"layout": self.layout, "dtype": self.dtype}
+        if self.layout == "static":
+            d |= {"max_len": self.max_len, "prefill_lengths": list(self.prefill_lengths)}
+        return d
+
+    @property
+    def prefill_graphs(self) -> dict[int, str]:
+        """prefix length -> the graph entry's name."""
+        return {n: prefill_graph(n) for n in self.prefill_lengths}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "KvCache":
+    def from_dict(cls, d: dict, g: Geometry) -> "KvCache":
         layout = fields.text(d, "layout", "kv_cache")
         if layout not in KV_LAYOUTS:
             raise fields.FieldError(f"KV-cache layout {layout!r} is not supported by this runtime "
@@ -102,7 +116,21 @@ class KvCache:
         dtype = fields.text(d, "dtype", "kv_cache", optional=True) or "float32"
         if dtype not in KV_DTYPES:
             raise fields.FieldError(f"KV-cache dtype {dtype!r} is not supported by this runtime")
-        return cls(layout, dtype)
+        if layout != "static":
+            return cls(layout, dtype)
+        max_len = fields.integer(d, "max_len", "kv_cache", 2, g.max_position_embeddings)
+        lengths = d.get("prefill_lengths")
+        if (not isinstance(lengths, list) or not 1 <= len(lengths) <= MAX_PREFILL_GRAPHS
+                or any(not isinstance(n, int) or isinstance(n, bool) for n in lengths)
+                or lengths != sorted(set(lengths)) or not 2 <= lengths[0] or lengths[-1] > max_len):
+            raise fields.FieldError(f"kv_cache.prefill_lengths must be 1 to {MAX_PREFILL_GRAPHS} increasing "
+                                    f"integers from 2 to max_len ({max_len})")
+        return cls(layout, dtype, max_len, tuple(lengths))
+
+
+def prefill_graph(length: int) -> str:
+    """The graph entry (and file stem) of the static layout's prefill graph for prefixes of `length` tokens."""
+    return f"decoder_prefill_{length}"
 
 
 @dataclass(frozen=True)
@@ -253,13 +281,15 @@ def _parse(root: Path, raw: dict) -> Manifest:
     files = _files(fields.section(raw, "files", "manifest"))
     geometry = Geometry.from_dict(fields.section(raw, "geometry", "manifest"))
     graphs_raw = fields.section(raw, "graphs", "manifest")
+    kv_cache = KvCache.from_dict(fields.section(raw, "kv_cache", "manifest"), geometry)
     graphs = {}
-    for name in GRAPHS + OPTIONAL_GRAPHS:
-        g = fields.section(graphs_raw, name, "graphs", optional=name in OPTIONAL_GRAPHS)
+    # a static bundle's prefill graphs are listed once its graphs have fixed shapes (the build's last steps)
+    optional = OPTIONAL_GRAPHS + tuple(kv_cache.prefill_graphs.values())
+    for name in GRAPHS + optional:
+        g = fields.section(graphs_raw, name, "graphs", optional=name in optional)
         if g is not None:
             graphs[name] = GraphEntry.from_dict(g, f"graphs.{name}", files, mask=name == "mask_decoder")
-    return Manifest(geometry=geometry, graphs=graphs,
-                    kv_cache=KvCache.from_dict(fields.section(raw, "kv_cache", "manifest")),
+    return Manifest(geometry=geometry, graphs=graphs, kv_cache=kv_cache,
                     tokenizer=TokenizerInfo.from_dict(fields.section(raw, "tokenizer", "manifest"), files),
                     preprocessing=Preprocessing.from_dict(fields.section(raw, "preprocessing", "manifest")),
                     generation=Generation.from_dict(fields.section(raw, "generation", "manifest"), geometry),

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from . import io_names as io
-from .session import SessionConfig, create_session
+from .session import SessionConfig, create_session, run_rows
 
 MASK_SIZE = 64
 
@@ -26,10 +26,11 @@ class MaskDecoder:
     """The bundle's mask decoder graph: codes [N, 16] int64 -> masks [N, 64, 64] float32 (the sizes of every
     PaliGemma; `codes`, the manifest's MaskCodes, also bounds the code values)."""
 
-    def __init__(self, path: Path, codes=None, session: SessionConfig | None = None):
+    def __init__(self, path: Path, codes=None, session: SessionConfig | None = None, one_row: bool = False):
         self.num_tokens, self.mask_size = (codes.num_tokens, codes.mask_size) if codes else (16, MASK_SIZE)
         self.num_codes = codes.num_codes if codes else None
         self.session = create_session(path, session or SessionConfig())
+        self.one_row = one_row  # a static bundle's graph: batch 1
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:
         codes = np.ascontiguousarray(np.asarray(codes, dtype=np.int64).reshape(-1, self.num_tokens))
@@ -37,8 +38,7 @@ class MaskDecoder:
             return np.zeros((0, self.mask_size, self.mask_size), dtype=np.float32)
         if self.num_codes and (codes.min() < 0 or codes.max() >= self.num_codes):  # else an onnxruntime error
             raise ValueError(f"<seg> codes must be in 0..{self.num_codes - 1}")
-        (masks,) = self.session.run([io.MASKS], {io.SEG_CODES: codes})
-        return masks
+        return run_rows(self.session, io.MASKS, {io.SEG_CODES: codes}, self.one_row)
 
 
 def box_pixels(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:

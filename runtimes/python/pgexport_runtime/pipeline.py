@@ -21,7 +21,7 @@ from .masks import MaskDecoder
 from .preprocess import preprocess
 from .prompt import PromptTokenizer
 from .sampling import Sampling
-from .session import SessionConfig, check_io, check_kv_layout, create_session
+from .session import SessionConfig, check_io, check_kv_layout, check_static, create_session
 from .structured import Answer, to_answer
 
 ImageLike = Image.Image | str | Path | np.ndarray  # a path, a PIL image, or uint8 HxW / HxWx3 / HxWx4
@@ -67,17 +67,24 @@ class PaliGemma:
         self.tokenizer = PromptTokenizer(m.tokenizer_file, self.geometry, tok.image_token, tok.bos_token)
         self.eos_ids = {self.geometry.eos_token_id}
         wanted = LOADS[load]
+        kv = m.kv_cache
         self.graphs = Graphs(
             vision=self._session("vision_encoder") if "vision_encoder" in wanted else None,
             projector=self._session("projector") if "projector" in wanted else None,
             decoder=self._session("decoder") if "decoder" in wanted else None,
             device=cfg.ort_device,
             device_id=cfg.device_id,
-            kv_layout=m.kv_cache.layout,
+            kv_layout=kv.layout,
+            max_len=kv.max_len or 0,
+            prefill_lengths=kv.prefill_lengths,
+            prefill={n: self._session(name) for n, name in kv.prefill_graphs.items()
+                     if name in m.graphs and "decoder" in wanted},
         )
+        if self.graphs.decoder is not None and kv.layout == "static":
+            check_static(self.graphs, m.path(m.graphs["decoder"].file))
         # optional graph (segment): 16 <seg> codes -> a 64x64 mask; None in bundles built without one
         entry = m.graphs.get("mask_decoder") if "decoder" in wanted else None
-        self.mask_decoder = MaskDecoder(m.path(entry.file), entry.codes, cfg) if entry else None
+        self.mask_decoder = MaskDecoder(m.path(entry.file), entry.codes, cfg, kv.layout == "static") if entry else None
         if self.mask_decoder is not None:
             check_io(self.mask_decoder.session, m.path(entry.file), self._expected_io("mask_decoder"), entry)
 
@@ -91,7 +98,7 @@ class PaliGemma:
         with released_while([self.manifest.path(f) for f in entry.data_files]) if release else nullcontext():
             session = create_session(self.manifest.path(entry.file), cfg)
         check_io(session, self.manifest.path(entry.file), self._expected_io(graph), entry)
-        if graph == "decoder":
+        if graph == "decoder" or graph in self.manifest.kv_cache.prefill_graphs.values():
             check_kv_layout(session, self.manifest.path(entry.file), self.manifest.kv_cache.layout,
                             io_names.past_key(0), io_names.present_key(0))
         return session

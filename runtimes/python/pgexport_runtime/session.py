@@ -101,13 +101,35 @@ def check_io(session: ort.InferenceSession, path: Path, expected: dict[str, dict
                                   f"says {size}; graph and manifest do not belong together")
 
 
+def run_rows(session: ort.InferenceSession, output: str, feeds: dict, one_row: bool = False):
+    """session.run for one output; one_row: a batch row at a time (a static bundle's graphs take batch 1)."""
+    batch = len(next(iter(feeds.values())))
+    if not one_row or batch <= 1:
+        return session.run([output], feeds)[0]
+    import numpy as np
+
+    return np.concatenate([session.run([output], {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(batch)])
+
+
 def check_kv_layout(session: ort.InferenceSession, path: Path, layout: str, past: str, present: str) -> None:
     """The manifest's KV-cache layout must be the decoder graph's: a "shared" graph returns a present as long as
     its past (the one buffer, written in place), a "concat" graph one longer by this call's tokens. Bound the
     wrong way, onnxruntime would fail in the middle of a generation."""
     shapes = {a.name: a.shape for a in (*session.get_inputs(), *session.get_outputs())}
     in_place = shapes[past][2] == shapes[present][2]
-    if in_place != (layout == "shared"):
+    if in_place != (layout in ("shared", "static")):
         does = "writes its KV cache in place" if in_place else "returns past + new tokens as its present"
         raise BundleError(f"{Path(path).name} {does}, but the manifest says KV-cache layout {layout!r}; graph and "
                           "manifest do not belong together")
+
+
+def check_static(graphs, path: Path) -> None:
+    """A static bundle whose decode graph takes one token only must have a prefill graph for every prefix length
+    its manifest lists (a bundle still being built has neither: its decoder takes any length)."""
+    from . import io_names
+
+    seq = {a.name: a.shape for a in graphs.decoder.get_inputs()}[io_names.INPUT_IDS][1]
+    missing = [n for n in graphs.prefill_lengths if n not in graphs.prefill]
+    if seq == 1 and missing:
+        raise BundleError(f"{Path(path).name} takes one token at a time, and the manifest lists no prefill graph "
+                          f"for {missing[0]} tokens; graphs and manifest do not belong together")
