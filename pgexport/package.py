@@ -69,25 +69,36 @@ def package(bundle: Path, out: Path, fmt: str = "ort", force: bool = False, mobi
             for name in (m.tokenizer.file,):
                 shutil.copyfile(m.path(name), writer.path(name))
             graphs, mobile = {}, {}
+            # a static bundle's prefill graphs read the decoder's weight file; float16 ONNX keeps it that way
+            prefill = set(m.kv_cache.prefill_graphs.values())
             for name, entry in m.graphs.items():
                 for f in (entry.file, *entry.data_files):
                     shutil.copyfile(m.path(f), stage / f)
+                shared = fmt == "onnx" and name in prefill
                 if activations == "fp16":
                     step(f"float16 {name}")
-                    data = _to_float16(stage / entry.file)
+                    if shared:
+                        data = _to_float16(stage / entry.file, share=writer.path(graphs["decoder"].file))
+                        for f in entry.data_files:  # the source's weights, copied for the conversion only
+                            (stage / f).unlink()
+                    else:
+                        data = _to_float16(stage / entry.file, external=bool(prefill) and name == "decoder")
                     entry = replace(entry, precision="fp16" if entry.precision == "fp32" else entry.precision,
                                     data_files=data)
-                if mobile_check:
-                    step(f"check {name} for mobile EPs")
-                    mobile[name] = mobile_verdicts(stage / entry.file)
                 if fmt == "ort":
+                    if mobile_check:
+                        step(f"check {name} for mobile EPs")
+                        mobile[name] = mobile_verdicts(stage / entry.file)
                     step(f"convert {name}")
-                    graphs[name] = replace(entry, file=_convert(stage / entry.file, writer.tmp, LEVEL[activations]),
-                                           data_files=())
+                    ort_file = _convert(stage / entry.file, writer.tmp, LEVEL[activations], entry.data_files)
+                    graphs[name] = replace(entry, file=ort_file, data_files=())
                 else:
-                    for f in (entry.file, *entry.data_files):
+                    for f in (entry.file, *(() if shared else entry.data_files)):
                         shutil.move(str(stage / f), writer.path(f))
                     graphs[name] = entry
+                    if mobile_check:
+                        step(f"check {name} for mobile EPs")
+                        mobile[name] = mobile_verdicts(writer.path(entry.file))
             if fmt == "ort":
                 _operators_config(stage, writer.tmp)
             shutil.rmtree(stage)
@@ -122,13 +133,14 @@ def measure(source: Path, writer: BundleWriter, image_size: int, samples: int = 
     return gate.evaluate(got, ref, tokens)
 
 
-def _convert(onnx_path: Path, out_dir: Path, level: str) -> str:
-    """One graph -> <name>.ort in out_dir (the tool writes next to its input; the .ort is moved)."""
+def _convert(onnx_path: Path, out_dir: Path, level: str, data_files: tuple[str, ...] = ()) -> str:
+    """One graph and its data files -> <name>.ort in out_dir (the tool writes next to its input; the .ort is
+    moved). The .ort holds the weights: a static bundle's prefill graphs each get their own copy."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     work = onnx_path.parent / f".{onnx_path.stem}"
     work.mkdir()
-    for f in onnx_path.parent.glob(onnx_path.name + "*"):
+    for f in {*onnx_path.parent.glob(onnx_path.name + "*"), *(onnx_path.parent / d for d in data_files)}:
         if f.is_file():
             shutil.move(str(f), work / f.name)
     logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)  # the tool logs each config it writes
@@ -155,9 +167,15 @@ def _convert(onnx_path: Path, out_dir: Path, level: str) -> str:
     return target
 
 
-def _to_float16(path: Path) -> tuple[str, ...]:
-    """One graph file rewritten with float16 activations (inputs and outputs float32); -> its data files."""
+def _to_float16(path: Path, external: bool = False, share: Path | None = None) -> tuple[str, ...]:
+    """One graph file rewritten with float16 activations (inputs and outputs float32); -> its data files.
+
+    external: weights in `<file>.data` whatever their size. share: an already converted graph of the same weights
+    (a static bundle's decoder) whose external weights this graph's same-named ones become references to, so
+    that they are on disk once; the converter is deterministic, so they are the same values."""
+    import numpy as np
     import onnx
+    from onnx import numpy_helper
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     from .export.onnx_export import EXTERNAL_DATA_THRESHOLD
@@ -171,8 +189,26 @@ def _to_float16(path: Path) -> tuple[str, ...]:
     model = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST,
                                      node_block_list=_int8_islands(model.graph), disable_shape_infer=True)
     _keep_float32_outputs(model, float_outputs)
-    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if model.ByteSize() >= 0 else True
+    if share is not None:
+        refs = {t.name: t for t in onnx.load(str(share), load_external_data=False).graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL}
+        used = set()
+        for t in model.graph.initializer:
+            ref = refs.get(t.name)
+            if ref is None or (ref.data_type, list(ref.dims)) != (t.data_type, list(t.dims)):
+                continue
+            if not np.array_equal(numpy_helper.to_array(ref, base_dir=str(share.parent)), numpy_helper.to_array(t)):
+                continue  # not the same values after all: this graph keeps its own
+            t.CopyFrom(ref)
+            used.update(e.value for e in ref.external_data if e.key == "location")
+        onnx.save(model, str(path))
+        return tuple(sorted(used))
+    # the weights' bytes, not model.ByteSize(): protobuf refuses to size a message past 2 GB (EncodeError)
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    external = external or weights > EXTERNAL_DATA_THRESHOLD
     onnx.save(model, str(path), save_as_external_data=external, location=path.name + ".data")
+    if external:  # onnx creates it private; it is as readable as the graph
+        (path.parent / (path.name + ".data")).chmod(path.stat().st_mode & 0o777)
     return (path.name + ".data",) if external else ()
 
 
@@ -244,14 +280,17 @@ def mobile_verdicts(onnx_path: Path) -> dict:
     `fixed_shapes` what it expects once the dynamic dimensions are fixed (None when there are none)."""
     import tempfile
 
+    import onnx
     from onnxruntime.tools.mobile_helpers import usability_checker as uc
-    from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
+    from onnxruntime.tools.onnx_model_utils import optimize_model
 
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(dir=onnx_path.parent) as tmp:  # as the checker's CLI: basic optimizations first
         basic = Path(tmp) / onnx_path.name
         optimize_model(onnx_path, basic, use_external_initializers=True)
-        model = ModelProtoWithShapeInfo(basic).model_with_shape_info
+        # its shape inference, on the graph without its weights (only their shapes count): the checker's own
+        # loader (ModelProtoWithShapeInfo) serializes the whole model, which protobuf refuses past 2 GB
+        model = onnx.shape_inference.infer_shapes(onnx.load(basic, load_external_data=False), strict_mode=True)
         dynamic, _ = uc.check_shapes(model.graph)
         checks = {"nnapi": uc.check_nnapi_partitions,
                   "coreml_nn": lambda mp, fixed: uc.check_coreml_partitions(mp, fixed, "coreml_supported_neuralnetwork_ops.md"),
