@@ -7,11 +7,23 @@ import { Rng, choose } from './sampling.js';
 
 /** pixel_values {data, dims} -> image embeddings, a flat Float32Array [B, N_img, D_text]. */
 export async function encodeImage(ort, graphs, pixelValues) {
-  const pixels = new ort.Tensor('float32', pixelValues.data, pixelValues.dims);
-  const features = (await graphs.vision.run({ [io.PIXEL_VALUES]: pixels }))[io.VISION_FEATURES];
-  const embeds = (await graphs.projector.run({ [io.VISION_FEATURES]: features }))[io.IMAGE_EMBEDS];
-  features.dispose();
-  return /** @type {Float32Array} */ (embeds.data);
+  // One image at a time, as in the Python runtime: a graph quantized with dynamic int8 (the int4 recipe's vision
+  // encoder) takes one activation scale over its whole input, so images encoded together would change each
+  // other's embeddings.
+  const [batch, ...rest] = pixelValues.dims;
+  const per = pixelValues.data.length / batch;
+  const parts = [];
+  for (let b = 0; b < batch; b++) {
+    const pixels = new ort.Tensor('float32', pixelValues.data.slice(b * per, (b + 1) * per), [1, ...rest]);
+    const features = (await graphs.vision.run({ [io.PIXEL_VALUES]: pixels }))[io.VISION_FEATURES];
+    const embeds = (await graphs.projector.run({ [io.VISION_FEATURES]: features }))[io.IMAGE_EMBEDS];
+    features.dispose();
+    parts.push(/** @type {Float32Array} */ (embeds.data));
+  }
+  if (parts.length === 1) return parts[0];
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  parts.forEach((p, b) => out.set(p, b * p.length));
+  return out;
 }
 
 /**
