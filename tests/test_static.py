@@ -106,6 +106,24 @@ def test_a_prompt_longer_than_the_longest_prefill_is_one_line(static, images):
         pg(images[0], "answer en " + "what is that " * 12, max_new_tokens=4)
 
 
+def test_a_call_past_the_cache_is_one_line(static, images):
+    """The runtime's own decode loop stops at the cache's end; a caller of decoder.decode (bench does) that goes
+    past it gets a UserError, not onnxruntime failing inside the graph."""
+    pg = PaliGemma(static["tiny-pg2"])
+    g = pg.geometry
+    ids = np.array([pg.tokenizer.prefix_ids(PROMPTS[0])], dtype=np.int64)  # 20 tokens, cache of 60
+    cache = pg.graphs.kv_cache(g, 1, 0)
+    mask = np.ones_like(ids)
+    decoder.prefill(pg.graphs, g, cache, ids, pg.image_embeddings([images[0]]), mask)
+    for _ in range(40):  # rows 20 .. 59
+        mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
+        decoder.decode(pg.graphs, g, cache, np.array([5]), mask)
+    mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
+    with pytest.raises(UserError, match=r"^this static bundle's KV cache holds 60 tokens \(--max-len at build\): "
+                                        r"60 cached \+ 1 new do not fit"):
+        decoder.decode(pg.graphs, g, cache, np.array([5]), mask)
+
+
 def test_static_options_are_checked():
     from pgexport.plan import BuildOptions, Plan
 

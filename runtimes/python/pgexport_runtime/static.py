@@ -39,6 +39,9 @@ def run(graphs, g: Geometry, cache, ids, image_embeds, attention_mask, token_typ
     cached = mask[:, :total - seq].sum(axis=1)  # each row's tokens already in the cache
     new = mask[:, total - seq:]
     width = 1 if seq == 1 else prefill_length(graphs.prefill_lengths, int(new.sum(axis=1).max()))
+    if int(cached.max()) + width > graphs.max_len:  # past it, onnxruntime fails inside the graph (rotary tables)
+        raise UserError(f"this static bundle's KV cache holds {graphs.max_len} tokens (--max-len at build): "
+                        f"{int(cached.max())} cached + {width} new do not fit")
     session = graphs.decoder if width == 1 else graphs.prefill.get(width, graphs.decoder)
     if width == 1:  # decode: its tokens are never <image> slots (token type 1); the graph takes one zero row
         image_embeds = np.zeros((batch, 1, g.text_hidden), dtype=np.float32)
