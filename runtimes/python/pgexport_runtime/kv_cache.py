@@ -71,9 +71,9 @@ class KVCache:
         shape[0] = 1
         offset = row * self.g.num_kv_heads * self.max_len * self.g.head_dim * 4  # float32 bytes
         for t, (past_name, present_name) in enumerate(self._names()):
-            for bind in (binding.bind_input, binding.bind_output):
-                bind(past_name if bind == binding.bind_input else present_name, self.device, self.device_id,
-                     np.float32, shape, self._ptr[t][0] + offset)
+            ptr = self._ptr[t][0] + offset
+            binding.bind_input(past_name, self.device, self.device_id, np.float32, shape, ptr)
+            binding.bind_output(present_name, self.device, self.device_id, np.float32, shape, ptr)
 
     def _names(self) -> list[tuple[str, str]]:
         names = []
