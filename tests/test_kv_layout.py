@@ -83,3 +83,14 @@ def test_an_unknown_kv_layout_is_one_line():
 
     with pytest.raises(UserError, match=r"^unknown --kv-cache 'paged' \(use one of concat, shared, static\)"):
         Plan.of(BuildOptions(model="tiny-pg1", kv_cache="paged"))
+
+
+def test_shared_layout_on_cuda_is_refused_at_load(shared):
+    """onnxruntime's CUDA GroupQueryAttention refuses the attention bias that carries the prefix-LM mask: one
+    line when the bundle is loaded for CUDA, not an onnxruntime error at the first decoder run. A load of the
+    vision half alone has no decoder and is not refused."""
+    from pgexport_runtime import SessionConfig
+
+    with pytest.raises(UserError, match="runs on the CPU only .* --kv-cache concat"):
+        PaliGemma(shared["tiny-pg1"], SessionConfig(device="cuda"))
+    PaliGemma(shared["tiny-pg1"], SessionConfig(device="cpu"))

@@ -122,3 +122,31 @@ def test_graphs_carry_onnxruntime_fusions(tiny, bundles):
     if tiny.geometry.attn_softcap is None:  # Gemma 2's soft-capping is a Tanh of its own
         assert dec["Tanh"] == 0
     assert vis["FastGelu"] >= 1 and vis["SkipLayerNormalization"] >= 1 and vis["Pow"] == 0
+    # SigLIP's unmasked attention is onnxruntime's MultiHeadAttention, one per layer, no Softmax left
+    assert vis["MultiHeadAttention"] == tiny.geometry.vision_layers and vis["Softmax"] == 0
+
+
+def test_vision_attention_op_is_transformers_attention(tiny):
+    """The vision graph's attention op (export/attention.py) against transformers' eager SigLIP attention on
+    the tiny model's first layer; exporting leaves the model's own attention setting as it was."""
+    from transformers.models.siglip.modeling_siglip import eager_attention_forward
+
+    from pgexport.export.vision import VisionEncoder
+
+    layer = tiny.model.model.vision_tower.encoder.layers[0].self_attn
+    gen = torch.Generator().manual_seed(1)
+    b, n = 2, 37
+    q, k, v = (torch.randn(b, layer.num_heads, n, layer.head_dim, generator=gen) for _ in range(3))
+    from pgexport.export.attention import unmasked_attention
+
+    want, _ = eager_attention_forward(layer, q, k, v, None, scaling=layer.scale)
+    got, _ = unmasked_attention(layer, q, k, v, None, scaling=layer.scale)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError):
+        unmasked_attention(layer, q, k, v, torch.zeros(b, 1, n, n), scaling=layer.scale)
+
+    config = tiny.model.model.vision_tower.config
+    before = config._attn_implementation
+    VisionEncoder(tiny.model)(torch.zeros(1, 3, tiny.geometry.image_size, tiny.geometry.image_size))
+    assert config._attn_implementation == before

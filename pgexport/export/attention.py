@@ -1,4 +1,12 @@
-"""Attention through onnxruntime's GroupQueryAttention, writing the KV cache in place (kv_cache.layout "shared").
+"""Attention through onnxruntime's fused operators: GroupQueryAttention in the decoder, writing the KV cache in place
+(kv_cache.layout "shared"), and MultiHeadAttention in the vision encoder.
+
+MultiHeadAttention (vision): SigLIP's attention has no mask, so the op gets query/key/value [B, N, heads * D]
+and nothing else; onnxruntime's CPU kernel then runs its flash path, which never holds a [N, N] score tensor
+per head (at 896 pixels, 16 heads x 4,096^2 float32 = 1.07 GB per layer in the unfused graph). CUDA and
+WebGPU have MultiHeadAttention kernels too.
+
+GroupQueryAttention (decoder, "shared" and "static" layouts):
 
 In the "concat" layout the decoder graph returns present = past + this call's keys, a new tensor every step, so
 onnxruntime copies the whole past into it each token. In the "shared" layout past and present are one
@@ -32,12 +40,15 @@ from onnxscript.values import Opset
 DOMAIN = "com.microsoft"
 
 
-def _register_schema() -> None:
+def _registered(name: str) -> bool:
     try:
-        onnx.defs.get_schema("GroupQueryAttention", 1, DOMAIN)
-        return
+        onnx.defs.get_schema(name, 1, DOMAIN)
+        return True
     except onnx.defs.SchemaError:
-        pass
+        return False
+
+
+def _register_schemas() -> None:
     optional = OpSchema.FormalParameterOption.Optional
 
     def arg(name: str, types: str = "T", required: bool = True) -> OpSchema.FormalParameter:
@@ -45,6 +56,15 @@ def _register_schema() -> None:
             return OpSchema.FormalParameter(name, types, "")
         return OpSchema.FormalParameter(name, types, "", param_option=optional)
 
+    if not _registered("MultiHeadAttention"):
+        onnx.defs.register_schema(OpSchema(
+            "MultiHeadAttention", DOMAIN, 1, "onnxruntime's contrib op, the inputs and attributes pgexport uses",
+            inputs=[arg("query"), arg("key"), arg("value")], outputs=[arg("output")],
+            type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "")],
+            attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "", required=True),
+                        OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "", required=False)]))
+    if _registered("GroupQueryAttention"):
+        return
     ints = ("num_heads", "kv_num_heads", "local_window_size", "do_rotary", "causal")
     floats = ("scale", "softcap")
     onnx.defs.register_schema(OpSchema(
@@ -60,7 +80,7 @@ def _register_schema() -> None:
         + [OpSchema.Attribute(n, OpSchema.AttrType.FLOAT, "", required=False) for n in floats]))
 
 
-_register_schema()
+_register_schemas()
 _msft = Opset(DOMAIN, 1)
 
 
@@ -103,4 +123,35 @@ def _to_onnx(query, key, value, past_key, past_value, seqlens, bias, num_heads: 
         causal=0, do_rotary=0, local_window_size=-1)
 
 
-TRANSLATIONS = {torch.ops.pgexport.group_query_attention.default: _to_onnx}
+@torch.library.custom_op("pgexport::multi_head_attention", mutates_args=())
+def multi_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int,
+                         scale: float) -> torch.Tensor:
+    """Unmasked attention: query, key, value and the output [B, N, heads * D]."""
+    b, n, width = query.shape
+    q, k, v = (t.view(b, -1, num_heads, width // num_heads).transpose(1, 2) for t in (query, key, value))
+    out = torch.softmax(q @ k.transpose(2, 3) * scale, dim=-1) @ v
+    return out.transpose(1, 2).reshape(b, n, width)
+
+
+@multi_head_attention.register_fake
+def _mha_shape(query, key, value, num_heads, scale):
+    return query.new_empty(query.shape)
+
+
+def _mha_to_onnx(query, key, value, num_heads: int, scale: float):
+    return _msft.MultiHeadAttention(query, key, value, num_heads=num_heads, scale=scale)
+
+
+def unmasked_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """A transformers attention function (AttentionInterface) over `multi_head_attention`, for attention without
+    a mask: query/key/value [B, heads, N, D] in, ([B, N, heads, D], None) out, as transformers' own return."""
+    if attention_mask is not None or dropout or kwargs.get("is_causal"):
+        raise ValueError("unmasked_attention: this attention has a mask, dropout or is causal")
+    b, heads, n, d = query.shape
+    flat = [t.transpose(1, 2).reshape(b, t.shape[2], heads * d) for t in (query, key, value)]
+    scale = d ** -0.5 if scaling is None else float(scaling)
+    return multi_head_attention(*flat, heads, scale).view(b, n, heads, d), None
+
+
+TRANSLATIONS = {torch.ops.pgexport.group_query_attention.default: _to_onnx,
+                torch.ops.pgexport.multi_head_attention.default: _mha_to_onnx}

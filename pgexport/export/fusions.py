@@ -10,7 +10,9 @@ onnxruntime build has.
 Rotary embedding: onnxscript's rule finds x*cos + rotate_half(x)*sin, but its rule for the cos/sin
 inputs expects transformers' MatMul(inv_freq, position_ids), which the exporter has already simplified
 to Mul(position_ids, inv_freq). `_RotaryFromPositions` matches that form and emits com.microsoft
-RotaryEmbedding with cos/sin tables computed in the graph from position 0 to max(position_ids).
+RotaryEmbedding with cos/sin tables of one row per token of the call (row i = the i-th position id, in batch
+order), the op's position ids then 0 .. B*S-1. Tables from position 0 to max(position_ids), as before, were
+recomputed on every decode step: 4,131 rows a token at 896 pixels, 1.3 ms of Cos and Sin per step.
 
 Only these rules run. In particular the FusedMatMul rules are left out: they would turn the tied
 lm_head's MatMul(x, Transpose(table)) into FusedMatMul, which the quantizer's shared-table rewrite and
@@ -51,12 +53,12 @@ class _RotaryFromPositions(pattern.RewriteRuleClassBase):
         return result
 
     def rewrite(self, op, x, position_ids, inv_freq, interleaved, num_heads, **_):
-        # cos/sin tables [max(position_ids) + 1, head_dim / 2], indexed by position id inside the op
-        last = op.Add(op.ReduceMax(position_ids, keepdims=0), op.Constant(value_int=1))
-        positions = op.Cast(op.Reshape(op.Range(op.Constant(value_int=0), last, op.Constant(value_int=1)),
-                                       op.Constant(value_ints=[-1, 1])), to=ir.DataType.FLOAT)
+        # cos/sin tables [B*S, head_dim / 2], row i for the i-th token's position; the op indexes them by row
+        positions = op.Cast(op.Reshape(position_ids, op.Constant(value_ints=[-1, 1])), to=ir.DataType.FLOAT)
         angles = op.Mul(positions, op.Reshape(inv_freq, op.Constant(value_ints=[1, -1])))
-        return op.RotaryEmbedding(x, position_ids, op.Cos(angles), op.Sin(angles), interleaved=interleaved,
+        rows = op.Reshape(op.Range(op.Constant(value_int=0), op.Size(position_ids), op.Constant(value_int=1)),
+                          op.Shape(position_ids))
+        return op.RotaryEmbedding(x, rows, op.Cos(angles), op.Sin(angles), interleaved=interleaved,
                                   num_heads=num_heads, _domain="com.microsoft")
 
 

@@ -3,9 +3,8 @@ decode graph and one prefill graph per prefix length, all reading the one decode
 
 The decoder is exported (and quantized) once with symbolic dimensions, in the static layout's semantics
 (decoder.DecoderWithPast: a mask over the whole buffer, a token's row its position - 1). Fixing shapes is then a
-matter of the graph's declared dimensions (onnxruntime.tools.onnx_model_utils) and one input of one node: the
-rotary tables, which the graph computes for positions 0 .. max(position_ids) (fusions.py), are computed for
-0 .. max_len, the most a static cache holds. The prefill graphs are copies of the decode graph's protobuf with
+matter of the graph's declared dimensions (onnxruntime.tools.onnx_model_utils): no length in the graph depends
+on a value (the rotary tables have one row per token of the call, fusions.py). The prefill graphs are copies of the decode graph's protobuf with
 other sizes whose initializers name the same external-data file at the same offsets, so a bundle holds the
 decoder's weights once however many lengths it has (a decoder small enough to hold its weights inside the graph
 file is first given a data file of its own, for the same reason). Every intermediate shape is then inferred by
@@ -18,7 +17,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx.numpy_helper
 from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
@@ -46,9 +44,9 @@ def fix_bundle(directory: Path, graphs: dict[str, GraphEntry], g: Geometry, kv: 
         out["decoder"] = decoder
     for n in kv.prefill_lengths:
         name = prefill_graph(n)
-        _fix(directory / decoder.file, directory / f"{name}.onnx", sizes | {io.SEQ: n}, kv.max_len)
+        _fix(directory / decoder.file, directory / f"{name}.onnx", sizes | {io.SEQ: n})
         out[name] = replace(decoder, file=f"{name}.onnx")
-    _fix(directory / decoder.file, directory / decoder.file, sizes | {io.SEQ: 1, io.IMAGE_TOKENS: 1}, kv.max_len)
+    _fix(directory / decoder.file, directory / decoder.file, sizes | {io.SEQ: 1, io.IMAGE_TOKENS: 1})
     for name, entry in graphs.items():
         if name != "decoder":
             _fix(directory / entry.file, directory / entry.file, sizes)
@@ -69,12 +67,10 @@ def _externalize(path: Path) -> str:
     return data
 
 
-def _fix(source: Path, target: Path, sizes: dict[str, int], max_len: int | None = None) -> None:
+def _fix(source: Path, target: Path, sizes: dict[str, int]) -> None:
     model = onnx.load(source, load_external_data=False)
     for param, value in sizes.items():
         make_dim_param_fixed(model.graph, param, value)
-    if max_len is not None:
-        _rotary_tables(model.graph, max_len + 1)
     del model.graph.value_info[:]
     model.graph.value_info.extend(_inferred(model))
     dynamic = _dynamic(model, intermediate=True)
@@ -108,19 +104,3 @@ def _dynamic(model: onnx.ModelProto, intermediate: bool = False) -> list[str]:
     values = [*model.graph.input, *model.graph.output, *(model.graph.value_info if intermediate else ())]
     return [f"{v.name}[{i}]" for v in values for i, d in enumerate(v.type.tensor_type.shape.dim)
             if not d.HasField("dim_value")]
-
-
-def _rotary_tables(graph: onnx.GraphProto, rows: int) -> None:
-    """Range(0, ReduceMax(position_ids) + 1) -> Range(0, rows): the one data-dependent length in the graph."""
-    made = {out: node for node in graph.node for out in node.output}
-    changed = 0
-    for node in graph.node:
-        add = made.get(node.input[1]) if node.op_type == "Range" else None
-        top = made.get(add.input[0]) if add is not None and add.op_type == "Add" else None
-        if top is not None and top.op_type == "ReduceMax" and top.input[0] == io.POSITION_IDS:
-            name = f"{node.name or 'range'}_static_limit"
-            graph.initializer.append(onnx.numpy_helper.from_array(np.array(rows, dtype=np.int64), name))
-            node.input[1] = name
-            changed += 1
-    if changed == 0:
-        raise StaticShapeError("the decoder graph has no rotary-table Range over position_ids to fix")

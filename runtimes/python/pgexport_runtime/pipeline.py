@@ -68,10 +68,18 @@ class PaliGemma:
         self.eos_ids = {self.geometry.eos_token_id}
         wanted = LOADS[load]
         kv = m.kv_cache
+        if cfg.device == "cuda" and kv.layout != "concat" and "decoder" in wanted:
+            # onnxruntime's CUDA GroupQueryAttention refuses an attention_bias input, which carries the prefix-LM
+            # mask in these graphs: it would fail at the first decoder run, not here
+            raise UserError(f"a bundle with KV-cache layout {kv.layout!r} runs on the CPU only (onnxruntime's CUDA "
+                            "GroupQueryAttention takes no attention bias); for CUDA build with --kv-cache concat")
+        # the decoder first: its load, where prepacking holds mapped weight pages beside the packed copies until
+        # they are given back, then peaks with nothing else loaded
+        decoder = self._session("decoder") if "decoder" in wanted else None
         self.graphs = Graphs(
             vision=self._session("vision_encoder") if "vision_encoder" in wanted else None,
             projector=self._session("projector") if "projector" in wanted else None,
-            decoder=self._session("decoder") if "decoder" in wanted else None,
+            decoder=decoder,
             device=cfg.ort_device,
             device_id=cfg.device_id,
             kv_layout=kv.layout,

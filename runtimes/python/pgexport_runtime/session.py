@@ -33,6 +33,10 @@ class SessionConfig:
     # While each graph loads and after, give back the resident pages of its mmapped weight files that
     # prepacking has copied (mapped.py): about 330 MB less RSS at PaliGemma-3B int4, same outputs. Linux only.
     release_mapped_weights: bool = True
+    # onnxruntime's CPU memory arena keeps every extent it has grown to, and grew on each generation with new
+    # shapes: PaliGemma-3B-896 int4 peaked at 14.9 GB after two generations with it, 7.5 GB after three
+    # without (benchmarks/memory_stages.py). Off, large buffers go back to the system after each call.
+    mem_arena: bool = False
     # onnxruntime's per-node profiler: a JSON trace per graph, PREFIX_<graph>_<time>.json, written when the
     # session's end_profiling() is called (benchmarks/profile_ops.py reads them). Off by default.
     profile_prefix: str = ""
@@ -65,6 +69,7 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
     opts.inter_op_num_threads = cfg.inter_op_threads
     opts.graph_optimization_level = _OPT[cfg.optimization]
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = cfg.mem_arena
     if not cfg.prepack:
         opts.add_session_config_entry("session.disable_prepacking", "1")
     if cfg.profile_prefix:
