@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,9 +25,18 @@ def write_errors(target: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno not in WRITE_ERRNOS:
-            raise
-        raise UserError(f"cannot write {target}: {exc.strerror or exc}; nothing was written") from None
+        if exc.errno in WRITE_ERRNOS:
+            raise UserError(f"cannot write {target}: {exc.strerror or exc}; nothing was written") from None
+        if exc.errno is None and SHORT_WRITE.match(str(exc)):
+            raise UserError(f"cannot write {target}: no space left on device (or a file size limit); nothing "
+                            "was written") from None
+        raise
+
+
+# numpy's ndarray.tofile (onnx_ir writes external weights with it) reports a full disk as an OSError of its own
+# with no errno: "Not enough free space to write N bytes after offset M" when its fallocate fails with ENOSPC,
+# "N requested and M written" when the write itself comes up short (ENOSPC, EFBIG)
+SHORT_WRITE = re.compile(r"^(Not enough free space to write \d+ bytes|\d+ requested and \d+ written)")
 
 
 @contextmanager

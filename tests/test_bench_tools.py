@@ -67,3 +67,22 @@ def test_profile_ops_splits_prefill_and_decode(int4_bundle, tmp_path):
     assert "MatMulNBits" in stages["prefill"]["by_op_ms"] and "MatMulNBits" in stages["decode (per token)"]["by_op_ms"]
     assert json.loads((tmp_path / "profile.json").read_text())["new_tokens"] == 5
     assert "| op | ms | share |" in profile_ops.table(result, 3)
+
+
+def test_memory_stages_reports_every_stage_for_both_arena_settings(bundles):
+    """benchmarks/memory_stages.py: one fresh process per setting, a row per stage and generation; the peak so
+    far never falls and never sits below the current RSS."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_stages.py"
+    out = subprocess.run([sys.executable, str(script), str(bundles["tiny-pg1"]), "--generations", "2",
+                          "--new-tokens", "3"], check=True, capture_output=True, text=True).stdout
+    assert "| stage | arena on | arena off |" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and " / " in line]
+    labels = [r.split("|")[1].strip() for r in rows]
+    assert labels == ["load"] + [f"{s} #{n}" for n in (1, 2) for s in ("vision", "projector", "prefill", "decode")]
+    for column in (2, 3):
+        cells = [[float(x) for x in r.split("|")[column].split("/")] for r in rows]
+        peaks = [c[1] for c in cells]
+        assert peaks == sorted(peaks) and all(peak >= rss for rss, peak, _ in cells)
+        assert all(0 < anon <= rss for rss, _, anon in cells)

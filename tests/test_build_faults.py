@@ -105,3 +105,32 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {tmp_path / 'b'}:"), lines
     assert "nothing was written" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("limit", [None, 100_000])
+def test_numpy_short_write_is_a_full_disk(tmp_path, limit):
+    """onnx_ir writes external weights with numpy's tofile, which reports a full disk as an OSError of its own
+    without errno (a 3B build that filled the disk printed a traceback): write_errors makes it the one-line
+    full-disk error. /dev/full answers every write with ENOSPC; RLIMIT_FSIZE cuts a write short with EFBIG."""
+    import resource
+
+    import numpy as np
+
+    from pgexport.files import write_errors
+    from pgexport_runtime.errors import UserError
+
+    target = Path("/dev/full") if limit is None else tmp_path / "w.bin"
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if limit is not None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, before[1]))
+    try:
+        with pytest.raises(UserError, match="no space left on device .* nothing was written"):
+            with write_errors(tmp_path / "b"), open(target, "wb") as f:
+                np.zeros(1 << 20, np.float32).tofile(f)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        signal.signal(signal.SIGXFSZ, handler)
+    with pytest.raises(OSError, match="unrelated"):  # other errors are not turned into a full disk
+        with write_errors(tmp_path / "b"):
+            raise OSError("unrelated")
