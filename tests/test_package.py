@@ -114,3 +114,30 @@ def test_fp16_activations_agree_with_the_source_bundle(demo_bundles, tmp_path, q
         kinds = {i.data_type for i in g.graph.initializer if len(i.dims) == 2}
         assert onnx.TensorProto.FLOAT16 in kinds and onnx.TensorProto.FLOAT not in kinds
         assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in g.graph.output)
+
+
+def test_contrib_schemas_live_only_while_exporting(bundles):
+    """The exporter registers onnx schemas for onnxruntime's attention ops (they have no shape inference) while it
+    builds their nodes, and takes them back after: registered, onnx's strict inference (the mobile checker's)
+    dropped the type of MultiHeadAttention's output and failed at the next node of the vision encoder."""
+    import onnx
+
+    from pgexport.export.attention import DOMAIN, contrib_schemas
+    from pgexport.package import mobile_verdicts
+
+    def registered(name):
+        try:
+            onnx.defs.get_schema(name, 1, DOMAIN)
+            return True
+        except onnx.defs.SchemaError:
+            return False
+
+    names = ("MultiHeadAttention", "GroupQueryAttention")
+    assert not any(registered(n) for n in names)
+    with contrib_schemas():
+        assert all(registered(n) for n in names)
+    assert not any(registered(n) for n in names)
+    vision = onnx.load(str(bundles["tiny-pg1"] / "vision_encoder.onnx"), load_external_data=False)
+    assert any(n.op_type == "MultiHeadAttention" for n in vision.graph.node)
+    onnx.shape_inference.infer_shapes(vision, strict_mode=True)
+    assert mobile_verdicts(bundles["tiny-pg1"] / "vision_encoder.onnx")["nnapi"]["nodes"] > 0

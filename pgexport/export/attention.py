@@ -31,6 +31,8 @@ for the exporter to build the node from.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import onnx
 import torch
 from onnx.defs import OpSchema
@@ -48,7 +50,23 @@ def _registered(name: str) -> bool:
         return False
 
 
-def _register_schemas() -> None:
+@contextmanager
+def contrib_schemas():
+    """onnx's registry holds schemas for the contrib ops while the exporter builds their nodes, and not after:
+    these schemas have no shape inference, and onnx's own inference (the mobile checker's, in `package`) would
+    otherwise drop the types of their outputs that the exported graph records (a fp16 vision encoder then
+    failed strict inference at the Reshape after MultiHeadAttention)."""
+    added = _register_schemas()
+    try:
+        yield
+    finally:
+        for name in added:
+            onnx.defs.deregister_schema(name, 1, DOMAIN)
+
+
+def _register_schemas() -> list[str]:
+    """Register the schemas onnx does not know; -> the names registered here."""
+    added = []
     optional = OpSchema.FormalParameterOption.Optional
 
     def arg(name: str, types: str = "T", required: bool = True) -> OpSchema.FormalParameter:
@@ -63,8 +81,9 @@ def _register_schemas() -> None:
             type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "")],
             attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "", required=True),
                         OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "", required=False)]))
+        added.append("MultiHeadAttention")
     if _registered("GroupQueryAttention"):
-        return
+        return added
     ints = ("num_heads", "kv_num_heads", "local_window_size", "do_rotary", "causal")
     floats = ("scale", "softcap")
     onnx.defs.register_schema(OpSchema(
@@ -78,9 +97,10 @@ def _register_schemas() -> None:
                           ("P", ["tensor(int64)"], "")],
         attributes=[OpSchema.Attribute(n, OpSchema.AttrType.INT, "", required=False) for n in ints]
         + [OpSchema.Attribute(n, OpSchema.AttrType.FLOAT, "", required=False) for n in floats]))
+    added.append("GroupQueryAttention")
+    return added
 
 
-_register_schemas()
 _msft = Opset(DOMAIN, 1)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ..weights import parameter_names
 from . import bind
-from .attention import TRANSLATIONS
+from .attention import TRANSLATIONS, contrib_schemas
 from .fusions import fuse_for_ort
 
 OPSET = 18
@@ -32,7 +32,7 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_sh
     write: None to save the graph as exported; or `write(model, path)`, which saves it otherwise (quantized)."""
     module.eval()
     external = param_bytes > EXTERNAL_DATA_THRESHOLD
-    with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
+    with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter(), contrib_schemas():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,
