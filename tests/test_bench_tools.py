@@ -16,6 +16,7 @@ from pgexport_runtime.manifest import load_manifest, sha256_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import accuracy_level_variant  # noqa: E402
+import image_cache_ttft  # noqa: E402
 import profile_ops  # noqa: E402
 from test_quant import quantized_copy  # noqa: E402
 
@@ -86,3 +87,14 @@ def test_memory_stages_reports_every_stage_for_both_arena_settings(bundles):
         peaks = [c[1] for c in cells]
         assert peaks == sorted(peaks) and all(peak >= rss for rss, peak, _ in cells)
         assert all(0 < anon <= rss for rss, _, anon in cells)
+
+
+def test_image_cache_ttft_counts_vision_runs_per_round(bundles):
+    """benchmarks/image_cache_ttft.py: with the cache off the vision graph runs once per prompt, with it on once
+    per image; a cache hit's image stage is not a vision run (the times themselves are for the benchmark)."""
+    off = image_cache_ttft.measure(str(bundles["tiny-pg1"]), 0, prompts=3, repeats=2, threads=1)
+    on = image_cache_ttft.measure(str(bundles["tiny-pg1"]), 64 << 20, prompts=3, repeats=2, threads=1)
+    assert off["vision_runs_per_round"] == [3, 3] and on["vision_runs_per_round"] == [1, 1]
+    for r in (off, on):
+        assert len(r["ttft_s"]) == len(r["image_s"]) == 3
+        assert all(0 < v < t for t, v in zip(r["ttft_s"], r["image_s"]))

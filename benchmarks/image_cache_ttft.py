@@ -1,0 +1,85 @@
+"""Time to first token of several prompts about one image, with the runtime's image-feature cache on and off.
+
+    python benchmarks/image_cache_ttft.py BUNDLE [--prompts 3] [--repeats 3] [--threads 2]
+
+Each setting runs in this process on its own PaliGemma (the same bundle), one after the other: one warm-up
+generation, then REPEATS rounds, each on a new generated image (so the first prompt of a round is a cache miss)
+asking PROMPTS different prompts about it one call at a time, as an app would. TTFT is the time from the call
+to the first token's callback (`on_token`): preprocessing, the vision encoder and projector when they run,
+prefill. Prints, per prompt position and setting, the median TTFT and the median time spent getting the image's
+features (`image_embeddings`: preprocessing, the cache lookup, and the vision encoder and projector when they run;
+the rest of TTFT is tokenizing and prefill), and the vision graph's runs per round (counted by wrapping the
+session's `run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+PROMPTS = ("caption en", "answer en what is on the left?", "detect circle", "ocr", "answer en how many shapes?")
+
+
+def measure(bundle: str, cache_bytes: int, prompts: int, repeats: int, threads: int) -> dict:
+    from pgexport.parity import parity_image
+    from pgexport_runtime import PaliGemma, SessionConfig
+
+    pg = PaliGemma(bundle, SessionConfig(intra_op_threads=threads), image_cache_bytes=cache_bytes)
+    runs = {"vision": 0}
+    vision_run = pg.graphs.vision.run
+
+    def counted(*args, **kwargs):
+        runs["vision"] += 1
+        return vision_run(*args, **kwargs)
+
+    pg.graphs.vision.run = counted
+    image_s = []
+    embeddings = pg.image_embeddings
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = embeddings(*args, **kwargs)
+        image_s.append(time.perf_counter() - t0)
+        return out
+
+    pg.image_embeddings = timed
+    size = pg.geometry.image_size
+    pg.generate([parity_image(size, seed=1000)], ["caption en"], max_new_tokens=2)  # warm-up, another image
+    ttft = [[] for _ in range(prompts)]
+    features = [[] for _ in range(prompts)]
+    vision_runs = []
+    for r in range(repeats):
+        image, before = parity_image(size, seed=r), runs["vision"]
+        for i in range(prompts):
+            first = []
+            t0 = time.perf_counter()
+            pg.generate([image], [PROMPTS[i % len(PROMPTS)]], max_new_tokens=2,
+                        on_token=lambda *_: first or first.append(time.perf_counter()))
+            ttft[i].append(first[0] - t0)
+            features[i].append(image_s[-1])
+        vision_runs.append(runs["vision"] - before)
+    return {"ttft_s": [statistics.median(t) for t in ttft], "image_s": [statistics.median(t) for t in features],
+            "vision_runs_per_round": vision_runs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle")
+    ap.add_argument("--prompts", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    rows = {name: measure(args.bundle, cache, args.prompts, args.repeats, args.threads)
+            for name, cache in (("cache off", 0), ("cache on", 64 << 20))}
+    print("| setting | " + " | ".join(f"prompt {i + 1}: TTFT (image features)" for i in range(args.prompts))
+          + " | vision runs per round |")
+    print("|---|" + "---:|" * (args.prompts + 1))
+    for name, r in rows.items():
+        cells = (f"{t * 1e3:.0f} ms ({v * 1e3:.0f} ms)" for t, v in zip(r["ttft_s"], r["image_s"]))
+        print(f"| {name} | " + " | ".join(cells)
+              + f" | {', '.join(map(str, r['vision_runs_per_round']))} |")
+
+
+if __name__ == "__main__":
+    main()
