@@ -17,6 +17,7 @@ from pgexport_runtime.manifest import load_manifest, sha256_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import accuracy_level_variant  # noqa: E402
 import image_cache_ttft  # noqa: E402
+import merge_siblings  # noqa: E402
 import profile_ops  # noqa: E402
 from test_quant import quantized_copy  # noqa: E402
 
@@ -98,3 +99,30 @@ def test_image_cache_ttft_counts_vision_runs_per_round(bundles):
     for r in (off, on):
         assert len(r["ttft_s"]) == len(r["image_s"]) == 3
         assert all(0 < v < t for t, v in zip(r["ttft_s"], r["image_s"]))
+
+
+def test_merge_siblings_gives_the_same_logits_with_fewer_matmulnbits(int4_bundle, images, tmp_path):
+    """benchmarks/merge_siblings.py: q/k/v and gate/up of each layer become one MatMulNBits and a Split; the
+    decoder's logits do not change by a bit, and the source bundle is untouched."""
+    from pgexport_runtime import decoder
+
+    before = {f: sha256_file(int4_bundle / f) for f in load_manifest(int4_bundle).raw["files"]}
+    dst = tmp_path / "merged"
+    groups = merge_siblings.derive(int4_bundle, dst)
+    layers = load_manifest(int4_bundle).geometry.text_layers
+    assert groups == 2 * layers  # (q, k, v) and (gate, up) in every layer
+    assert {f: sha256_file(int4_bundle / f) for f in before} == before
+
+    def nbits(bundle):
+        return sum(n.op_type == "MatMulNBits" for n in onnx.load(str(bundle / "decoder.onnx")).graph.node)
+
+    assert nbits(dst) == nbits(int4_bundle) - 3 * layers  # 5 nodes a layer became 2
+    assert load_manifest(dst).raw["build"]["derived"]["matmulnbits_siblings_merged"] == groups
+    logits = []
+    for bundle in (int4_bundle, dst):
+        pg = PaliGemma(bundle)
+        embeds = pg.image_embeddings([images[0]])
+        ids, mask = pg.tokenizer.batch(["caption en"])
+        cache = pg.graphs.kv_cache(pg.geometry, 1, ids.shape[1] + 4)
+        logits.append(decoder.prefill(pg.graphs, pg.geometry, cache, ids, embeds, mask))
+    assert np.array_equal(logits[0], logits[1]) and np.ptp(logits[0]) > 0
