@@ -3,13 +3,13 @@ decode graph and one prefill graph per prefix length, all reading the one decode
 
 The decoder is exported (and quantized) once with symbolic dimensions, in the static layout's semantics
 (decoder.DecoderWithPast: a mask over the whole buffer, a token's row its position - 1). Fixing shapes is then a
-matter of the graph's declared dimensions (onnxruntime.tools.onnx_model_utils): no length in the graph depends
-on a value (the rotary tables have one row per token of the call, fusions.py). The prefill graphs are copies of the decode graph's protobuf with
-other sizes whose initializers name the same external-data file at the same offsets, so a bundle holds the
-decoder's weights once however many lengths it has (a decoder small enough to hold its weights inside the graph
-file is first given a data file of its own, for the same reason). Every intermediate shape is then inferred by
-onnxruntime's symbolic shape inference and recorded, so that tools that read the file (the mobile usability
-checker, execution providers that partition before running) see no dynamic dimension either.
+matter of the graph's declared dimensions (onnxruntime.tools.onnx_model_utils): no length in the graph depends on a
+value (the rotary tables have one row per token of the call, fusions.py). The prefill graphs are copies of the
+decode graph's protobuf with other sizes whose initializers name the same external-data file at the same offsets,
+so a bundle holds the decoder's weights once however many lengths it has (a decoder small enough to hold its
+weights inside the graph file is first given a data file of its own, for the same reason). Every intermediate shape
+is then inferred by onnxruntime's symbolic shape inference and recorded, so that tools that read the file (the
+mobile usability checker, execution providers that partition before running) see no dynamic dimension either.
 """
 
 from __future__ import annotations
