@@ -14,9 +14,10 @@ import json
 
 import torch
 
-from pgexport import heldout, sources
-from pgexport.parity import parity_image
-from pgexport.quant.samples import PROMPTS, is_demo
+from pgexport.verify import image_prompts
+from pgexport.source import sources
+from pgexport.verify.parity import parity_image
+from pgexport.verify.samples import PROMPTS, is_demo
 
 FP16_MAX = 65504.0
 
@@ -29,7 +30,7 @@ def measure(model_spec: str | None, n: int) -> dict:
     processor = AutoProcessor.from_pretrained(source.directory)
     g = sources.load_geometry(source)
     if is_demo(source):
-        rows = heldout.read(heldout.DEMO_SET, "eval", limit=n)
+        rows = image_prompts.read(image_prompts.DEMO_SET, "eval", limit=n)
         pairs = [(r.load(), r.prompt) for r in rows]
     else:
         pairs = [(parity_image(g.image_size, seed=i), PROMPTS[i % len(PROMPTS)]) for i in range(n)]

@@ -3,7 +3,7 @@
     python benchmarks/answers_iou.py BUNDLE [--n 50] [--json out.json]
 
 Runs the torch-free runtime (`PaliGemma.answers`) on the held-out detect and segment examples of
-tools/demo/evaluate.py (EVAL_SEED) and scores them like the demo's evaluation: detections matched
+tools/demo_model/evaluate.py (EVAL_SEED) and scores them like the demo's evaluation: detections matched
 one-to-one to ground truth (label must agree) -> mean matched box IoU, recall@0.5, precision@0.5;
 segments -> per-image mask IoU, sum(matched IoU) / max(n_gt, n_pred), averaged.
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (the demo
 
 from pgexport.bench import metrics  # noqa: E402
 from pgexport_runtime import PaliGemma, SessionConfig  # noqa: E402
-from tools.demo import evaluate  # noqa: E402
+from tools.demo_model import evaluate  # noqa: E402
 
 
 def score(pg: PaliGemma, n: int, batch: int = 16) -> dict:

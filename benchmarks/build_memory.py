@@ -14,7 +14,7 @@ import resource
 import time
 from pathlib import Path
 
-from pgexport.build import BuildOptions, build
+from pgexport.build.bundle_steps import BuildOptions, build
 
 
 def memory_gb() -> tuple[float, float]:

@@ -5,7 +5,7 @@
 
 One process per run (VmHWM only grows). The model is loaded first (a preset's random weights, or a checkpoint),
 then the decoder is exported:
-- whole: `torch.onnx.export(optimize=True)` of the loaded module, the path every build took before issue 21;
+- whole: `torch.onnx.export(optimize=True)` of the loaded module, a whole-model export;
 - bound: the architecture exported on the meta device and the weights bound one tensor at a time
   (pgexport.export.bind), what builds do now.
 Prints RSS after loading, the peak during the export above it, and the export's seconds.
@@ -17,10 +17,10 @@ import argparse
 import time
 from pathlib import Path
 
-from pgexport import sources
+from pgexport.source import sources
 from pgexport.export import decoder, graphs
 from pgexport.export.onnx_export import export_graph, param_bytes
-from pgexport.weights import ModuleWeights
+from pgexport.source.weights import ModuleWeights
 
 
 def status_gb(key: str) -> float:

@@ -30,7 +30,7 @@ def export_gemma(source_spec: str, out: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
-    from pgexport import sources
+    from pgexport.source import sources
 
     if (out / "config.json").exists():
         return out

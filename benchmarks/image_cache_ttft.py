@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 PROMPTS = ("caption en", "answer en what is on the left?", "detect circle", "ocr", "answer en how many shapes?")
 
 
 def measure(bundle: str, cache_bytes: int, prompts: int, repeats: int, threads: int) -> dict:
-    from pgexport.parity import parity_image
+    from pgexport.verify.parity import parity_image
     from pgexport_runtime import PaliGemma, SessionConfig
 
     pg = PaliGemma(bundle, SessionConfig(intra_op_threads=threads), image_cache_bytes=cache_bytes)
@@ -63,22 +64,32 @@ def measure(bundle: str, cache_bytes: int, prompts: int, repeats: int, threads: 
             "vision_runs_per_round": vision_runs}
 
 
+COLUMNS = ("setting", "prompt", "TTFT ms", "image features ms", "vision runs per round")
+
+
 def main() -> None:
+    from pgexport.bench.harness import write_measurement
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="image_cache_ttft", help="docs/measurements/NAME.md is written")
+    ap.add_argument("--out-dir", type=Path, default=None, help="write NAME.md here instead of docs/measurements")
     args = ap.parse_args()
-    rows = {name: measure(args.bundle, cache, args.prompts, args.repeats, args.threads)
-            for name, cache in (("cache off", 0), ("cache on", 64 << 20))}
-    print("| setting | " + " | ".join(f"prompt {i + 1}: TTFT (image features)" for i in range(args.prompts))
-          + " | vision runs per round |")
-    print("|---|" + "---:|" * (args.prompts + 1))
-    for name, r in rows.items():
-        cells = (f"{t * 1e3:.0f} ms ({v * 1e3:.0f} ms)" for t, v in zip(r["ttft_s"], r["image_s"]))
-        print(f"| {name} | " + " | ".join(cells)
-              + f" | {', '.join(map(str, r['vision_runs_per_round']))} |")
+    rows = []
+    for name, cache in (("cache off", 0), ("cache on", 64 << 20)):
+        r = measure(args.bundle, cache, args.prompts, args.repeats, args.threads)
+        runs = ", ".join(map(str, r["vision_runs_per_round"]))
+        rows += [(name, i + 1, round(t * 1e3), round(v * 1e3), runs) for i, (t, v) in
+                 enumerate(zip(r["ttft_s"], r["image_s"]))]
+    path = write_measurement(args.name, f"Time to first token with the image cache on and off ({args.bundle})",
+                             "benchmarks/image_cache_ttft.py", COLUMNS, rows,
+                             [f"Medians of {args.repeats} rounds; each round asks {args.prompts} prompts about one "
+                              "new image, one call per prompt. Image features: preprocessing, the cache lookup and, "
+                              "on a miss, the vision encoder and projector."], args.out_dir)
+    print(path.read_text(), end="")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Decode cost against context length for the KV-cache layouts "concat" and "shared" (issue 18, item 3).
+"""Decode cost against context length for the KV-cache layouts "concat" and "shared".
 
     python benchmarks/kv_layout.py --bundle concat=/tmp/b3 --bundle shared=/tmp/b3s --lengths 256,1024,4096
 

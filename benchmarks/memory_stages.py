@@ -25,7 +25,7 @@ def child(bundle: str, arena: bool, generations: int, new_tokens: int) -> None:
     import numpy as np
 
     from pgexport.bench.onnx_engine import OnnxEngine
-    from pgexport.parity import parity_image
+    from pgexport.verify.parity import parity_image
     from pgexport_runtime import SessionConfig
     from pgexport_runtime.mapped import _mappings
 
@@ -54,38 +54,43 @@ def child(bundle: str, arena: bool, generations: int, new_tokens: int) -> None:
     print(json.dumps(rows))
 
 
-def table(bundle: str, runs: dict[str, list[dict]]) -> str:
-    gb = lambda b: f"{b / 1e9:.2f}"  # noqa: E731
-    size = sum(p.stat().st_size for p in Path(bundle).iterdir() if p.is_file())
-    lines = [f"{bundle} ({gb(size)} GB on disk): RSS / peak RSS so far / anonymous, GB", "",
-             "| stage | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
-    for i, row in enumerate(next(iter(runs.values()))):
-        label = row["stage"] if row["stage"] == "load" else f"{row['stage']} #{row['generation']}"
-        cells = [f"{gb(r[i]['rss'])} / {gb(r[i]['peak'])} / {gb(r[i]['anonymous'])}" for r in runs.values()]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+COLUMNS = ("bundle", "MB on disk", "arena", "stage", "RSS MB", "peak RSS MB", "anonymous MB")
+
+
+def rows(bundle: str, setting: str, samples: list[dict]) -> list[tuple]:
+    size = sum(p.stat().st_size for p in Path(bundle).iterdir() if p.is_file()) / 1e6
+    return [(Path(bundle).name, round(size, 1), setting,
+             r["stage"] if r["stage"] == "load" else f"{r['stage']} #{r['generation']}",
+             round(r["rss"] / 1e6), round(r["peak"] / 1e6), round(r["anonymous"] / 1e6)) for r in samples]
 
 
 def main() -> None:
+    from pgexport.bench.harness import write_measurement
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundles", nargs="+")
     ap.add_argument("--generations", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--arena", choices=("on", "off", "both"), default="both")
+    ap.add_argument("--name", default="memory_stages", help="docs/measurements/NAME.md is written")
+    ap.add_argument("--out-dir", type=Path, default=None, help="write NAME.md here instead of docs/measurements")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.bundles[0], args.arena == "on", args.generations, args.new_tokens)
         return
     settings = ("on", "off") if args.arena == "both" else (args.arena,)
+    table = []
     for bundle in args.bundles:
-        runs = {}
         for arena in settings:
             out = subprocess.run([sys.executable, __file__, bundle, "--child", "--arena", arena, "--generations",
                                   str(args.generations), "--new-tokens", str(args.new_tokens)],
                                  check=True, capture_output=True, text=True).stdout
-            runs[f"arena {arena}"] = json.loads(out.strip().splitlines()[-1])
-        print(table(bundle, runs), "\n", flush=True)
+            table += rows(bundle, arena, json.loads(out.strip().splitlines()[-1]))
+    path = write_measurement(args.name, "Memory after each stage of a generation", "benchmarks/memory_stages.py",
+                             COLUMNS, table, ["Each (bundle, arena) runs in a fresh process. MB are 10^6 bytes; "
+                                              "peak RSS is the peak so far (VmHWM)."], args.out_dir)
+    print(path.read_text(), end="")
 
 
 if __name__ == "__main__":

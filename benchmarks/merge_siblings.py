@@ -8,7 +8,7 @@ whether that is worth doing: each packed tensor of MatMulNBits (data [N, blocks,
 leads with N, the output features, so the siblings' tensors stacked along N are the wider linear's, and a Split
 of its output along the last axis gives each sibling's output back. Nothing is re-rounded: the logits are
 bit-identical (the test compares them). On PaliGemma-3B-224 int4 it decoded at 0.98x to 1.00x the original's
-time (README, issue-18 section), so the build does not do it.
+time (docs/measurements), so the build does not do it.
 
 The rewritten decoder is held in memory whole (about its size on disk); the other files are hard-linked and the
 manifest gets the new hashes and a `build.derived` record.

@@ -10,7 +10,7 @@ BUNDLE is a bundle built from a random-weight preset (e.g. `pgexport build --mod
      built by genai's own builder (`benchmarks/genai_reference.py`; built here when --genai is not given),
      prefilled with as many tokens as the bundle's prefix, then greedy decode.
 Prints the ratios against their targets and writes OUT/perf.json (and the bench report beside it).
-Targets (issue 18, at 224 pixels; genai is the peer that runs here, llama.cpp is not installed): TTFT <= 0.8x
+Targets (at 224 pixels, against onnxruntime-genai): TTFT <= 0.8x
 the peer's prefill alone; decode tokens/s >= 1.15x the peer's; runtime peak RSS <= the bundle's size + 0.4 GB.
 PyTorch bf16 and fp32 eager are reported beside them, as context.
 """

@@ -22,7 +22,7 @@ import numpy as np
 
 def run(bundle: Path, new_tokens: int, threads: int, out: Path) -> dict:
     from pgexport.bench.onnx_engine import OnnxEngine
-    from pgexport.parity import parity_image
+    from pgexport.verify.parity import parity_image
     from pgexport_runtime import SessionConfig
 
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ Builds one bundle per recipe (reused when it already exists for the same model a
 tasks), and writes WORK/quant_table.md + WORK/report/bench.json. Per recipe: size on disk, sequence exact
 match and token agreement of greedy outputs, mean KL and top-1 agreement of teacher-forced next-token
 distributions (on the reference's sequences), the task metrics against ground truth and their largest drop in
-points against the reference (IoUs and rates x 100; a CER rise counts as a drop). The quantization issue's
+points against the reference (IoUs and rates x 100; a CER rise counts as a drop). The quantization
 targets are checked at the end: int8 >= 99 % sequence agreement with drop <= 0.5 points; int4-gptq >= 97 %
 with drop <= 1.5 points and mean KL below int4 RTN at the same block size (the `int4` recipe: RTN, block 32,
 the same as `int4-rtn-b32`, which differs from int4-gptq only in how the decoder linears are rounded).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from readme_table import ensure_bundle
 
-from pgexport import sources
+from pgexport.source import sources
 from pgexport.bench import BenchOptions, run_bench
 from pgexport.bench.report import write_outputs
 

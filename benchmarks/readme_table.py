@@ -19,10 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-from pgexport import sources
+from pgexport.source import sources
 from pgexport.bench import BenchOptions, run_bench
 from pgexport.bench.report import write_outputs
-from pgexport.build import BuildOptions, build
+from pgexport.build.bundle_steps import BuildOptions, build
 from pgexport.quant.recipes import resolve_recipe
 
 VARIANTS = ["fp32", "fp16", "int8", "int8-wo", "int4", "int4-gptq"]

@@ -39,7 +39,7 @@ def cpu_name() -> str:
 def jobs(n: int):
     """Deterministic, distinct (image, prompt) pairs from the demo generator."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is not installed
-    from tools.demo.generator import make_example
+    from tools.demo_model.generator import make_example
 
     tasks = ("caption", "vqa", "ocr", "detect", "segment")
     out = []
@@ -63,7 +63,7 @@ def main() -> None:
 
     bundle = args.bundle
     if bundle is None:
-        from pgexport.quickstart import ensure_bundle
+        from pgexport.demo import ensure_bundle
 
         bundle = ensure_bundle(Path("demo-bundle"))
     pg = PaliGemma(bundle, SessionConfig(intra_op_threads=1))

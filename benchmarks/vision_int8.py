@@ -29,7 +29,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from pgexport import heldout
+from pgexport.verify import image_prompts
 from pgexport_runtime.manifest import load_manifest
 from pgexport_runtime.preprocess import preprocess
 
@@ -84,7 +84,7 @@ def images(bundle: Path, n: int, size: int) -> np.ndarray:
         return np.random.default_rng(0).uniform(-1, 1, (n, 3, size, size)).astype(np.float32)
     m = load_manifest(bundle)
     if (m.raw.get("source") or {}).get("name") == "pg-demo":
-        pil = [r.load() for r in heldout.read(heldout.DEMO_SET, "eval", limit=n)]
+        pil = [r.load() for r in image_prompts.read(image_prompts.DEMO_SET, "eval", limit=n)]
     else:
         from PIL import Image
 

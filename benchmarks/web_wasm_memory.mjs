@@ -1,4 +1,4 @@
-// Does a bundle load in onnxruntime-web's WASM memory? (Issue 17: a 3B int4 bundle is about 1.9 GB.)
+// Does a bundle load in onnxruntime-web's WASM memory? (a 3B int4 bundle is about 1.9 GB: near WASM's 4 GB address space)
 //
 //   node benchmarks/web_wasm_memory.mjs BUNDLE              onnxruntime-web's WASM backend in Node
 //   node benchmarks/web_wasm_memory.mjs --browser URL       the demo page in headless Chromium; first run

@@ -1,4 +1,4 @@
-"""The pgexport command line: a thin layer over pgexport.build and pgexport_runtime."""
+"""The pgexport command line: a thin layer over pgexport.build.bundle_steps and pgexport_runtime."""
 
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ from pathlib import Path
 
 import click
 
+from pgexport.build.plan import BuildOptions
+from pgexport.quant.recipes import RECIPES
 from pgexport_runtime import describe, limits
 from pgexport_runtime.errors import UserError
+from pgexport_runtime.manifest import KV_LAYOUTS
+
+DEFAULTS = BuildOptions()  # the build's defaults, declared once in BuildOptions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -42,26 +47,26 @@ def _interrupt(signum, frame):
               help="A peft adapter (LoRA, ...) as peft's save_pretrained writes it: merged into --model by peft "
                    "before export; parity and the accuracy gate compare with the peft model. An adapter "
                    "directory may also be given as --model when its config names a base found here.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bundle"), show_default=True,
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULTS.out, show_default=True,
               help="Bundle directory to create.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out (only once the new one is complete).")
-@click.option("--parity-tokens", type=click.IntRange(1, 512), default=16, show_default=True,
+@click.option("--parity-tokens", type=click.IntRange(1, 512), default=DEFAULTS.parity_tokens, show_default=True,
               help="Greedy tokens compared with transformers at the end of the build.")
-@click.option("--tolerance", type=click.FloatRange(0, 1), default=1e-3, show_default=True,
+@click.option("--tolerance", type=click.FloatRange(0, 1), default=DEFAULTS.tolerance.relative, show_default=True,
               help="Largest relative logit/feature difference allowed per graph.")
 @click.option("--skip-parity", is_flag=True, help="Do not compare with PyTorch (the manifest records that).")
-@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True,
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=DEFAULTS.max_new_tokens, show_default=True,
               help="Default generation length stored in the bundle.")
 @click.option("--mask-decoder", "mask_decoder", type=click.Path(path_type=Path), default=None, metavar="PATH",
               help="big_vision's segmentation mask-decoder weights (.npz or .safetensors), exported as "
                    "mask_decoder.onnx. Default: vqvae.safetensors / vae-oid.npz in the checkpoint directory.")
-@click.option("--quant", "quant", default="fp32", show_default=True, metavar="RECIPE",
-              help="Quantization recipe: fp32, fp16, int8, int8-wo, int4, int4-rtn-b32/b64/b128, int4-gptq, "
-                   "or a recipe .json file (see `pgexport recipes`).")
+@click.option("--quant", "quant", default=DEFAULTS.quant, show_default=True, metavar="RECIPE",
+              help=f"Quantization recipe: {', '.join(RECIPES)}, or a recipe .json file (`pgexport recipes` says "
+                   "what each does per component).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
               help="Fail the build if the quantized bundle's greedy sequences agree with PyTorch on fewer than "
                    "this fraction of held-out samples.")
-@click.option("--gate-samples", type=click.IntRange(0, 10_000), default=16, show_default=True,
+@click.option("--gate-samples", type=click.IntRange(0, 10_000), default=DEFAULTS.gate_samples, show_default=True,
               help="Held-out samples for the accuracy gate of quantized builds (0 = skip the gate).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="JSONL of {\"image\": path, \"prompt\": text} for GPTQ (default: generated samples).")
@@ -74,7 +79,7 @@ def _interrupt(signum, frame):
                    "tower, the embedding table and one layer. Default: only when the whole model does not fit "
                    "in --max-memory. Works with --adapter (peft merges it module by module) and int4-gptq (calibrated "
                    "layer by layer); not yet with a GPTQ checkpoint.")
-@click.option("--kv-cache", type=click.Choice(["concat", "shared", "static"]), default="concat", show_default=True,
+@click.option("--kv-cache", type=click.Choice(KV_LAYOUTS), default=DEFAULTS.kv_cache, show_default=True,
               help="How the decoder takes its KV cache. concat: a new present buffer each step (every runtime). "
                    "shared: one buffer per layer written in place by onnxruntime's GroupQueryAttention (no copy of "
                    "the past per token, far less memory in a long prefill); onnxruntime >= 1.30, CPU only "
@@ -98,10 +103,10 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
     The bundle is built in a temporary directory next to --out and renamed into place only when every
     step, the parity check included, has passed.
     """
-    from pgexport.build import BuildOptions, GateError, ParityError, build as run_build, planned_steps
-    from pgexport.bundle import GraphFilesError
-    from pgexport.plan import Plan, steps
-    from pgexport.parity import Tolerance
+    from pgexport.build.bundle_steps import BuildOptions, GateError, ParityError, build as run_build, planned_steps
+    from pgexport.build.writer import GraphFilesError
+    from pgexport.build.plan import Plan, steps
+    from pgexport.verify.parity import Tolerance
 
     opts = BuildOptions(model=model, adapter=adapter, out=out, force=force, parity_tokens=parity_tokens,
                         tolerance=Tolerance(relative=tolerance), skip_parity=skip_parity, max_new_tokens=max_new_tokens,
@@ -113,7 +118,8 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
         for line in plan.estimate.lines():
             click.echo(line)
         click.echo("mode        " + ("streamed, one decoder layer at a time" + (
-            "; the decoder quantized as it is exported" if plan.quantize else "") if plan.stream else "whole model"))
+            "; the decoder quantized as it is exported" if plan.quantize else "") if plan.stream else "whole model")
+                   + f" ({plan.stream_reason})")
         click.echo("steps       " + ", ".join(s.name for s in steps(plan)))
         return
     bars: list = []  # created at the first step, so that an early user error prints no empty bar
@@ -140,43 +146,16 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
             click.echo(f"accuracy vs {reference}: " + describe.accuracy_line(quant_info["accuracy"]))
 
 
-@cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--image", required=True, type=click.Path(path_type=Path), help="Image file (any format Pillow reads).")
-@click.option("--prompt", "prompts", required=True, multiple=True,
-              help='Task prompt: "caption en", "answer en <q>", "ocr", "detect <obj>", ... Repeatable: several '
-                   "prompts about one image, answered in order, the image encoded once.")
-@click.option("--max-new-tokens", type=int, default=None,
-              help="Default: the bundle's setting. Image + prompt tokens + this must fit the model's positions.")
-@click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Finite, >= 1e-6.")
-@click.option("--top-k", type=int, default=0, show_default=True, help="0 = off; at most the vocabulary.")
-@click.option("--top-p", type=float, default=1.0, show_default=True, help="In (0, 1]; 1 = off.")
-@click.option("--seed", type=int, default=None, help="Seed for sampling, 0 .. 2**64-1.")
-@click.option("--stop", "stop", multiple=True, help="Stop when this (non-empty) string appears (repeatable).")
-@click.option("--stream", is_flag=True, help="Print tokens as they are generated.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--threads", type=int, default=0, show_default=True,
-              help="0 = onnxruntime default; at most min(256, 4 x CPUs).")
-@click.option("--max-image-pixels", type=int, default=limits.DEFAULT_MAX_IMAGE_PIXELS, show_default=True, metavar="N",
-              help="Refuse larger images before decoding them (a small PNG can expand to gigabytes).")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON object per prompt, one per line: text, tokens, detections and segments (boxes in "
-                   "pixels, masks as RLE).")
-@click.option("--overlay", type=click.Path(path_type=Path), default=None, metavar="PNG",
-              help="Also write the image with the answer's boxes, labels and masks drawn on it (not over --image).")
-def run(bundle, image, prompts, max_new_tokens, sample, temperature, top_k, top_p, seed, stop, stream, device, threads,
-        max_image_pixels, as_json, overlay):
-    """Answer one image with the torch-free runtime: one answer per --prompt, in order (the image is encoded
-    once for all of them)."""
-    from pgexport_runtime import Sampling
-    from pgexport_runtime.cli import run_and_print
+_RUNTIME_CLI = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
-    sampling = Sampling(do_sample=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    run_and_print(bundle, image, list(prompts), as_json=as_json, stream=stream,
-                  out=lambda line, end="\n": click.echo(line + end, nl=False), err=lambda line: click.echo(line, err=True),
-                  max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, device=device, threads=threads,
-                  max_image_pixels=max_image_pixels, overlay=overlay)
+
+@cli.command(context_settings=_RUNTIME_CLI, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run(args):
+    """Answer one image with the torch-free runtime: one answer per --prompt (`pgexport run --help`)."""
+    from pgexport_runtime.cli import main as runtime_main
+
+    sys.exit(runtime_main(["run", *args], prog="pgexport"))
 
 
 @cli.command()
@@ -190,7 +169,10 @@ def run(bundle, image, prompts, max_new_tokens, sample, temperature, top_k, top_
                    "measured against the source bundle and recorded.")
 @click.option("--force", is_flag=True, help="Replace --out if it already holds a bundle.")
 @click.option("--no-mobile-check", is_flag=True, help="Skip onnxruntime's NNAPI/CoreML usability checker.")
-def package(bundle: Path, out: Path, fmt: str, activations: str, force: bool, no_mobile_check: bool):
+@click.option("--samples", type=click.IntRange(1, 10_000), default=64, show_default=True,
+              help="--activations fp16: held-out items the variant is compared with its source bundle on (the "
+                   "demo model's evaluation split for a demo bundle, generated images otherwise).")
+def package(bundle: Path, out: Path, fmt: str, activations: str, force: bool, no_mobile_check: bool, samples: int):
     """Package a built bundle for other targets. --format ort (mobile apps): every graph converted to ORT
     format by onnxruntime's own tool, plus required_operators.config for a reduced onnxruntime build.
     --activations fp16 (GPU/NPU providers): float16 compute, measured against the source bundle. Both record
@@ -201,7 +183,7 @@ def package(bundle: Path, out: Path, fmt: str, activations: str, force: bool, no
     from pgexport.package import package as run_package
 
     path = run_package(bundle, out, fmt, force=force, mobile_check=not no_mobile_check, activations=activations,
-                       progress=lambda name: click.echo(f"  {name}", err=True))
+                       progress=lambda name: click.echo(f"  {name}", err=True), samples=samples)
     click.echo(f"wrote {path} ({_size(path)})")
     from pgexport_runtime.describe import package_lines
     from pgexport_runtime.manifest import load_manifest
@@ -217,7 +199,7 @@ def package(bundle: Path, out: Path, fmt: str, activations: str, force: bool, no
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (the default serves this machine only).")
 def serve(bundle: Path, port: int, host: str):
-    """Serve the JavaScript runtime's demo page for BUNDLE: pick an image, type a prompt, watch the answer
+    """Serve the JavaScript runtime's page for BUNDLE: pick an image, type a prompt, watch the answer
     stream, with boxes, masks and per-stage timings (runs in the browser: onnxruntime-web, WASM or WebGPU).
 
     Needs `npm ci` in runtimes/web (a source checkout). Only the page, the runtime, the onnxruntime-web files
@@ -228,17 +210,13 @@ def serve(bundle: Path, port: int, host: str):
     serve_bundle(bundle, port, host)
 
 
-@cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle files.")
-def inspect(bundle, as_json, no_verify):
-    """Show a bundle's graphs, sizes, precisions, inputs/outputs, geometry and parity results."""
-    from pgexport_runtime.manifest import load_manifest
+@cli.command(context_settings=_RUNTIME_CLI, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def inspect(args):
+    """Show a bundle's graphs, sizes, precisions, I/O, geometry and parity (`pgexport inspect --help`)."""
+    from pgexport_runtime.cli import main as runtime_main
 
-    m = load_manifest(bundle, verify=not no_verify)
-    for line in [json.dumps(m.raw, indent=2)] if as_json else describe.describe(m):
-        click.echo(line)
+    sys.exit(runtime_main(["inspect", *args], prog="pgexport"))
 
 
 @cli.command()
@@ -249,9 +227,9 @@ def demo(out, rebuild):
     """Build the embedded default model (first run only), answer one held-out sample image per task with the
     bundle and with transformers, and show whether their tokens are the same: the two-minute tour of what
     pgexport does and proves, offline. Detect and segment answers are drawn into overlay PNGs."""
-    from pgexport.build import BuildOptions, ParityError, planned_steps
+    from pgexport.build.bundle_steps import BuildOptions, ParityError, planned_steps
     from pgexport.files import write_errors
-    from pgexport.quickstart import run_demo
+    from pgexport.demo import run_demo
 
     bars: list = []
     try:
@@ -285,7 +263,7 @@ def demo(out, rebuild):
                    "Default: fp32 (full mode: the model as trained), bf16 and fp32 (speed mode).")
 @click.option("--eval", "eval_set", metavar="SET", default=None,
               help="'demo' (the demo model's held-out set) or a JSONL of {image, prompt, answer?, task?, boxes?, "
-                   "masks?} (see pgexport/heldout.py). "
+                   "masks?} (see pgexport/verify/image_prompts.py). "
                    "Default: demo, or generated inputs in speed mode.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Items to run. Default: 20 (1 in speed mode).")
 @click.option("--mode", type=click.Choice(["auto", "full", "speed"]), default="auto", show_default=True,
@@ -341,6 +319,9 @@ def bench(bundles, reference, reference_dtypes, eval_set, limit, mode, warmup, r
     finally:
         for bar in bars:
             bar.close()
+    for note in report["notes"]:
+        if note.startswith("warning: "):
+            click.echo(note, err=True)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -379,7 +360,7 @@ def _step_bar(bars: list, steps: list[str]):
 @cli.command()
 def models():
     """List the presets and the default model."""
-    from pgexport import sources
+    from pgexport.source import sources
 
     click.echo(f"default: {sources.default_model()}")
     for name in sources.list_presets():
@@ -404,8 +385,8 @@ def sensitivity(model, quant, samples, top, keep, write_recipe, as_json):
     activations), most sensitive first, with the recipe overrides that would keep the worst at 8 bits."""
     import torch
 
-    from pgexport import sources
-    from pgexport.quant import samples as sample_sets
+    from pgexport.source import sources
+    from pgexport.verify import samples as sample_sets
     from pgexport.quant.recipes import resolve_recipe
     from pgexport.files import atomic_path, write_errors
     from pgexport.quant.sensitivity import layer_errors, suggest_recipe, summary_stats

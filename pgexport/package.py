@@ -34,8 +34,8 @@ from pathlib import Path
 from pgexport_runtime.errors import UserError
 from pgexport_runtime.manifest import MANIFEST, load_manifest, sha256_file
 
-from .bundle import BundleWriter
-from .files import write_errors
+from pgexport.build.writer import BundleWriter
+from pgexport.files import write_errors
 
 FORMATS = ("onnx", "ort")
 ACTIVATIONS = ("fp32", "fp16")
@@ -45,7 +45,7 @@ LEVEL = {"fp32": "extended", "fp16": "basic"}  # see the module docstring
 
 
 def package(bundle: Path, out: Path, fmt: str = "ort", force: bool = False, mobile_check: bool = True,
-            progress=None, activations: str = "fp32") -> Path:
+            progress=None, activations: str = "fp32", samples: int = 64) -> Path:
     """Convert `bundle` into a new bundle at `out`; -> out."""
     step = progress or (lambda name: None)
     if fmt not in FORMATS:
@@ -113,21 +113,21 @@ def package(bundle: Path, out: Path, fmt: str = "ort", force: bool = False, mobi
             if activations == "fp16":  # the variant against the bundle it came from, on generated test cards
                 writer.write_manifest(packaged.to_dict(), final=False)
                 step("measure against the source bundle")
-                info["accuracy_vs_source"] = measure(bundle, writer, m.geometry.image_size)
+                info["accuracy_vs_source"] = measure(bundle, writer, m, samples)
             writer.write_manifest(packaged.to_dict(), final=True)
             return writer.commit()
 
 
-def measure(source: Path, writer: BundleWriter, image_size: int, samples: int = 8, tokens: int = 16) -> dict:
+def measure(source: Path, writer: BundleWriter, m, samples: int = 64, tokens: int = 16) -> dict:
     """Sequence / token agreement, top-1 and mean KL of the variant being written against its source bundle
-    (pgexport/agreement.py's measures, as the accuracy gate reports them)."""
+    (pgexport/verify/agreement.py's measures, as the accuracy gate reports them), on `samples` held-out items:
+    the demo model's evaluation split for a bundle of it, generated images otherwise."""
     from pgexport_runtime import PaliGemma
 
-    from .parity import parity_image
-    from .quant import gate
-    from .quant.samples import PROMPTS
+    from pgexport.verify import gate
+    from pgexport.verify.samples import bundle_samples
 
-    cards = [(parity_image(image_size, seed=9000 + i), PROMPTS[i % len(PROMPTS)]) for i in range(samples)]
+    cards = bundle_samples(m.record.source, samples, m.geometry.image_size)
     ref = gate.bundle_reference(PaliGemma(source, verify=False), cards, tokens)
     got = PaliGemma(writer.tmp, verify=False, manifest_file=writer.partial_name)
     return gate.evaluate(got, ref, tokens)
@@ -178,7 +178,7 @@ def _to_float16(path: Path, external: bool = False, share: Path | None = None) -
     from onnx import numpy_helper
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    from .export.onnx_export import EXTERNAL_DATA_THRESHOLD
+    from pgexport.export.onnx_export import EXTERNAL_DATA_THRESHOLD
 
     model = onnx.load(str(path))
     for f in path.parent.glob(path.name + ".*"):

@@ -1,7 +1,7 @@
-"""`pgexport serve BUNDLE`: the JavaScript runtime's demo page and a bundle, served on localhost.
+"""`pgexport serve BUNDLE`: the JavaScript runtime's page and a bundle, served on localhost.
 
 What is served, and nothing else from disk:
-- /                  the demo page (runtimes/web/demo/index.html), and /demo/<file> its other static files;
+- /                  the runtime's page (runtimes/web/page/index.html), and /page/<file> its other static files;
 - /src/<file>.js     the runtime's modules (runtimes/web/src);
 - /ort/<file>        onnxruntime-web's WebGPU/WASM build: the three files it loads (no source maps, no other build);
 - /vendor/tokenizers.min.mjs   tokenizers.js;
@@ -40,14 +40,14 @@ def routes(bundle: Path, web: Path = WEB) -> dict[str, Path]:
     """URL path -> file, for everything the server may send. Checks the bundle's manifest (not its sha256s:
     the page verifies every file it loads) and that the JavaScript runtime and its dependencies are installed."""
     modules = web / "node_modules"
-    if not (web / "src").is_dir() or not (web / "demo").is_dir():
+    if not (web / "src").is_dir() or not (web / "page").is_dir():
         raise UserError(f"the JavaScript runtime is not at {web} (pgexport serve runs from a source checkout)")
     missing = [f for f in (*(f"onnxruntime-web/dist/{n}" for n in ORT_FILES), TOKENIZERS) if not (modules / f).is_file()]
     if missing:
         raise UserError(f"{web}: its dependencies are not installed (no node_modules/{missing[0]}); run `npm ci` there")
     manifest = load_manifest(bundle, verify=False)
-    table = {"/": web / "demo" / "index.html"}
-    table |= {f"/demo/{p.name}": p for p in (web / "demo").iterdir() if p.is_file()}
+    table = {"/": web / "page" / "index.html"}
+    table |= {f"/page/{p.name}": p for p in (web / "page").iterdir() if p.is_file()}
     table |= {f"/src/{p.name}": p for p in (web / "src").glob("*.js") if p.is_file()}
     table |= {f"/ort/{n}": modules / "onnxruntime-web" / "dist" / n for n in ORT_FILES}
     table["/vendor/tokenizers.min.mjs"] = modules / TOKENIZERS
@@ -107,7 +107,7 @@ def make_server(bundle: Path, port: int = 8000, host: str = "127.0.0.1", quiet: 
 
 
 def serve(bundle: Path, port: int = 8000, host: str = "127.0.0.1") -> None:
-    """Serve the demo page for `bundle` until interrupted."""
+    """Serve the runtime's page for `bundle` until interrupted."""
     server = make_server(bundle, port, host)
     print(f"serving {bundle} on http://{host}:{server.server_address[1]}/ (Ctrl-C to stop)", file=sys.stderr)
     try:

@@ -19,7 +19,7 @@ def save_checkpoint(preset: str, out: Path, padding_side: str | None = "left", d
     """A tiny PaliGemma saved by transformers. padding_side None removes it from tokenizer_config.json."""
     from transformers import AutoProcessor
 
-    from pgexport import sources
+    from pgexport.source import sources
 
     src = sources.resolve(preset)
     model = sources.load_model(src)

@@ -18,7 +18,7 @@ class Tiny:
     def __init__(self, name: str):
         from transformers import AutoProcessor
 
-        from pgexport import sources
+        from pgexport.source import sources
 
         self.name = name
         self.source = sources.resolve(name)
@@ -60,7 +60,7 @@ def _tiny(name: str) -> Tiny:
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory) -> dict:
     """tiny-pg1 and tiny-pg2 bundles, built once with the real `pgexport build` path (parity included)."""
-    from pgexport.build import BuildOptions, build
+    from pgexport.build.bundle_steps import BuildOptions, build
 
     root = tmp_path_factory.mktemp("bundles")
     return {name: build(BuildOptions(model=name, out=root / name), PROGRESS.setdefault(name, []).append)
@@ -75,7 +75,7 @@ def demo_bundles(tmp_path_factory) -> dict:
     """fp32 and int4 bundles of the demo model, built once (parity and the gate are other tests' business)."""
     from pathlib import Path
 
-    from pgexport.build import BuildOptions, build
+    from pgexport.build.bundle_steps import BuildOptions, build
 
     model = Path(__file__).resolve().parents[1] / "models" / "pg-demo"
     root = tmp_path_factory.mktemp("demo-bundles")
@@ -86,7 +86,7 @@ def demo_bundles(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def images():
     """Three different deterministic RGB images of odd sizes."""
-    from pgexport.parity import parity_image
+    from pgexport.verify.parity import parity_image
 
     rng = np.random.default_rng(7)
     from PIL import Image

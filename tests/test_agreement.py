@@ -1,11 +1,11 @@
-"""One definition of each agreement measure (pgexport/agreement.py), as the gate and bench report it."""
+"""One definition of each agreement measure (pgexport/verify/agreement.py), as the gate and bench report it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pgexport import agreement
+from pgexport.verify import agreement
 
 
 def test_sequences_count_every_position_of_the_longer_sequence():
@@ -43,3 +43,20 @@ def test_gate_and_bench_report_the_same_numbers_for_the_same_sequences():
     assert bench["sequence_agreement"] == shared["sequence_agreement"]
     assert bench["token_agreement"] == shared["token_agreement"]
     assert bench["first_divergence"]["per_item"] == {"a": None, "b": 1, "c": 0}
+
+
+def test_wilson_interval_matches_the_known_binomial_case():
+    """7 of 10: the Wilson 95 % interval is [0.397, 0.892] (the score interval at z = 1.96); all of 8 is not
+    certainty: [0.676, 1]; the interval always holds the observed rate."""
+    from pgexport_runtime.describe import accuracy_line, wilson_interval
+
+    low, high = wilson_interval(7, 10)
+    assert abs(low - 0.3968) < 1e-4 and abs(high - 0.8922) < 1e-4
+    low, high = wilson_interval(8, 8)
+    assert abs(low - 0.6756) < 1e-4 and high == 1.0
+    for k, n in ((0, 5), (3, 64), (64, 64)):
+        low, high = wilson_interval(k, n)
+        assert 0 <= low <= k / n <= high <= 1
+    line = accuracy_line({"sequence_agreement": 0.7, "token_agreement": 0.8, "top1_agreement": 0.9, "mean_kl": 0.01,
+                          "samples": 10})
+    assert "(95 % CI 40%-89%)" in line and "(10 held-out samples)" in line

@@ -9,7 +9,7 @@ from PIL import Image
 from pgexport_runtime.answers import bin_to_coord, coord_to_bin, parse_objects
 from pgexport_runtime.masks import mask_to_rle, paste_mask, rle_to_mask
 from pgexport_runtime.overlay import draw_answer
-from pgexport_runtime.structured import Answer, Detection, Segment, to_answer
+from pgexport_runtime.typed_answers import Answer, Detection, Segment, to_answer
 
 
 def loc(*bins: int) -> str:
@@ -82,7 +82,7 @@ def test_garbage_never_raises(text):
 
 
 def test_debinning_inverts_the_demo_generators_binning():
-    from tools.demo import generator
+    from tools.demo_model import generator
 
     for b in (0, 1, 511, 512, 1022, 1023):
         for size in (128, 480, 1000):
@@ -101,7 +101,7 @@ def test_debinning_inverts_the_demo_generators_binning():
 
 
 def test_boxes_scale_to_the_original_non_square_image():
-    from tools.demo.generator import box_to_loc
+    from tools.demo_model.generator import box_to_loc
 
     w, h = 333, 121  # the model sees it squashed to a square; bins are fractions of each side
     box_yx = (10, 200, 100, 333)

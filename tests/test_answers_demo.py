@@ -17,7 +17,7 @@ import pytest
 
 from pgexport.bench import metrics
 from pgexport_runtime.masks import paste_mask
-from tools.demo import evaluate
+from tools.demo_model import evaluate
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "pg-demo"
 pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").is_file(),
@@ -45,7 +45,7 @@ def snapshot(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(snapshot, tmp_path_factory) -> Path:
-    from pgexport.build import BuildOptions, build
+    from pgexport.build.bundle_steps import BuildOptions, build
 
     return build(BuildOptions(model=str(snapshot), out=tmp_path_factory.mktemp("b") / "bundle"))
 
@@ -62,7 +62,7 @@ def cases(snapshot, pg) -> dict:
     """Per task: examples, runtime answers, and transformers' greedy texts for the same inputs."""
     import torch
 
-    from tools.demo.vqvae import load_vqvae
+    from tools.demo_model.vqvae import load_vqvae
 
     torch.set_num_threads(1)
     model, processor = evaluate.load(snapshot)

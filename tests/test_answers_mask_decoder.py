@@ -34,8 +34,8 @@ def onnx_decoder(tmp_path_factory):
 def test_onnx_matches_pytorch_and_the_demo_vqvae(onnx_decoder):
     import torch
 
-    from pgexport import mask_parity
-    from tools.demo.vqvae import load_vqvae
+    from pgexport.verify import mask_parity
+    from tools.demo_model.vqvae import load_vqvae
     from pgexport_runtime.masks import MaskDecoder
 
     module, path = onnx_decoder
@@ -98,7 +98,7 @@ def test_bad_weights_fail_loudly(tensors, tmp_path):
 
 
 def test_build_rejects_bad_mask_decoder_before_exporting(tmp_path):
-    from pgexport.build import BuildOptions, build
+    from pgexport.build.bundle_steps import BuildOptions, build
 
     out = tmp_path / "bundle"
     with pytest.raises(UserError, match="mask decoder weights not found"):

@@ -52,7 +52,7 @@ def corrupt_bundle(src: Path, dst: Path, noise: float = 1.0, seed: int = 0) -> s
 
 @pytest.fixture(scope="module")
 def tiny_bundles(tmp_path_factory) -> dict:
-    from pgexport.build import BuildOptions, build
+    from pgexport.build.bundle_steps import BuildOptions, build
 
     root = tmp_path_factory.mktemp("bench")
     clean = build(BuildOptions(model="tiny-pg1", out=root / "tiny-fp32", skip_parity=True))
@@ -148,7 +148,7 @@ def test_cli_speed_mode_is_auto_detected_for_random_presets(tiny_bundles):
 def test_a_reference_too_large_for_the_machine_is_named_not_run(tiny_bundles, monkeypatch):
     """Speed mode skips (and notes) a reference whose weights alone exceed the machine's memory; full mode, whose
     accuracy needs it, refuses in one line before any worker starts."""
-    from pgexport import plan
+    from pgexport.build import plan
     from pgexport.bench.run import reference_bytes
     from pgexport_runtime.errors import UserError
     from pgexport_runtime.manifest import load_manifest

@@ -1,4 +1,4 @@
-"""The issue-7 measuring tools in benchmarks/: the accuracy_level variant and the per-op profile."""
+"""Measuring tools in benchmarks/: the accuracy_level variant and the per-op profile."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pgexport_runtime.manifest import load_manifest, sha256_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import accuracy_level_variant  # noqa: E402
 import image_cache_ttft  # noqa: E402
+import memory_stages  # noqa: E402
 import merge_siblings  # noqa: E402
 import profile_ops  # noqa: E402
 from test_quant import quantized_copy  # noqa: E402
@@ -71,20 +72,25 @@ def test_profile_ops_splits_prefill_and_decode(int4_bundle, tmp_path):
     assert "| op | ms | share |" in profile_ops.table(result, 3)
 
 
-def test_memory_stages_reports_every_stage_for_both_arena_settings(bundles):
+def test_memory_stages_reports_every_stage_for_both_arena_settings(bundles, tmp_path):
     """benchmarks/memory_stages.py: one fresh process per setting, a row per stage and generation; the peak so
     far never falls and never sits below the current RSS."""
     import subprocess
 
+    from pgexport.bench.harness import read_measurement
+
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_stages.py"
-    out = subprocess.run([sys.executable, str(script), str(bundles["tiny-pg1"]), "--generations", "2",
-                          "--new-tokens", "3"], check=True, capture_output=True, text=True).stdout
-    assert "| stage | arena on | arena off |" in out
-    rows = [line for line in out.splitlines() if line.startswith("| ") and " / " in line]
-    labels = [r.split("|")[1].strip() for r in rows]
-    assert labels == ["load"] + [f"{s} #{n}" for n in (1, 2) for s in ("vision", "projector", "prefill", "decode")]
-    for column in (2, 3):
-        cells = [[float(x) for x in r.split("|")[column].split("/")] for r in rows]
+    subprocess.run([sys.executable, str(script), str(bundles["tiny-pg1"]), "--generations", "2", "--new-tokens", "3",
+                    "--out-dir", str(tmp_path)], check=True, capture_output=True, text=True)
+    written = tmp_path / "memory_stages.md"
+    assert read_measurement(written)["columns"] == list(memory_stages.COLUMNS)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in written.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| bundle ")]
+    for arena in ("on", "off"):
+        mine = [r for r in rows if r[2] == arena]
+        assert [r[3] for r in mine] == ["load"] + [f"{s} #{n}" for n in (1, 2)
+                                                   for s in ("vision", "projector", "prefill", "decode")]
+        cells = [(float(r[4]), float(r[5]), float(r[6])) for r in mine]
         peaks = [c[1] for c in cells]
         assert peaks == sorted(peaks) and all(peak >= rss for rss, peak, _ in cells)
         assert all(0 < anon <= rss for rss, _, anon in cells)

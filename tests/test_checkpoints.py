@@ -10,7 +10,7 @@ import torch
 
 from checkpoints import hf_greedy, save_checkpoint, save_lora_adapter
 from conftest import PROMPTS
-from pgexport.build import BuildOptions, build
+from pgexport.build.bundle_steps import BuildOptions, build
 from pgexport_runtime import PaliGemma
 
 N = 16
@@ -164,8 +164,8 @@ def test_int4_build_of_base_plus_adapter_is_gated_against_the_peft_model(root):
     confident (a larger random LoRA, scale 1.0, turns the model to noise: int4 then agrees on nothing)."""
     from peft import PeftModel
 
-    from pgexport import sources
-    from pgexport.quant import samples
+    from pgexport.source import sources
+    from pgexport.verify import samples
 
     base = sources.DEMO_MODEL
     adapter = save_lora_adapter(base, root / "demo-lora", r".*language_model.*\.(q_proj|v_proj)", 11, scale=0.5)

@@ -8,7 +8,7 @@ import shutil
 
 from PIL import Image
 
-from pgexport import heldout
+from pgexport.verify import image_prompts
 from tests.test_errors import run_cli
 
 
@@ -20,7 +20,7 @@ def test_demo_compares_the_bundle_with_transformers_on_five_tasks(demo_bundles, 
     assert code == 0, err
     assert (out / "manifest.json").stat().st_mtime_ns == manifest_mtime
 
-    rows = heldout.read(heldout.DEMO_SET, "demo", what="demo")
+    rows = image_prompts.read(image_prompts.DEMO_SET, "demo", what="demo")
     assert [r.task for r in rows] == ["caption", "vqa", "ocr", "detect", "segment"]
     assert len({r.image.read_bytes() for r in rows}) == 5  # five distinct images
     sections = stdout.split("\n[")[1:]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pgexport_runtime.answers import parse_objects
-from tools.demo import evaluate, generator
+from tools.demo_model import evaluate, generator
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "pg-demo"
 HAS_MODEL = (MODEL_DIR / "model.safetensors").is_file()
@@ -82,7 +82,7 @@ def test_generator_is_deterministic_and_order_independent():
 
 
 def test_held_out_set_is_disjoint_from_training():
-    from tools.demo import train
+    from tools.demo_model import train
 
     assert evaluate.EVAL_SEED != train.TRAIN_SEED
     train_imgs = {np.asarray(generator.make_example(train.TRAIN_SEED, i).scene.image).tobytes() for i in range(100)}
@@ -111,7 +111,7 @@ def test_every_task_has_its_paligemma_format():
 @needs_model
 def test_training_inputs_equal_the_processor(hf):
     """The trainer builds its prefix-LM batches itself; they must be what PaliGemmaProcessor(suffix=...) makes."""
-    from tools.demo.train import Batcher
+    from tools.demo_model.train import Batcher
 
     processor = hf[1]
     data = Batcher(MODEL_DIR, MODEL_DIR)
@@ -153,7 +153,7 @@ def test_held_out_quality_matches_the_model_card(hf, card_results):
             assert evaluate.score(task, exs, preds)["vqa_em"] >= 2 * majority
         vq = None
         if task == "segment":
-            from tools.demo.vqvae import load_vqvae
+            from tools.demo_model.vqvae import load_vqvae
 
             vq = load_vqvae(MODEL_DIR).decode_np
         got.update(evaluate.score(task, exs, preds, decode_fn=vq))
@@ -168,14 +168,14 @@ def test_held_out_quality_matches_the_model_card(hf, card_results):
 
 
 def test_patch_targets_describe_the_scene():
-    """The training-only dense targets (tools/demo/aux.py) say what lies under each patch of a scene."""
-    from tools.demo import aux
+    """The training-only dense targets (tools/demo_model/patch_targets.py) say what lies under each patch of a scene."""
+    from tools.demo_model import patch_targets
 
     grid = 8
     ex = next(generator.make_example(1, i, task="ocr") for i in range(50)
               if len(generator.make_example(1, i, task="ocr").scene.objects) >= 2)
     scene = ex.scene
-    t = aux.patch_targets(scene, grid)
+    t = patch_targets.patch_targets(scene, grid)
     assert t["bg"].tolist() == [list(generator.BACKGROUNDS).index(scene.background)] * grid * grid
     assert int(t["centre"].sum()) <= len(scene.objects) and t["centre"].sum() >= 1
     covered = t["kind"] > 0
@@ -184,10 +184,10 @@ def test_patch_targets_describe_the_scene():
         y, x = divmod(int(p), grid)
         obj = [o for o in scene.objects if tuple(t["box"][p] * 128) == tuple(float(v) for v in o.box)]
         assert obj and generator.KINDS[t["kind"][p] - 1] == obj[0].kind
-        assert obj[0].mask[y * 16:(y + 1) * 16, x * 16:(x + 1) * 16].mean() >= aux.COVER
-    chars = [c for c in scene.text if c in aux.CHARS]
+        assert obj[0].mask[y * 16:(y + 1) * 16, x * 16:(x + 1) * 16].mean() >= patch_targets.COVER
+    chars = [c for c in scene.text if c in patch_targets.CHARS]
     assert t["text"].sum() >= 1
-    assert set(np.nonzero(t["chars"].sum(0))[0]) == {aux.CHARS.index(c) for c in chars}
+    assert set(np.nonzero(t["chars"].sum(0))[0]) == {patch_targets.CHARS.index(c) for c in chars}
 
 
 def test_training_checkpoint_resumes_without_pickle(tmp_path):
@@ -196,7 +196,7 @@ def test_training_checkpoint_resumes_without_pickle(tmp_path):
 
     import torch
 
-    from tools.demo import train
+    from tools.demo_model import train
 
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

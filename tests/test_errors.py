@@ -122,7 +122,7 @@ def test_unknown_model(tmp_path, capsys):
 
 
 def test_checkpoint_dir_without_safetensors(tmp_path, capsys):
-    from pgexport import sources
+    from pgexport.source import sources
 
     ckpt = tmp_path / "ckpt"
     # the preset's config and tokenizer; not its weights, which a streamed build may have written beside them

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pgexport import sources
+from pgexport.source import sources
 from pgexport.estimate import estimate, parameters
 from pgexport.quant.recipes import resolve_recipe
 from pgexport_runtime.errors import UserError
@@ -66,8 +66,8 @@ def test_max_memory_refuses_before_anything_starts(tmp_path, capsys):
 
 
 def test_the_default_budget_is_the_machines_memory(monkeypatch):
-    from pgexport import plan
-    from pgexport.plan import BuildOptions, Plan
+    from pgexport.build import plan
+    from pgexport.build.plan import BuildOptions, Plan
 
     monkeypatch.setattr(plan, "machine_memory", lambda: 24e9)
     assert Plan.of(BuildOptions(model="paligemma-3b-224")).estimate.peak_rss_bytes < 24e9  # 3B fits in 24 GB
@@ -86,7 +86,7 @@ def test_streamed_estimate_holds_the_table_as_stored(tiny, tmp_path):
     import torch
 
     from pgexport.estimate import STREAM_RSS_PER_RESIDENT_BYTE
-    from pgexport.plan import BuildOptions, Plan
+    from pgexport.build.plan import BuildOptions, Plan
 
     peaks = {}
     for dtype in (torch.float32, torch.bfloat16):

@@ -31,7 +31,7 @@ def test_export_carries_the_preset_weights(exported):
     import torch
     from safetensors.torch import load_file
 
-    from pgexport import sources
+    from pgexport.source import sources
 
     lm = sources.load_model(sources.resolve("tiny-pg1")).model.language_model.state_dict()
     saved = load_file(str(exported / "model.safetensors"))

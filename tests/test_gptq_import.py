@@ -8,10 +8,10 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from pgexport.quant.blockwise import dequantize
+from pgexport.nbits import dequantize
 from pgexport_runtime import PaliGemma
 from pgexport_runtime.errors import UserError
-from pgexport.quant.gptq_import import dequantize_linear, read_linear, to_matmulnbits
+from pgexport.source.gptq_import import dequantize_linear, read_linear, to_matmulnbits
 from pgexport.quant.recipes import Precision, Recipe
 from pgexport.quant.rewrite import GraphReport, check_fast_path, rewrite_linears
 
@@ -108,8 +108,8 @@ def test_build_from_a_gptq_checkpoint_reproduces_it(tmp_path):
     import onnx
     from safetensors.numpy import save_file
 
-    from pgexport import sources
-    from pgexport.build import BuildOptions, build
+    from pgexport.source import sources
+    from pgexport.build.bundle_steps import BuildOptions, build
 
     src = sources.resolve("tiny-pg1")
     model = sources.load_model(src)
@@ -157,7 +157,7 @@ def test_build_from_a_gptq_checkpoint_reproduces_it(tmp_path):
     assert acc["sequence_agreement"] == 1.0 and acc["token_agreement"] == 1.0 and acc["mean_kl"] < 1e-6
 
     # an independent reference: transformers with the weights the test computed itself from its own codes
-    from pgexport.parity import PROMPTS, parity_image
+    from pgexport.verify.parity import PROMPTS, parity_image
 
     with torch.no_grad():
         for key, w in independent.items():

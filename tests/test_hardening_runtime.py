@@ -28,7 +28,7 @@ from pgexport_runtime.images import as_image, load_image
 from pgexport_runtime.manifest import Generation, MANIFEST
 from pgexport_runtime.overlay import save_overlay
 from pgexport_runtime.preprocess import Preprocessing, to_rgb
-from pgexport_runtime.structured import Answer, Detection, to_answer
+from pgexport_runtime.typed_answers import Answer, Detection, to_answer
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

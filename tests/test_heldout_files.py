@@ -1,5 +1,5 @@
-"""The demo model's held-out set as files (models/pg-demo-heldout): what tools/demo/heldout.py writes today, read
-back by the one reader (pgexport/heldout.py) that the gate, GPTQ calibration, bench and `pgexport demo` use."""
+"""The demo model's held-out set as files (models/pg-demo-heldout): what tools/demo_model/write_heldout.py writes, read
+back by the one reader (pgexport/verify/image_prompts.py) that the gate, GPTQ calibration, bench and `pgexport demo` use."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from pgexport import heldout
+from pgexport.verify import image_prompts
 from pgexport_runtime.errors import UserError
-from tools.demo import heldout as writer
+from tools.demo_model import write_heldout as writer
 
 
 def test_shipped_files_are_what_the_generator_writes(tmp_path):
     writer.write(tmp_path / "set")
-    fresh = heldout.read(tmp_path / "set" / "heldout.jsonl")
-    shipped = heldout.read(heldout.DEMO_SET)
+    fresh = image_prompts.read(tmp_path / "set" / "heldout.jsonl")
+    shipped = image_prompts.read(image_prompts.DEMO_SET)
     assert [(r.id, r.prompt, r.answer, r.task, r.split, r.boxes) for r in fresh] == \
            [(r.id, r.prompt, r.answer, r.task, r.split, r.boxes) for r in shipped]
     for a, b in zip(fresh, shipped):
@@ -27,7 +27,7 @@ def test_shipped_files_are_what_the_generator_writes(tmp_path):
 def test_splits_cover_every_task_and_ground_truth_matches_the_answers():
     from pgexport_runtime.answers import parse_objects
 
-    rows = heldout.read(heldout.DEMO_SET)
+    rows = image_prompts.read(image_prompts.DEMO_SET)
     by_split = {s: [r for r in rows if r.split == s] for s in ("eval", "gate", "calibration", "demo")}
     assert {len(v) for k, v in by_split.items() if k != "demo"} == {100, 20, 35}
     for split in ("eval", "gate", "calibration"):
@@ -48,9 +48,9 @@ def test_malformed_rows_are_one_line_errors(tmp_path):
     bad = tmp_path / "set.jsonl"
     bad.write_text(json.dumps({"image": "a.png", "prompt": "caption en"}) + "\n" + json.dumps({"image": 3}) + "\n")
     with pytest.raises(UserError, match=r"set.jsonl:2: expected a JSON object"):
-        heldout.read(bad)
+        image_prompts.read(bad)
     bad.write_text(json.dumps({"image": "a.png", "prompt": "ocr", "max_new_tokens": 0}) + "\n")
     with pytest.raises(UserError, match=r":1: expected"):
-        heldout.read(bad)
+        image_prompts.read(bad)
     with pytest.raises(UserError, match="no eval rows in split 'nope'"):
-        heldout.read(heldout.DEMO_SET, split="nope", what="eval")
+        image_prompts.read(image_prompts.DEMO_SET, split="nope", what="eval")

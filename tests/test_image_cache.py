@@ -117,10 +117,10 @@ def test_a_row_answers_as_it_would_alone(demo_bundles):
     """The int4 recipe's vision encoder quantizes activations with one scale per call (dynamic int8): encoded
     together, images changed each other's embeddings (1.5 % on the demo model; 5 of 40 held-out answers differed
     batched by 4). The runtime encodes each image on its own, so a batch answers as its rows would alone."""
-    from pgexport import heldout
+    from pgexport.verify import image_prompts
 
     pg = PaliGemma(demo_bundles["int4"], image_cache_bytes=0)
-    rows = list(heldout.read(heldout.DEMO_SET, "eval", limit=8))
+    rows = list(image_prompts.read(image_prompts.DEMO_SET, "eval", limit=8))
     images = [r.image for r in rows]
     alone = np.concatenate([pg.image_embeddings([im]) for im in images])
     assert np.array_equal(pg.image_embeddings(images), alone)

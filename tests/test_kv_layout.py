@@ -1,4 +1,4 @@
-"""The "shared" KV-cache layout (issue 18): one buffer per layer's keys and values, bound as both past and
+"""The "shared" KV-cache layout: one buffer per layer's keys and values, bound as both past and
 present, written in place by onnxruntime's GroupQueryAttention (pgexport/export/attention.py).
 
 The oracle is the "concat" bundle of the same model (the `bundles` fixture), whose decoder is parity-checked
@@ -23,7 +23,7 @@ from pgexport_runtime.errors import UserError
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory) -> dict:
-    from pgexport.build import BuildOptions, build
+    from pgexport.build.bundle_steps import BuildOptions, build
 
     root = tmp_path_factory.mktemp("shared")
     return {name: build(BuildOptions(model=name, out=root / name, kv_cache="shared", parity_tokens=8))
@@ -79,7 +79,7 @@ def _buffer(cache, tensor: int, side: int, length: int) -> np.ndarray:
 
 
 def test_an_unknown_kv_layout_is_one_line():
-    from pgexport.plan import BuildOptions, Plan
+    from pgexport.build.plan import BuildOptions, Plan
 
     with pytest.raises(UserError, match=r"^unknown --kv-cache 'paged' \(use one of concat, shared, static\)"):
         Plan.of(BuildOptions(model="tiny-pg1", kv_cache="paged"))

@@ -31,7 +31,7 @@ def _images():
 def test_matches_siglip_image_processor(tiny, kind):
     image = _images()[kind]
     ref = tiny.processor.image_processor(images=[image], return_tensors="np")["pixel_values"]
-    from pgexport import sources
+    from pgexport.source import sources
 
     params = sources.load_preprocessing(tiny.source, tiny.geometry)
     got = preprocess([image], params)
@@ -53,7 +53,7 @@ def test_matches_at_full_resolution(tiny):
 
 
 def _params(tiny):
-    from pgexport import sources
+    from pgexport.source import sources
 
     return sources.load_preprocessing(tiny.source, tiny.geometry)
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pgexport.quant.apply import quantize_graphs
-from pgexport.quant.blockwise import dequantize, pack_rtn, pack_rtn_rows, unpack_ints
+from pgexport.nbits import dequantize, pack_rtn, pack_rtn_rows, unpack_ints
 from pgexport.quant.gptq import gptq_quantize, to_packed
 from pgexport.quant.recipes import RECIPES, Precision, resolve_recipe
 from pgexport_runtime import PaliGemma
@@ -242,7 +242,7 @@ def test_recipe_errors_are_user_errors(tmp_path):
 
 
 def test_gptq_build_records_recipe_and_accuracy(tmp_path):
-    from pgexport.build import BuildOptions, build, planned_steps
+    from pgexport.build.bundle_steps import BuildOptions, build, planned_steps
 
     seen: list[str] = []
     opts = BuildOptions(model="tiny-pg2", out=tmp_path / "b", quant="int4-gptq", gate_samples=4, gate_tokens=8,
@@ -320,7 +320,7 @@ def test_rewritten_small_graph_keeps_no_reference_to_the_old_data_file(tmp_path)
     import onnx_ir as ir
     import onnxruntime as ort
 
-    from pgexport.bundle import check_graph_files
+    from pgexport.build.writer import check_graph_files
     from pgexport.quant.rewrite import save_graph
 
     path = tmp_path / "g.onnx"
@@ -334,7 +334,7 @@ def test_rewritten_small_graph_keeps_no_reference_to_the_old_data_file(tmp_path)
 
 
 def test_bundle_check_refuses_a_graph_whose_data_file_is_missing(tmp_path):
-    from pgexport.bundle import GraphFilesError, check_graph_files
+    from pgexport.build.writer import GraphFilesError, check_graph_files
 
     path = tmp_path / "g.onnx"
     _external_matmul_graph(path)
@@ -460,8 +460,8 @@ def test_the_gate_in_two_parts_measures_what_one_session_does(demo_bundles, tmp_
     child's job and log."""
     from pathlib import Path
 
-    from pgexport import sources
-    from pgexport.quant import gate, samples
+    from pgexport.source import sources
+    from pgexport.verify import gate, samples
 
     source = sources.resolve(str(Path(__file__).resolve().parents[1] / "models" / "pg-demo"), None)
     cards = samples.gate_samples(source, 6, sources.load_geometry(source).image_size)

@@ -168,7 +168,7 @@ def test_adapter_as_model_needs_a_base_that_resolves(lora, tmp_path, capsys):
 
 
 def test_processor_pads_left_whatever_the_checkpoint_says(ckpt):
-    from pgexport import sources
+    from pgexport.source import sources
 
     assert json.loads((ckpt / "tokenizer_config.json").read_text())["padding_side"] == "right"
     processor = sources.load_processor(ckpt)

@@ -1,4 +1,4 @@
-"""The "static" KV-cache layout (issue 20): every graph of fixed shape, batch 1, a prefill graph per prefix length and
+"""The "static" KV-cache layout: every graph of fixed shape, batch 1, a prefill graph per prefix length and
 a cache buffer of fixed length, written in place (pgexport/export/static_shapes.py, pgexport_runtime/static.py).
 
 The oracle is the dynamic-shape bundle of the same model (the `bundles` and `demo_bundles` fixtures; the tiny
@@ -27,7 +27,7 @@ MAX_LEN = {"tiny-pg1": None, "tiny-pg2": 60}  # PROMPTS take 20, 44 and 22 token
 
 @pytest.fixture(scope="module")
 def static(tmp_path_factory) -> dict:
-    from pgexport.build import BuildOptions, build
+    from pgexport.build.bundle_steps import BuildOptions, build
 
     root = tmp_path_factory.mktemp("static")
     return {name: build(BuildOptions(model=name, out=root / name, kv_cache="static", parity_tokens=8,
@@ -86,14 +86,14 @@ def test_teacher_forced_scores_match(static, bundles, images):
 def test_demo_model_int4_static(demo_bundles, tmp_path):
     """The demo model, int4 as its default build: the static bundle gives the dynamic one's tokens on held-out
     items (one at a time: the int8 vision encoder's activation scale is the batch's, so batch mates move it)."""
-    from pgexport import heldout
-    from pgexport.build import BuildOptions, build
+    from pgexport.verify import image_prompts
+    from pgexport.build.bundle_steps import BuildOptions, build
 
     model = demo_bundles["int4"]
     out = build(BuildOptions(model=str(Path(__file__).resolve().parents[1] / "models" / "pg-demo"),
                              out=tmp_path / "s", quant="int4", kv_cache="static", skip_parity=True, gate_samples=0))
     a, b = PaliGemma(model), PaliGemma(out)
-    rows = list(heldout.read(heldout.DEMO_SET, "eval", limit=6))
+    rows = list(image_prompts.read(image_prompts.DEMO_SET, "eval", limit=6))
     want = [a(r.image, r.prompt, max_new_tokens=r.max_new_tokens).tokens for r in rows]
     got = [b(r.image, r.prompt, max_new_tokens=r.max_new_tokens).tokens for r in rows]
     assert got == want and len({tuple(t) for t in want}) == len(rows)
@@ -125,7 +125,7 @@ def test_a_call_past_the_cache_is_one_line(static, images):
 
 
 def test_static_options_are_checked():
-    from pgexport.plan import BuildOptions, Plan
+    from pgexport.build.plan import BuildOptions, Plan
 
     with pytest.raises(UserError, match=r"^--prefill-lengths and --max-len fix the shapes of --kv-cache static"):
         Plan.of(BuildOptions(model="tiny-pg1", max_len=100))

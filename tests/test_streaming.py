@@ -1,4 +1,4 @@
-"""The pieces of a build that streams (issue 21): weights read one tensor at a time from a checkpoint, a
+"""The pieces of a build that streams: weights read one tensor at a time from a checkpoint, a
 decoder graph exported from the architecture alone with its weights bound lazily, and parity checked one
 decoder layer at a time.
 
@@ -17,11 +17,12 @@ import onnxruntime as ort
 import pytest
 from checkpoints import save_checkpoint
 
-from pgexport import layer_parity, parity, sources
+from pgexport.verify import layer_parity, parity
+from pgexport.source import sources
 from pgexport.export import decoder, graphs
 from pgexport.export.onnx_export import export_graph, param_bytes
 from pgexport_runtime.errors import UserError
-from pgexport.weights import CheckpointWeights, meta_model
+from pgexport.source.weights import CheckpointWeights, meta_model
 
 
 @pytest.fixture(scope="module", params=["tiny-pg1", "tiny-pg2"])
@@ -112,7 +113,7 @@ def test_streamed_build_writes_the_whole_builds_graphs(name, bundles, tmp_path):
 
     from conftest import PROGRESS
 
-    from pgexport.build import BuildOptions, build
+    from pgexport.build.bundle_steps import BuildOptions, build
 
     progress: list[str] = []
     out = build(BuildOptions(model=name, out=tmp_path / "b", stream=True), progress.append)
@@ -126,10 +127,10 @@ def test_streamed_build_writes_the_whole_builds_graphs(name, bundles, tmp_path):
 
 
 def test_stream_is_chosen_when_the_whole_model_does_not_fit(monkeypatch):
-    from pgexport import plan
-    from pgexport.plan import BuildOptions, Plan, steps
+    from pgexport.build import plan
+    from pgexport.build.plan import BuildOptions, Plan, steps
 
-    monkeypatch.setattr(plan, "machine_memory", lambda: 16e9)  # the laptop of issue 21
+    monkeypatch.setattr(plan, "machine_memory", lambda: 16e9)  # a 16 GB laptop
     p = Plan.of(BuildOptions(model="paligemma-3b-224", quant="int4"))
     assert p.stream and p.estimate.peak_rss_bytes < 16e9
     assert "layer parity" in [s.name for s in steps(p)]
@@ -144,8 +145,8 @@ def test_stream_refuses_what_it_does_not_do_yet(tmp_path):
 
     from checkpoints import save_lora_adapter
 
-    from pgexport.build import BuildOptions, build
-    from pgexport.plan import Plan
+    from pgexport.build.bundle_steps import BuildOptions, build
+    from pgexport.build.plan import Plan
 
     base = save_checkpoint("tiny-pg1", tmp_path / "base")
     saved = save_lora_adapter(base, tmp_path / "saved", ["q_proj"], seed=0)
@@ -174,7 +175,7 @@ def test_streamed_adapter_build_writes_the_whole_builds_graphs(name, quant, tune
     from peft import LoraConfig, get_peft_model
     from transformers import PaliGemmaForConditionalGeneration
 
-    from pgexport.build import BuildOptions, build
+    from pgexport.build.bundle_steps import BuildOptions, build
 
     base = save_checkpoint(name, tmp_path / "base")
     model = PaliGemmaForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
@@ -206,8 +207,8 @@ def test_streamed_gptq_build_writes_the_whole_builds_graphs(name, tmp_path):
     build's, byte for byte, and its 4-bit weights are not round-to-nearest's."""
     import json
 
-    from pgexport.build import BuildOptions, build
-    from pgexport.quant.blockwise import Packed, pack_rtn, unpack_ints
+    from pgexport.build.bundle_steps import BuildOptions, build
+    from pgexport.nbits import Packed, pack_rtn, unpack_ints
 
     seen: dict[bool, list[str]] = {True: [], False: []}
     details: dict[bool, list[str]] = {True: [], False: []}
@@ -244,7 +245,7 @@ def test_streamed_model_keeps_a_bf16_table_and_computes_as_transformers(name, tm
     and computes in float32: the loaded float32 model's logits and greedy tokens."""
     import torch
 
-    from pgexport.streamed import streamed_model
+    from pgexport.source.streamed import streamed_model
 
     directory = save_checkpoint(name, tmp_path / "ckpt", dtype=torch.bfloat16)
     source = sources.resolve(str(directory))
@@ -262,7 +263,7 @@ def test_streamed_model_keeps_a_bf16_table_and_computes_as_transformers(name, tm
 def test_decoder_quantized_as_exported_is_the_quantized_float_export(ckpt, tmp_path):
     """A streamed build packs the decoder's weights as the graph is written (no float32 file): the files are
     those of exporting in float32 and quantizing the file afterwards, byte for byte."""
-    from pgexport.quant.apply import quantize_graph
+    from pgexport.quant.apply import quantize_graph, quantize_model
     from pgexport.quant.recipes import resolve_recipe
 
     directory, config, g, _ = ckpt
@@ -272,7 +273,9 @@ def test_decoder_quantized_as_exported_is_the_quantized_float_export(ckpt, tmp_p
     weights = CheckpointWeights(directory, meta_model(config))
     graphs.export_decoder(config, weights, g, tmp_path / "after")
     want = quantize_graph("decoder", tmp_path / "after" / "decoder.onnx", recipe)
-    got = graphs.export_decoder(config, weights, g, tmp_path / "during", recipe)
+    got = {}
+    graphs.export_decoder(config, weights, g, tmp_path / "during",
+                          write=lambda graph, path: got.update(quantize_model("decoder", graph, path, recipe)))
     assert got == want and set(want["weights"].values()) == {"int4/b32"}
     files = sorted(p.name for p in (tmp_path / "during").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "after").iterdir())
@@ -286,8 +289,8 @@ def test_batched_gate_reference_on_disk_is_the_loaded_models(ckpt, tmp_path):
     written to disk as made, the KV cache dropped first) is the loaded model's on the same batch, and one
     sample at a time gives the same tokens (left padding moves log-probabilities by <= 1e-5 of their scale
     in transformers itself: 9e-6 measured on tiny-pg2)."""
-    from pgexport.quant import gate, samples
-    from pgexport.streamed import streamed_model
+    from pgexport.verify import gate, samples
+    from pgexport.source.streamed import streamed_model
 
     directory, config, g, _ = ckpt
     source = sources.resolve(str(directory))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgexport.tokenizer import LOC_TOKENS, SEG_TOKENS, TokenLayout
+from pgexport.source.tokenizer import LOC_TOKENS, SEG_TOKENS, TokenLayout
 from pgexport_runtime.prompt import PromptTokenizer
 
 

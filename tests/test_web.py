@@ -4,7 +4,7 @@ The Python runtime writes the shared vectors (tests/web/vectors.py): pixel value
 ids, and the `--json` answers of >= 30 held-out demo items across the five tasks, for an fp32 and an int4 bundle.
 Then the Node tests (node --test) compare against them: fp32 identical, int4 token agreement above a measured
 floor, preprocessing within 1e-6, tampered bundles refused; and headless Chromium (Debian's chromium, driven by
-playwright-core) runs the demo page served by pgexport.serve.
+playwright-core) runs the runtime's page served by pgexport.serve.
 
 Needs node and npm (and chromium for the browser test). Outside CI a missing tool skips with the reason; with the
 CI environment variable set it fails, so that CI cannot pass without having run them.
@@ -123,7 +123,7 @@ def test_serve_sends_only_what_it_lists(node_modules, serving, demo_bundles):
     (demo_bundles["fp32"] / "stray.txt").write_text("not listed")
     for path in ["/bundle/stray.txt", "/bundle/../pyproject.toml", "/bundle/%2e%2e/pyproject.toml", "/pyproject.toml",
                  "/src/../cli.js", "/ort/ort.wasm.min.mjs", "/ort/ort.webgpu.min.mjs", "/ort/ort.min.mjs.map", "/node_modules/sharp/package.json",
-                 "/demo/../../../pyproject.toml", "//etc/passwd"]:
+                 "/page/../../../pyproject.toml", "//etc/passwd"]:
         assert get(path)[0] == 404, path
     (demo_bundles["fp32"] / "stray.txt").unlink()
 
@@ -172,13 +172,13 @@ def test_browser_demo_page(node_modules, vectors, serving, tmp_path, key, tasks)
 def test_node_runtime_runs_an_ort_packaged_bundle(node_modules, demo_bundles, tmp_path):
     """`pgexport package` output (ORT format) in onnxruntime-node: the same JSON answers as the Python runtime
     gives on the .onnx bundle it came from (int4: MatMulNBits and GatherBlockQuantized in ORT format)."""
-    from pgexport import heldout
+    from pgexport.verify import image_prompts
     from pgexport.package import package
     from pgexport_runtime import PaliGemma
 
     packaged = package(demo_bundles["int4"], tmp_path / "int4-ort", mobile_check=False)
     pg = PaliGemma(demo_bundles["int4"])
-    for row in heldout.read(heldout.DEMO_SET, "eval", limit=5):  # one item per task
+    for row in image_prompts.read(image_prompts.DEMO_SET, "eval", limit=5):  # one item per task
         want = pg.answer(row.image, row.prompt, max_new_tokens=row.max_new_tokens).to_json()
         r = subprocess.run(["node", str(WEB / "cli.js"), str(packaged), "--image", str(row.image), "--prompt",
                             row.prompt, "--max-new-tokens", str(row.max_new_tokens), "--json"],
@@ -192,7 +192,7 @@ def test_node_runtime_runs_a_shared_kv_cache_bundle(node_modules, bundles, image
     """A bundle built with --kv-cache shared in onnxruntime-node (one preallocated buffer per tensor, written in
     place) and onnxruntime-web's WASM backend (handed off): the Python runtime's answers on it, which are the
     concat bundle's tokens."""
-    from pgexport.build import BuildOptions, build
+    from pgexport.build.bundle_steps import BuildOptions, build
     from pgexport_runtime import PaliGemma
 
     shared = build(BuildOptions(model=name, out=tmp_path / "shared", kv_cache="shared", parity_tokens=4))

@@ -1,4 +1,4 @@
-"""How far a bundle is from its PyTorch reference in bench's report: pgexport/agreement.py's measures, keyed by
+"""How far a bundle is from its PyTorch reference in bench's report: pgexport/verify/agreement.py's measures, keyed by
 item id (numpy only)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import agreement
+from pgexport.verify import agreement
 
 
 def compare_sequences(ref: dict[str, list[int]], got: dict[str, list[int]]) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pgexport import heldout
+from pgexport.verify import image_prompts
 
 DEMO = "demo"  # the name of the default eval set
 GENERATED = "generated"  # speed mode: synthetic image + fixed prompt, fixed token count
@@ -38,10 +38,10 @@ class Item:
 
 
 def set_items(path: Path, limit: int, max_new_tokens: int | None, split: str | None = None) -> list[Item]:
-    """A JSONL set (pgexport/heldout.py); the demo set is the demo model's held-out "eval" split, whose rows
+    """A JSONL set (pgexport/verify/image_prompts.py); the demo set is the demo model's held-out "eval" split, whose rows
     interleave the tasks so that any limit covers all of them. --max-new-tokens caps each row's own."""
     items = []
-    for row in heldout.read(path, split, limit, what="eval"):
+    for row in image_prompts.read(path, split, limit, what="eval"):
         own = row.max_new_tokens or max_new_tokens or 32
         items.append(Item(id=row.id, image=str(row.image), prompt=row.prompt, answer=row.answer, task=row.task,
                           max_new_tokens=min(own, max_new_tokens) if max_new_tokens else own,
@@ -52,7 +52,7 @@ def set_items(path: Path, limit: int, max_new_tokens: int | None, split: str | N
 
 def generated_items(limit: int, image_size: int, new_tokens: int) -> list[Item]:
     """Speed mode: deterministic synthetic images at the model's resolution, one fixed prompt."""
-    from pgexport.parity import parity_image
+    from pgexport.verify.parity import parity_image
 
     items = []
     for n in range(limit):

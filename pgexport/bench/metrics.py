@@ -1,5 +1,5 @@
 """Task metrics against ground truth: the one place they are defined (bench, and the demo model's evaluation in
-tools/demo). Answers are read by the runtime's own parser (pgexport_runtime.answers), so a metric sees the
+tools/demo_model). Answers are read by the runtime's own parser (pgexport_runtime.answers), so a metric sees the
 boxes and masks a user of the runtime gets: boxes (x0, y0, x1, y1) in pixels of the image, masks pasted by
 pgexport_runtime.masks.paste_mask. numpy only.
 """
@@ -117,3 +117,10 @@ def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
 
 def exact_match(refs: Sequence[str], hyps: Sequence[str]) -> float:
     return float(np.mean([r.strip() == h.strip() for r, h in zip(refs, hyps)])) if refs else float("nan")
+
+
+LOWER_IS_BETTER = ("cer", "ocr_cer")  # error rates; every other task metric is a rate or an IoU
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in LOWER_IS_BETTER or metric.endswith("_cer")

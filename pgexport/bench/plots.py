@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_path
+from pgexport.files import atomic_path
 
 BAR_STAGES = ("preprocess", "vision_encoder", "projector", "prefill", "decode_per_token", "ttft", "end_to_end")
 LABELS = {"preprocess": "preprocess", "vision_encoder": "vision\nencoder", "projector": "projector",
@@ -49,7 +49,7 @@ def latency_by_stage(report: dict, path: Path) -> None:
     s = report["settings"]
     ax.set_title(f"Latency by stage — {s['mode']} mode, {s['threads']} threads, {report['system']['cpu_model']}")
     ax.grid(axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # beside, never over bars
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)

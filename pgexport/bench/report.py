@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..files import atomic_path
-from .stats import STAGES
+from pgexport.files import atomic_path
+from pgexport.bench import metrics
+from pgexport.bench.stats import STAGES
 
 STAGE_LABELS = {"preprocess": "preproc", "vision_encoder": "vision", "projector": "projector", "prefill": "prefill",
                 "ttft": "TTFT", "decode_per_token": "decode/tok", "end_to_end": "end to end"}
@@ -14,7 +15,7 @@ STAGE_LABELS = {"preprocess": "preproc", "vision_encoder": "vision", "projector"
 
 def write_outputs(report: dict, out: Path) -> dict[str, Path]:
     """Write bench.json, bench.md and the plots into `out`; returns {kind: path}."""
-    from . import plots
+    from pgexport.bench import plots
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "bench.json", "markdown": out / "bench.md"}
@@ -80,7 +81,7 @@ def markdown(report: dict) -> str:
     acc = [r for r in runs if r["accuracy"]]
     if acc:
         lines += ["", f"## Accuracy against the PyTorch reference ({acc[0]['reference']})", "",
-                  "| bundle | sequence agreement | token agreement | first divergence (min / mean) | mean KL (nats) "
+                  "| bundle | sequence agreement | token agreement | first divergence (min / mean) | mean KL (nats) ↓ "
                   "| top-1 agreement |", "|---|---:|---:|---:|---:|---:|"]
         for r in acc:
             a, fd, tf = r["accuracy"], r["accuracy"]["first_divergence"], r["accuracy"]["teacher_forced"]
@@ -91,7 +92,8 @@ def markdown(report: dict) -> str:
     scored = [r for r in runs if r["task_metrics"]]
     if scored:
         keys = list(dict.fromkeys(k for r in scored for k in r["task_metrics"]))
-        lines += ["", "## Task metrics against ground truth", "", "| run | " + " | ".join(keys) + " |",
+        lines += ["", "## Task metrics against ground truth (↓: lower is better)", "",
+                  "| run | " + " | ".join(k + (" ↓" if metrics.lower_is_better(k) else "") for k in keys) + " |",
                   "|---|" + "---:|" * len(keys)]
         for r in scored:
             tm = r["task_metrics"]

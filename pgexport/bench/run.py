@@ -20,10 +20,10 @@ import numpy as np
 from pgexport_runtime.errors import UserError
 from pgexport_runtime.manifest import MANIFEST, load_manifest
 
-from pgexport import heldout
+from pgexport.verify import image_prompts
 
-from . import accuracy, evalset, stats, tasks
-from .schema import SCHEMA, SCHEMA_VERSION, validate
+from pgexport.bench import accuracy, evalset, stats, tasks
+from pgexport.bench.schema import SCHEMA, SCHEMA_VERSION, validate
 
 MODES = ("auto", "full", "speed")
 
@@ -73,7 +73,7 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
     work = Path(opts.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    from pgexport import plan
+    from pgexport.build import plan
 
     memory = plan.machine_memory()
 
@@ -134,6 +134,9 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
                                manifests[specs.index(w.source)], mode))
     if mode == "speed":
         notes.append("speed mode: the reference is a random-weight preset, so accuracy and task metrics are skipped")
+    system = stats.system_info()
+    if (busy := stats.overloaded(system)) is not None:
+        notes.append(busy)
     report = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -142,7 +145,7 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
                      "repeats": opts.repeats, "threads": threads, "reference_dtypes": dtypes,
                      "new_tokens": opts.new_tokens if mode == "speed" else None,
                      "max_new_tokens": opts.max_new_tokens},
-        "system": stats.system_info(),
+        "system": system,
         "items": [{"id": it.id, "task": it.task, "prompt": it.prompt, "answer": it.answer} for it in items],
         "runs": runs,
         "notes": notes,
@@ -173,7 +176,7 @@ def _source_spec(m) -> str:
     if not spec:
         raise UserError(f"{m.root}: built from the local checkpoint {src.get('name')!r}; pass --reference DIR")
     if src.get("kind") == "local":
-        from pgexport import sources
+        from pgexport.source import sources
 
         if not (sources.REPO_ROOT / spec).is_dir():
             raise UserError(f"{m.root}: its source {spec} is not here; pass --reference SRC")
@@ -186,7 +189,7 @@ def _mode(opts: BenchOptions, manifests) -> str:
         raise UserError(f"--mode {opts.mode}: use one of {', '.join(MODES)}")
     if opts.mode != "auto":
         return opts.mode
-    from pgexport import sources
+    from pgexport.source import sources
 
     if opts.reference is not None:
         return "speed" if opts.reference in sources.list_presets() else "full"
@@ -204,7 +207,7 @@ def _items(opts: BenchOptions, mode: str, manifest) -> tuple[list, str]:
     else:
         max_new = opts.max_new_tokens
     if eval_set == evalset.DEMO:
-        return evalset.set_items(heldout.DEMO_SET, limit, max_new, split="eval"), eval_set
+        return evalset.set_items(image_prompts.DEMO_SET, limit, max_new, split="eval"), eval_set
     return evalset.set_items(Path(eval_set), limit, max_new), str(eval_set)
 
 

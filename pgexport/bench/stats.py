@@ -74,5 +74,15 @@ def system_info() -> dict:
     }
 
 
+def overloaded(system: dict) -> str | None:
+    """A warning when the 1-minute load average at the end of a run exceeds the CPUs: other work competed for
+    them while it ran, and its timings are not to be trusted."""
+    load, cpus = system.get("load_average"), system.get("cpu_count")
+    if not load or not cpus or load[0] <= cpus:
+        return None
+    return (f"warning: the load average ({load[0]:.2f}) exceeded the {cpus} CPUs during the run: other work "
+            "competed for them, and these timings are unreliable")
+
+
 def dir_bytes(paths) -> int:
     return int(sum(Path(p).stat().st_size for p in paths))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from . import metrics
+from pgexport.bench import metrics
 
 
 def clean(text: str, eos_token: str = "<eos>") -> str:
@@ -84,7 +84,7 @@ def _detection(group) -> dict:
 
 
 def _mask_score(item, pred: str, decode_fn) -> float:
-    from pgexport.heldout import load_masks
+    from pgexport.verify.image_prompts import load_masks
 
     w, h = _size(item)
     labels = {b[0] for b in item.boxes or ()}

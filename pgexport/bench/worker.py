@@ -21,8 +21,8 @@ import numpy as np
 
 from pgexport import child
 
-from .evalset import Item, as_pil, load_items
-from .stats import memory_mb
+from pgexport.bench.evalset import Item, as_pil, load_items
+from pgexport.bench.stats import memory_mb
 
 
 def staged_run(engine, item: Item, pixels: np.ndarray, ignore_eos: bool) -> tuple[list[int], dict]:
@@ -116,12 +116,12 @@ def run(spec: dict) -> dict:
 
 def _load(spec: dict):
     if spec["kind"] == "bundle":
-        from .onnx_engine import OnnxEngine
+        from pgexport.bench.onnx_engine import OnnxEngine
 
         return OnnxEngine(spec["bundle"], spec["threads"])
-    from .torch_engine import TorchEngine
+    from pgexport.verify.reference import TorchReference
 
-    return TorchEngine(spec["source"], spec["dtype"], spec["threads"], spec["exact_weights"])
+    return TorchReference.load(spec["source"], spec["dtype"], spec["threads"], spec["exact_weights"])
 
 
 def _input_checks(engine, item: Item, pixels: np.ndarray) -> dict:

@@ -3,7 +3,7 @@
 Every module that holds weights is transformers' own (embedding, norms, q/k/v/o projections, MLP,
 rotary embedding); only the wiring of a layer is written out here, because the graph has to take the
 KV cache and the prefix-LM mask as plain tensors, which transformers' Cache objects and mask factories
-do not export. Parity with transformers is measured at every build (pgexport.parity).
+do not export. Parity with transformers is measured at every build (pgexport.verify.parity).
 
 Inputs (pgexport_runtime.io_names): input_ids, image_embeds, attention_mask, position_ids,
 token_type_ids, logits_index, past_key_values.{i}.key/value. Outputs: logits, present.{i}.key/value.
@@ -165,7 +165,7 @@ def _attention(g: Geometry, attn, x, cos, sin, bias, past_k, past_v):
 
 
 def _shared_attention(g: Geometry, attn, x, cos, sin, bias, past_k, past_v, seqlens=None):
-    from .attention import group_query_attention
+    from pgexport.export.attention import group_query_attention
 
     b, s, _ = x.shape
     if seqlens is None:

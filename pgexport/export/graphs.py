@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pgexport_runtime.geometry import Geometry
 
-from . import decoder, mask_decoder, projector, vision
-from .onnx_export import export_graph, param_bytes
+from pgexport.export import decoder, mask_decoder, projector, vision
+from pgexport.export.onnx_export import export_graph, param_bytes
 
 FILES = {"vision_encoder": "vision_encoder.onnx", "projector": "projector.onnx", "decoder": "decoder.onnx",
          "mask_decoder": "mask_decoder.onnx"}  # the mask decoder only when its weights are found
@@ -31,31 +31,22 @@ def export_projector(model, g: Geometry, out_dir: Path) -> None:
                  projector.OUTPUT_NAMES, projector.DYNAMIC_SHAPES, param_bytes(m))
 
 
-def export_decoder(config, weights, g: Geometry, out_dir: Path, recipe=None, gptq=None,
-                   kv_layout: str = "concat") -> dict | None:
+def export_decoder(config, weights, g: Geometry, out_dir: Path, kv_layout: str = "concat", write=None) -> None:
     """The decoder, exported from the architecture alone (`config`, parameters on the meta device), its
-    weights read one at a time from `weights` (pgexport.weights) as the file is written: the largest graph
+    weights read one at a time from `weights` (pgexport.source.weights) as the file is written: the largest graph
     is never held whole, in torch or in ONNX.
 
-    recipe: quantize as the file is written (quant.apply.quantize_model; a streamed build), so that the float32
-    decoder (37 GB at 10B) never reaches the disk; returns the quantization report. None: write float32.
-    gptq: module name -> its GPTQ weights, for the linears the recipe marks int4-gptq (quant.stored.PackedFiles).
-    kv_layout: how the graph takes the KV cache (decoder.DecoderWithPast)."""
-    from ..weights import meta_model
+    kv_layout: how the graph takes the KV cache (decoder.DecoderWithPast).
+    write: None to save the float32 graph; or `write(graph, path)`, which saves it otherwise: a streamed,
+    quantized build quantizes as the file is written, so that the float32 decoder (37 GB at 10B) never
+    reaches the disk."""
+    from pgexport.source.weights import meta_model
 
     model = meta_model(config)
     m = decoder.DecoderWithPast(model, g, kv_layout)
-    report = {}
-
-    def quantize(graph, path: Path) -> None:
-        from ..quant.apply import quantize_model
-
-        report.update(quantize_model("decoder", graph, path, recipe, gptq))
-
     export_graph(m, decoder.sample_inputs(g, kv_layout), out_dir / FILES["decoder"], decoder.input_names(g),
                  decoder.output_names(g), decoder.dynamic_shapes(g), param_bytes(m), weights=(weights, model),
-                 write=quantize if recipe is not None else None)
-    return report or None
+                 write=write)
 
 
 def export_mask_decoder(m: mask_decoder.MaskDecoder, out_dir: Path) -> None:

@@ -10,10 +10,10 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from ..weights import parameter_names
-from . import bind
-from .attention import TRANSLATIONS, contrib_schemas
-from .fusions import fuse_for_ort
+from pgexport.source.weights import parameter_names
+from pgexport.export import bind
+from pgexport.export.attention import TRANSLATIONS, contrib_schemas
+from pgexport.export.fusions import fuse_for_ort
 
 OPSET = 18
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # past 1 GiB of weights, write a .data file (the protobuf limit is 2 GiB)
@@ -27,7 +27,7 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_sh
 
     weights: None for a module with real parameters; or (source, model) for a module whose parameters are on
     the meta device (part of `model`, a `weights.meta_model`), its weights then read from `source`
-    (`pgexport.weights`) one tensor at a time as the file is written (`bind`).
+    (`pgexport.source.weights`) one tensor at a time as the file is written (`bind`).
 
     write: None to save the graph as exported; or `write(model, path)`, which saves it otherwise (quantized)."""
     module.eval()

@@ -25,7 +25,7 @@ from pgexport_runtime import io_names as io
 from pgexport_runtime.geometry import Geometry
 from pgexport_runtime.manifest import GraphEntry, KvCache, prefill_graph
 
-from ..files import atomic_path
+from pgexport.files import atomic_path
 
 
 class StaticShapeError(Exception):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 
-from .attention import unmasked_attention
+from pgexport.export.attention import unmasked_attention
 
 from pgexport_runtime import io_names as io
 from pgexport_runtime.geometry import Geometry

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from .blockwise import Packed
-from .recipes import Recipe
-from .rewrite import GraphReport, check_fast_path, rewrite_embedding, rewrite_linears, save_graph
+from pgexport.nbits import Packed
+from pgexport.quant.recipes import Recipe
+from pgexport.quant.rewrite import GraphReport, check_fast_path, rewrite_embedding, rewrite_linears, save_graph
 
 GRAPH_COMPONENTS = {"vision_encoder": "vision_encoder", "projector": "projector", "decoder": "decoder_linear"}
 

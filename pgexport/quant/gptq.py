@@ -27,8 +27,8 @@ from torch import nn
 
 from pgexport_runtime.geometry import Geometry
 
-from ..export.decoder import run_layer
-from .blockwise import Packed, pack_codes
+from pgexport.export.decoder import run_layer
+from pgexport.nbits import Packed, pack_codes
 
 DAMP = 0.01
 LAZY_BLOCK = 128
@@ -114,10 +114,10 @@ def quantize_decoder(model, source_dir, g: Geometry, recipe, samples, progress=N
 
     The model is loaded, or streams its layers (streamed.py): a layer's weights are then read for its turn and
     dropped after it, so GPTQ holds one layer, its Hessians and the calibration activations. into: where each
-    packed weight goes as it is made (blockwise.PackedFiles, a streamed build: on disk); default a dict."""
+    packed weight goes as it is made (packed_store.PackedFiles, a streamed build: on disk); default a dict."""
     from pgexport.estimate import gate_batch
     from pgexport.export.decoder import DecoderWithPast
-    from pgexport.streamed import layer_held, streams
+    from pgexport.source.streamed import layer_held, streams
 
     dec = DecoderWithPast(model, g)
     # answers generated in batches as the gate reference's are: a streamed forward pass reads every layer
@@ -191,18 +191,16 @@ def _calibration_inputs(model, dec, source_dir, g: Geometry, samples, answer_tok
     """Layer-0 inputs per sample: image+prompt prefix (bidirectional) + the model's greedy answer (causal),
     through its first end of sequence. batch > 1: the answers are generated that many samples at a time,
     left-padded; each sample's inputs are then built without the padding."""
-    from pgexport.sources import load_processor
+    from pgexport.verify.reference import TorchReference
 
-    processor = load_processor(source_dir)
+    ref = TorchReference.for_model(model, source_dir, g)
     states = []
     with torch.no_grad():
         for start in range(0, len(samples), batch):
             chunk = samples[start:start + batch]
-            inputs = processor(images=[im for im, _ in chunk], text=["<image>" + p for _, p in chunk],
-                               return_tensors="pt", padding="longest")
-            inputs.pop("labels", None)
-            out = model.generate(**inputs, max_new_tokens=answer_tokens, do_sample=False)
-            embeds = model.model.get_image_features(inputs["pixel_values"]).pooler_output
+            inputs = ref.inputs([im for im, _ in chunk], [p for _, p in chunk])
+            out = ref.generate(inputs, answer_tokens)
+            embeds = ref.image_embeddings(inputs["pixel_values"])
             width = inputs["input_ids"].shape[1]
             for row in range(len(chunk)):
                 prefix = inputs["input_ids"][row][inputs["attention_mask"][row].to(torch.bool)]

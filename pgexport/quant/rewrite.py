@@ -25,11 +25,11 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
-from ..export.bind import ROWS_KEY
-from .blockwise import Layout, Packed, pack_rtn, pack_rtn_rows
-from .int8 import PerChannel, per_channel_uint8
-from .recipes import Precision, Recipe
-from .stored import StoredPacked
+from pgexport.export.bind import ROWS_KEY
+from pgexport.nbits import Layout, Packed, pack_rtn, pack_rtn_rows
+from pgexport.quant.int8 import PerChannel, per_channel_uint8
+from pgexport.quant.recipes import Precision, Recipe
+from pgexport.quant.packed_store import StoredPacked
 
 MS_DOMAIN = "com.microsoft"
 # Past 64 MiB of weights a rewritten graph keeps them in a .data file: onnxruntime then maps them instead of
@@ -230,7 +230,7 @@ def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: Gra
                 raise RuntimeError(f"no GPTQ weights for {module}")
             packed = gptq[module]
             layout = packed.layout
-            if not isinstance(packed, Packed):  # on disk (stored.PackedFiles): read back as the graph is written
+            if not isinstance(packed, Packed):  # on disk (packed_store.PackedFiles): read back as the graph is written
                 packed = _Deferred(weight, layout.shapes(), lambda _w, stored=packed: stored.load())
         else:
             k, n = weight.const_value.shape

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .blockwise import dequantize, pack_rtn
-from .gptq import gptq_quantize
-from .recipes import Recipe
+from pgexport.nbits import dequantize, pack_rtn
+from pgexport.quant.gptq import gptq_quantize
+from pgexport.quant.recipes import Recipe
 
 
 HEAD = "lm_head (shared embedding table)"
@@ -53,13 +53,13 @@ def _quantize(w: torch.Tensor, x: torch.Tensor, kind: str, block: int, symmetric
 def layer_errors(model, source_dir, g, recipe: Recipe, samples, progress=None) -> list[LayerError]:
     from pgexport.export.decoder import DecoderWithPast
 
-    from .gptq import _calibration_inputs, _run_layer
+    from pgexport.quant.gptq import _calibration_inputs, _run_layer
 
     dec = DecoderWithPast(model, g)
     tower = model.model.vision_tower
     linears = [(f"tower.{n}", "vision_encoder", m) for n, m in tower.named_modules() if isinstance(m, nn.Linear)]
     linears += [(f"layers.{n}", "decoder_linear", m) for n, m in dec.layers.named_modules() if isinstance(m, nn.Linear)]
-    from pgexport.sources import load_processor
+    from pgexport.source.sources import load_processor
 
     processor = load_processor(source_dir)
     with torch.no_grad():

@@ -59,7 +59,7 @@ def _save(img: Image.Image, path: Path) -> None:
 
 
 def write_vectors(out: Path, bundles: dict[str, Path], n_items: int = 30) -> Path:
-    from pgexport import heldout
+    from pgexport.verify import image_prompts
     from pgexport_runtime import PaliGemma, SessionConfig
     from pgexport_runtime.images import load_image
     from pgexport_runtime.preprocess import preprocess
@@ -78,7 +78,7 @@ def write_vectors(out: Path, bundles: dict[str, Path], n_items: int = 30) -> Pat
         images.append({"file": f"images/{name}", "pixels": f"pixels/{name}.f32", "dims": list(pixels.shape)})
     prompts = [{"prompt": p, "ids": first.tokenizer.prefix_ids(p)} for p in PROMPTS]
     items = []
-    for item in heldout.read(heldout.DEMO_SET, "eval", limit=n_items):
+    for item in image_prompts.read(image_prompts.DEMO_SET, "eval", limit=n_items):
         path = out / "items" / f"{item.id}.png"
         shutil.copyfile(item.image, path)
         row = {"id": item.id, "task": item.task, "image": f"items/{path.name}", "prompt": item.prompt,

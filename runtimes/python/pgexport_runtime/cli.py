@@ -1,4 +1,5 @@
-"""The runtime's own command line, torch-free: `python -m pgexport_runtime run|inspect` (or `pgexport-run`).
+"""The runtime's own command line, torch-free: `pgexport-run run|inspect` (or `python -m pgexport_runtime`).
+`pgexport run` and `pgexport inspect` are this command line too: their options are declared here only.
 
 `run_and_print` is the whole of a `run`, shared with `pgexport run`: every bound first (limits.py), then the
 image and the overlay path, all before the slower bundle load; the answers (one per --prompt, the image
@@ -14,9 +15,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import describe, limits
-from .errors import UserError
-from .sampling import Sampling
+from pgexport_runtime import describe, limits
+from pgexport_runtime.errors import UserError
+from pgexport_runtime.sampling import Sampling
 
 
 def run_prompts(bundle, image, prompts: list[str], *, max_new_tokens: int | None = None,
@@ -27,10 +28,10 @@ def run_prompts(bundle, image, prompts: list[str], *, max_new_tokens: int | None
     on_token(row, token, text) streams; on_answer(i, answer) is called as each answer is complete."""
     from PIL import Image
 
-    from .images import load_image
-    from .overlay import check_output_path, save_overlay
-    from .pipeline import PaliGemma
-    from .session import SessionConfig
+    from pgexport_runtime.images import load_image
+    from pgexport_runtime.overlay import check_output_path, save_overlay
+    from pgexport_runtime.pipeline import PaliGemma
+    from pgexport_runtime.session import SessionConfig
 
     if overlay is not None and len(prompts) != 1:
         raise UserError("--overlay draws one answer: give one --prompt with it")
@@ -84,41 +85,56 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m pgexport_runtime", description="Run or inspect a pgexport bundle without torch.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="answer one image and prompt")
-    run.add_argument("bundle", type=Path)
-    run.add_argument("--image", required=True, type=Path)
-    run.add_argument("--prompt", required=True, action="append",
-                     help='"caption en", "answer en <q>", "ocr", "detect <obj>", ... (repeatable: one image, '
-                          "several prompts, the image encoded once)")
-    run.add_argument("--max-new-tokens", type=int, default=None)
-    run.add_argument("--sample", action="store_true")
-    run.add_argument("--temperature", type=float, default=1.0)
-    run.add_argument("--top-k", type=int, default=0)
-    run.add_argument("--top-p", type=float, default=1.0)
-    run.add_argument("--seed", type=int, default=None)
-    run.add_argument("--stop", action="append", default=[])
-    run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    run.add_argument("--threads", type=int, default=0)
-    run.add_argument("--max-image-pixels", type=int, default=limits.DEFAULT_MAX_IMAGE_PIXELS)
-    run.add_argument("--json", action="store_true",
-                     help="the answer as JSON (boxes in pixels, masks as RLE); one object per line and prompt")
+def _parser(prog: str) -> argparse.ArgumentParser:
+    """The one declaration of `run` and `inspect`: `pgexport run|inspect` hands its arguments here."""
+    p = _Parser(prog=prog, description="Answer prompts about an image with a pgexport bundle, or inspect one; "
+                                       "needs only onnxruntime, numpy, pillow and tokenizers (no torch).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{run,inspect}")
+    run = sub.add_parser("run", help="answer one image: one answer per --prompt, the image encoded once",
+                         description="Answer one image with a bundle: one answer per --prompt, in order (the image "
+                                     "is encoded once for all of them).")
+    run.add_argument("bundle", type=Path, help="a bundle directory (pgexport build --out)")
+    run.add_argument("--image", required=True, type=Path, metavar="PATH",
+                     help="image file (any format Pillow reads)")
+    run.add_argument("--prompt", required=True, action="append", metavar="TEXT",
+                     help='task prompt: "caption en", "answer en <q>", "ocr", "detect <obj>", "segment <obj>"; '
+                          "repeatable: several prompts about one image, answered in order")
+    run.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                     help="default: the bundle's setting; image + prompt tokens + N must fit the model's positions")
+    run.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    run.add_argument("--temperature", type=float, default=1.0, metavar="T", help="finite, >= 1e-6 (default 1.0)")
+    run.add_argument("--top-k", type=int, default=0, metavar="K", help="0 = off; at most the vocabulary (default 0)")
+    run.add_argument("--top-p", type=float, default=1.0, metavar="P", help="in (0, 1]; 1 = off (default 1.0)")
+    run.add_argument("--seed", type=int, default=None, metavar="S", help="seed for sampling, 0 .. 2**64-1")
+    run.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                     help="stop when this (non-empty) string appears (repeatable)")
     run.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    run.add_argument("--overlay", type=Path, default=None, help="also draw the answer on the image here")
-    inspect = sub.add_parser("inspect", help="graphs, sizes, precisions, parity and accuracy of a bundle")
-    inspect.add_argument("bundle", type=Path)
-    inspect.add_argument("--json", action="store_true")
+    run.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                     help="cuda needs onnxruntime-gpu: pip install './runtimes/python[gpu]' (default cpu)")
+    run.add_argument("--threads", type=int, default=0, metavar="N",
+                     help="0 = onnxruntime's default; at most min(256, 4 x CPUs) (default 0)")
+    run.add_argument("--max-image-pixels", type=int, default=limits.DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                     help="refuse larger images before decoding them: a small PNG can expand to gigabytes "
+                          f"(default {limits.DEFAULT_MAX_IMAGE_PIXELS})")
+    run.add_argument("--json", action="store_true",
+                     help="a JSON object per prompt, one per line: text, tokens, detections and segments (boxes in "
+                          "pixels, masks as RLE)")
+    run.add_argument("--overlay", type=Path, default=None, metavar="PNG",
+                     help="also write the image with the answer's boxes, labels and masks drawn on it (one --prompt)")
+    inspect = sub.add_parser("inspect", help="graphs, sizes, precisions, I/O, geometry, parity and accuracy",
+                             description="Show a bundle's graphs, sizes, precisions, inputs/outputs, geometry, "
+                                         "parity and accuracy results.")
+    inspect.add_argument("bundle", type=Path, help="a bundle directory")
+    inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
     inspect.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle files")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "pgexport-run") -> int:
     try:
-        args = _parser().parse_args(argv)
+        args = _parser(prog).parse_args(argv)
         if args.command == "inspect":
-            from .manifest import load_manifest
+            from pgexport_runtime.manifest import load_manifest
 
             m = load_manifest(args.bundle, verify=not args.no_verify)
             lines = [json.dumps(m.raw, indent=2)] if args.json else describe.describe(m)

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import io_names as io
-from . import static
-from .geometry import Geometry
-from .kv_cache import KVCache
+from pgexport_runtime import io_names as io
+from pgexport_runtime import static
+from pgexport_runtime.geometry import Geometry
+from pgexport_runtime.kv_cache import KVCache
 
 
 def run(graphs, g: Geometry, cache: KVCache, ids, image_embeds, attention_mask, position_ids, token_type_ids,

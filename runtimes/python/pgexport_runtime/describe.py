@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import json
+import math
 
-from .manifest import Manifest
+from pgexport_runtime.manifest import Manifest
 
 
 KV_LAYOUT_WORDS = {"concat": "present = past + new tokens, a second buffer",
@@ -26,7 +27,7 @@ def describe(m: Manifest) -> list[str]:
     source = record.source or {}  # its shape is checked at load (provenance.py)
     spec = source.get("spec") or source.get("name") or "an unrecorded source"
     adapter = source.get("adapter")
-    if isinstance(adapter, dict):  # a peft adapter merged at build (pgexport/adapters.py)
+    if isinstance(adapter, dict):  # a peft adapter merged at build (pgexport/source/adapters.py)
         spec += f" + adapter {adapter.get('name')} ({adapter.get('peft_type')}, rank {adapter.get('rank')})"
     lines = [f"bundle   {m.root}  (schema {m.schema_version}, from {spec})",
              f"model    {g.family}, {g.image_size}px / {g.num_image_tokens} image tokens, decoder {g.text_layers}x"
@@ -117,8 +118,22 @@ def parity_line(parity: dict) -> str:
 
 
 def accuracy_line(acc: dict) -> str:
-    return (f"sequence agreement {acc['sequence_agreement']:.1%}, token agreement {acc['token_agreement']:.1%}, "
-            f"top-1 {acc['top1_agreement']:.1%}, mean KL {acc['mean_kl']:.2e} ({acc['samples']} held-out samples)")
+    n = acc["samples"]
+    low, high = wilson_interval(round(acc["sequence_agreement"] * n), n)
+    return (f"sequence agreement {acc['sequence_agreement']:.1%} (95 % CI {low:.0%}-{high:.0%}), token agreement "
+            f"{acc['token_agreement']:.1%}, top-1 {acc['top1_agreement']:.1%}, mean KL {acc['mean_kl']:.2e} "
+            f"({n} held-out samples)")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95 % by default): honest at small n and near 0 or 1,
+    where the normal approximation gives intervals past [0, 1]."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def io_summary(names) -> str:

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from . import decoder
-from . import io_names as io
-from .geometry import Geometry
-from .kv_cache import KVCache
-from .sampling import Sampling, choose
-from .session import run_rows
+from pgexport_runtime import decoder
+from pgexport_runtime import io_names as io
+from pgexport_runtime.geometry import Geometry
+from pgexport_runtime.kv_cache import KVCache
+from pgexport_runtime.sampling import Sampling, choose
+from pgexport_runtime.session import run_rows
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The model geometry: every size and id the graphs and the runtime depend on, in one frozen object.
 
-The exporter builds it once from the Hugging Face config (pgexport.geometry); the bundle stores it in
+The exporter builds it once from the Hugging Face config (pgexport.source.geometry); the bundle stores it in
 manifest.json; the runtime rebuilds it from there. Nothing downstream inspects a config again.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from . import fields
+from pgexport_runtime import typed_json
 
 FAMILIES = ("paligemma", "paligemma2")
 
@@ -54,25 +54,25 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Geometry":
-        """Read and bound-check a manifest's geometry (fields.FieldError, a BundleError, on anything odd).
+        """Read and bound-check a manifest's geometry (typed_json.FieldError, a BundleError, on anything odd).
 
         The bounds are far above any PaliGemma (3B: 2048 hidden, 26 layers, 257k vocab, 8192 positions) and
         exist so that a tampered manifest cannot size a KV cache or a logits buffer by a garbage number.
         """
         w = "geometry"
         if not isinstance(d, dict):
-            raise fields.FieldError(f"{w} must be an object")
-        v: dict = {name: fields.integer(d, name, w, lo, hi) for name, (lo, hi) in _INT_BOUNDS.items()}
-        v["family"] = fields.text(d, "family", w, choices=FAMILIES)
+            raise typed_json.FieldError(f"{w} must be an object")
+        v: dict = {name: typed_json.integer(d, name, w, lo, hi) for name, (lo, hi) in _INT_BOUNDS.items()}
+        v["family"] = typed_json.text(d, "family", w, choices=FAMILIES)
         for name, (lo, hi) in _FLOAT_BOUNDS.items():
-            v[name] = fields.number(d, name, w, lo, hi, optional=name in _OPTIONAL)
-        v["sliding_window"] = fields.integer(d, "sliding_window", w, 1, _MAX_POSITIONS, optional=True)
-        v["sliding_layers"] = fields.flags(d, "sliding_layers", w, v["text_layers"])
-        v["tie_word_embeddings"] = fields.flag(d, "tie_word_embeddings", w)
+            v[name] = typed_json.number(d, name, w, lo, hi, optional=name in _OPTIONAL)
+        v["sliding_window"] = typed_json.integer(d, "sliding_window", w, 1, _MAX_POSITIONS, optional=True)
+        v["sliding_layers"] = typed_json.flags(d, "sliding_layers", w, v["text_layers"])
+        v["tie_word_embeddings"] = typed_json.flag(d, "tie_word_embeddings", w)
         for name in ("image_token_id", "bos_token_id", "eos_token_id", "pad_token_id"):
-            v[name] = fields.integer(d, name, w, 0, v["vocab_size"] - 1)
+            v[name] = typed_json.integer(d, name, w, 0, v["vocab_size"] - 1)
         if v["num_heads"] % v["num_kv_heads"]:
-            raise fields.FieldError(f"{w}: num_heads {v['num_heads']} is not a multiple of num_kv_heads "
+            raise typed_json.FieldError(f"{w}: num_heads {v['num_heads']} is not a multiple of num_kv_heads "
                                     f"{v['num_kv_heads']}")
         # fields may be appended in later schema versions: what this version does not know is ignored
         return cls(**v)

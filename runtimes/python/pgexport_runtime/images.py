@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from . import limits
-from .errors import UserError
+from pgexport_runtime import limits
+from pgexport_runtime.errors import UserError
 
 
 def load_image(path: str | Path, max_pixels: int = limits.DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:

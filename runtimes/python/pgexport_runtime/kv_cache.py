@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from . import io_names as io
-from .geometry import Geometry
+from pgexport_runtime import io_names as io
+from pgexport_runtime.geometry import Geometry
 
 
 class KVCache:

@@ -25,7 +25,7 @@ import numbers
 import os
 from collections.abc import Sequence
 
-from .errors import LimitError, UserError
+from pgexport_runtime.errors import LimitError, UserError
 
 MAX_THREADS = 256
 THREADS_PER_CPU = 4

@@ -20,10 +20,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import fields, provenance
-from .errors import BundleError
-from .geometry import Geometry
-from .preprocess import Preprocessing
+from pgexport_runtime import provenance, typed_json
+from pgexport_runtime.errors import BundleError
+from pgexport_runtime.geometry import Geometry
+from pgexport_runtime.preprocess import Preprocessing
 
 SCHEMA = "pgexport.bundle"
 SCHEMA_VERSION = 2
@@ -54,8 +54,8 @@ class MaskCodes:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "MaskCodes":
-        return cls(fields.integer(d, "num_tokens", where, 1, 1024), fields.integer(d, "num_codes", where, 1, 1 << 16),
-                   fields.integer(d, "mask_size", where, 1, 4096))
+        return cls(typed_json.integer(d, "num_tokens", where, 1, 1024), typed_json.integer(d, "num_codes", where, 1, 1 << 16),
+                   typed_json.integer(d, "mask_size", where, 1, 4096))
 
 
 @dataclass(frozen=True)
@@ -78,13 +78,13 @@ class GraphEntry:
 
     @classmethod
     def from_dict(cls, g: dict, where: str, files: dict, mask: bool = False) -> "GraphEntry":
-        data = fields.texts(g, "data_files", where, optional=True)
-        return cls(file=_covered(fields.text(g, "file", where), f"{where}.file", files),
+        data = typed_json.texts(g, "data_files", where, optional=True)
+        return cls(file=_covered(typed_json.text(g, "file", where), f"{where}.file", files),
                    data_files=tuple(_covered(f, f"{where}.data_files", files) for f in data),
-                   precision=fields.text(g, "precision", where),
-                   inputs=fields.texts(g, "inputs", where), outputs=fields.texts(g, "outputs", where),
+                   precision=typed_json.text(g, "precision", where),
+                   inputs=typed_json.texts(g, "inputs", where), outputs=typed_json.texts(g, "outputs", where),
                    codes=MaskCodes.from_dict(g, where) if mask else None,
-                   weights=fields.text(g, "weights", where, optional=True) if mask else None)
+                   weights=typed_json.text(g, "weights", where, optional=True) if mask else None)
 
 
 @dataclass(frozen=True)
@@ -109,21 +109,21 @@ class KvCache:
 
     @classmethod
     def from_dict(cls, d: dict, g: Geometry) -> "KvCache":
-        layout = fields.text(d, "layout", "kv_cache")
+        layout = typed_json.text(d, "layout", "kv_cache")
         if layout not in KV_LAYOUTS:
-            raise fields.FieldError(f"KV-cache layout {layout!r} is not supported by this runtime "
+            raise typed_json.FieldError(f"KV-cache layout {layout!r} is not supported by this runtime "
                                     f"({', '.join(KV_LAYOUTS)})")
-        dtype = fields.text(d, "dtype", "kv_cache", optional=True) or "float32"
+        dtype = typed_json.text(d, "dtype", "kv_cache", optional=True) or "float32"
         if dtype not in KV_DTYPES:
-            raise fields.FieldError(f"KV-cache dtype {dtype!r} is not supported by this runtime")
+            raise typed_json.FieldError(f"KV-cache dtype {dtype!r} is not supported by this runtime")
         if layout != "static":
             return cls(layout, dtype)
-        max_len = fields.integer(d, "max_len", "kv_cache", 2, g.max_position_embeddings)
+        max_len = typed_json.integer(d, "max_len", "kv_cache", 2, g.max_position_embeddings)
         lengths = d.get("prefill_lengths")
         if (not isinstance(lengths, list) or not 1 <= len(lengths) <= MAX_PREFILL_GRAPHS
                 or any(not isinstance(n, int) or isinstance(n, bool) for n in lengths)
                 or lengths != sorted(set(lengths)) or not 2 <= lengths[0] or lengths[-1] > max_len):
-            raise fields.FieldError(f"kv_cache.prefill_lengths must be 1 to {MAX_PREFILL_GRAPHS} increasing "
+            raise typed_json.FieldError(f"kv_cache.prefill_lengths must be 1 to {MAX_PREFILL_GRAPHS} increasing "
                                     f"integers from 2 to max_len ({max_len})")
         return cls(layout, dtype, max_len, tuple(lengths))
 
@@ -148,8 +148,8 @@ class TokenizerInfo:
 
     @classmethod
     def from_dict(cls, t: dict, files: dict) -> "TokenizerInfo":
-        return cls(_covered(fields.text(t, "file", "tokenizer"), "tokenizer.file", files),
-                   *(fields.text(t, k, "tokenizer") for k in ("image_token", "bos_token", "eos_token", "pad_token")))
+        return cls(_covered(typed_json.text(t, "file", "tokenizer"), "tokenizer.file", files),
+                   *(typed_json.text(t, k, "tokenizer") for k in ("image_token", "bos_token", "eos_token", "pad_token")))
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class Generation:
 
     @classmethod
     def from_dict(cls, d: dict, g: Geometry) -> "Generation":
-        return cls(fields.integer(d, "max_new_tokens", "generation", 1, g.max_position_embeddings))
+        return cls(typed_json.integer(d, "max_new_tokens", "generation", 1, g.max_position_embeddings))
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,7 @@ def load_manifest(bundle: str | Path, verify: bool = True, manifest_file: str = 
     raw = _read_json(root, mpath)
     try:
         m = _parse(root, raw)
-    except fields.FieldError as exc:
+    except typed_json.FieldError as exc:
         raise BundleError(f"{mpath}: {exc}") from None
     for name, digest in m.files.items():
         path = _bundle_file(root, name)
@@ -278,40 +278,40 @@ def _short(value) -> str:
 
 
 def _parse(root: Path, raw: dict) -> Manifest:
-    files = _files(fields.section(raw, "files", "manifest"))
-    geometry = Geometry.from_dict(fields.section(raw, "geometry", "manifest"))
-    graphs_raw = fields.section(raw, "graphs", "manifest")
-    kv_cache = KvCache.from_dict(fields.section(raw, "kv_cache", "manifest"), geometry)
+    files = _files(typed_json.section(raw, "files", "manifest"))
+    geometry = Geometry.from_dict(typed_json.section(raw, "geometry", "manifest"))
+    graphs_raw = typed_json.section(raw, "graphs", "manifest")
+    kv_cache = KvCache.from_dict(typed_json.section(raw, "kv_cache", "manifest"), geometry)
     graphs = {}
     # a static bundle's prefill graphs are listed once its graphs have fixed shapes (the build's last steps)
     optional = OPTIONAL_GRAPHS + tuple(kv_cache.prefill_graphs.values())
     for name in GRAPHS + optional:
-        g = fields.section(graphs_raw, name, "graphs", optional=name in optional)
+        g = typed_json.section(graphs_raw, name, "graphs", optional=name in optional)
         if g is not None:
             graphs[name] = GraphEntry.from_dict(g, f"graphs.{name}", files, mask=name == "mask_decoder")
     return Manifest(geometry=geometry, graphs=graphs, kv_cache=kv_cache,
-                    tokenizer=TokenizerInfo.from_dict(fields.section(raw, "tokenizer", "manifest"), files),
-                    preprocessing=Preprocessing.from_dict(fields.section(raw, "preprocessing", "manifest")),
-                    generation=Generation.from_dict(fields.section(raw, "generation", "manifest"), geometry),
+                    tokenizer=TokenizerInfo.from_dict(typed_json.section(raw, "tokenizer", "manifest"), files),
+                    preprocessing=Preprocessing.from_dict(typed_json.section(raw, "preprocessing", "manifest")),
+                    generation=Generation.from_dict(typed_json.section(raw, "generation", "manifest"), geometry),
                     record=Record.from_dict(raw), files=files, root=root, raw=raw,
                     schema_version=raw["schema_version"])
 
 
 def _files(files: dict) -> dict[str, str]:
     if len(files) > MAX_FILES:
-        raise fields.FieldError(f"files lists {len(files)} files, more than {MAX_FILES}")
+        raise typed_json.FieldError(f"files lists {len(files)} files, more than {MAX_FILES}")
     for name, digest in files.items():
-        fields.file_name(name, "files")
+        typed_json.file_name(name, "files")
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-            raise fields.FieldError(f"files.{name} is not a sha256 (64 lowercase hex digits)")
+            raise typed_json.FieldError(f"files.{name} is not a sha256 (64 lowercase hex digits)")
     return files
 
 
 def _covered(name: str, where: str, files: dict) -> str:
-    fields.file_name(name, where)
+    typed_json.file_name(name, where)
     if name not in files:
         kind = "tokenizer file" if where.startswith("tokenizer") else f"graph file {name}"
-        raise fields.FieldError(f"{kind} is not covered by a sha256")
+        raise typed_json.FieldError(f"{kind} is not covered by a sha256")
     return name
 
 

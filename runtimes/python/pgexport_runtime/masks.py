@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import io_names as io
-from .session import SessionConfig, create_session, run_rows
+from pgexport_runtime import io_names as io
+from pgexport_runtime.session import SessionConfig, create_session, run_rows
 
 MASK_SIZE = 64
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import UserError
-from .preprocess import to_rgb
-from .structured import Answer
+from pgexport_runtime.errors import UserError
+from pgexport_runtime.preprocess import to_rgb
+from pgexport_runtime.typed_answers import Answer
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]

@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import io_names, limits
-from .errors import UserError
-from .generate import Graphs, encode_image, generate
-from .image_cache import DEFAULT_MAX_BYTES, ImageCache
-from .images import as_image
-from .manifest import load_manifest
-from .mapped import released_while
-from .masks import MaskDecoder
-from .preprocess import preprocess
-from .prompt import PromptTokenizer
-from .sampling import Sampling
-from .session import SessionConfig, check_io, check_kv_layout, check_static, create_session
-from .structured import Answer, to_answer
+from pgexport_runtime import io_names, limits
+from pgexport_runtime.errors import UserError
+from pgexport_runtime.generate import Graphs, encode_image, generate
+from pgexport_runtime.image_cache import DEFAULT_MAX_BYTES, ImageCache
+from pgexport_runtime.images import as_image
+from pgexport_runtime.manifest import load_manifest
+from pgexport_runtime.mapped import released_while
+from pgexport_runtime.masks import MaskDecoder
+from pgexport_runtime.preprocess import preprocess
+from pgexport_runtime.prompt import PromptTokenizer
+from pgexport_runtime.sampling import Sampling
+from pgexport_runtime.session import SessionConfig, check_io, check_kv_layout, check_static, create_session
+from pgexport_runtime.typed_answers import Answer, to_answer
 
 ImageLike = Image.Image | str | Path | np.ndarray  # a path, a PIL image, or uint8 HxW / HxWx3 / HxWx4
 # PaliGemma's `load`: which graphs a loaded bundle holds in memory

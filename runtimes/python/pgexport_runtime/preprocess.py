@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from . import fields
-from .errors import UserError
+from pgexport_runtime import typed_json
+from pgexport_runtime.errors import UserError
 
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
@@ -35,14 +35,14 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
         w = "preprocessing"
-        size = fields.integers(d, "size", w, 1, 8192)
+        size = typed_json.integers(d, "size", w, 1, 8192)
         if len(size) != 2:
-            raise fields.FieldError(f"{w}.size must be [height, width]")
+            raise typed_json.FieldError(f"{w}.size must be [height, width]")
         return cls(size=(size[0], size[1]),
-                   resample=fields.text(d, "resample", w, optional=True, choices=tuple(RESAMPLE)) or "bicubic",
-                   rescale_factor=fields.number(d, "rescale_factor", w, 0, 1),
-                   mean=fields.numbers(d, "mean", w, -1e3, 1e3, 3),
-                   std=fields.numbers(d, "std", w, 0, 1e3, 3))
+                   resample=typed_json.text(d, "resample", w, optional=True, choices=tuple(RESAMPLE)) or "bicubic",
+                   rescale_factor=typed_json.number(d, "rescale_factor", w, 0, 1),
+                   mean=typed_json.numbers(d, "mean", w, -1e3, 1e3, 3),
+                   std=typed_json.numbers(d, "std", w, 0, 1e3, 3))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

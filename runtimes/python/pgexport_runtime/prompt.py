@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from . import limits
-from .errors import BundleError, UserError
-from .geometry import Geometry
+from pgexport_runtime import limits
+from pgexport_runtime.errors import BundleError, UserError
+from pgexport_runtime.geometry import Geometry
 
 
 class PromptTokenizer:

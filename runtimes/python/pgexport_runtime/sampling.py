@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import limits
+from pgexport_runtime import limits
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from . import limits
-from .errors import BundleError, UserError
+from pgexport_runtime import limits
+from pgexport_runtime.errors import BundleError, UserError
 
 _OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -63,7 +63,8 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
     if cfg.optimization not in _OPT:
         raise UserError(f"unknown optimization level {cfg.optimization!r} (use one of {', '.join(_OPT)})")
     if cfg.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise UserError("device cuda needs onnxruntime-gpu (pip install 'pgexport-runtime[gpu]') and a CUDA GPU")
+        raise UserError("device cuda needs onnxruntime-gpu (from a pgexport checkout: "
+                        "pip install './runtimes/python[gpu]') and a CUDA GPU")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = cfg.intra_op_threads
     opts.inter_op_num_threads = cfg.inter_op_threads
@@ -131,7 +132,7 @@ def check_kv_layout(session: ort.InferenceSession, path: Path, layout: str, past
 def check_static(graphs, path: Path) -> None:
     """A static bundle whose decode graph takes one token only must have a prefill graph for every prefix length
     its manifest lists (a bundle still being built has neither: its decoder takes any length)."""
-    from . import io_names
+    from pgexport_runtime import io_names
 
     seq = {a.name: a.shape for a in graphs.decoder.get_inputs()}[io_names.INPUT_IDS][1]
     missing = [n for n in graphs.prefill_lengths if n not in graphs.prefill]

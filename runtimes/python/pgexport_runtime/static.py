@@ -1,5 +1,5 @@
 """The "static" KV-cache layout: decoder graphs of fixed shape, as accelerators and onnxruntime's mobile builds
-want them (issue 20).
+want them.
 
 A static bundle has one decode graph (graphs.decoder: one token) and a prefill graph per prefix length the
 manifest lists (graphs.prefill[n]); each takes batch 1, an attention mask and a cache buffer of the manifest's
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import io_names as io
-from .errors import UserError
-from .geometry import Geometry
+from pgexport_runtime import io_names as io
+from pgexport_runtime.errors import UserError
+from pgexport_runtime.geometry import Geometry
 
 
 def prefill_length(lengths: tuple[int, ...], tokens: int) -> int:

@@ -8,7 +8,7 @@ import { PaliGemma } from './pipeline.js';
 
 export { decodeImage } from './images_web.js';
 export { PaliGemma } from './pipeline.js';
-export { answerToJson } from './structured.js';
+export { answerToJson } from './typed_answers.js';
 export { sampling } from './sampling.js';
 export { ort };
 

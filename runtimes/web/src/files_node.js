@@ -1,4 +1,4 @@
-// A bundle directory on disk, for Node (the BundleFiles of manifest.js). Every name has passed fields.fileName
+// A bundle directory on disk, for Node (the BundleFiles of manifest.js). Every name has passed typed_json.fileName
 // (a plain name), and the file itself must not be a symbolic link, so nothing outside the bundle is read or hashed.
 
 import { createHash } from 'node:crypto';
@@ -6,7 +6,7 @@ import { createReadStream } from 'node:fs';
 import { lstat, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { BundleError } from './errors.js';
-import { fileName } from './fields.js';
+import { fileName } from './typed_json.js';
 
 /** The hex sha256 of some bytes (the image cache's key, image_cache.js). */
 export async function sha256Hex(bytes) {

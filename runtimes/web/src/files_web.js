@@ -2,7 +2,7 @@
 // with SubtleCrypto, and its bytes kept until the session that needs them has been created (`forget`).
 
 import { BundleError } from './errors.js';
-import { fileName } from './fields.js';
+import { fileName } from './typed_json.js';
 
 /** The hex sha256 of some bytes, with SubtleCrypto (a secure context: https or localhost). */
 export async function sha256Hex(bytes) {

@@ -2,7 +2,7 @@
 // manifest and passed everywhere (pgexport_runtime/geometry.py). The bounds are far above any PaliGemma and keep a
 // tampered manifest from sizing a KV cache or a logits buffer by a garbage number.
 
-import * as fields from './fields.js';
+import * as typed_json from './typed_json.js';
 import { BundleError } from './errors.js';
 
 export const FAMILIES = ['paligemma', 'paligemma2'];
@@ -28,9 +28,9 @@ const TOKEN_IDS = ['image_token_id', 'bos_token_id', 'eos_token_id', 'pad_token_
 export function geometryFromDict(d) {
   const w = 'geometry';
   const g = {};
-  for (const [name, [lo, hi]] of Object.entries(INT_BOUNDS)) g[name] = fields.integer(d, name, w, lo, hi);
-  g.family = fields.text(d, 'family', w, { choices: FAMILIES });
-  for (const name of TOKEN_IDS) g[name] = fields.integer(d, name, w, 0, g.vocab_size - 1);
+  for (const [name, [lo, hi]] of Object.entries(INT_BOUNDS)) g[name] = typed_json.integer(d, name, w, lo, hi);
+  g.family = typed_json.text(d, 'family', w, { choices: FAMILIES });
+  for (const name of TOKEN_IDS) g[name] = typed_json.integer(d, name, w, 0, g.vocab_size - 1);
   if (g.num_heads % g.num_kv_heads) {
     throw new BundleError(`${w}: num_heads ${g.num_heads} is not a multiple of num_kv_heads ${g.num_kv_heads}`);
   }

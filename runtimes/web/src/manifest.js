@@ -6,7 +6,7 @@
 // (verify) its sha256. Only the fields of schema version 2 are read (version 2 only removed duplicated fields
 // from version 1); fields this runtime does not know are ignored, since fields are only ever appended.
 
-import * as fields from './fields.js';
+import * as typed_json from './typed_json.js';
 import { BundleError } from './errors.js';
 import { geometryFromDict } from './geometry.js';
 import { preprocessingFromDict } from './preprocess.js';
@@ -77,31 +77,31 @@ export function parseManifest(raw) {
     throw new BundleError(`schema version ${short(raw.schema_version)} is not supported by this runtime ` +
       `(it reads versions ${SCHEMA_VERSIONS.join(', ')})`);
   }
-  const files = readFiles(fields.section(raw, 'files', 'manifest'));
-  const geometry = geometryFromDict(fields.section(raw, 'geometry', 'manifest'));
-  const graphsRaw = fields.section(raw, 'graphs', 'manifest');
+  const files = readFiles(typed_json.section(raw, 'files', 'manifest'));
+  const geometry = geometryFromDict(typed_json.section(raw, 'geometry', 'manifest'));
+  const graphsRaw = typed_json.section(raw, 'graphs', 'manifest');
   const graphs = {};
   for (const name of [...GRAPHS, ...OPTIONAL_GRAPHS]) {
-    const g = fields.section(graphsRaw, name, 'graphs', OPTIONAL_GRAPHS.includes(name));
+    const g = typed_json.section(graphsRaw, name, 'graphs', OPTIONAL_GRAPHS.includes(name));
     if (g !== null) graphs[name] = readGraph(g, `graphs.${name}`, files);
   }
-  const kv = fields.section(raw, 'kv_cache', 'manifest');
-  const layout = fields.text(kv, 'layout', 'kv_cache');
+  const kv = typed_json.section(raw, 'kv_cache', 'manifest');
+  const layout = typed_json.text(kv, 'layout', 'kv_cache');
   if (!KV_LAYOUTS.includes(layout)) {
     throw new BundleError(`KV-cache layout '${layout}' is not supported by this runtime (${KV_LAYOUTS.join(', ')})`);
   }
-  const kvDtype = fields.text(kv, 'dtype', 'kv_cache', { choices: KV_DTYPES });
-  const t = fields.section(raw, 'tokenizer', 'manifest');
+  const kvDtype = typed_json.text(kv, 'dtype', 'kv_cache', { choices: KV_DTYPES });
+  const t = typed_json.section(raw, 'tokenizer', 'manifest');
   const tokenizer = {
-    file: covered(fields.text(t, 'file', 'tokenizer'), 'tokenizer.file', files),
-    imageToken: fields.text(t, 'image_token', 'tokenizer'),
-    bosToken: fields.text(t, 'bos_token', 'tokenizer'),
-    eosToken: fields.text(t, 'eos_token', 'tokenizer'),
-    padToken: fields.text(t, 'pad_token', 'tokenizer'),
+    file: covered(typed_json.text(t, 'file', 'tokenizer'), 'tokenizer.file', files),
+    imageToken: typed_json.text(t, 'image_token', 'tokenizer'),
+    bosToken: typed_json.text(t, 'bos_token', 'tokenizer'),
+    eosToken: typed_json.text(t, 'eos_token', 'tokenizer'),
+    padToken: typed_json.text(t, 'pad_token', 'tokenizer'),
   };
-  const gen = fields.section(raw, 'generation', 'manifest');
-  const maxNewTokens = fields.integer(gen, 'max_new_tokens', 'generation', 1, geometry.max_position_embeddings);
-  const preprocessing = preprocessingFromDict(fields.section(raw, 'preprocessing', 'manifest'));
+  const gen = typed_json.section(raw, 'generation', 'manifest');
+  const maxNewTokens = typed_json.integer(gen, 'max_new_tokens', 'generation', 1, geometry.max_position_embeddings);
+  const preprocessing = preprocessingFromDict(typed_json.section(raw, 'preprocessing', 'manifest'));
   return { raw, geometry, graphs, kvLayout: layout, kvDtype, tokenizer, preprocessing, maxNewTokens, files };
 }
 
@@ -109,7 +109,7 @@ function readFiles(files) {
   const names = Object.keys(files);
   if (names.length > MAX_FILES) throw new BundleError(`files lists ${names.length} files, more than ${MAX_FILES}`);
   for (const name of names) {
-    fields.fileName(name, 'files');
+    typed_json.fileName(name, 'files');
     if (name === MANIFEST) throw new BundleError(`files lists ${MANIFEST} itself`);
     if (typeof files[name] !== 'string' || !SHA256.test(files[name])) {
       throw new BundleError(`files.${name} is not a sha256 (64 lowercase hex digits)`);
@@ -120,16 +120,16 @@ function readFiles(files) {
 
 function readGraph(g, where, files) {
   return {
-    file: covered(fields.text(g, 'file', where), `${where}.file`, files),
-    dataFiles: fields.texts(g, 'data_files', where, true).map((f) => covered(f, `${where}.data_files`, files)),
-    precision: fields.text(g, 'precision', where),
-    inputs: fields.texts(g, 'inputs', where),
-    outputs: fields.texts(g, 'outputs', where),
+    file: covered(typed_json.text(g, 'file', where), `${where}.file`, files),
+    dataFiles: typed_json.texts(g, 'data_files', where, true).map((f) => covered(f, `${where}.data_files`, files)),
+    precision: typed_json.text(g, 'precision', where),
+    inputs: typed_json.texts(g, 'inputs', where),
+    outputs: typed_json.texts(g, 'outputs', where),
   };
 }
 
 function covered(name, where, files) {
-  fields.fileName(name, where);
+  typed_json.fileName(name, where);
   if (!Object.hasOwn(files, name)) {
     throw new BundleError(`${where.startsWith('tokenizer') ? 'tokenizer file' : `graph file ${name}`} is not covered by a sha256`);
   }

@@ -7,7 +7,7 @@ import { UserError } from './errors.js';
 
 export { decodeImage } from './images_node.js';
 export { PaliGemma } from './pipeline.js';
-export { answerToJson } from './structured.js';
+export { answerToJson } from './typed_answers.js';
 export { sampling } from './sampling.js';
 export { BundleError, LimitError, UserError } from './errors.js';
 

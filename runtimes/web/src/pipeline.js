@@ -13,7 +13,7 @@ import { preprocess } from './preprocess.js';
 import { PromptTokenizer } from './prompt.js';
 import { sampling as makeSampling } from './sampling.js';
 import { checkIO, checkKvLayout, createSession } from './session.js';
-import { toAnswer } from './structured.js';
+import { toAnswer } from './typed_answers.js';
 
 const now = () => globalThis.performance.now();
 

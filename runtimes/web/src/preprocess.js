@@ -4,7 +4,7 @@
 // float32 -> (x - mean) / std in float32 -> [3, H, W]. Decoding is images_node.js / images_web.js; both hand over
 // straight (not premultiplied) RGBA.
 
-import * as fields from './fields.js';
+import * as typed_json from './typed_json.js';
 import { BundleError } from './errors.js';
 import { resize } from './resample.js';
 
@@ -15,14 +15,14 @@ const RESAMPLE = ['bicubic', 'bilinear'];
 /** The manifest's `preprocessing` section. */
 export function preprocessingFromDict(d) {
   const w = 'preprocessing';
-  const size = fields.integers(d, 'size', w, 1, 8192);
+  const size = typed_json.integers(d, 'size', w, 1, 8192);
   if (size.length !== 2) throw new BundleError(`${w}.size must be [height, width]`);
   return Object.freeze({
     size: [size[0], size[1]], // height, width
-    resample: fields.text(d, 'resample', w, { optional: true, choices: RESAMPLE }) ?? 'bicubic',
-    rescaleFactor: fields.number(d, 'rescale_factor', w, 0, 1),
-    mean: fields.numbers(d, 'mean', w, -1e3, 1e3, 3),
-    std: fields.numbers(d, 'std', w, 0, 1e3, 3),
+    resample: typed_json.text(d, 'resample', w, { optional: true, choices: RESAMPLE }) ?? 'bicubic',
+    rescaleFactor: typed_json.number(d, 'rescale_factor', w, 0, 1),
+    mean: typed_json.numbers(d, 'mean', w, -1e3, 1e3, 3),
+    std: typed_json.numbers(d, 'std', w, 0, 1e3, 3),
   });
 }
 

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Rng, choose, sampling } from '../src/sampling.js';
 import { LimitError } from '../src/errors.js';
-import { round2 } from '../src/structured.js';
+import { round2 } from '../src/typed_answers.js';
 import { decodeImage, loadBundle } from '../src/node.js';
 import { vectors } from './vectors.js';
 

@@ -1,0 +1,92 @@
+"""Write the demo model's held-out set as files (models/pg-demo-heldout), for what pgexport itself runs on it:
+
+    python -m tools.demo_model.write_heldout --out models/pg-demo-heldout
+
+- eval: 20 examples per task from the evaluation seed (what `pgexport bench` scores on the demo model)
+- gate: 20 examples from the evaluation seed, in an index range the evaluation does not use (the accuracy gate)
+- calibration: 35 examples from their own seed (GPTQ)
+- demo: one caption, VQA, OCR, detect and segment example, each its own scene (`pgexport demo`)
+
+Each split interleaves the tasks, so any prefix of it covers all of them. Rows are described in
+pgexport/verify/image_prompts.py; boxes are written (x0, y0, x1, y1), the runtime's convention, and segment rows carry
+each target's ground-truth mask as a PNG. tests/test_heldout_files.py regenerates the set and compares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import evaluate, generator
+
+CALIBRATION_SEED = 3
+GATE_OFFSET = 500_000
+DEMO_SEED = 20261123  # not a training or eval seed of the demo model
+SPLITS = {"eval": 20, "gate": 20, "calibration": 35}  # rows per split (eval: per task)
+DEMO_TASKS = tuple(generator.TASKS)
+MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "pg-demo"
+
+
+def interleaved(seed: int, n: int, offset: int, encode) -> list[generator.Example]:
+    per_task = -(-n // len(generator.TASKS))
+    pools = [evaluate.eval_examples(t, per_task, seed=seed, offset=offset, encode_masks=encode)
+             for t in generator.TASKS]
+    return [pool[i] for i in range(per_task) for pool in pools][:n]
+
+
+def examples(model_dir: Path = MODEL_DIR) -> dict[str, list[generator.Example]]:
+    """The splits; segment answers carry the <seg> codes of the demo model's own VQ-VAE encoder."""
+    from .vqvae import load_vqvae
+
+    encode = load_vqvae(model_dir).encode_np
+    return {"eval": interleaved(evaluate.EVAL_SEED, SPLITS["eval"] * len(generator.TASKS), 0, encode),
+            "gate": interleaved(evaluate.EVAL_SEED, SPLITS["gate"], GATE_OFFSET, encode),
+            "calibration": interleaved(CALIBRATION_SEED, SPLITS["calibration"], 0, encode),
+            "demo": [generator.make_example(DEMO_SEED, k, task=t, encode_masks=encode)
+                     for k, t in enumerate(DEMO_TASKS)]}
+
+
+def xy(box) -> list[float]:
+    """The generator's (y0, x0, y1, x1) -> the runtime's (x0, y0, x1, y1)."""
+    y0, x0, y1, x1 = box
+    return [float(x0), float(y0), float(x1), float(y1)]
+
+
+def write(out: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    lines = []
+    for split, exs in examples().items():
+        for n, e in enumerate(exs):
+            rid = f"{split}-{e.task}-{n:04d}"
+            e.scene.image.save(tmp / "images" / f"{rid}.png", optimize=True)
+            row = {"id": rid, "split": split, "task": e.task, "image": f"images/{rid}.png", "prompt": e.prefix,
+                   "answer": e.suffix, "max_new_tokens": evaluate.TASK_MAX_NEW[e.task]}
+            if e.task in ("detect", "segment"):
+                row["boxes"] = [[o.kind, *xy(o.box)] for o in e.targets]
+            if e.task == "segment":
+                row["masks"] = []
+                for k, o in enumerate(e.targets):
+                    name = f"images/{rid}-mask{k}.png"
+                    Image.fromarray(np.asarray(o.mask, dtype=np.uint8) * 255).save(tmp / name, optimize=True)
+                    row["masks"].append(name)
+            lines.append(json.dumps(row))
+    (tmp / "heldout.jsonl").write_text("\n".join(lines) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("models/pg-demo-heldout"))
+    write(ap.parse_args().out)
+
+
+if __name__ == "__main__":
+    main()
