@@ -1,5 +1,5 @@
 // The browser test, run by tests/test_web.py: headless Chromium (Debian's, driven by playwright-core) opens the
-// demo page served by `pgexport serve`, runs a caption and a detect prompt through the page's own form, and
+// runtime's page served by `pgexport serve`, runs a caption and a detect prompt through the page's own form, and
 // compares the answers with the Python runtime's; it also preprocesses the test images with the browser's own
 // decoder. Prints one JSON line of results; exits non-zero on any mismatch.
 //   node test/browser.mjs URL VECTORS_DIR SCREENSHOT.png [BUNDLE_KEY [TASKS]]
