@@ -93,7 +93,7 @@ def test_the_tree_speaks_of_the_product_only():
     this file)."""
     words = ["iss" + "ue", "it" + "em", "sess" + "ion"]
     number = re.compile(r"\b(" + "|".join(words) + r")[ -]?#?\d+\b", re.IGNORECASE)
-    paths = re.compile(r"(?<![\w.~])(/wo" + "rk/|/ro" + "ot/|/ho" + r"me/[a-z])")  # absolute, not OUT/work/
+    paths = re.compile(r"(?<![\w.~])(/wo" + "rk/|/ro" + "ot/|/ho" + r"me/[a-z])")  # absolute paths only
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     hits = []
     for name in files:
