@@ -13,54 +13,33 @@ build with the same recipe and `accuracy_level: LEVEL` would have written.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 from pathlib import Path
 
 import onnx
 
-from pgexport_runtime.manifest import MANIFEST, load_manifest, sha256_file
+from pgexport.build.writer import derive_bundle
 
 
 def derive(src: Path, dst: Path, level: int) -> Path:
-    manifest = load_manifest(src)
-    raw = json.loads((src / MANIFEST).read_text())
-    tmp = dst.with_name(dst.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    changed = {}
-    for name in raw.get("files", {}):
-        path = src / name
-        if path.suffix == ".onnx":
-            model = onnx.load(str(path), load_external_data=False)
-            n = _set_level(model, level)
-            if n:
-                onnx.save(model, str(tmp / name))  # external data stays where the graph points: same file names
-                changed[name] = n
-                continue
-        _link(path, tmp / name)
-    for g in manifest.graphs.values():
-        for f in g.data_files:
-            if not (tmp / f).exists():
-                _link(src / f, tmp / f)
-    for name in changed:
-        raw["files"][name] = sha256_file(tmp / name)
-    recipe = (raw.get("quantization") or {}).get("recipe") or {}
-    for part in recipe.values():
-        if isinstance(part, dict) and part.get("kind") in ("int4", "int8-wo"):
-            part["accuracy_level"] = level
-    if recipe:
-        recipe["name"] = f"{recipe.get('name', 'custom')}-acc{level}"
-    if raw.get("quantization"):
-        raw["quantization"].pop("accuracy", None)  # measured on the source graphs, not these
-    raw.setdefault("build", {})["derived"] = {"from": str(src.resolve()), "matmulnbits_accuracy_level": level,
-                                              "nodes_changed": changed}
-    (tmp / MANIFEST).write_text(json.dumps(raw, indent=1))
-    load_manifest(tmp)  # every hash checks out
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
+    """DST: the bundle SRC with every MatMulNBits at accuracy_level LEVEL (DST replaced if it exists)."""
+
+    def write(writer, manifest: dict) -> dict:
+        changed = {}
+        for name in manifest["files"]:
+            if name.endswith(".onnx"):
+                model = onnx.load(str(src / name), load_external_data=False)
+                if n := _set_level(model, level):
+                    onnx.save(model, str(writer.path(name)))  # external data stays where the graph points
+                    changed[name] = n
+        recipe = (manifest.get("quantization") or {}).get("recipe") or {}
+        for part in recipe.values():
+            if isinstance(part, dict) and part.get("kind") in ("int4", "int8-wo"):
+                part["accuracy_level"] = level
+        if recipe:
+            recipe["name"] = f"{recipe.get('name', 'custom')}-acc{level}"
+        return {"matmulnbits_accuracy_level": level, "nodes_changed": changed}
+
+    derive_bundle(src, dst, write, force=True)
     return dst
 
 
@@ -73,14 +52,6 @@ def _set_level(model: onnx.ModelProto, level: int) -> int:
             node.attribute.extend(kept + [onnx.helper.make_attribute("accuracy_level", level)])
             n += 1
     return n
-
-
-def _link(a: Path, b: Path) -> None:
-    b.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(a, b)
-    except OSError:
-        shutil.copy2(a, b)
 
 
 def main() -> None:

@@ -14,16 +14,8 @@ import resource
 import time
 from pathlib import Path
 
+from pgexport.bench.harness import memory_mb
 from pgexport.build.bundle_steps import BuildOptions, build
-
-
-def memory_gb() -> tuple[float, float]:
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024**2
-    return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
 
 
 def main() -> None:
@@ -41,8 +33,9 @@ def main() -> None:
     last = ["start"]
 
     def progress(name: str) -> None:
-        rss, peak = memory_gb()
-        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+        mem = memory_mb()
+        rss, peak = mem["rss_mb"] / 1e3, mem["peak_rss_mb"] / 1e3
+        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
         print(f"{time.time() - t0:8.1f}s  rss {rss:5.1f} GB  peak {peak:5.1f} GB  child peak {child:5.1f} GB"
               f"  | done: {last[0]:<22} next: {name}", flush=True)
         last[0] = name
@@ -52,7 +45,7 @@ def main() -> None:
                               stream=args.stream), progress,
                  lambda text: print(f"{time.time() - t0:8.1f}s  {last[0]}: {text}", flush=True))
     progress("(finished)")
-    print(f"bundle {path}: {sum(p.stat().st_size for p in path.iterdir()) / 1024**3:.2f} GB on disk")
+    print(f"bundle {path}: {sum(p.stat().st_size for p in path.iterdir()) / 1e9:.2f} GB on disk")
 
 
 if __name__ == "__main__":

@@ -17,17 +17,11 @@ import argparse
 import time
 from pathlib import Path
 
+from pgexport.bench.harness import memory_mb
 from pgexport.source import sources
 from pgexport.export import decoder, graphs
 from pgexport.export.onnx_export import export_graph, param_bytes
 from pgexport.source.weights import ModuleWeights
-
-
-def status_gb(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024**2
-    return float("nan")
 
 
 def main() -> None:
@@ -40,7 +34,7 @@ def main() -> None:
     g = sources.load_geometry(source)
     t = time.time()
     model = sources.load_model(source)
-    loaded, load_s = status_gb("VmRSS"), time.time() - t
+    loaded, load_s = memory_mb()["rss_mb"] / 1e3, time.time() - t
     args.out.mkdir(parents=True, exist_ok=True)
     t = time.time()
     if args.how == "whole":
@@ -50,7 +44,7 @@ def main() -> None:
     else:
         graphs.export_decoder(model.config, ModuleWeights(model), g, args.out)
     seconds = time.time() - t
-    peak = status_gb("VmHWM")
+    peak = memory_mb()["peak_rss_mb"] / 1e3
     print(f"{args.model} {args.how}: loaded {loaded:.2f} GB in {load_s:.0f} s; export peak {peak:.2f} GB "
           f"(+{peak - loaded:.2f} GB over the loaded model), {seconds:.0f} s")
 

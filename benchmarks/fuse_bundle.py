@@ -15,45 +15,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
 
 def fuse_bundle(src: Path, dst: Path) -> dict[str, dict[str, int]]:
+    """DST: the bundle SRC with its vision encoder and decoder fused; -> the fusion counts per graph."""
     import onnx_ir as ir
 
+    from pgexport.build.writer import derive_bundle
     from pgexport.export.fusions import fuse_for_ort
-    from pgexport_runtime.manifest import MANIFEST, sha256_file
 
-    manifest = json.loads((src / MANIFEST).read_text())
     if dst.exists():
         sys.exit(f"error: {dst} exists")
-    tmp = dst.parent / f".fuse-tmp-{dst.name}-{os.getpid()}"
-    tmp.mkdir(parents=True)
-    counts = {}
-    fused = set()
-    for name in ("vision_encoder", "decoder"):
-        entry = manifest["graphs"][name]
-        model = ir.load(str(src / entry["file"]))
-        _shapes_of_quantized_ops(model)
-        counts[name] = fuse_for_ort(model)
-        data = entry.get("data_files") or []
-        if data:
-            ir.save(model, str(tmp / entry["file"]), external_data=data[0])
-        else:
-            ir.save(model, str(tmp / entry["file"]))
-        fused |= {entry["file"], *data}
-        del model
-    for f in manifest["files"]:
-        if f not in fused:
-            shutil.copy2(src / f, tmp / f)
-    manifest["files"] = {f: sha256_file(tmp / f) for f in manifest["files"]}
-    manifest.setdefault("build", {})["fused_after_build"] = counts
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.rename(dst)
-    return counts
+
+    def write(writer, manifest: dict) -> dict:
+        counts = {}
+        for name in ("vision_encoder", "decoder"):
+            entry = manifest["graphs"][name]
+            model = ir.load(str(src / entry["file"]))
+            _shapes_of_quantized_ops(model)
+            counts[name] = fuse_for_ort(model)
+            data = entry.get("data_files") or []
+            ir.save(model, str(writer.path(entry["file"])), **({"external_data": data[0]} if data else {}))
+            del model
+        return {"fused_after_build": counts}
+
+    return derive_bundle(src, dst, write)["fused_after_build"]
 
 
 def _shapes_of_quantized_ops(model) -> None:

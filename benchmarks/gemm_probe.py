@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+
+from pgexport.bench.harness import median_seconds
 
 SHAPES = {  # (rows, in, out): prefill of 256 image + 14 text tokens through the 3B decoder and vision MLPs
     "decoder mlp up (270x2048x16384)": (270, 2048, 16384),
@@ -33,14 +33,9 @@ def probe(threads: int = 0) -> dict:
         for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             lin = torch.nn.Linear(k, n, bias=False).to(dtype)
             x = torch.randn(1, m, k, dtype=dtype)
-            times = []
             with torch.inference_mode():
-                for i in range(7):
-                    t0 = time.perf_counter()
-                    lin(x)
-                    if i >= 2:
-                        times.append(time.perf_counter() - t0)
-            row[label] = round(2 * m * k * n / statistics.median(times) / 1e9, 1)
+                seconds = median_seconds(lambda: lin(x), repeats=5, warmup=2)
+            row[label] = round(2 * m * k * n / seconds / 1e9, 1)
         out["gflops"][name] = row
     return out
 

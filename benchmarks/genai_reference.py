@@ -20,7 +20,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
@@ -76,6 +75,7 @@ def time_genai(model_dir: Path, prompt_tokens: int, new_tokens: int, repeats: in
     import numpy as np
     import onnxruntime_genai as og
 
+    from pgexport.bench.harness import median_seconds, timed
     from pgexport.bench.stats import memory_mb
 
     model = og.Model(og.Config(str(model_dir)))
@@ -84,24 +84,19 @@ def time_genai(model_dir: Path, prompt_tokens: int, new_tokens: int, repeats: in
     rss_after_load = memory_mb()["peak_rss_mb"]
     rng = np.random.default_rng(0)
     vocab = json.loads((model_dir / "genai_config.json").read_text())["model"]["vocab_size"]
-    prefill, per_token = [], []
-    for r in range(repeats + 1):  # the first run is warm-up
+
+    def run() -> tuple[float, float]:
+        """Seconds of the prefill and the median seconds of a decode step, on a new random prompt."""
         ids = rng.integers(3, min(vocab, 256000), size=prompt_tokens).tolist()
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=prompt_tokens + new_tokens, do_sample=False, min_length=prompt_tokens + new_tokens)
         gen = og.Generator(model, params)
-        t0 = time.perf_counter()
-        gen.append_tokens(ids)
-        t1 = time.perf_counter()
-        steps = []
-        while not gen.is_done():
-            ts = time.perf_counter()
-            gen.generate_next_token()
-            steps.append((time.perf_counter() - ts) * 1e3)
-        if r:
-            prefill.append((t1 - t0) * 1e3)
-            per_token.append(statistics.median(steps[1:]))  # steps[0] only reads the prefill's logits
-        del gen
+        (prefill,) = timed(lambda: gen.append_tokens(ids), repeats=1, warmup=0)
+        # one step per new token; the first only reads the prefill's logits
+        return prefill, median_seconds(gen.generate_next_token, repeats=new_tokens - 1, warmup=1)
+
+    runs = [run() for _ in range(repeats + 1)][1:]  # the first run is warm-up
+    prefill, per_token = [1e3 * p for p, _ in runs], [1e3 * d for _, d in runs]
     decode_ms = statistics.median(per_token)
     return {"prefill_ms": statistics.median(prefill), "decode_ms_per_token": decode_ms,
             "decode_tokens_per_s": 1e3 / decode_ms, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,

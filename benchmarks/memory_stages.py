@@ -24,16 +24,15 @@ STAGES = ("load", "vision", "projector", "prefill", "decode")
 def child(bundle: str, arena: bool, generations: int, new_tokens: int) -> None:
     import numpy as np
 
+    from pgexport.bench.harness import memory_mb
     from pgexport.bench.onnx_engine import OnnxEngine
     from pgexport.verify.parity import parity_image
     from pgexport_runtime import SessionConfig
     from pgexport_runtime.mapped import _mappings
 
     def sample(stage: str, generation: int) -> dict:
-        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
         maps = _mappings()
-        return {"stage": stage, "generation": generation, "rss": int(status["VmRSS"].split()[0]) * 1024,
-                "peak": int(status["VmHWM"].split()[0]) * 1024,
+        return {"stage": stage, "generation": generation, **memory_mb(),
                 "anonymous": sum(m["anonymous"] for m in maps),
                 "weights": sum(m["rss"] for m in maps if m["path"].startswith(str(Path(bundle).resolve())))}
 
@@ -61,7 +60,7 @@ def rows(bundle: str, setting: str, samples: list[dict]) -> list[tuple]:
     size = sum(p.stat().st_size for p in Path(bundle).iterdir() if p.is_file()) / 1e6
     return [(Path(bundle).name, round(size, 1), setting,
              r["stage"] if r["stage"] == "load" else f"{r['stage']} #{r['generation']}",
-             round(r["rss"] / 1e6), round(r["peak"] / 1e6), round(r["anonymous"] / 1e6)) for r in samples]
+             round(r["rss_mb"]), round(r["peak_rss_mb"]), round(r["anonymous"] / 1e6)) for r in samples]
 
 
 def main() -> None:

@@ -17,9 +17,6 @@ manifest gets the new hashes and a `build.derived` record.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from pgexport_runtime.manifest import MANIFEST, load_manifest, sha256_file
+from pgexport.build.writer import derive_bundle
 
 
 def merge(model: onnx.ModelProto) -> int:
@@ -74,36 +71,20 @@ def merge(model: onnx.ModelProto) -> int:
 
 
 def derive(src: Path, dst: Path) -> int:
-    manifest = load_manifest(src)  # every sha256 checked before anything is read
-    raw = json.loads((src / MANIFEST).read_text())
-    decoder = manifest.graphs["decoder"]
-    tmp = dst.with_name(dst.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model = onnx.load(str(src / decoder.file))
-    n = merge(model)
-    written = {decoder.file}
-    if decoder.data_files:
-        data = decoder.data_files[0]
-        onnx.save(model, str(tmp / decoder.file), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=data, size_threshold=1024)
-        written.add(data)
-    else:
-        onnx.save(model, str(tmp / decoder.file))
-    for name in raw["files"]:
-        if name not in written:
-            os.link(src / name, tmp / name)
-    for name in written:
-        raw["files"][name] = sha256_file(tmp / name)
-    raw.setdefault("build", {})["derived"] = {"from": str(src.resolve()), "matmulnbits_siblings_merged": n}
-    if raw.get("quantization"):
-        raw["quantization"].pop("accuracy", None)  # measured on the source graphs
-    (tmp / MANIFEST).write_text(json.dumps(raw, indent=1))
-    load_manifest(tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
-    return n
+    """DST: the bundle SRC with its decoder's siblings merged (DST replaced if it exists); -> the groups merged."""
+
+    def write(writer, manifest: dict) -> dict:
+        decoder = manifest["graphs"]["decoder"]
+        model = onnx.load(str(src / decoder["file"]))
+        n = merge(model)
+        if decoder.get("data_files"):
+            onnx.save(model, str(writer.path(decoder["file"])), save_as_external_data=True,
+                      all_tensors_to_one_file=True, location=decoder["data_files"][0], size_threshold=1024)
+        else:
+            onnx.save(model, str(writer.path(decoder["file"])))
+        return {"matmulnbits_siblings_merged": n}
+
+    return derive_bundle(src, dst, write, force=True)["matmulnbits_siblings_merged"]
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ BUNDLE is a bundle built from a random-weight preset (e.g. `pgexport build --mod
   2. onnxruntime-genai (benchmark-only extra) on the same decoder geometry and the same random weights,
      built by genai's own builder (`benchmarks/genai_reference.py`; built here when --genai is not given),
      prefilled with as many tokens as the bundle's prefix, then greedy decode.
-Prints the ratios against their targets and writes OUT/perf.json (and the bench report beside it).
+Writes OUT/perf.json (and the bench report beside it) and the table, with the ratios against their targets,
+to docs/measurements/NAME.md.
 Targets (at 224 pixels, against onnxruntime-genai): TTFT <= 0.8x
 the peer's prefill alone; decode tokens/s >= 1.15x the peer's; runtime peak RSS <= the bundle's size + 0.4 GB.
 PyTorch bf16 and fp32 eager are reported beside them, as context.
@@ -23,10 +24,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pgexport.bench.harness import table, write_measurement
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 TTFT_MAX, DECODE_MIN, RSS_OVER_BUNDLE_GB = 0.8, 1.15, 0.4
+COLUMNS = ("engine", "TTFT ms", "vision ms", "prefill ms", "decode tok/s", "peak RSS MiB")
 
 
 def main() -> None:
@@ -41,6 +45,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="0: every core, for every engine")
     parser.add_argument("--out", type=Path, default=Path("bench-perf"))
+    parser.add_argument("--name", default="perf_targets", help="docs/measurements/NAME.md is written")
+    parser.add_argument("--out-dir", type=Path, default=None, help="write NAME.md here instead of docs/measurements")
     args = parser.parse_args()
 
     sources_ = {(load_manifest(b).record.source or {}).get("spec") for b in args.bundles}
@@ -89,7 +95,9 @@ def main() -> None:
                                   "targets": [{"what": w, "value": v, "target": t, "met": bool(ok)}
                                               for w, v, t, ok in checks]})
     (args.out / "perf.json").write_text(json.dumps(result, indent=1))
-    print(_table(result))
+    path = write_measurement(args.name, "Performance targets: bundles against PyTorch eager and onnxruntime-genai",
+                             "benchmarks/perf_targets.py", COLUMNS, _rows(result), _notes(result), args.out_dir)
+    print(path.read_text(), end="")
 
 
 def _summary(run: dict) -> dict:
@@ -100,26 +108,31 @@ def _summary(run: dict) -> dict:
             "peak_rss_mb": run["memory"]["peak_rss_mb"]}
 
 
-def _table(r: dict) -> str:
-    t, g = r["torch_bf16"], r["genai_int4"]
-    row = lambda name, x: (f"| {name} | {x['ttft_ms']:.0f} | {x['vision_ms']:.0f} | {x['prefill_ms']:.0f} | "  # noqa: E731
-                           f"{x['decode_tokens_per_s']:.2f} | {x['peak_rss_mb']:.0f} |")
-    lines = [f"{r['source']}, {r['prompt_tokens']} prefix tokens, {r['new_tokens']} new tokens, {r['threads']} threads, "
-             f"{r['system']['cpu_model']}",
-             "| engine | TTFT ms | vision ms | prefill ms | decode tok/s | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|",
-             row("PyTorch bf16 eager", t), row("PyTorch fp32 eager", r["torch_fp32"])]
-    lines += [row(f"bundle {b['name']}", b) for b in r["bundles"]]
-    lines += [f"| onnxruntime-genai int4 (text only, causal) | – | – | {g['prefill_ms']:.0f} | "
-              f"{g['decode_tokens_per_s']:.2f} | {g['peak_rss_mb']:.0f} |", ""]
+def _rows(r: dict) -> list[tuple]:
+    """One row an engine: PyTorch eager, each bundle, onnxruntime-genai."""
+    def row(name: str, x: dict) -> tuple:
+        return (name, round(x["ttft_ms"]), round(x["vision_ms"]), round(x["prefill_ms"]),
+                round(x["decode_tokens_per_s"], 2), round(x["peak_rss_mb"]))
+
+    g = r["genai_int4"]
+    return [row("PyTorch bf16 eager", r["torch_bf16"]), row("PyTorch fp32 eager", r["torch_fp32"]),
+            *(row(f"bundle {b['name']}", b) for b in r["bundles"]),
+            ("onnxruntime-genai int4 (text only, causal)", None, None, round(g["prefill_ms"]),
+             round(g["decode_tokens_per_s"], 2), round(g["peak_rss_mb"]))]
+
+
+def _notes(r: dict) -> list[str]:
+    """Under the table: the setting, each bundle's targets (a table of their own), torch's GEMM speed."""
+    lines = [f"{r['source']}, {r['prompt_tokens']} prefix tokens, {r['new_tokens']} new tokens, {r['threads']} "
+             "threads; medians."]
     for b in r["bundles"]:
-        lines += [f"targets for {b['name']}:", "| target | measured | wanted | met |", "|---|---:|---:|---|"]
-        lines += [f"| {c['what']} | {c['value']:.3f} | {c['target']} | {'yes' if c['met'] else 'NO'} |" for c in b["targets"]]
-        lines.append(f"(not targets) TTFT / PyTorch fp32 eager: {b['ttft_vs_torch_fp32']:.3f}; "
-                     f"TTFT / PyTorch bf16 eager: {b['ttft_ms'] / r['torch_bf16']['ttft_ms']:.3f}")
-        lines.append("")
-    lines.append("PyTorch GEMM on this machine, GFLOP/s (fp32 / bf16): " + "; ".join(
-        f"{k} {v['fp32']:.0f} / {v['bf16']:.0f}" for k, v in r["torch_gemm_gflops"]["gflops"].items()))
-    return "\n".join(lines)
+        lines += ["", f"Targets for {b['name']}:", "", *table(("target", "measured", "wanted", "met"), [
+            (c["what"], round(c["value"], 3), c["target"], "yes" if c["met"] else "NO") for c in b["targets"]]), "",
+                  f"Not targets: TTFT / PyTorch fp32 eager {b['ttft_vs_torch_fp32']:.3f}; "
+                  f"TTFT / PyTorch bf16 eager {b['ttft_ms'] / r['torch_bf16']['ttft_ms']:.3f}."]
+    lines += ["", "PyTorch GEMM on this machine, GFLOP/s (fp32 / bf16): " + "; ".join(
+        f"{k} {v['fp32']:.0f} / {v['bf16']:.0f}" for k, v in r["torch_gemm_gflops"]["gflops"].items())]
+    return lines
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 Runs one warm-up generation, then one profiled generation (EOS ignored) on a generated image with
 onnxruntime's node profiler on, and sums node times by op type per stage. The decoder's first run of the
 profiled generation is the prefill; the rest are decode steps (reported per token). Writes OUT/profile.json
-and prints a markdown table per stage. Profiling adds a little overhead per node; the shares are what matter.
+and the TOP op types of each stage to docs/measurements/NAME.md. Profiling adds a little overhead per node;
+the shares are what matter.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from pgexport.bench.harness import write_measurement
+
+COLUMNS = ("stage", "op", "ms", "share %")
 
 
 def run(bundle: Path, new_tokens: int, threads: int, out: Path) -> dict:
@@ -77,14 +82,13 @@ def _summarize(runs: list[dict[str, float]], per: int) -> dict:
     return {"ms": sum(ms.values()), "by_op_ms": ms}
 
 
-def table(result: dict, top: int) -> str:
-    lines = []
+def rows(result: dict, top: int) -> list[tuple]:
+    """Per stage: its node time in all, then its `top` op types by time."""
+    out = []
     for stage, s in result["stages"].items():
-        lines += [f"### {stage}: {s['ms']:.1f} ms of node time", "| op | ms | share |", "|---|---:|---:|"]
-        for op, ms in list(s["by_op_ms"].items())[:top]:
-            lines.append(f"| {op} | {ms:.2f} | {100 * ms / s['ms']:.1f} % |")
-        lines.append("")
-    return "\n".join(lines)
+        out.append((stage, "all", round(s["ms"], 2), 100.0))
+        out += [(stage, op, round(ms, 2), round(100 * ms / s["ms"], 1)) for op, ms in list(s["by_op_ms"].items())[:top]]
+    return out
 
 
 def main() -> None:
@@ -94,8 +98,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--out", type=Path, default=Path("profile"))
+    parser.add_argument("--name", default="profile_ops", help="docs/measurements/NAME.md is written")
+    parser.add_argument("--out-dir", type=Path, default=None, help="write NAME.md here instead of docs/measurements")
     args = parser.parse_args()
-    print(table(run(args.bundle, args.new_tokens, args.threads, args.out), args.top))
+    result = run(args.bundle, args.new_tokens, args.threads, args.out)
+    path = write_measurement(args.name, f"Node time by op type per stage ({args.bundle.name})",
+                             "benchmarks/profile_ops.py", COLUMNS, rows(result, args.top),
+                             [f"{result['threads']} threads, one profiled generation of {args.new_tokens} tokens after "
+                              "a warm-up; decode is per token. Profiling adds a little time per node: the shares are "
+                              "what matter."], args.out_dir)
+    print(path.read_text(), end="")
 
 
 if __name__ == "__main__":

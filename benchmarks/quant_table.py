@@ -4,13 +4,14 @@
 
 Builds one bundle per recipe (reused when it already exists for the same model and recipe), runs
 `pgexport bench` on all of them with the fp32 PyTorch reference on the demo held-out set (interleaved across
-tasks), and writes WORK/quant_table.md + WORK/report/bench.json. Per recipe: size on disk, sequence exact
-match and token agreement of greedy outputs, mean KL and top-1 agreement of teacher-forced next-token
-distributions (on the reference's sequences), the task metrics against ground truth and their largest drop in
-points against the reference (IoUs and rates x 100; a CER rise counts as a drop). The quantization
-targets are checked at the end: int8 >= 99 % sequence agreement with drop <= 0.5 points; int4-gptq >= 97 %
-with drop <= 1.5 points and mean KL below int4 RTN at the same block size (the `int4` recipe: RTN, block 32,
-the same as `int4-rtn-b32`, which differs from int4-gptq only in how the decoder linears are rounded).
+tasks), and writes WORK/report/bench.json and the table to docs/measurements/NAME.md. Per recipe: size on
+disk, sequence exact match and token agreement of greedy outputs, mean KL and top-1 agreement of
+teacher-forced next-token distributions (on the reference's sequences), the task metrics against ground truth
+and their largest drop in points against the reference (IoUs and rates x 100; a CER rise counts as a drop).
+The quantization targets are checked at the end: int8 >= 99 % sequence agreement with drop <= 0.5 points;
+int4-gptq >= 97 % with drop <= 1.5 points and mean KL below int4 RTN at the same block size (the `int4`
+recipe: RTN, block 32, the same as `int4-rtn-b32`, which differs from int4-gptq only in how the decoder
+linears are rounded).
 """
 
 from __future__ import annotations
@@ -23,53 +24,52 @@ from readme_table import ensure_bundle
 
 from pgexport.source import sources
 from pgexport.bench import BenchOptions, run_bench
+from pgexport.bench.harness import write_measurement
 from pgexport.bench.report import write_outputs
 
 RECIPES = ["fp32", "fp16", "int8", "int8-dynamic", "int8-wo", "int4", "int4-rtn-b64", "int4-rtn-b128", "int4-gptq"]
-METRICS = [("caption_em", "caption EM"), ("vqa_em", "VQA EM"), ("ocr_cer", "OCR CER"), ("detect_miou", "det IoU"),
-           ("detect_recall", "det recall"), ("segment_miou", "seg mIoU")]
+COLUMNS = ("recipe", "size MiB", "seq match %", "token agr %", "mean KL", "top-1 %", "caption EM", "VQA EM", "OCR CER",
+           "det IoU", "det recall", "seg mIoU", "max drop")
+METRICS = ("caption_em", "vqa_em", "ocr_cer", "detect_miou", "detect_recall", "segment_miou")  # as COLUMNS names them
 LOWER_IS_BETTER = {"ocr_cer"}
 
 
 def drop_points(ref: dict, got: dict) -> float:
     """Largest loss against the reference over the task metrics, in points (x 100); negative = all improved."""
     drops = []
-    for key, _ in METRICS:
+    for key in METRICS:
         if key in ref and key in got:
             d = (got[key] - ref[key]) if key in LOWER_IS_BETTER else (ref[key] - got[key])
             drops.append(100 * d)
     return max(drops) if drops else float("nan")
 
 
-def table(report: dict) -> tuple[str, dict]:
+def table(report: dict) -> tuple[list[tuple], str, dict]:
+    """The rows (the reference first), the note under them, and per recipe the figures the targets check."""
     ref = next(r for r in report["runs"] if r["kind"] == "reference")
     ref_tm = ref["task_metrics"] or {}
-    fp32_size = None
-    rows, by_recipe = [], {}
-    head = ["recipe", "size", "seq match", "token agr", "mean KL", "top-1"] + [m[1] for m in METRICS] + ["max drop"]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    lines.append("| PyTorch fp32 (reference) | | | | | | " + " | ".join(
-        f"{ref_tm[k]:.3f}" if k in ref_tm else "–" for k, _ in METRICS) + " | |")
+    rows = [("PyTorch fp32 (reference)", None, None, None, None, None, *(_metric(ref_tm, k) for k in METRICS), None)]
+    by_recipe = {}
     for r in report["runs"]:
         if r["kind"] == "reference":
             continue
         acc, tm = r["accuracy"], r["task_metrics"] or {}
         tf = acc["teacher_forced"]
-        mb = r["size"]["total_bytes"] / 2**20
-        fp32_size = fp32_size or (mb if r["name"].endswith("fp32") else None)
         recipe = r["name"].removeprefix("bundle-")
-        by_recipe[recipe] = {"seq": acc["sequence_agreement"], "tok": acc["token_agreement"],
-                             "kl": tf["mean_kl"], "top1": tf["top1_agreement"], "drop": drop_points(ref_tm, tm),
-                             "mb": mb}
-        v = by_recipe[recipe]
-        rows.append(f"| {recipe} | {mb:.1f} MB | {100 * v['seq']:.1f} % | {100 * v['tok']:.1f} % | {v['kl']:.2e} "
-                    f"| {100 * v['top1']:.1f} % | "
-                    + " | ".join(f"{tm[k]:.3f}" if k in tm else "–" for k, _ in METRICS) + f" | {v['drop']:.1f} |")
-    s = report["settings"]
-    note = (f"\n{s['n_items']} held-out items of the demo set (all five tasks), greedy decoding, "
+        v = by_recipe[recipe] = {"seq": acc["sequence_agreement"], "tok": acc["token_agreement"],
+                                 "kl": tf["mean_kl"], "top1": tf["top1_agreement"], "drop": drop_points(ref_tm, tm),
+                                 "mb": r["size"]["total_bytes"] / 2**20}
+        rows.append((recipe, round(v["mb"], 1), round(100 * v["seq"], 1), round(100 * v["tok"], 1),
+                     float(f"{v['kl']:.2e}"), round(100 * v["top1"], 1), *(_metric(tm, k) for k in METRICS),
+                     round(v["drop"], 1)))
+    note = (f"{report['settings']['n_items']} held-out items of the demo set (all five tasks), greedy decoding, "
             "against the PyTorch fp32 reference on the same inputs; max drop = the largest loss of a task metric "
-            "against the reference, in points.\n")
-    return "\n".join(lines + rows) + "\n" + note, by_recipe
+            "against the reference, in points.")
+    return rows, note, by_recipe
+
+
+def _metric(tm: dict, key: str) -> float | None:
+    return round(tm[key], 3) if key in tm else None
 
 
 def targets(v: dict) -> list[str]:
@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=100, help="Held-out items (interleaved over the five tasks).")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--name", default="quant_table", help="docs/measurements/NAME.md is written")
+    ap.add_argument("--out-dir", type=Path, default=None, help="write NAME.md here instead of docs/measurements")
     args = ap.parse_args()
     model = args.model or sources.default_model()
     bundles = [ensure_bundle(model, r, args.work / f"bundle-{Path(r).stem}", args.rebuild)
@@ -108,11 +110,11 @@ def main() -> None:
                        progress=lambda name, done, total: print(f"\r{name:<28} {done}/{total}", end="", file=sys.stderr))
     print(file=sys.stderr)
     write_outputs(report, args.work / "report")
-    text, by_recipe = table(report)
-    lines = targets(by_recipe)
-    text += "\n" + "\n".join(f"- {t}" for t in lines) + "\n"
-    (args.work / "quant_table.md").write_text(text)
-    print(text)
+    rows, note, by_recipe = table(report)
+    path = write_measurement(args.name, "Accuracy of the quantization recipes on the demo model",
+                             "benchmarks/quant_table.py", COLUMNS, rows,
+                             [note, "", *(f"- {t}" for t in targets(by_recipe))], args.out_dir)
+    print(path.read_text(), end="")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
-"""Rebuild the README's performance table end to end: build the variants, bench them, write the report.
+"""Size, speed, memory and accuracy of a model's main variants: build them, bench them, write the table.
 
-    python benchmarks/readme_table.py [--model SRC] [--work bench-readme] [--limit 20] [--update-readme]
+    python benchmarks/readme_table.py [--model SRC] [--work bench-readme] [--limit 20]
 
 Builds one bundle per variant (reused when it already exists for the same model and recipe), runs
 `pgexport bench` on all of them against the PyTorch reference (bf16, plus fp32 with --fp32-reference), writes
-the full report (bench.json, bench.md, plots) to WORK/report and the README table to WORK/report/readme_table.md;
---update-readme replaces the table between the bench-table markers in README.md.
+the full report (bench.json, bench.md, plots) to WORK/report and the table to docs/measurements/NAME.md.
 
 Variants are quantization recipe names (`pgexport build --quant RECIPE`); add or remove them here. A recipe
 the installed pgexport does not know yet (or a pgexport without --quant) is skipped with a message.
@@ -21,14 +20,15 @@ from pathlib import Path
 
 from pgexport.source import sources
 from pgexport.bench import BenchOptions, run_bench
+from pgexport.bench.harness import write_measurement
 from pgexport.bench.report import write_outputs
 from pgexport.build.bundle_steps import BuildOptions, build
 from pgexport.quant.recipes import resolve_recipe
 
 VARIANTS = ["fp32", "fp16", "int8", "int8-wo", "int4", "int4-gptq"]
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+# the last four: task metrics as `pgexport bench` names them, those the demo's held-out set scores first
+COLUMNS = ("variant", "size MiB", "TTFT ms", "decode tok/s", "end to end ms", "peak RSS MiB", "token agreement %",
+           "top-1 %", "caption_em", "vqa_em", "ocr_cer", "ocr_em")
 
 
 def supported(recipe: str) -> str | None:
@@ -64,36 +64,23 @@ def ensure_bundle(model: str, recipe: str, out: Path, rebuild: bool) -> Path:
     return build(BuildOptions(model=model, out=out, force=out.exists(), **kw))
 
 
-def readme_table(report: dict) -> str:
-    """The README's table: one row per run, the numbers a reader compares variants by."""
-    tm_keys = list(dict.fromkeys(k for r in report["runs"] for k in (r["task_metrics"] or {})))[:4]
-    head = ["variant", "size", "TTFT ms", "decode tok/s", "end to end ms", "peak RSS", "token agreement", "top-1"]
-    lines = ["| " + " | ".join(head + tm_keys) + " |", "|---|" + "---:|" * (len(head) + len(tm_keys) - 1)]
+def readme_table(report: dict) -> tuple[list[tuple], str]:
+    """The table's rows, one per run: the numbers a reader compares variants by; and the note under them."""
+    rows = []
     for r in report["runs"]:
-        acc = r["accuracy"] or {}
-        tf = acc.get("teacher_forced") or {}
-        size = f"{r['size']['total_bytes'] / 2**20:.0f} MB" if r["size"] else "–"
+        acc, tm = r["accuracy"] or {}, r["task_metrics"] or {}
         tps = r["throughput"]["decode_tokens_per_s_median"]
-        cells = [r["name"], size, f"{r['latency']['ttft']['median_ms']:.0f}", "–" if tps is None else f"{tps:.1f}",
-                 f"{r['latency']['end_to_end']['median_ms']:.0f}", f"{r['memory']['peak_rss_mb']:.0f} MB",
-                 "reference" if r["kind"] == "reference" else f"{100 * acc.get('token_agreement', 0):.1f} %",
-                 "" if r["kind"] == "reference" else f"{100 * tf.get('top1_agreement', 0):.1f} %"]
-        cells += ["–" if k not in (r["task_metrics"] or {}) else f"{r['task_metrics'][k]:.3f}" for k in tm_keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    s, sysinfo = report["settings"], report["system"]
+        rows.append((r["name"], round(r["size"]["total_bytes"] / 2**20) if r["size"] else None,
+                     round(r["latency"]["ttft"]["median_ms"]), None if tps is None else round(tps, 1),
+                     round(r["latency"]["end_to_end"]["median_ms"]), round(r["memory"]["peak_rss_mb"]),
+                     "reference" if r["kind"] == "reference" else round(100 * acc.get("token_agreement", 0), 1),
+                     None if r["kind"] == "reference" else
+                     round(100 * (acc.get("teacher_forced") or {}).get("top1_agreement", 0), 1),
+                     *(round(tm[k], 3) if k in tm else None for k in COLUMNS[8:])))
+    s = report["settings"]
     ref = next((r["reference"] for r in report["runs"] if r.get("reference")), "the PyTorch reference")
-    lines.append(f"\n{s['eval_set']} set, {s['n_items']} items, {s['threads']} threads on {sysinfo['cpu_model']}; "
-                 f"medians; token and top-1 agreement against {ref} on the same inputs (`pgexport bench`).")
-    return "\n".join(lines) + "\n"
-
-
-def update_readme(table: str) -> bool:
-    text = README.read_text()
-    if START not in text or END not in text:
-        return False
-    head, rest = text.split(START, 1)
-    README.write_text(head + START + "\n" + table + END + rest.split(END, 1)[1])
-    return True
+    return rows, (f"{s['eval_set']} set, {s['n_items']} items, {s['threads']} threads; medians; token and top-1 "
+                  f"agreement against {ref} on the same inputs (`pgexport bench`).")
 
 
 def main() -> None:
@@ -106,7 +93,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--fp32-reference", action="store_true", help="Also time the fp32 PyTorch reference.")
     ap.add_argument("--rebuild", action="store_true")
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--name", default="readme_table", help="docs/measurements/NAME.md is written")
+    ap.add_argument("--out-dir", type=Path, default=None, help="write NAME.md here instead of docs/measurements")
     args = ap.parse_args()
     model = args.model or sources.default_model()
 
@@ -125,12 +113,11 @@ def main() -> None:
                        progress=lambda name, done, total: print(f"\r{name:<28} {done}/{total}", end="", file=sys.stderr))
     print(file=sys.stderr)
     paths = write_outputs(report, args.work / "report")
-    table = readme_table(report)
-    (args.work / "report" / "readme_table.md").write_text(table)
-    print(table)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    if args.update_readme:
-        print("README.md updated" if update_readme(table) else f"README.md has no {START} ... {END} markers")
+    rows, note = readme_table(report)
+    path = write_measurement(args.name, "Size, speed, memory and accuracy of the main variants",
+                             "benchmarks/readme_table.py", COLUMNS, rows, [note], args.out_dir)
+    print(path.read_text(), end="")
+    print("wrote " + ", ".join(str(p) for p in [*paths.values(), path]))
 
 
 if __name__ == "__main__":

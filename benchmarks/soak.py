@@ -14,26 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from pgexport.bench.harness import cpu, memory_mb, timed
 
 
 def jobs(n: int):
@@ -71,7 +57,7 @@ def main() -> None:
     n = args.new_tokens
 
     sequential = [pg(im, p, max_new_tokens=n).tokens for im, p in work]
-    report: dict = {"cpu": cpu_name(), "bundle": str(bundle), "jobs": len(work), "new_tokens": n, "concurrency": {}}
+    report: dict = {"cpu": cpu(), "bundle": str(bundle), "jobs": len(work), "new_tokens": n, "concurrency": {}}
     for threads in args.threads:
         with ThreadPoolExecutor(threads) as pool:
             shared = list(pool.map(lambda job: pg(job[0], job[1], max_new_tokens=n).tokens, work))
@@ -79,15 +65,18 @@ def main() -> None:
         print(f"{threads} threads on one object: {report['concurrency'][threads]} of {len(work)} answers differ "
               "from sequential", flush=True)
 
-    ms_per_token, rss_at_100 = [], None
-    for i in range(args.generations):
-        im, p = work[i % len(work)]
-        t = time.perf_counter()
-        tokens = pg(im, p, max_new_tokens=n).tokens
-        ms_per_token.append((time.perf_counter() - t) * 1000 / max(1, len(tokens)))
-        if i + 1 == min(100, args.generations):
-            rss_at_100 = rss_mb()
-    rss_end = rss_mb()
+    counts = []  # tokens per generation
+
+    def generate() -> None:
+        im, p = work[len(counts) % len(work)]
+        counts.append(len(pg(im, p, max_new_tokens=n).tokens))
+
+    first_100 = min(100, args.generations)
+    seconds = timed(generate, first_100, warmup=0)
+    rss_at_100 = memory_mb()["rss_mb"]
+    seconds += timed(generate, args.generations - first_100, warmup=0)
+    rss_end = memory_mb()["rss_mb"]
+    ms_per_token = [1000 * t / max(1, c) for t, c in zip(seconds, counts)]
     first, last = statistics.median(ms_per_token[:50]), statistics.median(ms_per_token[-50:])
     report["soak"] = {"generations": args.generations, "rss_mb_after_100": round(rss_at_100, 1),
                       "rss_mb_end": round(rss_end, 1), "rss_growth_pct": round(100 * (rss_end / rss_at_100 - 1), 2),

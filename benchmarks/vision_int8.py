@@ -13,14 +13,14 @@ noise images of --size). Variants, all made with onnxruntime's
 is what VNNI and ARM's dot-product kernels compute; the difference to the plain row is this CPU's saturation.
 Images: the demo held-out set for the demo model, seeded noise otherwise. Error metrics over all images:
 max |err| / max |ref| and 1 - cosine of the flattened features. Time: median seconds per image (batch 1).
+The table goes to docs/measurements/NAME.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import itertools
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +29,12 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
+from pgexport.bench.harness import cpu, median_seconds, write_measurement
 from pgexport.verify import image_prompts
 from pgexport_runtime.manifest import load_manifest
 from pgexport_runtime.preprocess import preprocess
 
+COLUMNS = ("weights", "products", "max rel. error", "1 - cosine", "s/image")
 VARIANTS = {"u8s8": (QuantType.QInt8, False), "u8s8 reduce_range": (QuantType.QInt8, True),
             "u8u8": (QuantType.QUInt8, False)}
 
@@ -101,12 +103,8 @@ def run(path: Path, pixels: np.ndarray, threads: int, repeats: int) -> tuple[np.
     s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
     out = np.concatenate([s.run(None, {name: pixels[i : i + 1]})[0] for i in range(len(pixels))])
-    times = []
-    for r in range(repeats):
-        t = time.perf_counter()
-        s.run(None, {name: pixels[r % len(pixels) : r % len(pixels) + 1]})
-        times.append(time.perf_counter() - t)
-    return out, statistics.median(times)
+    images = itertools.cycle(pixels[i : i + 1] for i in range(len(pixels)))
+    return out, median_seconds(lambda: s.run(None, {name: next(images)}), repeats, warmup=0)
 
 
 def main() -> None:
@@ -116,14 +114,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=224, help="image size when given a graph alone")
+    ap.add_argument("--name", default="vision_int8", help="docs/measurements/NAME.md is written")
+    ap.add_argument("--out-dir", type=Path, default=None, help="write NAME.md here instead of docs/measurements")
     args = ap.parse_args()
     src = args.bundle if args.bundle.suffix == ".onnx" else args.bundle / "vision_encoder.onnx"
     pixels = images(args.bundle, args.n, args.size)
     ref, t_ref = run(src, pixels, args.threads, args.repeats)
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    vnni = " avx512_vnni" in flags or " avx_vnni" in flags
-    print(f"{len(pixels)} images; this CPU: {'VNNI' if vnni else 'no VNNI'}; float32 {t_ref:.3f} s/image\n")
-    print("| weights | products | max rel. error | 1 - cosine | s/image |\n|---|---|---:|---:|---:|")
+    rows = [("float32", "this CPU", None, None, round(t_ref, 3))]
     with tempfile.TemporaryDirectory() as tmp:
         for label, (wtype, rr) in VARIANTS.items():
             q = Path(tmp) / f"{label.replace(' ', '_')}.onnx"
@@ -135,8 +132,15 @@ def main() -> None:
                 err = np.abs(out - ref).max() / np.abs(ref).max()
                 a, b = out.ravel().astype(np.float64), ref.ravel().astype(np.float64)
                 cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
-                speed = f"{t:.3f}" if kind == "this CPU" else "-"
-                print(f"| {label} | {kind} | {err:.4f} | {1 - cos:.2e} | {speed} |", flush=True)
+                rows.append((label, kind, round(float(err), 4), float(f"{1 - cos:.2e}"),
+                             round(t, 3) if kind == "this CPU" else None))
+                print(rows[-1], flush=True)
+    path = write_measurement(args.name, f"Dynamic int8 vision encoders against float32 ({args.bundle.name})",
+                             "benchmarks/vision_int8.py", COLUMNS, rows,
+                             [f"{len(pixels)} images, {args.threads} threads; this CPU "
+                              f"{'has' if 'vnni' in cpu() else 'has no'} VNNI. s/image: median of {args.repeats} "
+                              "runs at batch 1."], args.out_dir)
+    print(path.read_text(), end="")
 
 
 if __name__ == "__main__":

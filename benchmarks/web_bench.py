@@ -6,14 +6,13 @@ preprocessing, vision encoder, projector, prefill) and decode tokens/s, medians 
 Rows: the Python runtime (onnxruntime), Node with onnxruntime-node, Node with onnxruntime-web's WASM backend
 (the browser's engine, without the browser). The image and prompt are a held-out demo caption item with a long
 answer, so that decoding is timed over many tokens; every row should produce the same greedy tokens (reported).
-Needs `npm ci` in runtimes/web. Prints a markdown table with the CPU's name.
+Needs `npm ci` in runtimes/web. Writes the table to docs/measurements/NAME.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import tempfile
@@ -22,17 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 JS = Path(__file__).with_name("web_bench.mjs")
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+COLUMNS = ("runtime", "load ms", "time to first token ms", "decode tokens/s")
 
 
 def python_runs(bundle: Path, image: Path, prompt: str, max_new: int, repeats: int, threads: int) -> dict:
@@ -70,8 +59,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--name", default="web_bench", help="docs/measurements/NAME.md is written")
+    p.add_argument("--out-dir", type=Path, default=None, help="write NAME.md here instead of docs/measurements")
     a = p.parse_args()
     from pgexport.bench.evalset import demo_items
+    from pgexport.bench.harness import write_measurement
 
     # the caption item (of the first 50 held-out items) with the longest reference answer: decoding gets timed
     item = max((i for i in demo_items(50, None)[0] if i.task == "caption"), key=lambda i: len(i.answer or ""))
@@ -84,14 +76,13 @@ def main() -> None:
             rows[name] = node_runs(a.bundle, image, item.prompt, a.max_new_tokens, a.repeats, backend, a.threads)
     tokens = {json.dumps(run["tokens"]) for row in rows.values() for run in row["runs"]}
     n = len(next(iter(rows.values()))["runs"][0]["tokens"])
-    print(f"{a.bundle.name}: {item.prompt!r}, {n} tokens, {a.threads} thread(s), median of {a.repeats}; "
-          f"CPU: {cpu_name()}; same tokens in every run: {len(tokens) == 1}\n")
-    print("| runtime | load (ms) | time to first token (ms) | decode (tokens/s) |")
-    print("|---|---:|---:|---:|")
-    for name, row in rows.items():
-        ttft = statistics.median(r["ttft_ms"] for r in row["runs"])
-        tps = statistics.median(r["decode_tok_s"] for r in row["runs"])
-        print(f"| {name} | {row['load_ms']:.0f} | {ttft:.1f} | {tps:.1f} |")
+    table = [(name, round(row["load_ms"]), round(statistics.median(r["ttft_ms"] for r in row["runs"]), 1),
+              round(statistics.median(r["decode_tok_s"] for r in row["runs"]), 1)) for name, row in rows.items()]
+    path = write_measurement(a.name, f"The JavaScript runtime against the Python runtime ({a.bundle.name})",
+                             "benchmarks/web_bench.py", COLUMNS, table,
+                             [f"{a.bundle.name}: {item.prompt!r}, {n} tokens, {a.threads} thread(s), median of "
+                              f"{a.repeats}; same tokens in every run: {len(tokens) == 1}."], a.out_dir)
+    print(path.read_text(), end="")
 
 
 if __name__ == "__main__":

@@ -113,8 +113,8 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
                         mask_decoder=mask_decoder, quant=quant, min_agreement=min_agreement,
                         gate_samples=gate_samples, calibration=calibration, max_memory=max_memory, stream=stream,
                         kv_cache=kv_cache, prefill_lengths=_lengths(prefill_lengths), max_len=max_len)
+    plan = Plan.of(opts, check_memory=not dry_run)  # dry run: the figures, whether or not they fit
     if dry_run:
-        plan = Plan.of(opts, check_memory=False)  # the figures, whether or not they fit
         for line in plan.estimate.lines():
             click.echo(line)
         click.echo("mode        " + ("streamed, one decoder layer at a time" + (
@@ -123,9 +123,9 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
         click.echo("steps       " + ", ".join(s.name for s in steps(plan)))
         return
     bars: list = []  # created at the first step, so that an early user error prints no empty bar
-    progress = _step_bar(bars, planned_steps(opts))
+    progress = _step_bar(bars, planned_steps(plan))
     try:
-        path = run_build(opts, progress, lambda text: bars and bars[0].set_postfix_str(text))
+        path = run_build(plan, progress, lambda text: bars and bars[0].set_postfix_str(text))
         if bars:
             bars[0].update(1)
     except (ParityError, GateError, GraphFilesError) as exc:

@@ -105,7 +105,7 @@ def _q_proj(tensors) -> str:
      "1 wrong shape: model.language_model.layers.0.self_attn.q_proj.weight"),
 ])
 def test_checkpoint_that_does_not_match_its_architecture_is_refused_in_one_line(root, capsys, case, change, words):
-    from test_errors import run_cli
+    from test_cli_errors import run_cli
 
     bad = _tamper(root, f"bad-{case}", change)
     out = root / f"bad-{case}-bundle"

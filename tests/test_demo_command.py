@@ -9,7 +9,7 @@ import shutil
 from PIL import Image
 
 from pgexport.verify import image_prompts
-from tests.test_errors import run_cli
+from tests.test_cli_errors import run_cli
 
 
 def test_demo_compares_the_bundle_with_transformers_on_five_tasks(demo_bundles, tmp_path, capsys):

@@ -137,7 +137,7 @@ def test_held_out_quality_matches_the_model_card(hf, card_results):
     """50 held-out samples per task, greedy, transformers fp32: the shipped weights still score what the card
     says (its `ci50` block is the same 50 samples); caption, VQA and detect answers are diverse and VQA beats
     the majority answer. The bars themselves are the card's business (200 items of a fresh seed) and, for
-    detect and segment, tests/test_answers_demo.py's; 50 items are too few to hold an exact-match bar."""
+    detect and segment, tests/test_detect_segment.py's; 50 items are too few to hold an exact-match bar."""
     import torch
 
     torch.set_num_threads(2)

@@ -10,7 +10,7 @@ from pgexport.source import sources
 from pgexport.estimate import estimate, parameters
 from pgexport.quant.recipes import resolve_recipe
 from pgexport_runtime.errors import UserError
-from test_errors import run_cli
+from test_cli_errors import run_cli
 
 
 def test_parameters_are_counted_exactly(tiny):

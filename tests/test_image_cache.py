@@ -76,7 +76,7 @@ def test_the_cache_is_bounded_by_bytes():
 def test_cli_answers_several_prompts_in_order(bundles, images, tmp_path, capsys):
     import json
 
-    from test_errors import run_cli
+    from test_cli_errors import run_cli
 
     path = tmp_path / "img.png"
     images[2].save(path)

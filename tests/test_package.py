@@ -69,7 +69,7 @@ def test_package_refuses_what_it_should(bundles, tmp_path):
 
 
 def test_cli_packages_and_inspect_shows_the_mobile_verdicts(bundles, tmp_path, capsys):
-    from test_errors import run_cli
+    from test_cli_errors import run_cli
 
     out = tmp_path / "ort"
     code, stdout, _ = run_cli(["package", bundles["tiny-pg2"], "--out", out], capsys)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 from pgexport.build.bundle_steps import BuildOptions, planned_steps
@@ -23,17 +25,20 @@ def test_progress_reports_exactly_the_planned_steps(bundles):
 
 
 def test_conditions_select_steps():
+    from pgexport_runtime.kv_layout import STATIC
+
+    made = Plan.of(BuildOptions(model="tiny-pg1"))
     base = dict(parity=True, gate=False, adapter=False, calibrate=False, quantize=False, mask_weights=None)
-    plain = [s.name for s in steps(Plan(BuildOptions(), **base))]
+    plain = [s.name for s in steps(replace(made, **base))]
     everything = base | dict(gate=True, adapter=True, calibrate=True, quantize=True, mask_weights=Path("m"),
-                             static=KvCache("static", max_len=96, prefill_lengths=(64,)))
-    full = [s.name for s in steps(Plan(BuildOptions(), **everything))]
-    streamed = [s.name for s in steps(Plan(BuildOptions(), **everything | dict(stream=True)))]
+                             kv=KvCache(STATIC, max_len=96, prefill_lengths=(64,)))
+    full = [s.name for s in steps(replace(made, **everything))]
+    streamed = [s.name for s in steps(replace(made, **everything | dict(stream=True)))]
     assert set(plain) < set(full) and [n for n in full if n in plain] == plain
     assert sorted(set(full) | set(streamed)) == sorted(s.name for s in STEPS)
     # streamed, parity is checked per layer and the decoder is quantized as it is exported
     assert set(streamed) - set(full) == {"layer parity"} and set(full) - set(streamed) == {"quantize decoder"}
-    assert [s.name for s in steps(Plan(BuildOptions(), **base), TORCH)][0] == "load model"
+    assert [s.name for s in steps(replace(made, **base), TORCH)][0] == "load model"
     assert "merge adapter" not in plain and "GPTQ" not in plain and "accuracy gate" not in plain
     assert "layer parity" not in plain  # streamed builds only
     assert "fix shapes" not in plain and full.index("fix shapes") == full.index("accuracy gate") - 1
@@ -46,6 +51,19 @@ def test_options_survive_the_trip_to_the_child():
                         calibration=Path("c.jsonl"), min_agreement=0.5, stream=True, kv_cache="static",
                         prefill_lengths=(40, 60), max_len=90)
     assert BuildOptions.from_json(opts.to_json()) == opts
+
+
+def test_the_plan_survives_the_trip_to_the_child(tmp_path):
+    """The child gets the plan made in the build process (its source, geometry, recipe and decisions), not the
+    options to plan again."""
+    recipe = tmp_path / "mine.json"
+    recipe.write_text('{"base": "int4", "overrides": [{"match": "*lm_head*", "precision": "int8"}]}')
+    for opts in (BuildOptions(model="tiny-pg1", quant=str(recipe), kv_cache="static", stream=True),
+                 BuildOptions(model="tiny-pg2", quant="int4-gptq", kv_cache="shared")):
+        plan = Plan.of(opts)
+        back = Plan.from_json(json.loads(json.dumps(plan.to_json())))
+        assert back == replace(plan, estimate=None)
+        assert back.kv.layout.fixed_shape == (opts.kv_cache == "static") and back.recipe.overrides == plan.recipe.overrides
 
 
 def test_steps_run_in_the_two_processes():

@@ -261,7 +261,7 @@ def test_gptq_build_records_recipe_and_accuracy(tmp_path):
 
 def test_gate_fails_a_build_above_what_the_recipe_reaches(tmp_path, capsys):
     """The tiny random model loses agreement under int4; demanding 100 % must fail and write nothing."""
-    from test_errors import run_cli
+    from test_cli_errors import run_cli
 
     out = tmp_path / "gated"
     code, _, err = run_cli(["build", "--model", "tiny-pg1", "--out", out, "--quant", "int4", "--min-agreement",
@@ -271,7 +271,7 @@ def test_gate_fails_a_build_above_what_the_recipe_reaches(tmp_path, capsys):
 
 
 def test_sensitivity_report_ranks_layers(capsys):
-    from test_errors import run_cli
+    from test_cli_errors import run_cli
 
     code, out, err = run_cli(["sensitivity", "--model", "tiny-pg1", "--quant", "int4", "--samples", "2", "--json"],
                              capsys)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from checkpoints import save_checkpoint, save_lora_adapter
-from test_errors import run_cli
+from test_cli_errors import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 REVISION = "0123456789abcdef0123456789abcdef01234567"

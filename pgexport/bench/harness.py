@@ -46,8 +46,8 @@ def cpu() -> str:
     return f"{model} ({os.cpu_count()} CPUs; {' '.join(named) or 'no AVX2/AVX-512/AMX/NEON dot-product flags'})"
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    """The median wall time of `repeats` calls of fn, after `warmup` untimed ones."""
+def timed(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> list[float]:
+    """The wall time in seconds of each of `repeats` calls of fn, after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -55,7 +55,12 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """The median wall time of `repeats` calls of fn, after `warmup` untimed ones."""
+    return statistics.median(timed(fn, repeats, warmup))
 
 
 def memory_mb(pid: int | str = "self") -> dict[str, float]:

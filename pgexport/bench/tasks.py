@@ -25,7 +25,7 @@ def load_mask_decoder(manifests):
     for m in manifests:
         entry = m.graphs.get("mask_decoder")
         if entry is not None:
-            return MaskDecoder(m.path(entry.file), entry.codes, one_row=m.kv_cache.layout == "static"), None
+            return MaskDecoder(m.path(entry.file), entry.codes, one_row=m.kv_cache.layout.fixed_shape), None
     return None, "mask IoU skipped: no bundle has a mask-decoder graph to decode <seg> tokens"
 
 

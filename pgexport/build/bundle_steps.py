@@ -29,16 +29,18 @@ class GateError(Exception):
     """The quantized bundle agrees with PyTorch less than --min-agreement asks."""
 
 
-def planned_steps(opts: BuildOptions) -> list[str]:
+def planned_steps(target: BuildOptions | Plan) -> list[str]:
     """The progress steps `build` will report, for a progress bar's total."""
-    return [s.name for s in steps(Plan.of(opts))]
+    return [s.name for s in steps(target if isinstance(target, Plan) else Plan.of(target))]
 
 
-def build(opts: BuildOptions, progress=None, detail=None) -> Path:
-    """Export, check and write a bundle. `progress(step_name)` is called as each step starts, `detail(text)`
-    as a long step moves on (GPTQ and layer parity: "layer 3/42")."""
-    with write_errors(opts.out):  # a full disk or read-only target: one line, and the temp dir is gone
-        return _Build(Plan.of(opts), progress or (lambda name: None), detail).run()
+def build(target: BuildOptions | Plan, progress=None, detail=None) -> Path:
+    """Export, check and write a bundle from options (planned here) or a plan already made. `progress(step_name)`
+    is called as each step starts, `detail(text)` as a long step moves on (GPTQ and layer parity: "layer 3/42")."""
+    out = target.options.out if isinstance(target, Plan) else target.out
+    with write_errors(out):  # a full disk or read-only target: one line, and the temp dir is gone
+        plan = target if isinstance(target, Plan) else Plan.of(target)
+        return _Build(plan, progress or (lambda name: None), detail).run()
 
 
 class _Build:
@@ -46,12 +48,8 @@ class _Build:
     plan.STEPS run here on the graphs it exported, in the bundle's temporary directory."""
 
     def __init__(self, plan: Plan, progress, detail=None):
-        from pgexport.quant.recipes import resolve_recipe
-
         self.plan, self.opts, self.progress, self.detail = plan, plan.options, progress, detail
-        self.source = sources.resolve(self.opts.model, self.opts.adapter)
-        self.geometry = sources.load_geometry(self.source)
-        self.recipe = resolve_recipe(self.opts.quant)
+        self.source, self.geometry, self.recipe = plan.source, plan.geometry, plan.recipe
         self.mask = _load_mask_decoder(plan.mask_weights)  # bad weights: a user error before the slow steps
         self.writer = BundleWriter(self.opts.out, force=self.opts.force)
         self.manifest: Manifest | None = None
@@ -61,10 +59,9 @@ class _Build:
     def run(self) -> Path:
         t0 = time.time()
         with self.writer:
-            # the PyTorch phase runs in a child process: its memory is back with the OS before onnxruntime loads
-            # the child plans again from the options: it gets this plan's decision to stream, not its own
-            self.results = torch_steps.run(replace(self.opts, stream=self.plan.stream), self.writer.tmp,
-                                           self.progress, self.detail)
+            # the PyTorch phase runs in a child process (with this plan): its memory is back with the OS before
+            # onnxruntime loads
+            self.results = torch_steps.run(self.plan, self.writer.tmp, self.progress, self.detail)
             self.quantized.update(self.results.quantized or {})  # a streamed build's decoder
             execute(self.plan, BUNDLE, self.work(), self.progress)
             torch_steps.cleanup(self.writer.tmp)
@@ -93,7 +90,7 @@ class _Build:
         processor = sources.load_processor(self.source.directory)
         sources.write_tokenizer(self.source, self.writer.path("tokenizer.json"), processor)
         files = sorted(p.name for p in self.writer.tmp.iterdir())
-        self.manifest = _manifest(self.source, self.geometry, self.opts, files, processor, self.plan.static)
+        self.manifest = _manifest(self.source, self.geometry, self.opts, files, processor, self.plan.kv)
         if self.mask is not None:  # an optional, appended graph entry (older runtimes ignore it)
             from pgexport.export import mask_decoder
 
@@ -212,7 +209,7 @@ def _graph_entry(files: list[str], name: str, g: Geometry, **extra) -> GraphEntr
 
 
 def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: list[str], processor,
-              plan_static: KvCache | None = None) -> Manifest:
+              kv: KvCache) -> Manifest:
     import importlib.metadata as md
 
     from pgexport.export.onnx_export import OPSET
@@ -227,7 +224,7 @@ def _manifest(source: sources.Source, g: Geometry, opts: BuildOptions, files: li
     return Manifest(
         geometry=g,
         graphs={name: _graph_entry(files, name, g) for name in ("vision_encoder", "projector", "decoder")},
-        kv_cache=plan_static or KvCache(layout=opts.kv_cache),
+        kv_cache=kv,
         tokenizer=sources.load_tokenizer_info(source, g, processor),
         preprocessing=sources.load_preprocessing(source, g, processor),
         generation=Generation(max_new_tokens=opts.max_new_tokens),

@@ -1,5 +1,9 @@
 """What a build does: its options, and the one list of steps they select.
 
+Plan.of resolves the options once, in the build process: the source, its geometry, the recipe, and every
+decision the steps depend on. The PyTorch child gets the plan itself (to_json / from_json), not the options
+to plan again.
+
 STEPS is the whole build in order. Each step names the process it runs in ("torch": the PyTorch child,
 torch_steps.py; "bundle": the build process, bundle_steps.py) and the condition under which it runs. Both
 processes execute their share through `execute`, which looks each step's work up by name, and the progress
@@ -14,9 +18,12 @@ from pathlib import Path
 from typing import Callable
 
 from pgexport_runtime.errors import UserError
+from pgexport_runtime.geometry import Geometry
+from pgexport_runtime.kv_layout import LAYOUTS
 from pgexport_runtime.manifest import KV_LAYOUTS, MAX_PREFILL_GRAPHS, KvCache
 
 from pgexport.estimate import Estimate, estimate
+from pgexport.source.sources import Source
 from pgexport.verify.parity import Tolerance
 
 TORCH, BUNDLE = "torch", "bundle"
@@ -68,6 +75,10 @@ class Plan:
     """The decisions a build's options and source imply; the conditions of STEPS read only these."""
 
     options: BuildOptions
+    source: Source  # the resolved --model and --adapter
+    geometry: Geometry
+    recipe: object  # quant.recipes.Recipe, checked against the geometry
+    kv: KvCache  # the manifest's kv_cache section: the layout, and a fixed-shape layout's lengths
     parity: bool  # PyTorch reference, then the parity check of the float32 graphs
     gate: bool  # quantized, with held-out samples: gate reference, then the accuracy gate
     adapter: bool  # a peft adapter to merge after the references
@@ -75,9 +86,27 @@ class Plan:
     quantize: bool  # the recipe changes the float32 graphs
     mask_weights: Path | None  # mask-decoder (VQ-VAE) weights: --mask-decoder or the checkpoint's own
     stream: bool = False  # the PyTorch phase holds one decoder layer at a time; parity is checked per layer
-    estimate: Estimate | None = None  # memory, disk and time the build will need (estimate.py)
-    static: KvCache | None = None  # --kv-cache static: the cache's length and the prefill graphs' lengths
+    estimate: Estimate | None = None  # memory, disk and time the build will need (estimate.py; not sent to the child)
     stream_reason: str = ""  # why the build streams or holds the whole model (--dry-run says it)
+
+    _FLAGS = ("parity", "gate", "adapter", "calibrate", "quantize", "stream", "stream_reason")
+
+    def to_json(self) -> dict:
+        """For the PyTorch child: everything but the estimate, which only the build process reads."""
+        return {"options": self.options.to_json(), "source": self.source.to_json(),
+                "geometry": self.geometry.to_dict(), "recipe": self.recipe.to_dict(), "kv": self.kv.to_dict(),
+                "mask_weights": None if self.mask_weights is None else str(self.mask_weights),
+                **{k: getattr(self, k) for k in self._FLAGS}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Plan":
+        from pgexport.quant.recipes import recipe_from_dict
+
+        g = Geometry.from_dict(d["geometry"])
+        return cls(BuildOptions.from_json(d["options"]), Source.from_json(d["source"]), g,
+                   recipe_from_dict(d["recipe"], d["recipe"]["name"]), KvCache.from_dict(d["kv"], g),
+                   mask_weights=None if d["mask_weights"] is None else Path(d["mask_weights"]),
+                   **{k: d[k] for k in cls._FLAGS})
 
     @classmethod
     def of(cls, opts: BuildOptions, check_memory: bool = True) -> "Plan":
@@ -88,7 +117,8 @@ class Plan:
         from pgexport.quant.recipes import resolve_recipe
 
         source = sources.resolve(opts.model, opts.adapter)
-        recipe = resolve_recipe(opts.quant).verify(sources.load_geometry(source).tie_word_embeddings)
+        g = sources.load_geometry(source)
+        recipe = resolve_recipe(opts.quant).verify(g.tie_word_embeddings)
         if opts.calibration is not None and not recipe.needs_calibration:
             raise UserError(f"--calibration is only used by recipes that calibrate (int4-gptq); "
                             f"{recipe.name} does not")
@@ -98,8 +128,7 @@ class Plan:
             raise UserError(f"unknown --kv-cache {opts.kv_cache!r} (use one of {', '.join(KV_LAYOUTS)})")
         quantize = not recipe.is_identity
         mask = mask_decoder.find_weights(source.directory if source.kind != "preset" else None, opts.mask_decoder)
-        g = sources.load_geometry(source)
-        static = static_shape(opts, g)
+        kv = kv_section(opts, g)
         whole = estimate(g, recipe)
         streamed = estimate(g, recipe, stream=True, table_itemsize=_table_itemsize(source),
                             gate_tokens=opts.gate_tokens, gate_samples=opts.gate_samples)
@@ -120,18 +149,20 @@ class Plan:
             raise UserError(f"this build needs about {need.peak_rss_bytes / 1e9:.1f} GB of memory ({how}; "
                             f"estimated for {need.total_parameters / 1e9:.2f} B parameters, see --dry-run), "
                             f"more than {over}")
-        return cls(opts, parity=not opts.skip_parity, gate=quantize and opts.gate_samples > 0,
+        return cls(opts, source, g, recipe, kv, parity=not opts.skip_parity, gate=quantize and opts.gate_samples > 0,
                    adapter=source.adapter is not None, calibrate=recipe.needs_calibration, quantize=quantize,
-                   mask_weights=mask, stream=stream, estimate=need, static=static, stream_reason=reason)
+                   mask_weights=mask, stream=stream, estimate=need, stream_reason=reason)
 
 
-def static_shape(opts: BuildOptions, g) -> KvCache | None:
-    """The static layout's fixed lengths, checked; None for the other layouts (which take neither option)."""
-    if opts.kv_cache != "static":
+def kv_section(opts: BuildOptions, g) -> KvCache:
+    """The manifest's KV-cache section: the layout, and a fixed-shape layout's lengths, checked (the other
+    layouts take neither option)."""
+    layout = LAYOUTS[opts.kv_cache]
+    if not layout.fixed_shape:
         if opts.prefill_lengths is not None or opts.max_len is not None:
             raise UserError("--prefill-lengths and --max-len fix the shapes of --kv-cache static; "
                             f"--kv-cache {opts.kv_cache} takes any length")
-        return None
+        return KvCache(layout)
     shortest = g.num_image_tokens + 2  # the image, <bos> and "\n"
     lengths = opts.prefill_lengths or (g.num_image_tokens + 16, g.num_image_tokens + 64)
     if len(lengths) > MAX_PREFILL_GRAPHS or list(lengths) != sorted(set(lengths)) or lengths[0] < shortest:
@@ -141,7 +172,7 @@ def static_shape(opts: BuildOptions, g) -> KvCache | None:
     if not lengths[-1] < max_len <= g.max_position_embeddings:
         raise UserError(f"--max-len must be longer than the longest prefill ({lengths[-1]}) and at most the "
                         f"model's {g.max_position_embeddings} positions")
-    return KvCache("static", max_len=max_len, prefill_lengths=tuple(lengths))
+    return KvCache(layout, max_len=max_len, prefill_lengths=tuple(lengths))
 
 
 def _table_itemsize(source) -> int:
@@ -204,7 +235,7 @@ STEPS = (
     Step("quantize projector", BUNDLE, lambda p: p.quantize),
     Step("quantize decoder", BUNDLE, lambda p: p.quantize and not p.stream),  # streamed: as it is exported
     Step("rewrite manifest", BUNDLE, lambda p: p.quantize),
-    Step("fix shapes", BUNDLE, lambda p: p.static is not None),
+    Step("fix shapes", BUNDLE, lambda p: p.kv.layout.fixed_shape),
     Step("accuracy gate", BUNDLE, lambda p: p.gate),
 )
 

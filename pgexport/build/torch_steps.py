@@ -22,7 +22,7 @@ import numpy as np
 from pgexport import child
 from pgexport.verify import parity
 from pgexport.files import write_errors
-from pgexport.build.plan import TORCH, BuildOptions, Plan, execute
+from pgexport.build.plan import TORCH, Plan, execute
 
 WORK = ".torch"
 
@@ -37,13 +37,13 @@ class TorchResults:
     quantized: dict | None = None  # graph name -> quantization report, for graphs quantized as exported
 
 
-def run(opts: BuildOptions, out_dir: Path, progress, detail=None) -> TorchResults:
-    """Run the torch steps for these options in a child Python, exporting into out_dir; relay its progress
+def run(plan: Plan, out_dir: Path, progress, detail=None) -> TorchResults:
+    """Run the plan's torch steps in a child Python, exporting into out_dir; relay its progress
     (progress(step name); detail(text) within a long step, e.g. "layer 3/42"); load what it wrote (the gate's
     log-probabilities stay on disk until read; `cleanup` removes them)."""
     work = out_dir / WORK
     work.mkdir(parents=True, exist_ok=True)
-    job = {"options": opts.to_json(), "out_dir": str(out_dir)}
+    job = {"plan": plan.to_json(), "out_dir": str(out_dir)}
 
     def relay(event: str, text: str) -> None:
         if event == "step":
@@ -64,9 +64,8 @@ def cleanup(out_dir: Path) -> None:
 
 
 def _child(job: dict, job_file: Path) -> None:
-    opts = BuildOptions.from_json(job["options"])
-    with write_errors(opts.out):
-        plan = Plan.of(opts)
+    plan = Plan.from_json(job["plan"])
+    with write_errors(plan.options.out):
         phase = _Phase(plan, Path(job["out_dir"]), job_file.parent)
         execute(plan, TORCH, phase.work(), lambda name: child.emit("step", name))
 
@@ -75,13 +74,8 @@ class _Phase:
     """What the torch steps share: the source, the model (peft-attached until merged), the results written."""
 
     def __init__(self, plan: Plan, out_dir: Path, work: Path):
-        from pgexport.source import sources
-        from pgexport.quant.recipes import resolve_recipe
-
         self.opts, self.stream, self.out_dir, self.work_dir = plan.options, plan.stream, out_dir, work
-        self.source = sources.resolve(self.opts.model, self.opts.adapter)
-        self.geometry = sources.load_geometry(self.source)
-        self.recipe = resolve_recipe(self.opts.quant)
+        self.source, self.geometry, self.recipe, self.kv_layout = plan.source, plan.geometry, plan.recipe, plan.kv.layout
         self.model = self.integers = None
         self.weights = None  # streamed: the checkpoint the decoder layers are read from, one at a time
         self.gptq_files = None  # streamed: GPTQ's packed weights, on disk until the decoder is exported
@@ -168,14 +162,14 @@ class _Phase:
 
         weights = self.weights if self.stream else ModuleWeights(self.model)
         if not self.stream or self.recipe.is_identity:
-            graphs.export_decoder(self.model.config, weights, self.geometry, self.out_dir, self.opts.kv_cache)
+            graphs.export_decoder(self.model.config, weights, self.geometry, self.out_dir, self.kv_layout)
             return
         report = {}
 
         def quantize(graph, path) -> None:
             report.update(quantize_model("decoder", graph, path, self.recipe, self.gptq_files))
 
-        graphs.export_decoder(self.model.config, weights, self.geometry, self.out_dir, self.opts.kv_cache, quantize)
+        graphs.export_decoder(self.model.config, weights, self.geometry, self.out_dir, self.kv_layout, quantize)
         (self.work_dir / "quantized.json").write_text(json.dumps({"decoder": report}))
 
     def layer_parity(self) -> None:
@@ -187,7 +181,7 @@ class _Phase:
         report = layer_parity.check_layers(self.model.config, self.geometry, self.weights,
                                            layer_parity.Prefill(ids, embeds, mask, types),
                                            self.opts.tolerance.relative, progress=_layer_detail,
-                                           kv_layout=self.opts.kv_cache)
+                                           kv_layout=self.kv_layout)
         (self.work_dir / "layers.json").write_text(json.dumps(report))
 
     def merge_adapter(self) -> None:

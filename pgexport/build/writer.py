@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pgexport_runtime.errors import UserError
@@ -128,3 +129,38 @@ class BundleWriter:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.out
+
+
+def derive_bundle(src: Path, out: Path, write: Callable[[BundleWriter, dict], dict], force: bool = False,
+                  notify=None) -> dict:
+    """Make the bundle `out` from the bundle `src` without a build; -> what `write` returned.
+
+    `write(writer, manifest)` writes each file it replaces or adds at writer.path(name), reading the source's
+    from src, and may edit `manifest` (the source's) in place; what it returns is recorded under build.derived
+    with the source's directory name. Every other file of src is hard-linked (copied across file systems). The source's
+    sha256 values are checked first; the new manifest lists every file's own and drops quantization.accuracy,
+    which was measured on the source's graphs. A failure leaves neither `out` nor a temporary directory.
+    """
+    from pgexport_runtime import typed_json
+
+    src = Path(src)
+    manifest = json.loads((src / MANIFEST).read_text())
+    for name, digest in manifest["files"].items():
+        typed_json.file_name(name, f"{src}: files")  # nothing outside the bundle is read or linked
+        if sha256_file(src / name) != digest:
+            raise UserError(f"{src}: {name} does not match its sha256 in the manifest (modified or corrupt)")
+    with BundleWriter(out, force, notify) as writer:
+        record = write(writer, manifest)
+        for name, digest in manifest["files"].items():
+            if not writer.path(name).exists():
+                try:
+                    os.link(src / name, writer.path(name))
+                except OSError:
+                    shutil.copy2(src / name, writer.path(name))
+                st = writer.path(name).stat()
+                writer._hashes[(name, st.st_size, st.st_mtime_ns)] = digest  # checked above: not hashed again
+        (manifest.get("quantization") or {}).pop("accuracy", None)
+        manifest.setdefault("build", {})["derived"] = {"from": src.resolve().name, **record}
+        writer.write_manifest(manifest, final=True)
+        writer.commit()
+    return record

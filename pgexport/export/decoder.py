@@ -27,20 +27,21 @@ from torch.nn import functional as F
 
 from pgexport_runtime import io_names as io
 from pgexport_runtime.geometry import Geometry
+from pgexport_runtime.kv_layout import CONCAT, KvLayout
 
 
 class DecoderWithPast(nn.Module):
-    """kv_layout (pgexport_runtime.manifest.KV_LAYOUTS) "concat": past [B, kv_heads, P, D] in, present
+    """kv_layout (pgexport_runtime.kv_layout) "concat": past [B, kv_heads, P, D] in, present
     [B, kv_heads, P + S, D] out. "shared": past and present are one buffer [B, kv_heads, max_len, D] that the
     graph writes in place (attention.py); the cached length is then the attention mask's length less this call's
     tokens. "static": the same one buffer, but the attention mask covers all of it ([B, max_len], 1 = a row that
     holds a real token) and a token's row is its position - 1, so every row's tokens are right-aligned from row
     0: the rows each call writes follow from position_ids, and no input's length depends on the cache's."""
 
-    def __init__(self, model, g: Geometry, kv_layout: str = "concat"):
+    def __init__(self, model, g: Geometry, kv_layout: KvLayout = CONCAT):
         super().__init__()
         lm = model.model.language_model
-        self.g, self.shared, self.static = g, kv_layout in ("shared", "static"), kv_layout == "static"
+        self.g, self.shared, self.static = g, kv_layout.in_place, kv_layout.fixed_shape
         self.embed = lm.embed_tokens  # GemmaTextScaledWordEmbedding: lookup * sqrt(hidden)
         self.layers = lm.layers
         self.norm = lm.norm
@@ -191,16 +192,16 @@ def _apply_rope(q, k, cos, sin):
     return q * cos + rotate(q) * sin, k * cos + rotate(k) * sin
 
 
-def sample_inputs(g: Geometry, kv_layout: str = "concat") -> tuple:
+def sample_inputs(g: Geometry, kv_layout: KvLayout = CONCAT) -> tuple:
     """Batch 2, three new tokens after two cached ones: no dimension is 0 or 1, so none gets specialised (shared:
     in a buffer of 6, which is neither; static: a mask of 7 over a buffer of 8, so that the two are not taken
     for one dimension)."""
     batch, seq, past = 2, 3, 2
-    room = {"shared": past + seq + 1, "static": 8}.get(kv_layout, past)
+    room = 8 if kv_layout.fixed_shape else past + seq + 1 if kv_layout.in_place else past
     ids = torch.tensor([[g.image_token_id, g.bos_token_id, 5], [g.image_token_id, g.bos_token_id, 6]])
     image_embeds = torch.randn(batch, 2, g.text_hidden, generator=torch.Generator().manual_seed(2))
     attention_mask = torch.ones(batch, past + seq, dtype=torch.int64)
-    if kv_layout == "static":
+    if kv_layout.fixed_shape:
         attention_mask = torch.cat([attention_mask, torch.zeros(batch, 2, dtype=torch.int64)], dim=1)
     position_ids = torch.arange(past + 1, past + seq + 1).repeat(batch, 1)
     token_type_ids = torch.zeros(batch, seq, dtype=torch.int64)

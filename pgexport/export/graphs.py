@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pgexport_runtime.geometry import Geometry
+from pgexport_runtime.kv_layout import CONCAT, KvLayout
 
 from pgexport.export import decoder, mask_decoder, projector, vision
 from pgexport.export.onnx_export import export_graph, param_bytes
@@ -31,7 +32,7 @@ def export_projector(model, g: Geometry, out_dir: Path) -> None:
                  projector.OUTPUT_NAMES, projector.DYNAMIC_SHAPES, param_bytes(m))
 
 
-def export_decoder(config, weights, g: Geometry, out_dir: Path, kv_layout: str = "concat", write=None) -> None:
+def export_decoder(config, weights, g: Geometry, out_dir: Path, kv_layout: KvLayout = CONCAT, write=None) -> None:
     """The decoder, exported from the architecture alone (`config`, parameters on the meta device), its
     weights read one at a time from `weights` (pgexport.source.weights) as the file is written: the largest graph
     is never held whole, in torch or in ONNX.

@@ -41,6 +41,17 @@ class Source:
     adapter: Adapter | None = None  # a peft adapter merged into the weights before export
     revision: str | None = None  # hub sources: the snapshot's commit
 
+    def to_json(self) -> dict:
+        """For the build's PyTorch child: the resolved source, so that it is not resolved twice."""
+        adapter = self.adapter and {"directory": str(self.adapter.directory), "config": self.adapter.config}
+        return {"spec": self.spec, "kind": self.kind, "directory": str(self.directory), "preset": self.preset,
+                "adapter": adapter, "revision": self.revision}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Source":
+        adapter = d["adapter"] and Adapter(Path(d["adapter"]["directory"]), d["adapter"]["config"])
+        return cls(d["spec"], d["kind"], Path(d["directory"]), d["preset"], adapter, d["revision"])
+
     def describe(self) -> dict:
         """The manifest's record of where the model came from, without paths of the builder's machine:
         a preset or hub id by name (and revision), a local checkpoint by its directory name and content hash."""

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from pgexport_runtime.geometry import Geometry
+from pgexport_runtime.kv_layout import CONCAT, KvLayout
 
 from pgexport.export import decoder
 from pgexport.export.onnx_export import EXTERNAL_DATA_THRESHOLD, export_graph, param_bytes
@@ -53,12 +54,12 @@ class Prefill:
 
 
 def check_layers(config, g: Geometry, source, batch: Prefill, tolerance: float, onnx_source=None,
-                 progress=lambda i, n: None, kv_layout: str = "concat") -> dict:
+                 progress=lambda i, n: None, kv_layout: KvLayout = CONCAT) -> dict:
     """Each decoder layer's graph against PyTorch; -> {"layers": [{"layer", "relative", "ok"}...], "ok",
     "first_failure"}. `onnx_source` (default `source`) is where the graphs' weights come from: a test
     gives it a broken one. kv_layout: the bundle decoder's; "shared" layers attend through GroupQueryAttention
     into an empty cache buffer of the prefill's length, whose written rows are compared with PyTorch's keys."""
-    shared = kv_layout in ("shared", "static")  # both attend through GroupQueryAttention
+    shared = kv_layout.in_place  # written in place: attends through GroupQueryAttention
     import onnxruntime as ort
 
     model = meta_model(config)

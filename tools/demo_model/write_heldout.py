@@ -9,7 +9,7 @@
 
 Each split interleaves the tasks, so any prefix of it covers all of them. Rows are described in
 pgexport/verify/image_prompts.py; boxes are written (x0, y0, x1, y1), the runtime's convention, and segment rows carry
-each target's ground-truth mask as a PNG. tests/test_heldout_files.py regenerates the set and compares.
+each target's ground-truth mask as a PNG. tests/test_demo_heldout.py regenerates the set and compares.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from pgexport_runtime.kv_cache import KVCache
 def run(graphs, g: Geometry, cache: KVCache, ids, image_embeds, attention_mask, position_ids, token_type_ids,
         logits_index) -> np.ndarray:
     """One decoder call through IO binding: the cache is read and written in place. -> logits [B, K, V]."""
-    if graphs.kv_layout == "static":  # fixed-shape graphs: position_ids follow from the cache rows
+    if graphs.kv_layout.fixed_shape:  # fixed-shape graphs: position_ids follow from the cache rows
         return static.run(graphs, g, cache, ids, image_embeds, attention_mask, token_type_ids, logits_index)
     binding = graphs.decoder.io_binding()
     for name, value in ((io.INPUT_IDS, ids), (io.DECODER_IMAGE_EMBEDS, image_embeds),
@@ -70,7 +70,7 @@ def score(graphs, g: Geometry, prefix_ids: np.ndarray, image_embeds: np.ndarray,
     seq, n = prefix_ids.shape[1], len(continuation)
     if n == 0:
         return np.zeros((0, g.vocab_size), dtype=np.float32)
-    if graphs.kv_layout == "static":  # graphs of one logits row: the prefix, then one fed token at a time
+    if graphs.kv_layout.fixed_shape:  # graphs of one logits row: the prefix, then one fed token at a time
         cache = graphs.kv_cache(g, 1, seq + n)
         mask = np.ones_like(prefix_ids)
         rows = [prefill(graphs, g, cache, prefix_ids, image_embeds, mask)[0, -1]]

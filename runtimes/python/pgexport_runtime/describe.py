@@ -9,16 +9,9 @@ import math
 from pgexport_runtime.manifest import Manifest
 
 
-KV_LAYOUT_WORDS = {"concat": "present = past + new tokens, a second buffer",
-                   "shared": "one buffer, written in place",
-                   "static": "one buffer of {max_len} tokens, written in place; every shape fixed, batch 1, "
-                             "prefixes padded to {lengths} tokens"}
-
-
 def kv_words(m: Manifest) -> str:
     kv = m.kv_cache
-    return KV_LAYOUT_WORDS.get(kv.layout, "").format(max_len=kv.max_len,
-                                                     lengths=" or ".join(map(str, kv.prefill_lengths)))
+    return kv.layout.describe(kv.max_len, kv.prefill_lengths)
 
 
 def describe(m: Manifest) -> list[str]:
@@ -32,7 +25,7 @@ def describe(m: Manifest) -> list[str]:
     lines = [f"bundle   {m.root}  (schema {m.schema_version}, from {spec})",
              f"model    {g.family}, {g.image_size}px / {g.num_image_tokens} image tokens, decoder {g.text_layers}x"
              f"{g.text_hidden} ({g.num_heads} heads, {g.num_kv_heads} kv), vocab {g.vocab_size}",
-             f"kv cache {m.kv_cache.layout} ({kv_words(m)}), {m.kv_cache.dtype}",
+             f"kv cache {m.kv_cache.layout.name} ({kv_words(m)}), {m.kv_cache.dtype}",
              "graphs"]
     prefill = set(m.kv_cache.prefill_graphs.values())
     for name, entry in m.graphs.items():

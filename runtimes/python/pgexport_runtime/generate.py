@@ -12,6 +12,7 @@ from pgexport_runtime import decoder
 from pgexport_runtime import io_names as io
 from pgexport_runtime.geometry import Geometry
 from pgexport_runtime.kv_cache import KVCache
+from pgexport_runtime.kv_layout import CONCAT, KvLayout
 from pgexport_runtime.sampling import Sampling, choose
 from pgexport_runtime.session import run_rows
 
@@ -25,8 +26,8 @@ class Graphs:
     decoder: ort.InferenceSession | None
     device: str = "cpu"
     device_id: int = 0
-    kv_layout: str = "concat"  # the manifest's kv_cache.layout: how the decoder takes its cache
-    # "static" layout (static.py): the cache's fixed length, the prefill graphs' prefix lengths, and their
+    kv_layout: KvLayout = CONCAT  # the manifest's kv_cache.layout: how the decoder takes its cache
+    # a fixed-shape layout (static.py): the cache's fixed length, the prefill graphs' prefix lengths, and their
     # sessions (a length without one runs on `decoder`, while the build's graphs still take any shape)
     max_len: int = 0
     prefill_lengths: tuple[int, ...] = ()
@@ -34,16 +35,14 @@ class Graphs:
 
     def kv_cache(self, g: Geometry, batch: int, max_len: int) -> KVCache:
         """A cache for the decoder, laid out as it takes one, on the sessions' device (static: of its one length)."""
-        if self.kv_layout == "static":
+        if self.kv_layout.fixed_shape:
             max_len = self.max_len
         return KVCache(g, batch, max_len, self.device, self.device_id, self.kv_layout)
 
     def room(self, prefix: int, max_new_tokens: int) -> int:
         """max_new_tokens, within what the static layout's cache holds after a prefix of `prefix` tokens (the
         last token chosen is never fed back)."""
-        if self.kv_layout != "static":
-            return max_new_tokens
-        return max(1, min(max_new_tokens, self.max_len - prefix + 1))
+        return self.kv_layout.room(max_new_tokens, prefix, self.max_len)
 
 
 def encode_image(graphs: Graphs, pixel_values: np.ndarray) -> np.ndarray:

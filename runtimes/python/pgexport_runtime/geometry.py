@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from pgexport_runtime import typed_json
+from pgexport_runtime.contract import CONTRACT
 
-FAMILIES = ("paligemma", "paligemma2")
+FAMILIES = CONTRACT["geometry"]["families"]
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,8 @@ class Geometry:
         return self.num_kv_heads, self.head_dim
 
 
-_MAX_POSITIONS = 1 << 22
-_INT_BOUNDS = {  # name: (lo, hi), inclusive
-    "image_size": (1, 8192), "patch_size": (1, 8192), "num_image_tokens": (1, 1 << 16),
-    "vision_hidden": (1, 1 << 16), "vision_layers": (1, 1024), "vision_heads": (1, 1024),
-    "vision_intermediate": (1, 1 << 18), "text_hidden": (1, 1 << 16), "text_layers": (1, 1024),
-    "num_heads": (1, 1024), "num_kv_heads": (1, 1024), "head_dim": (1, 4096), "text_intermediate": (1, 1 << 18),
-    "vocab_size": (1, 1 << 22), "max_position_embeddings": (1, _MAX_POSITIONS),
-}
+_INT_BOUNDS = {name: tuple(b) for name, b in CONTRACT["geometry"]["int_bounds"].items()}  # (lo, hi), inclusive
+_MAX_POSITIONS = _INT_BOUNDS["max_position_embeddings"][1]
 _FLOAT_BOUNDS = {"rope_theta": (0, 1e12), "rms_norm_eps": (0, 1), "attn_scale": (0, 1e3),
                  "attn_softcap": (0, 1e6), "final_softcap": (0, 1e6)}
 _OPTIONAL = ("attn_softcap", "final_softcap")  # null in Gemma 1

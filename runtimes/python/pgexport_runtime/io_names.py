@@ -1,30 +1,34 @@
-"""The one table of graph input/output names, shared by the exporter and the runtime.
+"""The graph input/output names and the sizes the manifest fixes on them, from contract.json.
 
 Names follow optimum / transformers.js (`past_key_values.{i}.key`, `present.{i}.key`) so that tools
-that know those exports recognise ours. The exporter imports this module; nothing else spells them.
+that know those exports recognise ours. The exporter and both runtimes take them from the contract;
+nothing else spells them.
 """
 
+from pgexport_runtime.contract import CONTRACT
+
+_N, _A = CONTRACT["names"], CONTRACT["axes"]
+
 # vision encoder
-PIXEL_VALUES = "pixel_values"  # [batch, 3, height, width] float32, SigLIP-normalised
-VISION_FEATURES = "vision_features"  # [batch, num_image_tokens, vision_hidden]
+PIXEL_VALUES = _N["PIXEL_VALUES"]  # [batch, 3, height, width] float32, SigLIP-normalised
+VISION_FEATURES = _N["VISION_FEATURES"]  # [batch, num_image_tokens, vision_hidden]
 
 # projector
-IMAGE_EMBEDS = "image_embeds"  # [batch, num_image_tokens, text_hidden]
+IMAGE_EMBEDS = _N["IMAGE_EMBEDS"]  # [batch, num_image_tokens, text_hidden]
 
 # decoder-with-past
-INPUT_IDS = "input_ids"  # [batch, seq] int64; <image> placeholders are filled from image_embeds
-DECODER_IMAGE_EMBEDS = "image_embeds"  # [batch, num_images_tokens or 0, text_hidden]
-ATTENTION_MASK = "attention_mask"  # [batch, past + seq] int64, 1 = real token, 0 = padding
-POSITION_IDS = "position_ids"  # [batch, seq] int64, 1-based for PaliGemma
-TOKEN_TYPE_IDS = "token_type_ids"  # [batch, seq] int64, 0 = prefix (bidirectional), 1 = suffix (causal)
-LOGITS_INDEX = "logits_index"  # [batch, k] int64: positions within seq whose logits are computed
-LOGITS = "logits"  # [batch, k, vocab] float32
+INPUT_IDS = _N["INPUT_IDS"]  # [batch, seq] int64; <image> placeholders are filled from image_embeds
+DECODER_IMAGE_EMBEDS = _N["DECODER_IMAGE_EMBEDS"]  # [batch, num_images_tokens or 0, text_hidden]
+ATTENTION_MASK = _N["ATTENTION_MASK"]  # [batch, past + seq] int64, 1 = real token, 0 = padding
+POSITION_IDS = _N["POSITION_IDS"]  # [batch, seq] int64, 1-based for PaliGemma
+TOKEN_TYPE_IDS = _N["TOKEN_TYPE_IDS"]  # [batch, seq] int64, 0 = prefix (bidirectional), 1 = suffix (causal)
+LOGITS_INDEX = _N["LOGITS_INDEX"]  # [batch, k] int64: positions within seq whose logits are computed
+LOGITS = _N["LOGITS"]  # [batch, k, vocab] float32
 
-
-PAST_KEY = "past_key_values.{i}.key"  # [batch, kv_heads, past, head_dim]
-PAST_VALUE = "past_key_values.{i}.value"
-PRESENT_KEY = "present.{i}.key"  # [batch, kv_heads, past + seq, head_dim]
-PRESENT_VALUE = "present.{i}.value"
+PAST_KEY = _N["PAST_KEY"]  # [batch, kv_heads, past, head_dim]
+PAST_VALUE = _N["PAST_VALUE"]
+PRESENT_KEY = _N["PRESENT_KEY"]  # [batch, kv_heads, past + seq, head_dim]
+PRESENT_VALUE = _N["PRESENT_VALUE"]
 
 
 def past_key(i: int) -> str:
@@ -44,30 +48,32 @@ def present_value(i: int) -> str:
 
 
 # named dynamic axes, the same in every graph
-BATCH = "batch"
-SEQ = "sequence"
-PAST = "past_sequence"
-TOTAL = "total_sequence"
-IMAGE_TOKENS = "image_tokens"
-KEEP = "logits_kept"
+BATCH = _A["BATCH"]
+SEQ = _A["SEQ"]
+PAST = _A["PAST"]
+TOTAL = _A["TOTAL"]
+IMAGE_TOKENS = _A["IMAGE_TOKENS"]
+KEEP = _A["KEEP"]
 
 # mask decoder (optional graph: segmentation's VQ-VAE decoder)
-SEG_CODES = "seg_codes"  # [batch, 16] int64, the <segNNN> codes of one object (row-major 4x4)
-MASKS = "masks"  # [batch, 64, 64] float32, nominally in [-1, 1]; > 0 is the object
+SEG_CODES = _N["SEG_CODES"]  # [batch, 16] int64, the <segNNN> codes of one object (row-major 4x4)
+MASKS = _N["MASKS"]  # [batch, 64, 64] float32, nominally in [-1, 1]; > 0 is the object
 
 
 def expected(graph: str, g, image_hw: tuple[int, int]) -> dict[str, dict[int, int]]:
     """The names the runtime feeds or binds on `graph`, each with the axes whose size it derives from the
-    manifest (geometry, preprocessing size): session.check_io compares them with the loaded graph."""
-    if graph == "vision_encoder":
-        return {PIXEL_VALUES: {1: 3, 2: image_hw[0], 3: image_hw[1]}, VISION_FEATURES: {}}
-    if graph == "projector":
-        return {VISION_FEATURES: {}, IMAGE_EMBEDS: {2: g.text_hidden}}
-    if graph == "mask_decoder":
-        return {SEG_CODES: {1: 16}, MASKS: {}}
-    kv = {1: g.num_kv_heads, 3: g.head_dim}  # KVCache sizes its buffers from these
-    names = {INPUT_IDS: {}, DECODER_IMAGE_EMBEDS: {2: g.text_hidden}, ATTENTION_MASK: {}, POSITION_IDS: {},
-             TOKEN_TYPE_IDS: {}, LOGITS_INDEX: {}, LOGITS: {2: g.vocab_size}}  # logits are bound at vocab_size
-    for i in range(g.text_layers):
-        names |= {past_key(i): kv, past_value(i): kv, present_key(i): kv, present_value(i): kv}
+    manifest (geometry, preprocessing size): session.check_io compares them with the loaded graph. The
+    contract gives a size as a number, a geometry field, or the image's height or width. A graph the contract
+    does not name is a decoder at another length (the static layout's decoder_prefill_<n>)."""
+    sizes = {"image_height": image_hw[0], "image_width": image_hw[1]}
+
+    def axes(spec) -> dict[int, int]:
+        return {int(a): v if isinstance(v, int) else sizes.get(v) or getattr(g, v) for a, v in spec.items()}
+
+    table = CONTRACT["graphs"]
+    graph = graph if graph in table else "decoder"
+    names = {_N[k]: axes(spec) for k, spec in table[graph].items()}
+    if graph == "decoder":
+        for i in range(g.text_layers):
+            names |= {_N[k].format(i=i): axes(spec) for k, spec in table["decoder_per_layer"].items()}
     return names

@@ -17,21 +17,23 @@ import onnxruntime as ort
 
 from pgexport_runtime import io_names as io
 from pgexport_runtime.geometry import Geometry
+from pgexport_runtime.kv_layout import CONCAT, KvLayout
 
 
 class KVCache:
     def __init__(self, g: Geometry, batch: int, max_len: int, device: str = "cpu", device_id: int = 0,
-                 layout: str = "concat"):
+                 layout: KvLayout = CONCAT):
         self.g, self.batch, self.max_len = g, batch, max_len
         self.device, self.device_id = device, device_id
-        self.shared = layout in ("shared", "static")
+        self.layout = layout
+        self.shared = layout.in_place
         self.length = 0  # tokens currently cached
         n = batch * g.num_kv_heads * max_len * g.head_dim
         self._keep = []  # the allocations, kept alive while ORT holds pointers into them
         self._ptr = []  # [tensor][side] base address; tensor = 2*layer + (0 key | 1 value); shared: one side
         for _ in range(2 * g.text_layers):
             sides = []
-            for _ in range(1 if self.shared else 2):
+            for _ in range(layout.buffers):
                 if device == "cpu":
                     buf = np.empty(n, dtype=np.float32)
                     sides.append(buf.ctypes.data)
@@ -50,12 +52,8 @@ class KVCache:
         buffer as both, over its whole length)."""
         if self.length + new_tokens > self.max_len:
             raise RuntimeError(f"KV cache full: {self.length} + {new_tokens} > {self.max_len}")
-        if self.shared:
-            past = present = 0
-            past_len = present_len = self.max_len
-        else:
-            past, past_len = self._side, self.length
-            present, present_len = 1 - self._side, self.length + new_tokens
+        past_len, present_len = self.layout.bound_lengths(self.length, new_tokens, self.max_len)
+        past, present = (0, 0) if self.shared else (self._side, 1 - self._side)
         for t, (past_name, present_name) in enumerate(self._names()):
             binding.bind_input(past_name, self.device, self.device_id, np.float32,
                                self._shape(past_len), self._ptr[t][past])

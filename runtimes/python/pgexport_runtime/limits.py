@@ -1,4 +1,5 @@
-"""Bounds on what a caller may ask for, checked before any work. One module, used by the API and the CLI.
+"""Bounds on what a caller may ask for, checked before any work. One module, used by the API and the CLI;
+the numbers are contract.json's, shared with the JavaScript runtime.
 
 `PaliGemma.generate` (and so `answer`, `answers`, `__call__`), `Sampling`, `SessionConfig` and the image
 loader call these; `pgexport run` calls the same functions before it loads anything, so a request is
@@ -25,15 +26,17 @@ import numbers
 import os
 from collections.abc import Sequence
 
+from pgexport_runtime.contract import CONTRACT
 from pgexport_runtime.errors import LimitError, UserError
 
-MAX_THREADS = 256
-THREADS_PER_CPU = 4
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS default (a "decompression bomb" above)
+_L = CONTRACT["limits"]
+MAX_THREADS = _L["max_threads"]
+THREADS_PER_CPU = _L["threads_per_cpu"]
+DEFAULT_MAX_IMAGE_PIXELS = _L["default_max_image_pixels"]  # Pillow's Image.MAX_IMAGE_PIXELS default
 PIXELS_HINT = "raise the limit with --max-image-pixels (CLI) or max_image_pixels= (API) if the image is trusted"
-MIN_TEMPERATURE = 1e-6
-MAX_SEED = 2**64 - 1
-MAX_PROMPT_CHARS = 1_000_000
+MIN_TEMPERATURE = _L["min_temperature"]
+MAX_SEED = 2 ** _L["seed_bits"] - 1
+MAX_PROMPT_CHARS = _L["max_prompt_chars"]
 
 
 def max_threads() -> int:

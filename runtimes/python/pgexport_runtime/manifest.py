@@ -21,25 +21,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgexport_runtime import provenance, typed_json
+from pgexport_runtime.contract import CONTRACT
 from pgexport_runtime.errors import BundleError
 from pgexport_runtime.geometry import Geometry
+from pgexport_runtime.kv_layout import CONCAT, LAYOUTS, KvLayout
 from pgexport_runtime.preprocess import Preprocessing
 
-SCHEMA = "pgexport.bundle"
-SCHEMA_VERSION = 2
-READS = (1, 2)  # version 1 holds everything version 2 reads
-MANIFEST = "manifest.json"
-GRAPHS = ("vision_encoder", "projector", "decoder")
-OPTIONAL_GRAPHS = ("mask_decoder",)  # appended later; older bundles simply lack them
-# "concat": present = past + new tokens, written by ORT into a second buffer; "shared": past and present are one
-# buffer of the generation's length, written in place by the decoder's GroupQueryAttention (kv_cache.py);
-# "static": one buffer of a fixed length, every graph of fixed shape (static.py)
-KV_LAYOUTS = ("concat", "shared", "static")
-MAX_PREFILL_GRAPHS = 16
-KV_DTYPES = ("float32",)
-MAX_MANIFEST_BYTES = 8 << 20  # a 3B int4 manifest is about 20 KB
-MAX_TOKENIZER_BYTES = 256 << 20  # Gemma's tokenizer.json is 17 MB; it is read whole into memory
-MAX_FILES = 4096
+_M = CONTRACT["manifest"]
+SCHEMA = _M["schema"]
+SCHEMA_VERSION = _M["schema_version"]
+READS = _M["reads"]  # version 1 holds everything version 2 reads
+MANIFEST = _M["file"]
+GRAPHS = _M["graphs"]
+OPTIONAL_GRAPHS = _M["optional_graphs"]  # appended later; older bundles simply lack them
+KV_LAYOUTS = tuple(LAYOUTS)  # kv_layout.py
+MAX_PREFILL_GRAPHS = _M["max_prefill_graphs"]
+KV_DTYPES = _M["kv_dtypes"]
+MAX_MANIFEST_BYTES = _M["max_manifest_bytes"]  # a 3B int4 manifest is about 20 KB
+MAX_TOKENIZER_BYTES = _M["max_tokenizer_bytes"]  # Gemma's tokenizer.json is 17 MB; it is read whole into memory
+MAX_FILES = _M["max_files"]
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -89,16 +89,16 @@ class GraphEntry:
 
 @dataclass(frozen=True)
 class KvCache:
-    layout: str = "concat"  # KV_LAYOUTS
+    layout: KvLayout = CONCAT
     dtype: str = "float32"
-    # "static" only: the buffer's fixed length (prefix + answer), and the prefix lengths a prefill graph
+    # a fixed-shape layout only: the buffer's fixed length (prefix + answer), and the prefix lengths a prefill graph
     # exists for (graphs "decoder_prefill_<n>"; a prefix is padded up to the next one)
     max_len: int | None = None
     prefill_lengths: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
-        d = {"layout": self.layout, "dtype": self.dtype}
-        if self.layout == "static":
+        d = {"layout": self.layout.name, "dtype": self.dtype}
+        if self.layout.fixed_shape:
             d |= {"max_len": self.max_len, "prefill_lengths": list(self.prefill_lengths)}
         return d
 
@@ -109,14 +109,15 @@ class KvCache:
 
     @classmethod
     def from_dict(cls, d: dict, g: Geometry) -> "KvCache":
-        layout = typed_json.text(d, "layout", "kv_cache")
-        if layout not in KV_LAYOUTS:
-            raise typed_json.FieldError(f"KV-cache layout {layout!r} is not supported by this runtime "
-                                    f"({', '.join(KV_LAYOUTS)})")
+        name = typed_json.text(d, "layout", "kv_cache")
+        if name not in LAYOUTS:
+            raise typed_json.FieldError(f"KV-cache layout {name!r} is not supported by this runtime "
+                                        f"({', '.join(KV_LAYOUTS)})")
+        layout = LAYOUTS[name]
         dtype = typed_json.text(d, "dtype", "kv_cache", optional=True) or "float32"
         if dtype not in KV_DTYPES:
             raise typed_json.FieldError(f"KV-cache dtype {dtype!r} is not supported by this runtime")
-        if layout != "static":
+        if not layout.fixed_shape:
             return cls(layout, dtype)
         max_len = typed_json.integer(d, "max_len", "kv_cache", 2, g.max_position_embeddings)
         lengths = d.get("prefill_lengths")
@@ -124,7 +125,7 @@ class KvCache:
                 or any(not isinstance(n, int) or isinstance(n, bool) for n in lengths)
                 or lengths != sorted(set(lengths)) or not 2 <= lengths[0] or lengths[-1] > max_len):
             raise typed_json.FieldError(f"kv_cache.prefill_lengths must be 1 to {MAX_PREFILL_GRAPHS} increasing "
-                                    f"integers from 2 to max_len ({max_len})")
+                                        f"integers from 2 to max_len ({max_len})")
         return cls(layout, dtype, max_len, tuple(lengths))
 
 

@@ -68,10 +68,10 @@ class PaliGemma:
         self.eos_ids = {self.geometry.eos_token_id}
         wanted = LOADS[load]
         kv = m.kv_cache
-        if cfg.device == "cuda" and kv.layout != "concat" and "decoder" in wanted:
+        if cfg.device == "cuda" and kv.layout.in_place and "decoder" in wanted:
             # onnxruntime's CUDA GroupQueryAttention refuses an attention_bias input, which carries the prefix-LM
             # mask in these graphs: it would fail at the first decoder run, not here
-            raise UserError(f"a bundle with KV-cache layout {kv.layout!r} runs on the CPU only (onnxruntime's CUDA "
+            raise UserError(f"a bundle with KV-cache layout {kv.layout.name!r} runs on the CPU only (onnxruntime's CUDA "
                             "GroupQueryAttention takes no attention bias); for CUDA build with --kv-cache concat")
         # the decoder first: its load, where prepacking holds mapped weight pages beside the packed copies until
         # they are given back, then peaks with nothing else loaded
@@ -88,11 +88,11 @@ class PaliGemma:
             prefill={n: self._session(name) for n, name in kv.prefill_graphs.items()
                      if name in m.graphs and "decoder" in wanted},
         )
-        if self.graphs.decoder is not None and kv.layout == "static":
+        if self.graphs.decoder is not None and kv.layout.fixed_shape:
             check_static(self.graphs, m.path(m.graphs["decoder"].file))
         # optional graph (segment): 16 <seg> codes -> a 64x64 mask; None in bundles built without one
         entry = m.graphs.get("mask_decoder") if "decoder" in wanted else None
-        self.mask_decoder = MaskDecoder(m.path(entry.file), entry.codes, cfg, kv.layout == "static") if entry else None
+        self.mask_decoder = MaskDecoder(m.path(entry.file), entry.codes, cfg, kv.layout.fixed_shape) if entry else None
         if self.mask_decoder is not None:
             check_io(self.mask_decoder.session, m.path(entry.file), self._expected_io("mask_decoder"), entry)
 

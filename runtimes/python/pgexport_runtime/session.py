@@ -117,15 +117,15 @@ def run_rows(session: ort.InferenceSession, output: str, feeds: dict, one_row: b
     return np.concatenate([session.run([output], {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(batch)])
 
 
-def check_kv_layout(session: ort.InferenceSession, path: Path, layout: str, past: str, present: str) -> None:
+def check_kv_layout(session: ort.InferenceSession, path: Path, layout, past: str, present: str) -> None:
     """The manifest's KV-cache layout must be the decoder graph's: a "shared" graph returns a present as long as
     its past (the one buffer, written in place), a "concat" graph one longer by this call's tokens. Bound the
     wrong way, onnxruntime would fail in the middle of a generation."""
     shapes = {a.name: a.shape for a in (*session.get_inputs(), *session.get_outputs())}
     in_place = shapes[past][2] == shapes[present][2]
-    if in_place != (layout in ("shared", "static")):
+    if in_place != layout.in_place:
         does = "writes its KV cache in place" if in_place else "returns past + new tokens as its present"
-        raise BundleError(f"{Path(path).name} {does}, but the manifest says KV-cache layout {layout!r}; graph and "
+        raise BundleError(f"{Path(path).name} {does}, but the manifest says KV-cache layout {layout.name!r}; graph and "
                           "manifest do not belong together")
 
 

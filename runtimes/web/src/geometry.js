@@ -4,16 +4,10 @@
 
 import * as typed_json from './typed_json.js';
 import { BundleError } from './errors.js';
+import contract from './contract.js';
 
-export const FAMILIES = ['paligemma', 'paligemma2'];
-const MAX_POSITIONS = 1 << 22;
-const INT_BOUNDS = {
-  image_size: [1, 8192], patch_size: [1, 8192], num_image_tokens: [1, 1 << 16],
-  vision_hidden: [1, 1 << 16], vision_layers: [1, 1024], vision_heads: [1, 1024],
-  vision_intermediate: [1, 1 << 18], text_hidden: [1, 1 << 16], text_layers: [1, 1024],
-  num_heads: [1, 1024], num_kv_heads: [1, 1024], head_dim: [1, 4096], text_intermediate: [1, 1 << 18],
-  vocab_size: [1, 1 << 22], max_position_embeddings: [1, MAX_POSITIONS],
-};
+export const FAMILIES = contract.geometry.families;
+const INT_BOUNDS = contract.geometry.int_bounds;
 // Special token ids live here (not in manifest.tokenizer, where schema v2 no longer repeats them).
 const TOKEN_IDS = ['image_token_id', 'bos_token_id', 'eos_token_id', 'pad_token_id'];
 

@@ -1,42 +1,46 @@
-// The graph input/output names (pgexport_runtime/io_names.py; optimum / transformers.js naming).
+// The graph input/output names and the sizes the manifest fixes on them, from the contract
+// (pgexport_runtime/io_names.py reads the same file; optimum / transformers.js naming).
 
-// vision encoder
-export const PIXEL_VALUES = 'pixel_values'; // [batch, 3, height, width] float32, SigLIP-normalised
-export const VISION_FEATURES = 'vision_features'; // [batch, num_image_tokens, vision_hidden]
+import contract from './contract.js';
 
-// projector
-export const IMAGE_EMBEDS = 'image_embeds'; // [batch, num_image_tokens, text_hidden]
+const N = contract.names;
 
+// vision encoder: [batch, 3, height, width] float32, SigLIP-normalised -> [batch, num_image_tokens, vision_hidden]
+export const PIXEL_VALUES = N.PIXEL_VALUES;
+export const VISION_FEATURES = N.VISION_FEATURES;
+// projector: -> [batch, num_image_tokens, text_hidden]
+export const IMAGE_EMBEDS = N.IMAGE_EMBEDS;
 // decoder-with-past
-export const INPUT_IDS = 'input_ids'; // [batch, seq] int64; <image> placeholders are filled from image_embeds
-export const DECODER_IMAGE_EMBEDS = 'image_embeds'; // [batch, num_image_tokens or 0, text_hidden]
-export const ATTENTION_MASK = 'attention_mask'; // [batch, past + seq] int64, 1 = real token, 0 = padding
-export const POSITION_IDS = 'position_ids'; // [batch, seq] int64, 1-based for PaliGemma
-export const TOKEN_TYPE_IDS = 'token_type_ids'; // [batch, seq] int64, 0 = prefix (bidirectional), 1 = suffix
-export const LOGITS_INDEX = 'logits_index'; // [batch, k] int64: positions within seq whose logits are computed
-export const LOGITS = 'logits'; // [batch, k, vocab] float32
-
+export const INPUT_IDS = N.INPUT_IDS; // [batch, seq] int64; <image> placeholders are filled from image_embeds
+export const DECODER_IMAGE_EMBEDS = N.DECODER_IMAGE_EMBEDS; // [batch, num_image_tokens or 0, text_hidden]
+export const ATTENTION_MASK = N.ATTENTION_MASK; // [batch, past + seq] int64, 1 = real token, 0 = padding
+export const POSITION_IDS = N.POSITION_IDS; // [batch, seq] int64, 1-based for PaliGemma
+export const TOKEN_TYPE_IDS = N.TOKEN_TYPE_IDS; // [batch, seq] int64, 0 = prefix (bidirectional), 1 = suffix
+export const LOGITS_INDEX = N.LOGITS_INDEX; // [batch, k] int64: positions within seq whose logits are computed
+export const LOGITS = N.LOGITS; // [batch, k, vocab] float32
 // mask decoder (optional graph)
-export const SEG_CODES = 'seg_codes'; // [batch, 16] int64
-export const MASKS = 'masks'; // [batch, 64, 64] float32, > 0 is the object
+export const SEG_CODES = N.SEG_CODES; // [batch, 16] int64
+export const MASKS = N.MASKS; // [batch, 64, 64] float32, > 0 is the object
 
-export const pastKey = (i) => `past_key_values.${i}.key`;
-export const pastValue = (i) => `past_key_values.${i}.value`;
-export const presentKey = (i) => `present.${i}.key`;
-export const presentValue = (i) => `present.${i}.value`;
+const layer = (pattern) => (i) => pattern.replace('{i}', String(i));
+export const pastKey = layer(N.PAST_KEY);
+export const pastValue = layer(N.PAST_VALUE);
+export const presentKey = layer(N.PRESENT_KEY);
+export const presentValue = layer(N.PRESENT_VALUE);
 
-/** The names the runtime feeds or fetches on `graph`, each with the axes whose size the manifest fixes. */
-export function expected(graph, g, imageHW) {
-  if (graph === 'vision_encoder') return { [PIXEL_VALUES]: { 1: 3, 2: imageHW[0], 3: imageHW[1] }, [VISION_FEATURES]: {} };
-  if (graph === 'projector') return { [VISION_FEATURES]: {}, [IMAGE_EMBEDS]: { 2: g.text_hidden } };
-  if (graph === 'mask_decoder') return { [SEG_CODES]: { 1: 16 }, [MASKS]: {} };
-  const kv = { 1: g.num_kv_heads, 3: g.head_dim };
-  const names = {
-    [INPUT_IDS]: {}, [DECODER_IMAGE_EMBEDS]: { 2: g.text_hidden }, [ATTENTION_MASK]: {}, [POSITION_IDS]: {},
-    [TOKEN_TYPE_IDS]: {}, [LOGITS_INDEX]: {}, [LOGITS]: { 2: g.vocab_size },
-  };
-  for (let i = 0; i < g.text_layers; i++) {
-    Object.assign(names, { [pastKey(i)]: kv, [pastValue(i)]: kv, [presentKey(i)]: kv, [presentValue(i)]: kv });
+/** The names the runtime feeds or fetches on `graph`, each with the axes whose size the manifest fixes: a number,
+ *  a geometry field, or the image's height or width. A graph the contract does not name is a decoder. */
+export function expected(name, g, imageHW) {
+  const graph = name in contract.graphs ? name : 'decoder';
+  const sizes = { image_height: imageHW[0], image_width: imageHW[1] };
+  const axes = (spec) => Object.fromEntries(Object.entries(spec).map(([axis, v]) =>
+    [Number(axis), typeof v === 'number' ? v : (sizes[v] ?? g[v])]));
+  const names = {};
+  for (const [key, spec] of Object.entries(contract.graphs[graph])) names[N[key]] = axes(spec);
+  if (graph === 'decoder') {
+    for (let i = 0; i < g.text_layers; i++) {
+      for (const [key, spec] of Object.entries(contract.graphs.decoder_per_layer)) names[layer(N[key])(i)] = axes(spec);
+    }
   }
   return names;
 }

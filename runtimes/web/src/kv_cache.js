@@ -17,18 +17,19 @@
 // the whole length to start, then the presents onnxruntime returns (on WASM a copy out of its heap, as for concat).
 
 import * as io from './io_names.js';
+import { LAYOUTS } from './kv_layout.js';
 
 export class KVCache {
-  /** @param {'preallocated'|'handoff'} mode  @param {'concat'|'shared'} layout the manifest's kv_cache.layout */
-  constructor(ort, g, batch, maxLen, mode = 'preallocated', layout = 'concat') {
-    Object.assign(this, { ort, g, batch, maxLen, mode, shared: layout === 'shared' });
+  /** @param {'preallocated'|'handoff'} mode  @param {import('./kv_layout.js').KvLayout} layout the manifest's */
+  constructor(ort, g, batch, maxLen, mode = 'preallocated', layout = LAYOUTS.concat) {
+    Object.assign(this, { ort, g, batch, maxLen, mode, layout, shared: layout.inPlace });
     this.length = 0; // tokens currently cached
     this.names = [];
     for (let i = 0; i < g.text_layers; i++) {
       this.names.push([io.pastKey(i), io.presentKey(i)], [io.pastValue(i), io.presentValue(i)]);
     }
     const n = batch * g.num_kv_heads * maxLen * g.head_dim;
-    const sides = this.shared ? 1 : 2;
+    const sides = layout.buffers;
     this.buffers = mode === 'preallocated' ? this.names.map(() => Array.from({ length: sides }, () => new Float32Array(n))) : null;
     this.side = 0; // preallocated: which buffer of each pair holds the past
     this.past = null; // handoff: the previous step's present tensors
@@ -46,20 +47,15 @@ export class KVCache {
   bind(feeds, fetches, newTokens) {
     if (this.length + newTokens > this.maxLen) throw new Error(`KV cache full: ${this.length} + ${newTokens} > ${this.maxLen}`);
     const { Tensor } = this.ort;
+    const [pastLen, presentLen] = this.layout.boundLengths(this.length, newTokens, this.maxLen);
+    const view = (buffer, length) => new Tensor('float32', buffer.subarray(0, this.size(length)), this.dims(length));
     this.names.forEach(([past, present], t) => {
-      if (this.shared && this.mode === 'preallocated') {
-        const [buffer] = this.buffers[t];
-        feeds[past] = new Tensor('float32', buffer, this.dims(this.maxLen));
-        fetches[present] = new Tensor('float32', buffer, this.dims(this.maxLen));
-      } else if (this.shared) {
-        feeds[past] = this.past?.[t] ?? new Tensor('float32', new Float32Array(this.size(this.maxLen)), this.dims(this.maxLen));
-        fetches[present] = null;
-      } else if (this.mode === 'preallocated') {
-        const [a, b] = this.side === 0 ? this.buffers[t] : [...this.buffers[t]].reverse();
-        feeds[past] = new Tensor('float32', a.subarray(0, this.size(this.length)), this.dims(this.length));
-        fetches[present] = new Tensor('float32', b.subarray(0, this.size(this.length + newTokens)), this.dims(this.length + newTokens));
+      if (this.mode === 'preallocated') {
+        const [a, b] = this.shared || this.side === 0 ? this.buffers[t] : [...this.buffers[t]].reverse();
+        feeds[past] = view(a, pastLen);
+        fetches[present] = view(b ?? a, presentLen);
       } else {
-        feeds[past] = this.past?.[t] ?? new Tensor('float32', new Float32Array(0), this.dims(0));
+        feeds[past] = this.past?.[t] ?? view(new Float32Array(this.size(pastLen)), pastLen);
         fetches[present] = null;
       }
     });

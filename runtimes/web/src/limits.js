@@ -1,11 +1,14 @@
-// Bounds on what a caller may ask for, checked before any work (pgexport_runtime/limits.py, same limits and words).
+// Bounds on what a caller may ask for, checked before any work (pgexport_runtime/limits.py: the same words, and
+// the same numbers, from the contract).
 
 import { LimitError, UserError } from './errors.js';
+import contract from './contract.js';
 
-export const DEFAULT_MAX_IMAGE_PIXELS = 89_478_485; // Pillow's default, as the Python runtime
-export const MIN_TEMPERATURE = 1e-6;
-export const MAX_SEED = 2n ** 64n - 1n;
-export const MAX_PROMPT_CHARS = 1_000_000;
+const L = contract.limits;
+export const DEFAULT_MAX_IMAGE_PIXELS = L.default_max_image_pixels; // Pillow's default
+export const MIN_TEMPERATURE = L.min_temperature;
+export const MAX_SEED = 2n ** BigInt(L.seed_bits) - 1n;
+export const MAX_PROMPT_CHARS = L.max_prompt_chars;
 const PIXELS_HINT = 'raise the limit with --max-image-pixels (CLI) or maxImagePixels (API) if the image is trusted';
 
 export function checkMaxImagePixels(limit) {

@@ -10,22 +10,26 @@ import * as typed_json from './typed_json.js';
 import { BundleError } from './errors.js';
 import { geometryFromDict } from './geometry.js';
 import { preprocessingFromDict } from './preprocess.js';
+import { KV_LAYOUTS, LAYOUTS } from './kv_layout.js';
+import contract from './contract.js';
 
-export const SCHEMA = 'pgexport.bundle';
-export const SCHEMA_VERSIONS = [1, 2];
-export const MANIFEST = 'manifest.json';
-export const GRAPHS = ['vision_encoder', 'projector', 'decoder'];
-export const OPTIONAL_GRAPHS = ['mask_decoder'];
-export const KV_LAYOUTS = ['concat', 'shared']; // kv_cache.js
-export const KV_DTYPES = ['float32'];
-export const MAX_MANIFEST_BYTES = 8 << 20;
-export const MAX_TOKENIZER_BYTES = 256 << 20;
-export const MAX_FILES = 4096;
+export { KV_LAYOUTS };
+
+const M = contract.manifest;
+export const SCHEMA = M.schema;
+export const SCHEMA_VERSIONS = M.reads;
+export const MANIFEST = M.file;
+export const GRAPHS = M.graphs;
+export const OPTIONAL_GRAPHS = M.optional_graphs;
+export const KV_DTYPES = M.kv_dtypes;
+export const MAX_MANIFEST_BYTES = M.max_manifest_bytes;
+export const MAX_TOKENIZER_BYTES = M.max_tokenizer_bytes;
+export const MAX_FILES = M.max_files;
 const SHA256 = /^[0-9a-f]{64}$/;
 
 /**
  * @typedef {{file: string, dataFiles: string[], precision: string, inputs: string[], outputs: string[]}} GraphEntry
- * @typedef {{raw: object, geometry: object, graphs: Object<string, GraphEntry>, kvLayout: string, kvDtype: string,
+ * @typedef {{raw: object, geometry: object, graphs: Object<string, GraphEntry>, kvLayout: import('./kv_layout.js').KvLayout, kvDtype: string,
  *   tokenizer: {file: string, imageToken: string, bosToken: string, eosToken: string, padToken: string},
  *   preprocessing: object, maxNewTokens: number, files: Object<string, string>}} Manifest
  * @typedef {{where: string, size(name: string): Promise<number>, read(name: string): Promise<Uint8Array>,
@@ -102,7 +106,7 @@ export function parseManifest(raw) {
   const gen = typed_json.section(raw, 'generation', 'manifest');
   const maxNewTokens = typed_json.integer(gen, 'max_new_tokens', 'generation', 1, geometry.max_position_embeddings);
   const preprocessing = preprocessingFromDict(typed_json.section(raw, 'preprocessing', 'manifest'));
-  return { raw, geometry, graphs, kvLayout: layout, kvDtype, tokenizer, preprocessing, maxNewTokens, files };
+  return { raw, geometry, graphs, kvLayout: LAYOUTS[layout], kvDtype, tokenizer, preprocessing, maxNewTokens, files };
 }
 
 function readFiles(files) {

@@ -51,8 +51,8 @@ export class PaliGemma {
     };
     const presentOnGpu = {};
     if (gpu) for (let i = 0; i < g.text_layers; i++) Object.assign(presentOnGpu, { [io.presentKey(i)]: 'gpu-buffer', [io.presentValue(i)]: 'gpu-buffer' });
-    if (gpu && manifest.kvLayout === 'shared') {
-      throw new BundleError("KV-cache layout 'shared' is not supported with the KV cache on the GPU (WebGPU) yet: " +
+    if (gpu && manifest.kvLayout.inPlace) {
+      throw new BundleError(`KV-cache layout '${manifest.kvLayout.name}' is not supported with the KV cache on the GPU (WebGPU) yet: ` +
         'use a bundle built with --kv-cache concat');
     }
     const graphs = {

@@ -57,14 +57,14 @@ export function checkIO(session, entry, expected) {
 
 /** The manifest's KV-cache layout must be the decoder graph's (pgexport_runtime/session.py check_kv_layout): a
  *  "shared" graph returns a present as long as its past, a "concat" graph one longer by this call's tokens. */
-export function checkKvLayout(session, entry, layout, past, present) {
+export function checkKvLayout(session, entry, layout, past, present) { // layout: a kv_layout.js KvLayout
   const meta = new Map([...(session.inputMetadata ?? []), ...(session.outputMetadata ?? [])].map((m) => [m.name, m]));
   const axis = (name) => meta.get(name)?.shape?.[2];
   if (axis(past) === undefined || axis(present) === undefined) return; // no metadata: onnxruntime will say
   const inPlace = axis(past) === axis(present);
-  if (inPlace !== (layout === 'shared')) {
+  if (inPlace !== layout.inPlace) {
     const does = inPlace ? 'writes its KV cache in place' : 'returns past + new tokens as its present';
-    throw new BundleError(`${entry.file} ${does}, but the manifest says KV-cache layout '${layout}'; graph and ` +
+    throw new BundleError(`${entry.file} ${does}, but the manifest says KV-cache layout '${layout.name}'; graph and ` +
       'manifest do not belong together');
   }
 }

@@ -1,4 +1,5 @@
-"""Measuring tools in benchmarks/: the accuracy_level variant and the per-op profile."""
+"""Measuring tools in benchmarks/: the bundle variants and the writer function they share, the per-op profile,
+memory per stage, the image cache's time to first token."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import numpy as np
 import onnx
 import pytest
 
+from pgexport.build.writer import derive_bundle
 from pgexport.quant.recipes import RECIPES
 from pgexport_runtime import PaliGemma
-from pgexport_runtime.manifest import load_manifest, sha256_file
+from pgexport_runtime.errors import UserError
+from pgexport_runtime.manifest import SCHEMA, SCHEMA_VERSION, load_manifest, sha256_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import accuracy_level_variant  # noqa: E402
@@ -34,6 +37,52 @@ def int4_bundle(bundles, tmp_path_factory):
                                              "top1_agreement": 1.0, "mean_kl": 0.0}}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
+
+
+def test_derive_bundle_writes_a_manifest_with_fresh_hashes_or_nothing(tmp_path):
+    """pgexport.build.writer.derive_bundle: the files `write` replaces or adds are hashed anew, the others keep
+    theirs, the manifest carries write's edits and its record; a failure leaves no directory behind."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "graph.onnx").write_bytes(b"graph")
+    (src / "weights.data").write_bytes(b"weights")
+    files = {f: sha256_file(src / f) for f in ("graph.onnx", "weights.data")}
+    (src / "manifest.json").write_text(json.dumps({"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+                                                   "quantization": {"recipe": {"name": "r"}, "accuracy": {}},
+                                                   "files": files}))
+
+    def write(writer, manifest: dict) -> dict:
+        writer.path("graph.onnx").write_bytes(b"rewritten graph")
+        writer.path("added.json").write_text("{}")
+        manifest["quantization"]["recipe"]["name"] = "r2"
+        return {"what": "a test"}
+
+    dst = tmp_path / "dst"
+    assert derive_bundle(src, dst, write) == {"what": "a test"}
+    raw = json.loads((dst / "manifest.json").read_text())
+    assert raw["files"] == {f: sha256_file(dst / f) for f in ("added.json", "graph.onnx", "weights.data")}
+    assert raw["files"]["weights.data"] == files["weights.data"] and raw["files"]["graph.onnx"] != files["graph.onnx"]
+    assert raw["quantization"] == {"recipe": {"name": "r2"}}  # accuracy: measured on the source's graphs
+    assert raw["build"]["derived"] == {"from": "src", "what": "a test"}  # a name, not a path of this machine
+    assert (src / "graph.onnx").read_bytes() == b"graph"  # the source is untouched
+
+    def fail(writer, manifest: dict) -> dict:
+        writer.path("graph.onnx").write_bytes(b"half written")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        derive_bundle(src, tmp_path / "failed", fail)
+    with pytest.raises(UserError):  # there already, and no force
+        derive_bundle(src, dst, write)
+    outside = json.loads((src / "manifest.json").read_text())
+    (src / "manifest.json").write_text(json.dumps(outside | {"files": files | {"../secret": files["graph.onnx"]}}))
+    with pytest.raises(UserError, match="not a plain file name"):
+        derive_bundle(src, tmp_path / "from-outside", write)
+    (src / "manifest.json").write_text(json.dumps(outside))
+    (src / "weights.data").write_bytes(b"corrupt")
+    with pytest.raises(UserError, match="weights.data"):
+        derive_bundle(src, tmp_path / "from-corrupt", write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
 
 
 def _levels(path: Path) -> list[int]:
@@ -69,7 +118,9 @@ def test_profile_ops_splits_prefill_and_decode(int4_bundle, tmp_path):
         assert s["ms"] > 0 and abs(sum(s["by_op_ms"].values()) - s["ms"]) < 1e-6
     assert "MatMulNBits" in stages["prefill"]["by_op_ms"] and "MatMulNBits" in stages["decode (per token)"]["by_op_ms"]
     assert json.loads((tmp_path / "profile.json").read_text())["new_tokens"] == 5
-    assert "| op | ms | share |" in profile_ops.table(result, 3)
+    rows = profile_ops.rows(result, 3)
+    assert {r[0] for r in rows} == set(stages) and all(len(r) == len(profile_ops.COLUMNS) for r in rows)
+    assert ("prefill", "all", round(stages["prefill"]["ms"], 2), 100.0) in rows
 
 
 def test_memory_stages_reports_every_stage_for_both_arena_settings(bundles, tmp_path):
