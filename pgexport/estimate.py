@@ -47,7 +47,7 @@ GATE_BASE_RSS = 0.56e9  # the gate process besides those and the KV cache (10B i
 GPTQ_K3, GPTQ_NK2 = 6.5e-12, 3.2e-11
 MATMUL_FLOPS = 150e9
 STREAM_PASS_SECONDS_PER_PARAMETER = 877 / 66 / 9.66e9
-GPTQ_ANSWER_TOKENS = 32  # quant.gptq.ANSWER_TOKENS
+GPTQ_ANSWER_TOKENS = 32  # quant.calibration.ANSWER_TOKENS
 # streamed build time: a line through 3B int4 (2.92 B parameters, 1118 s) and 10B int4 (9.66 B, 2160 s)
 STREAM_SECONDS_PER_PARAMETER = (2160 - 1118) / (9.66e9 - 2.92e9)
 STREAM_BASE_SECONDS = 1118 - STREAM_SECONDS_PER_PARAMETER * 2.92e9
@@ -140,7 +140,7 @@ def gptq_seconds(g: Geometry, samples: int, stream: bool) -> float:
 
 
 def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2, gate_tokens: int = 32,
-             gate_samples: int = 16) -> Estimate:
+             gate_samples: int = 64) -> Estimate:
     """stream: the PyTorch phase holds the projector, the embedding table (`table_itemsize` bytes a value, as the
     checkpoint stores it), and the vision tower or one decoder layer at a time (twice, as one is read while
     the last is freed); a quantized bundle is then run for the accuracy gate."""

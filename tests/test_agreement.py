@@ -60,3 +60,18 @@ def test_wilson_interval_matches_the_known_binomial_case():
     line = accuracy_line({"sequence_agreement": 0.7, "token_agreement": 0.8, "top1_agreement": 0.9, "mean_kl": 0.01,
                           "samples": 10})
     assert "(95 % CI 40%-89%)" in line and "(10 held-out samples)" in line
+
+
+def test_mcnemar_exact_matches_the_known_case():
+    """37 items only A got right against 18 only B did (the rest agree or disagree alike): the exact two-sided
+    p is 2 * P(X <= 18), X ~ Binomial(55, 1/2) = 0.01445; equal splits and no discordant items say nothing."""
+    a = [True] * 37 + [False] * 18 + [True] * 100 + [False] * 45
+    b = [False] * 37 + [True] * 18 + [True] * 100 + [False] * 45
+    out = agreement.mcnemar(a, b)
+    assert (out["a_only"], out["b_only"]) == (37, 18) and out["p_value"] == pytest.approx(0.014454, abs=1e-6)
+    assert agreement.mcnemar(b, a)["p_value"] == out["p_value"]
+    assert agreement.mcnemar([True, False], [False, True])["p_value"] == 1.0
+    assert agreement.mcnemar([True] * 5, [True] * 5) == {"a_only": 0, "b_only": 0, "p_value": 1.0}
+    assert agreement.mcnemar([True] * 6, [False] * 6)["p_value"] == pytest.approx(2 / 64)
+    with pytest.raises(ValueError):
+        agreement.mcnemar([True], [True, False])

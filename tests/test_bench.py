@@ -112,6 +112,20 @@ def test_corrupted_bundle_scores_visibly_lower(full_report):
     assert bad["teacher_forced"]["top1_agreement"] < clean["teacher_forced"]["top1_agreement"]
 
 
+def test_agreements_carry_intervals_and_the_pair_is_compared(full_report):
+    report, out = full_report
+    clean, bad = _run(report, "tiny-fp32")["accuracy"], _run(report, "tiny-corrupt")["accuracy"]
+    for acc in (clean, bad):
+        low, high = acc["sequence_agreement_ci"]
+        assert low <= acc["sequence_agreement"] <= high
+    assert clean["sequence_agreement_ci"][1] == 1.0 and clean["sequence_agreement_ci"][0] < 1.0  # n items, not proof
+    pair = next(c for c in report["comparisons"] if {c["a"], c["b"]} == {"tiny-fp32", "tiny-corrupt"})
+    diverged = bad["first_divergence"]["items_diverged"]
+    assert (pair["a_only"], pair["b_only"]) == ((diverged, 0) if pair["a"] == "tiny-fp32" else (0, diverged))
+    assert pair["p_value"] == pytest.approx(min(1.0, 2 * 0.5**diverged))
+    assert "Paired comparison" in (out / "bench.md").read_text()
+
+
 def test_latency_memory_size_and_outputs(full_report):
     report, out = full_report
     for run in report["runs"]:

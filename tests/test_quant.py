@@ -193,19 +193,19 @@ def test_gptq_packs_exactly_what_it_computed():
 def test_gptq_lowers_layer_output_error_against_rtn_on_calibration_data(tiny, images):
     """On a real decoder layer of the tiny model, with activations from image+prompt calibration samples."""
     from pgexport.export.decoder import DecoderWithPast
-    from pgexport.quant.gptq import _calibration_inputs
+    from pgexport.quant.calibration import calibration_inputs
 
     dec = DecoderWithPast(tiny.model, tiny.geometry)
     samples = [(im, p) for im in images for p in ("caption en", "detect cat")]
-    states = _calibration_inputs(tiny.model, dec, tiny.source.directory, tiny.geometry, samples, answer_tokens=8)
+    states = calibration_inputs(tiny.model, dec, tiny.source.directory, tiny.geometry, samples, answer_tokens=8)
     mlp = dec.layers[0].mlp
     xs = []
     handle = mlp.down_proj.register_forward_pre_hook(lambda m, inp: xs.append(inp[0].reshape(-1, inp[0].shape[-1])))
-    from pgexport.quant.gptq import _run_layer
+    from pgexport.quant.calibration import run_layer
 
     with torch.no_grad():
         for s in states:
-            _run_layer(dec, dec.layers[0], 0, s)
+            run_layer(dec, dec.layers[0], 0, s)
     handle.remove()
     x = torch.cat(xs)
     w = mlp.down_proj.weight.detach()

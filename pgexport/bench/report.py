@@ -87,8 +87,18 @@ def markdown(report: dict) -> str:
             a, fd, tf = r["accuracy"], r["accuracy"]["first_divergence"], r["accuracy"]["teacher_forced"]
             div = "none" if fd["items_diverged"] == 0 else f"{fd['min_position']} / {fd['mean_position']:.1f} " \
                                                           f"({fd['items_diverged']} items)"
-            lines.append(f"| {r['name']} | {_pct(a['sequence_agreement'])} | {_pct(a['token_agreement'])} | {div} | "
+            ci = a.get("sequence_agreement_ci")
+            seq = _pct(a["sequence_agreement"]) + ("" if ci is None else f" ({100 * ci[0]:.0f}-{100 * ci[1]:.0f} %)")
+            lines.append(f"| {r['name']} | {seq} | {_pct(a['token_agreement'])} | {div} | "
                          f"{tf['mean_kl']:.2e} | {_pct(tf['top1_agreement'])} |")
+        lines += ["", "Sequence agreement with its 95 % Wilson interval."]
+    if report.get("comparisons"):
+        lines += ["", "## Paired comparison (McNemar's exact test on the same items)", "",
+                  "| A | B | items | only A agrees | only B agrees | p |", "|---|---|---:|---:|---:|---:|"]
+        for c in report["comparisons"]:
+            lines.append(f"| {c['a']} | {c['b']} | {c['items']} | {c['a_only']} | {c['b_only']} | {c['p_value']:.3g} |")
+        lines += ["", "p: the chance of a split between only-A and only-B items at least this uneven if A and B "
+                      "agreed with the reference equally often; below 0.05, the difference is unlikely to be chance."]
     scored = [r for r in runs if r["task_metrics"]]
     if scored:
         keys = list(dict.fromkeys(k for r in scored for k in r["task_metrics"]))

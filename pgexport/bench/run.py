@@ -148,6 +148,7 @@ def run_bench(opts: BenchOptions, progress: Progress | None = None) -> dict:
         "system": system,
         "items": [{"id": it.id, "task": it.task, "prompt": it.prompt, "answer": it.answer} for it in items],
         "runs": runs,
+        "comparisons": accuracy.paired(runs),
         "notes": notes,
     }
     validate(report)

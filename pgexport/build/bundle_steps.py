@@ -127,6 +127,8 @@ class _Build:
         reports = {name: self.quantized[name] for name in FILES if name in self.quantized}  # in graph order
         quantization = {"recipe": self.recipe.to_dict(), "summary": self.recipe.summary(), "graphs": reports,
                         "accuracy": None}
+        if self.results.awq:  # how far AWQ moved each group's channels apart (1 = plain RTN)
+            quantization["awq_scale_spread"] = self.results.awq
         names = sorted(p.name for p in self.writer.tmp.iterdir())
         graphs = dict(self.manifest.graphs)
         for name, report in reports.items():

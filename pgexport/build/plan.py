@@ -42,7 +42,7 @@ class BuildOptions:
     max_new_tokens: int = 64
     quant: str = "fp32"  # recipe name or recipe .json file
     min_agreement: float | None = None  # fail the build if the gate's sequence agreement is lower
-    gate_samples: int = 16
+    gate_samples: int = 64  # enough that a 5-point difference shows beyond the 95 % interval
     gate_tokens: int = 32
     calibration: Path | None = None  # JSONL of {"image", "prompt"} for GPTQ; default: generated samples
     max_memory: float | None = None  # GB: refuse a build whose estimated peak memory is larger (default: this
@@ -86,10 +86,11 @@ class Plan:
     quantize: bool  # the recipe changes the float32 graphs
     mask_weights: Path | None  # mask-decoder (VQ-VAE) weights: --mask-decoder or the checkpoint's own
     stream: bool = False  # the PyTorch phase holds one decoder layer at a time; parity is checked per layer
+    awq: bool = False  # AWQ scales searched and folded into the float32 decoder before export
     estimate: Estimate | None = None  # memory, disk and time the build will need (estimate.py; not sent to the child)
     stream_reason: str = ""  # why the build streams or holds the whole model (--dry-run says it)
 
-    _FLAGS = ("parity", "gate", "adapter", "calibrate", "quantize", "stream", "stream_reason")
+    _FLAGS = ("parity", "gate", "adapter", "calibrate", "awq", "quantize", "stream", "stream_reason")
 
     def to_json(self) -> dict:
         """For the PyTorch child: everything but the estimate, which only the build process reads."""
@@ -120,7 +121,7 @@ class Plan:
         g = sources.load_geometry(source)
         recipe = resolve_recipe(opts.quant).verify(g.tie_word_embeddings)
         if opts.calibration is not None and not recipe.needs_calibration:
-            raise UserError(f"--calibration is only used by recipes that calibrate (int4-gptq); "
+            raise UserError(f"--calibration is only used by recipes that calibrate (GPTQ or AWQ); "
                             f"{recipe.name} does not")
         if opts.calibration is not None and not Path(opts.calibration).is_file():
             raise UserError(f"calibration file not found: {opts.calibration}")
@@ -138,8 +139,11 @@ class Plan:
         reason = (("--stream" if stream else "--no-stream") + " given" if opts.stream is not None else
                   f"a whole-model build needs about {whole.peak_rss_bytes / 1e9:.1f} GB; "
                   f"{limit} is {budget / 1e9:.1f} GB")
+        if recipe.awq and source.kind != "preset" and sources.gptq_settings(source) is not None:
+            raise UserError(f"recipe {recipe.name} searches AWQ scales on float32 weights; a GPTQ checkpoint's "
+                            "weights are already integers (use --quant int4-gptq to keep them)")
         if stream:
-            _check_streamable(source, opts.stream is None)
+            _check_streamable(source, recipe, opts.stream is None)
         need = streamed if stream else whole
         if check_memory and need.peak_rss_bytes > budget:
             over = (f"--max-memory {opts.max_memory:g} GB" if opts.max_memory is not None else
@@ -150,7 +154,7 @@ class Plan:
                             f"estimated for {need.total_parameters / 1e9:.2f} B parameters, see --dry-run), "
                             f"more than {over}")
         return cls(opts, source, g, recipe, kv, parity=not opts.skip_parity, gate=quantize and opts.gate_samples > 0,
-                   adapter=source.adapter is not None, calibrate=recipe.needs_calibration, quantize=quantize,
+                   adapter=source.adapter is not None, calibrate=recipe.uses_gptq, awq=recipe.awq, quantize=quantize,
                    mask_weights=mask, stream=stream, estimate=need, stream_reason=reason)
 
 
@@ -189,13 +193,14 @@ def _table_itemsize(source) -> int:
     return 4
 
 
-def _check_streamable(source, automatic: bool) -> None:
+def _check_streamable(source, recipe, automatic: bool) -> None:
     """What a streamed build does not do yet: a one-line refusal naming it."""
     from pgexport.source import sources
 
     saved = source.adapter.config.get("modules_to_save") if source.adapter is not None else None
     why = ("an adapter with modules_to_save (merge it into the checkpoint with peft first)" if saved else
-           "a GPTQ checkpoint" if source.kind != "preset" and sources.gptq_settings(source) is not None else None)
+           "a GPTQ checkpoint" if source.kind != "preset" and sources.gptq_settings(source) is not None else
+           f"AWQ (recipe {recipe.name})" if recipe.awq else None)
     if why is not None:
         lead = "the whole model does not fit in memory, so the build must stream, but" if automatic else "--stream"
         raise UserError(f"{lead} does not yet support {why}")
@@ -223,6 +228,7 @@ STEPS = (
     Step("PyTorch reference", TORCH, lambda p: p.parity),
     Step("gate reference", TORCH, lambda p: p.gate),
     Step("merge adapter", TORCH, lambda p: p.adapter),
+    Step("AWQ", TORCH, lambda p: p.awq),
     Step("GPTQ", TORCH, lambda p: p.calibrate),
     Step("export vision encoder", TORCH),
     Step("export projector", TORCH),

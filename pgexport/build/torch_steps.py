@@ -35,6 +35,7 @@ class TorchResults:
     gptq: dict | None  # module name -> nbits.Packed
     layers: dict | None = None  # a streamed build's per-layer parity report (layer_parity.py)
     quantized: dict | None = None  # graph name -> quantization report, for graphs quantized as exported
+    awq: dict | None = None  # AWQ: each scaled group's spread of scales (max / min)
 
 
 def run(plan: Plan, out_dir: Path, progress, detail=None) -> TorchResults:
@@ -86,7 +87,7 @@ class _Phase:
 
         g, out = self.geometry, self.out_dir
         return {"load model": self.load_model, "PyTorch reference": self.parity_reference,
-                "gate reference": self.gate_reference, "merge adapter": self.merge_adapter, "GPTQ": self.gptq,
+                "gate reference": self.gate_reference, "merge adapter": self.merge_adapter, "AWQ": self.awq, "GPTQ": self.gptq,
                 "export vision encoder": self.export_vision_encoder,
                 "export projector": lambda: graphs.export_projector(self.model, g, out),
                 "export decoder": self.export_decoder, "layer parity": self.layer_parity}
@@ -197,6 +198,17 @@ class _Phase:
 
         self.model = adapters.merge(self.model)
 
+    def awq(self) -> None:
+        """AWQ scales folded into the loaded float32 decoder: the graphs are exported from the scaled model."""
+        from pgexport.quant import awq
+        from pgexport.verify import samples
+
+        calib = samples.calibration_samples(self.source, self.recipe.calibration_samples, self.geometry.image_size,
+                                            self.opts.calibration)
+        spread = awq.apply_awq(self.model, self.source.directory, self.geometry, self.recipe, calib,
+                               progress=_layer_detail)
+        (self.work_dir / "awq.json").write_text(json.dumps(spread))
+
     def gptq(self) -> None:
         """Streamed, each layer's packed weights go to disk as they are made and the decoder export reads them
         back; otherwise they are handed to the bundle process, which quantizes the float32 decoder file."""
@@ -260,7 +272,7 @@ def _load(work: Path) -> TorchResults:
     def read(name):
         return json.loads((work / name).read_text()) if (work / name).is_file() else None
 
-    return TorchResults(ref, greedy, logprobs, gptq, read("layers.json"), read("quantized.json"))
+    return TorchResults(ref, greedy, logprobs, gptq, read("layers.json"), read("quantized.json"), read("awq.json"))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ Why here and not gptqmodel: gptqmodel 7.7 requires torch>=2.14.1 (this project p
 newer torch here is the multi-GB CUDA build), has no PaliGemma definition, and calibrates on text only.
 
 The algorithm (Frantar et al., "GPTQ", 2022), as done here:
-- calibration: each sample runs through the real SigLIP tower and projector, then the decoder wrapper
-  that the ONNX graph is exported from, with the prefix-LM mask (image + prompt bidirectional) and the
+- calibration (calibration.py): each sample runs through the real SigLIP tower and projector, then the decoder
+  wrapper that the ONNX graph is exported from, with the prefix-LM mask (image + prompt bidirectional) and the
   model's own greedy answer as a causal suffix, so every layer sees image-conditioned activations;
 - sequential: layer i is quantized from inputs produced by the already-quantized layers < i;
 - per linear: H = 2/n * sum(x x^T) over real tokens, dampened by 1 % of its mean diagonal; act-order
@@ -27,12 +27,11 @@ from torch import nn
 
 from pgexport_runtime.geometry import Geometry
 
-from pgexport.export.decoder import run_layer
 from pgexport.nbits import Packed, pack_codes
+from pgexport.quant.calibration import ANSWER_TOKENS, calibration_inputs, run_layer
 
 DAMP = 0.01
 LAZY_BLOCK = 128
-ANSWER_TOKENS = 32  # greedy answer tokens per calibration sample
 
 
 def group_scales(w: torch.Tensor, block: int, bits: int = 4) -> torch.Tensor:
@@ -122,7 +121,7 @@ def quantize_decoder(model, source_dir, g: Geometry, recipe, samples, progress=N
     dec = DecoderWithPast(model, g)
     # answers generated in batches as the gate reference's are: a streamed forward pass reads every layer
     batch = gate_batch(g, ANSWER_TOKENS, len(samples))
-    states = _calibration_inputs(model, dec, source_dir, g, samples, ANSWER_TOKENS, batch)
+    states = calibration_inputs(model, dec, source_dir, g, samples, ANSWER_TOKENS, batch)
     out: MutableMapping[str, Packed] = {} if into is None else into
     restore = not streams(model)  # a loaded model is exported afterwards in float32; a streamed one rereads it
     with torch.no_grad():
@@ -156,7 +155,7 @@ def _quantize_layer(dec, layer, i: int, recipe, states: list[dict], out: Mutable
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in targets.items()]
     for s in states:
         current_keep[0] = s["keep"]
-        _run_layer(dec, layer, i, s)
+        run_layer(dec, layer, i, s)
     for h in handles:
         h.remove()
     originals = {}
@@ -169,56 +168,6 @@ def _quantize_layer(dec, layer, i: int, recipe, states: list[dict], out: Mutable
         mod.weight.copy_(wq)
     # the next layer calibrates on what this quantized layer produces
     for s in states:
-        s["hidden"] = _run_layer(dec, layer, i, s)
+        s["hidden"] = run_layer(dec, layer, i, s)
     for name, weight in originals.items():
         targets[name].weight.copy_(weight)
-
-
-def _run_layer(dec, layer, i: int, s: dict) -> torch.Tensor:
-    """Layer i on one sample's inputs. Its attention bias is made for the call, not kept: [T, T] per sample is
-    4.4 GB over 32 samples of 4,100 tokens at 896 pixels, where the hidden states are 1.9 GB at 10B."""
-    g = dec.g
-    rows = torch.arange(s["token_type"].shape[1]).expand_as(s["token_type"])
-    full, sliding = dec._attention_bias(s["keep"].to(torch.int64), s["token_type"], rows)
-    bias = sliding if g.sliding_layers[i] else full
-    empty = torch.zeros(1, g.num_kv_heads, 0, g.head_dim)
-    hidden, _, _ = run_layer(g, layer, s["hidden"], s["cos"], s["sin"], bias, empty, empty)
-    return hidden
-
-
-def _calibration_inputs(model, dec, source_dir, g: Geometry, samples, answer_tokens: int = ANSWER_TOKENS,
-                        batch: int = 1) -> list[dict]:
-    """Layer-0 inputs per sample: image+prompt prefix (bidirectional) + the model's greedy answer (causal),
-    through its first end of sequence. batch > 1: the answers are generated that many samples at a time,
-    left-padded; each sample's inputs are then built without the padding."""
-    from pgexport.verify.reference import TorchReference
-
-    ref = TorchReference.for_model(model, source_dir, g)
-    states = []
-    with torch.no_grad():
-        for start in range(0, len(samples), batch):
-            chunk = samples[start:start + batch]
-            inputs = ref.inputs([im for im, _ in chunk], [p for _, p in chunk])
-            out = ref.generate(inputs, answer_tokens)
-            embeds = ref.image_embeddings(inputs["pixel_values"])
-            width = inputs["input_ids"].shape[1]
-            for row in range(len(chunk)):
-                prefix = inputs["input_ids"][row][inputs["attention_mask"][row].to(torch.bool)]
-                answer = _through_eos(out[row, width:].tolist(), g.eos_token_id)
-                ids = torch.cat([prefix, torch.tensor(answer, dtype=prefix.dtype)]).unsqueeze(0)
-                states.append(_layer_inputs(dec, ids, prefix.shape[0], embeds[row:row + 1]))
-    return states
-
-
-def _through_eos(tokens: list[int], eos: int) -> list[int]:
-    return tokens[:tokens.index(eos) + 1] if eos in tokens else tokens
-
-
-def _layer_inputs(dec, ids: torch.Tensor, prefix: int, embeds: torch.Tensor) -> dict:
-    token_type = torch.zeros_like(ids)
-    token_type[:, prefix:] = 1
-    hidden = dec._embed(ids, embeds, token_type)
-    positions = torch.arange(1, ids.shape[1] + 1).unsqueeze(0)
-    cos, sin = dec.rotary(hidden, positions)
-    return {"hidden": hidden, "token_type": token_type, "cos": cos, "sin": sin,
-            "keep": torch.ones_like(ids, dtype=torch.bool)}

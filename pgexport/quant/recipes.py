@@ -13,6 +13,9 @@ Precisions (what each means in the graph):
   int4        4-bit weight-only blocks, round to nearest (MatMulNBits bits=4)
   int4-gptq   4-bit blocks chosen by GPTQ on image+prompt calibration data (decoder linears only)
 
+A recipe with `awq` first folds activation-aware scales (quant/awq.py), searched on the same calibration data,
+into the decoder's float32 weights; its 4-bit decoder linears are then rounded by RTN or GPTQ as their kind says.
+
 A tied lm_head shares the token embedding's table: `embedding` sets both and `lm_head` must agree.
 """
 
@@ -71,7 +74,8 @@ class Recipe:
     embedding: Precision = Precision()
     lm_head: Precision = Precision()
     overrides: tuple[Override, ...] = field(default_factory=tuple)
-    calibration_samples: int = 32  # GPTQ: image+prompt pairs
+    calibration_samples: int = 32  # GPTQ and AWQ: image+prompt pairs
+    awq: bool = False  # AWQ scales folded into the decoder before its 4-bit linears are quantized
 
     def precision_for(self, component: str, module: str | None) -> Precision:
         """The override that matches `module` first, else the component's precision."""
@@ -82,9 +86,13 @@ class Recipe:
         return getattr(self, component)
 
     @property
-    def needs_calibration(self) -> bool:
+    def uses_gptq(self) -> bool:
         kinds = [getattr(self, c).kind for c in COMPONENTS] + [o.precision.kind for o in self.overrides]
         return "int4-gptq" in kinds
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.uses_gptq or self.awq
 
     @property
     def is_identity(self) -> bool:
@@ -111,6 +119,8 @@ class Recipe:
     def summary(self) -> dict:
         d = {c: getattr(self, c).label() for c in COMPONENTS}
         d["overrides"] = [{"match": o.match, "precision": o.precision.label()} for o in self.overrides]
+        if self.awq:
+            d["awq"] = True
         return d
 
     def to_dict(self) -> dict:
@@ -129,11 +139,11 @@ def _p(kind: str, **kw) -> Precision:
 INT4_ACCURACY_LEVEL = 4
 
 
-def _int4(name: str, kind: str, block: int, description: str) -> Recipe:
+def _int4(name: str, kind: str, block: int, description: str, awq: bool = False) -> Recipe:
     # SigLIP is more sensitive than the decoder and small next to it: dynamic int8 there, fp32 projector.
     q = dict(block_size=block, accuracy_level=INT4_ACCURACY_LEVEL)
     return Recipe(name, description, vision_encoder=_p("int8"), projector=_p("fp32"),
-                  decoder_linear=_p(kind, **q), embedding=_p("int4", **q), lm_head=_p("int4", **q))
+                  decoder_linear=_p(kind, **q), embedding=_p("int4", **q), lm_head=_p("int4", **q), awq=awq)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -166,6 +176,10 @@ RECIPES: dict[str, Recipe] = {
         _int4("int4-rtn-b128", "int4", 128, "int4 round-to-nearest, block 128."),
         _int4("int4-gptq", "int4-gptq", 32, "int4 GPTQ (block 32, act-order with static groups) for decoder "
               "linears, calibrated on image+prompt pairs; int4 RTN embedding/lm_head; int8 vision."),
+        _int4("int4-awq", "int4", 32, "int4 RTN blocks of 32 after AWQ scales (searched on image+prompt pairs, "
+              "folded into the norms and up projections) for decoder linears; int4 RTN table; int8 vision.", awq=True),
+        _int4("int4-awq-gptq", "int4-gptq", 32, "AWQ scales, then GPTQ (block 32) for decoder linears; int4 RTN "
+              "table; int8 vision.", awq=True),
     ]
 }
 
@@ -192,7 +206,7 @@ def recipe_from_dict(d: dict, name: str) -> Recipe:
     base = RECIPES[d["base"]] if d.get("base") in RECIPES else RECIPES["fp32"]
     if d.get("base") and d["base"] not in RECIPES:
         raise UserError(f"recipe {name}: unknown base recipe {d['base']!r}")
-    unknown = set(d) - {"base", "name", "description", "overrides", "calibration_samples", *COMPONENTS}
+    unknown = set(d) - {"base", "name", "description", "overrides", "calibration_samples", "awq", *COMPONENTS}
     if unknown:
         raise UserError(f"recipe {name}: unknown fields {sorted(unknown)}")
     changes = {c: _precision(d[c], f"recipe {name}: {c}") for c in COMPONENTS if c in d}
@@ -207,11 +221,14 @@ def recipe_from_dict(d: dict, name: str) -> Recipe:
     samples = d.get("calibration_samples", base.calibration_samples)
     if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= 100_000:
         raise UserError(f"recipe {name}: calibration_samples must be an integer from 1 to 100000")
+    awq = d.get("awq", base.awq)
+    if not isinstance(awq, bool):
+        raise UserError(f"recipe {name}: awq must be true or false")
     for field in ("name", "description"):
         if field in d and not isinstance(d[field], str):
             raise UserError(f"recipe {name}: {field} must be a string")
     return replace(base, name=d.get("name", name), description=d.get("description", base.description),
-                   overrides=tuple(overrides) or base.overrides, calibration_samples=samples, **changes)
+                   overrides=tuple(overrides) or base.overrides, calibration_samples=samples, awq=awq, **changes)
 
 
 def resolve_recipe(spec: str) -> Recipe:

@@ -53,7 +53,7 @@ def _quantize(w: torch.Tensor, x: torch.Tensor, kind: str, block: int, symmetric
 def layer_errors(model, source_dir, g, recipe: Recipe, samples, progress=None) -> list[LayerError]:
     from pgexport.export.decoder import DecoderWithPast
 
-    from pgexport.quant.gptq import _calibration_inputs, _run_layer
+    from pgexport.quant.calibration import calibration_inputs, run_layer
 
     dec = DecoderWithPast(model, g)
     tower = model.model.vision_tower
@@ -63,7 +63,7 @@ def layer_errors(model, source_dir, g, recipe: Recipe, samples, progress=None) -
 
     processor = load_processor(source_dir)
     with torch.no_grad():
-        states = _calibration_inputs(model, dec, source_dir, g, samples)
+        states = calibration_inputs(model, dec, source_dir, g, samples)
     # hooks only now: each layer sees each sample once (the generate() above would add decode steps)
     inputs: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in linears}
     handles = [m.register_forward_pre_hook(lambda mod, inp, name=name: inputs[name].append(
@@ -75,7 +75,7 @@ def layer_errors(model, source_dir, g, recipe: Recipe, samples, progress=None) -
                 tower(processor.image_processor(images=[image], return_tensors="pt")["pixel_values"])
             for s in states:
                 for i, layer in enumerate(dec.layers):
-                    s["hidden"] = _run_layer(dec, layer, i, s)
+                    s["hidden"] = run_layer(dec, layer, i, s)
                 finals.append(dec.norm(s["hidden"]).reshape(-1, g.text_hidden))
     finally:
         for h in handles:

@@ -7,12 +7,15 @@ accuracy gate and by `pgexport bench` alike (numpy only).
 - first divergence: per item, the first position where the two sequences differ (None when equal);
 - teacher forced along the reference's sequence: mean KL(reference || bundle) of the next-token distributions
   in nats over every position of every item, its maximum, and top-1 agreement (both put their highest
-  probability on the same token).
+  probability on the same token);
+- paired comparison of two bundles on the same items: McNemar's exact test, so that "A agrees more often than
+  B" comes with the chance of seeing a split at least as uneven if they agreed equally often.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from math import comb
 
 import numpy as np
 
@@ -56,3 +59,16 @@ def distributions(ref_logprobs: Iterable[np.ndarray], got_logprobs: Iterable[np.
         return {"mean_kl": None, "max_kl": None, "top1_agreement": None, "positions": 0}
     return {"mean_kl": float(max(kl.mean(), 0.0)), "max_kl": float(kl.max()), "top1_agreement": float(agree.mean()),
             "positions": int(kl.size)}
+
+
+def mcnemar(a_same: Sequence[bool], b_same: Sequence[bool]) -> dict:
+    """Two bundles' per-item sequence agreement with one reference, paired: the items only A agrees on, only B,
+    and the exact two-sided McNemar p-value (a binomial test at 1/2 of the discordant items). Items both get
+    right or both get wrong say nothing about which is better, so they do not enter."""
+    if len(a_same) != len(b_same):
+        raise ValueError(f"{len(a_same)} items against {len(b_same)}")
+    a_only = sum(bool(a) and not b for a, b in zip(a_same, b_same))
+    b_only = sum(bool(b) and not a for a, b in zip(a_same, b_same))
+    n, k = a_only + b_only, min(a_only, b_only)
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"a_only": a_only, "b_only": b_only, "p_value": p}

@@ -3,7 +3,7 @@
     python -m tools.demo_model.write_heldout --out models/pg-demo-heldout
 
 - eval: 20 examples per task from the evaluation seed (what `pgexport bench` scores on the demo model)
-- gate: 20 examples from the evaluation seed, in an index range the evaluation does not use (the accuracy gate)
+- gate: 64 examples from the evaluation seed, in an index range the evaluation does not use (the accuracy gate)
 - calibration: 35 examples from their own seed (GPTQ)
 - demo: one caption, VQA, OCR, detect and segment example, each its own scene (`pgexport demo`)
 
@@ -27,7 +27,7 @@ from . import evaluate, generator
 CALIBRATION_SEED = 3
 GATE_OFFSET = 500_000
 DEMO_SEED = 20261123  # not a training or eval seed of the demo model
-SPLITS = {"eval": 20, "gate": 20, "calibration": 35}  # rows per split (eval: per task)
+SPLITS = {"eval": 20, "gate": 64, "calibration": 35}  # rows per split (eval: per task)
 DEMO_TASKS = tuple(generator.TASKS)
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "pg-demo"
 
