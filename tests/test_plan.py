@@ -30,7 +30,7 @@ def test_conditions_select_steps():
     made = Plan.of(BuildOptions(model="tiny-pg1"))
     base = dict(parity=True, gate=False, adapter=False, calibrate=False, quantize=False, mask_weights=None)
     plain = [s.name for s in steps(replace(made, **base))]
-    everything = base | dict(gate=True, adapter=True, calibrate=True, quantize=True, mask_weights=Path("m"),
+    everything = base | dict(gate=True, adapter=True, calibrate=True, awq=True, quantize=True, mask_weights=Path("m"),
                              kv=KvCache(STATIC, max_len=96, prefill_lengths=(64,)))
     full = [s.name for s in steps(replace(made, **everything))]
     streamed = [s.name for s in steps(replace(made, **everything | dict(stream=True)))]
@@ -39,7 +39,7 @@ def test_conditions_select_steps():
     # streamed, parity is checked per layer and the decoder is quantized as it is exported
     assert set(streamed) - set(full) == {"layer parity"} and set(full) - set(streamed) == {"quantize decoder"}
     assert [s.name for s in steps(replace(made, **base), TORCH)][0] == "load model"
-    assert "merge adapter" not in plain and "GPTQ" not in plain and "accuracy gate" not in plain
+    assert "merge adapter" not in plain and "GPTQ" not in plain and "AWQ" not in plain and "accuracy gate" not in plain
     assert "layer parity" not in plain  # streamed builds only
     assert "fix shapes" not in plain and full.index("fix shapes") == full.index("accuracy gate") - 1
 
@@ -63,7 +63,8 @@ def test_the_plan_survives_the_trip_to_the_child(tmp_path):
         plan = Plan.of(opts)
         back = Plan.from_json(json.loads(json.dumps(plan.to_json())))
         assert back == replace(plan, estimate=None)
-        assert back.kv.layout.fixed_shape == (opts.kv_cache == "static") and back.recipe.overrides == plan.recipe.overrides
+        assert back.kv.layout.fixed_shape == (opts.kv_cache == "static")
+        assert back.recipe.overrides == plan.recipe.overrides
 
 
 def test_steps_run_in_the_two_processes():

@@ -306,3 +306,24 @@ def test_batched_gate_reference_on_disk_is_the_loaded_models(ckpt, tmp_path):
         scale = max(float(np.abs(b).max()) for b in want.logprobs)
         for a, b in zip(got.logprobs, want.logprobs):
             assert a.shape == b.shape and np.abs(a - b).max() <= tolerance * scale, (batch, np.abs(a - b).max())
+
+
+def test_streamed_awq_build_writes_the_whole_builds_graphs(tmp_path):
+    """AWQ, then GPTQ, under --stream: the scales are searched one layer at a time and folded into what the layers
+    read (awq.ScaledWeights), so the bundle is the whole-model build's, byte for byte (Gemma 2: its MLP norm is
+    pre_feedforward_layernorm)."""
+    import json
+
+    from pgexport.build.bundle_steps import BuildOptions, build
+
+    seen: dict[bool, list[str]] = {True: [], False: []}
+    out = {stream: build(BuildOptions(model="tiny-pg2", out=tmp_path / str(stream), quant="int4-awq-gptq",
+                                      gate_samples=4, gate_tokens=8, parity_tokens=4, stream=stream),
+                         seen[stream].append)
+           for stream in (False, True)}
+    assert seen[True].index("AWQ") < seen[True].index("GPTQ") < seen[True].index("export decoder")
+    whole, streamed = (json.loads((out[s] / "manifest.json").read_text()) for s in (False, True))
+    assert whole["files"] == streamed["files"] and streamed["parity"]["ok"]
+    spread = streamed["quantization"]["awq_scale_spread"]
+    assert spread == whole["quantization"]["awq_scale_spread"] and len(spread) == 3 * 4  # three groups, 4 layers
+    assert any("pre_feedforward_layernorm" in k for k in spread) and max(spread.values()) > 1.0

@@ -143,7 +143,7 @@ class Plan:
             raise UserError(f"recipe {recipe.name} searches AWQ scales on float32 weights; a GPTQ checkpoint's "
                             "weights are already integers (use --quant int4-gptq to keep them)")
         if stream:
-            _check_streamable(source, recipe, opts.stream is None)
+            _check_streamable(source, opts.stream is None)
         need = streamed if stream else whole
         if check_memory and need.peak_rss_bytes > budget:
             over = (f"--max-memory {opts.max_memory:g} GB" if opts.max_memory is not None else
@@ -193,14 +193,13 @@ def _table_itemsize(source) -> int:
     return 4
 
 
-def _check_streamable(source, recipe, automatic: bool) -> None:
+def _check_streamable(source, automatic: bool) -> None:
     """What a streamed build does not do yet: a one-line refusal naming it."""
     from pgexport.source import sources
 
     saved = source.adapter.config.get("modules_to_save") if source.adapter is not None else None
     why = ("an adapter with modules_to_save (merge it into the checkpoint with peft first)" if saved else
-           "a GPTQ checkpoint" if source.kind != "preset" and sources.gptq_settings(source) is not None else
-           f"AWQ (recipe {recipe.name})" if recipe.awq else None)
+           "a GPTQ checkpoint" if source.kind != "preset" and sources.gptq_settings(source) is not None else None)
     if why is not None:
         lead = "the whole model does not fit in memory, so the build must stream, but" if automatic else "--stream"
         raise UserError(f"{lead} does not yet support {why}")

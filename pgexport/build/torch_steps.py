@@ -76,7 +76,8 @@ class _Phase:
 
     def __init__(self, plan: Plan, out_dir: Path, work: Path):
         self.opts, self.stream, self.out_dir, self.work_dir = plan.options, plan.stream, out_dir, work
-        self.source, self.geometry, self.recipe, self.kv_layout = plan.source, plan.geometry, plan.recipe, plan.kv.layout
+        self.source, self.geometry, self.recipe = plan.source, plan.geometry, plan.recipe
+        self.kv_layout = plan.kv.layout
         self.model = self.integers = None
         self.weights = None  # streamed: the checkpoint the decoder layers are read from, one at a time
         self.gptq_files = None  # streamed: GPTQ's packed weights, on disk until the decoder is exported
@@ -87,7 +88,8 @@ class _Phase:
 
         g, out = self.geometry, self.out_dir
         return {"load model": self.load_model, "PyTorch reference": self.parity_reference,
-                "gate reference": self.gate_reference, "merge adapter": self.merge_adapter, "AWQ": self.awq, "GPTQ": self.gptq,
+                "gate reference": self.gate_reference, "merge adapter": self.merge_adapter,
+                "AWQ": self.awq, "GPTQ": self.gptq,
                 "export vision encoder": self.export_vision_encoder,
                 "export projector": lambda: graphs.export_projector(self.model, g, out),
                 "export decoder": self.export_decoder, "layer parity": self.layer_parity}
@@ -199,7 +201,8 @@ class _Phase:
         self.model = adapters.merge(self.model)
 
     def awq(self) -> None:
-        """AWQ scales folded into the loaded float32 decoder: the graphs are exported from the scaled model."""
+        """AWQ scales folded into the float32 decoder (streamed: into what its layers read): the graphs are
+        exported from the scaled model, and GPTQ, when the recipe has it, calibrates on it."""
         from pgexport.quant import awq
         from pgexport.verify import samples
 
@@ -207,6 +210,10 @@ class _Phase:
                                             self.opts.calibration)
         spread = awq.apply_awq(self.model, self.source.directory, self.geometry, self.recipe, calib,
                                progress=_layer_detail)
+        if self.stream:  # the layers now read scaled weights; so does the export
+            from pgexport.source import streamed
+
+            self.weights = streamed.ResidentFirst(self.model, streamed.source_of(self.model))
         (self.work_dir / "awq.json").write_text(json.dumps(spread))
 
     def gptq(self) -> None:

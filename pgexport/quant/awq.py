@@ -60,7 +60,8 @@ def search_scales(x: torch.Tensor, weights: list[torch.Tensor], blocks: list[int
     refs = [sample @ w.T for w in weights]
 
     def loss(s: torch.Tensor) -> float:
-        return sum(float(((sample @ (rtn(w * s, b) / s).T - ref) ** 2).mean()) for w, b, ref in zip(weights, blocks, refs))
+        return sum(float(((sample @ (rtn(w * s, b) / s).T - ref) ** 2).mean())
+                   for w, b, ref in zip(weights, blocks, refs))
 
     best, best_loss = torch.ones_like(x_mean), loss(torch.ones_like(x_mean))
     for step in range(grid):
@@ -106,17 +107,25 @@ def fold_into_linear(prev: nn.Linear, lin: nn.Linear, s: torch.Tensor) -> None:
 def groups(layer: nn.Module) -> list[tuple[str, nn.Module, list[str]]]:
     """(what the scales fold into, that module, the linears reading its output) of one Gemma decoder layer. The
     MLP's input norm is pre_feedforward_layernorm in Gemma 2 (its post_attention_layernorm follows attention)."""
-    mlp_norm = "pre_feedforward_layernorm" if hasattr(layer, "pre_feedforward_layernorm") else "post_attention_layernorm"
+    gemma2 = hasattr(layer, "pre_feedforward_layernorm")
+    mlp_norm = "pre_feedforward_layernorm" if gemma2 else "post_attention_layernorm"
     return [("input_layernorm", layer.input_layernorm, ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
             (mlp_norm, getattr(layer, mlp_norm), ["mlp.gate_proj", "mlp.up_proj"]),
             ("mlp.up_proj", layer.mlp.up_proj, ["mlp.down_proj"])]
 
 
-def apply_awq(model, source_dir, g: Geometry, recipe, samples, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Search and fold AWQ scales into every decoder layer of `model` (loaded, float32) where the recipe makes all
-    of a group's linears 4-bit; -> {group: the spread of its scales (max / min)} for the build's record."""
+def apply_awq(model, source_dir, g: Geometry, recipe, samples,
+              progress: Callable[[int, int], None] | None = None) -> dict:
+    """Search AWQ scales for every decoder layer of `model` where the recipe makes all of a group's linears 4-bit,
+    and fold them: into a loaded model's weights, or, for a streamed one (source/streamed.py), into what its
+    layers read from now on (ScaledWeights). -> {group: the spread of its scales (max / min)} for the record."""
+    from pgexport.source import streamed
+
     scales = search(model, source_dir, g, recipe, samples, progress)
-    fold(model, scales)
+    if streamed.streams(model):
+        streamed.read_from(model, ScaledWeights(streamed.source_of(model), transforms(model, scales)))
+    else:
+        fold(model, scales)
     return {name: round(float(s.max() / s.min()), 3) for name, s in scales.items()}
 
 
@@ -124,6 +133,7 @@ def search(model, source_dir, g: Geometry, recipe, samples, progress=None) -> di
     """{"layers.<i>.<what the scales fold into>": s} for every group whose linears the recipe makes 4-bit. Each
     layer's inputs come from the unscaled layers before it, which the fold leaves unchanged."""
     from pgexport.export.decoder import DecoderWithPast
+    from pgexport.source.streamed import layer_held
 
     dec = DecoderWithPast(model, g)
     states = calibration_inputs(model, dec, source_dir, g, samples, ANSWER_TOKENS)
@@ -132,17 +142,22 @@ def search(model, source_dir, g: Geometry, recipe, samples, progress=None) -> di
         for i, layer in enumerate(dec.layers):
             if progress:
                 progress(i, len(dec.layers))
-            modules = dict(layer.named_modules())
-            wanted = {}
-            for prev_name, _, names in groups(layer):
-                precs = [recipe.precision_for("decoder_linear", f"layers.{i}.{n}") for n in names]
-                if all(p.bits == 4 for p in precs):
-                    wanted[prev_name] = (names, [p.block_size for p in precs])
-            inputs = _inputs_of(dec, layer, i, states, {names[0]: modules[names[0]] for names, _ in wanted.values()})
-            for prev_name, (names, blocks) in wanted.items():
-                weights = [modules[n].weight.to(torch.float32) for n in names]
-                scales[f"layers.{i}.{prev_name}"] = search_scales(inputs[names[0]], weights, blocks)
+            with layer_held(model, layer):
+                scales |= _search_layer(dec, layer, i, recipe, states)
     return scales
+
+
+def _search_layer(dec, layer, i: int, recipe, states: list[dict]) -> dict[str, torch.Tensor]:
+    modules = dict(layer.named_modules())
+    wanted = {}
+    for prev_name, _, names in groups(layer):
+        precs = [recipe.precision_for("decoder_linear", f"layers.{i}.{n}") for n in names]
+        if all(p.bits == 4 for p in precs):
+            wanted[prev_name] = (names, [p.block_size for p in precs])
+    inputs = _inputs_of(dec, layer, i, states, {names[0]: modules[names[0]] for names, _ in wanted.values()})
+    return {f"layers.{i}.{prev_name}": search_scales(inputs[names[0]], [modules[n].weight.to(torch.float32)
+                                                                           for n in names], blocks)
+            for prev_name, (names, blocks) in wanted.items()}
 
 
 def fold(model, scales: dict[str, torch.Tensor]) -> None:
@@ -181,3 +196,63 @@ def _inputs_of(dec, layer, i: int, states: list[dict], readers: dict[str, nn.Mod
         for h in handles:
             h.remove()
     return {name: torch.cat(xs) for name, xs in seen.items() if xs}
+
+
+def transforms(model, scales: dict[str, torch.Tensor]) -> dict[str, list[Callable[[torch.Tensor], torch.Tensor]]]:
+    """The fold as functions of the checkpoint's tensors, by their names in it: what ScaledWeights applies."""
+    from pgexport.source.weights import parameter_names
+
+    names = parameter_names(model)
+    layers = model.model.language_model.layers
+    out: dict[str, list] = {}
+
+    def add(module: nn.Module, fn) -> None:
+        out.setdefault(names[id(module.weight)], []).append(fn)
+
+    for key, s in scales.items():
+        _, i, prev_name = key.split(".", 2)
+        layer = layers[int(i)]
+        modules = dict(layer.named_modules())
+        _, prev, readers = next(grp for grp in groups(layer) if grp[0] == prev_name)
+        if isinstance(prev, nn.Linear):
+            add(prev, lambda w, s=s: w / s[:, None])
+            readers = readers[:1]
+        else:
+            add(prev, lambda w, s=s: (1 + w) / s - 1)
+        for name in readers:
+            add(modules[name], lambda w, s=s: w * s)
+    return out
+
+
+class ScaledWeights:
+    """A weight source (weights.CheckpointWeights' interface) that folds AWQ scales into the tensors they change
+    as they are read; every other tensor passes through. A streamed model's layers, GPTQ and the export read it."""
+
+    def __init__(self, source, fns: dict[str, list]):
+        self._source, self._fns = source, fns
+
+    def shapes(self) -> dict:
+        return self._source.shapes()
+
+    def stored_dtype(self, name: str) -> torch.dtype:
+        return self._source.stored_dtype(name)
+
+    def nbytes(self, name: str) -> int:
+        return self._source.nbytes(name)
+
+    def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        w = self._source.get(name, torch.float32)
+        for fn in self._fns.get(name, ()):
+            w = fn(w)
+        return w.to(dtype)
+
+    def read_into(self, name: str, out: torch.Tensor, scratch: bytearray) -> None:
+        if name in self._fns:
+            out.copy_(self.get(name))
+        else:
+            self._source.read_into(name, out, scratch)
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        if name in self._fns:
+            return self.get(name)[max(0, start):stop]
+        return self._source.rows(name, start, stop)

@@ -111,6 +111,11 @@ def read_from(model, source) -> None:
     model._layer_slots.source = source
 
 
+def source_of(model):
+    """Where a streamed model's layers read their weights from (read_from's last `source`)."""
+    return model._layer_slots.source
+
+
 def streams(model) -> bool:
     """Whether `model` is one of streamed_model's."""
     return hasattr(model, "_layer_slots")
