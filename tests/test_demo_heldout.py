@@ -29,7 +29,12 @@ def test_splits_cover_every_task_and_ground_truth_matches_the_answers():
 
     rows = image_prompts.read(image_prompts.DEMO_SET)
     by_split = {s: [r for r in rows if r.split == s] for s in ("eval", "gate", "calibration", "demo")}
-    assert {len(v) for k, v in by_split.items() if k != "demo"} == {100, 20, 35}
+    from tools.demo_model.write_heldout import SPLITS
+
+    assert {k: len(v) for k, v in by_split.items() if k != "demo"} == SPLITS | {"eval": 5 * SPLITS["eval"]}
+    from pgexport.build.plan import BuildOptions
+
+    assert len(by_split["gate"]) == BuildOptions().gate_samples  # the build's default gate, all held out
     for split in ("eval", "gate", "calibration"):
         assert {r.task for r in by_split[split][:5]} == {"caption", "vqa", "ocr", "detect", "segment"}
     assert len({r.image.name for r in rows}) == len(rows)

@@ -7,7 +7,12 @@
 - calibration: 35 examples from their own seed (GPTQ)
 - demo: one caption, VQA, OCR, detect and segment example, each its own scene (`pgexport demo`)
 
-Each split interleaves the tasks, so any prefix of it covers all of them. Rows are described in
+Each split interleaves the tasks, so any prefix of it covers all of them.
+
+    python -m tools.demo_model.write_heldout --fresh 250 --seed 7001 --out /tmp/fresh
+
+writes one split, "fresh", of new items from a seed of your choosing (one that neither training nor the sets
+above use), for a measurement that must not be tuned on the shipped sets (benchmarks/quant_table.py --eval). Rows are described in
 pgexport/verify/image_prompts.py; boxes are written (x0, y0, x1, y1), the runtime's convention, and segment rows carry
 each target's ground-truth mask as a PNG. tests/test_demo_heldout.py regenerates the set and compares.
 """
@@ -23,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from . import evaluate, generator
+from .train import TRAIN_SEED
 
 CALIBRATION_SEED = 3
 GATE_OFFSET = 500_000
@@ -39,11 +45,22 @@ def interleaved(seed: int, n: int, offset: int, encode) -> list[generator.Exampl
     return [pool[i] for i in range(per_task) for pool in pools][:n]
 
 
-def examples(model_dir: Path = MODEL_DIR) -> dict[str, list[generator.Example]]:
-    """The splits; segment answers carry the <seg> codes of the demo model's own VQ-VAE encoder."""
+def _encoder(model_dir: Path):
     from .vqvae import load_vqvae
 
-    encode = load_vqvae(model_dir).encode_np
+    return load_vqvae(model_dir).encode_np
+
+
+def fresh(n: int, seed: int, model_dir: Path = MODEL_DIR) -> dict[str, list[generator.Example]]:
+    """One split of n items of `seed`, interleaved over the tasks."""
+    if seed in (TRAIN_SEED, evaluate.EVAL_SEED, CALIBRATION_SEED, DEMO_SEED, evaluate.CARD_SEED):
+        raise SystemExit(f"seed {seed} is one of the demo model's own (training, evaluation or a shipped set)")
+    return {"fresh": interleaved(seed, n, 0, _encoder(model_dir))}
+
+
+def examples(model_dir: Path = MODEL_DIR) -> dict[str, list[generator.Example]]:
+    """The splits; segment answers carry the <seg> codes of the demo model's own VQ-VAE encoder."""
+    encode = _encoder(model_dir)
     return {"eval": interleaved(evaluate.EVAL_SEED, SPLITS["eval"] * len(generator.TASKS), 0, encode),
             "gate": interleaved(evaluate.EVAL_SEED, SPLITS["gate"], GATE_OFFSET, encode),
             "calibration": interleaved(CALIBRATION_SEED, SPLITS["calibration"], 0, encode),
@@ -57,12 +74,12 @@ def xy(box) -> list[float]:
     return [float(x0), float(y0), float(x1), float(y1)]
 
 
-def write(out: Path) -> None:
+def write(out: Path, splits: dict[str, list[generator.Example]] | None = None) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     lines = []
-    for split, exs in examples().items():
+    for split, exs in (splits or examples()).items():
         for n, e in enumerate(exs):
             rid = f"{split}-{e.task}-{n:04d}"
             e.scene.image.save(tmp / "images" / f"{rid}.png", optimize=True)
@@ -85,7 +102,12 @@ def write(out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("models/pg-demo-heldout"))
-    write(ap.parse_args().out)
+    ap.add_argument("--fresh", type=int, default=None, help="write only N new items of --seed, split 'fresh'")
+    ap.add_argument("--seed", type=int, default=None, help="the seed of --fresh")
+    args = ap.parse_args()
+    if (args.fresh is None) != (args.seed is None):
+        ap.error("--fresh and --seed go together")
+    write(args.out, fresh(args.fresh, args.seed) if args.fresh else None)
 
 
 if __name__ == "__main__":
