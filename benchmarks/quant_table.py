@@ -34,7 +34,6 @@ RECIPES = ["int8", "int4", "int4-gptq", "int4-awq", "int4-awq-gptq", "int4-rtn-b
            "benchmarks/recipes/int4-awq-b128.json", "benchmarks/recipes/int4-awq-gptq-b128.json"]
 COLUMNS = ("recipe", "size MiB", "seq match % (95 % CI)", "vs int4: p", "gate seq %", "token agr %", "mean KL",
            "top-1 %", "caption EM", "VQA EM", "OCR CER", "det IoU", "det recall", "seg mIoU", "max drop")
-EIGHT_BIT = ("int8", "int8-wo", "int8-dynamic")
 METRICS = ("caption_em", "vqa_em", "ocr_cer", "detect_miou", "detect_recall", "segment_miou")  # as COLUMNS names them
 LOWER_IS_BETTER = {"ocr_cer"}
 
@@ -53,7 +52,7 @@ def table(report: dict) -> tuple[list[tuple], str, dict]:
     """The rows (the reference first), the note under them, and per recipe the figures the targets check."""
     ref = next(r for r in report["runs"] if r["kind"] == "reference")
     ref_tm = ref["task_metrics"] or {}
-    rows = [("PyTorch fp32 (reference)", None, None, None, None, None, None, None, None,
+    rows = [("PyTorch fp32 (reference)", *[None] * (COLUMNS.index("caption EM") - 1),
              *(_metric(ref_tm, k) for k in METRICS), None)]
     by_recipe = {}
     vs_rtn = {c["b"] if c["a"] == "bundle-int4" else c["a"]: c["p_value"] for c in report.get("comparisons", [])
@@ -66,7 +65,7 @@ def table(report: dict) -> tuple[list[tuple], str, dict]:
         recipe = r["name"].removeprefix("bundle-")
         v = by_recipe[recipe] = {"seq": acc["sequence_agreement"], "tok": acc["token_agreement"],
                                  "kl": tf["mean_kl"], "top1": tf["top1_agreement"], "drop": drop_points(ref_tm, tm),
-                                 "mb": r["size"]["total_bytes"] / 2**20, "gate": _gate(r)}
+                                 "mb": r["size"]["total_bytes"] / 2**20, "gate": _gate(r), "four_bit": _four_bit(r)}
         low, high = acc["sequence_agreement_ci"]
         p = vs_rtn.get(r["name"])
         rows.append((recipe, round(v["mb"], 1), f"{100 * v['seq']:.1f} ({100 * low:.0f}-{100 * high:.0f})",
@@ -92,6 +91,19 @@ def _gate(run: dict) -> float | None:
     return acc.get("sequence_agreement")
 
 
+def _four_bit(run: dict) -> bool:
+    """Whether the bundle's decoder linears and table are all 4-bit, with no layer kept at 8 bits."""
+    import json
+
+    manifest = Path(run["path"]) / "manifest.json" if run.get("path") else None
+    if manifest is None or not manifest.is_file():
+        return False
+    summary = (json.loads(manifest.read_text()).get("quantization") or {}).get("summary") or {}
+    labels = [summary.get("decoder_linear", ""), summary.get("embedding", "")]
+    labels += [o["precision"] for o in summary.get("overrides", [])]
+    return all(label.startswith("int4") for label in labels)
+
+
 def _metric(tm: dict, key: str) -> float | None:
     return round(tm[key], 3) if key in tm else None
 
@@ -102,7 +114,7 @@ def targets(v: dict) -> list[str]:
         ok = v["int8"]["seq"] >= 0.99 and v["int8"]["drop"] <= 0
         out.append(f"int8: sequence agreement {100 * v['int8']['seq']:.1f} % (>= 99), drop "
                    f"{v['int8']['drop']:.1f} points (<= 0): {'met' if ok else 'NOT met'}")
-    four = {k: x for k, x in v.items() if k not in EIGHT_BIT and k != "fp32" and "w8" not in k}
+    four = {k: x for k, x in v.items() if x["four_bit"]}
     if four and "int4" in v:
         name, best = max(four.items(), key=lambda kv: kv[1]["seq"])
         ok = best["seq"] >= 0.80 and best["drop"] <= 1.5 and best["kl"] <= 0.5 * v["int4"]["kl"]

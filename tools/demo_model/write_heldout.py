@@ -9,7 +9,7 @@
 
 Each split interleaves the tasks, so any prefix of it covers all of them.
 
-    python -m tools.demo_model.write_heldout --fresh 250 --seed 7001 --out /tmp/fresh
+    python -m tools.demo_model.write_heldout --fresh 250 --seed 7001 --out quant-table/fresh
 
 writes one split, "fresh", of new items from a seed of your choosing (one that neither training nor the sets
 above use), for a measurement that must not be tuned on the shipped sets (benchmarks/quant_table.py --eval). Rows are described in
