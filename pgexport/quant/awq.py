@@ -31,6 +31,7 @@ from pgexport_runtime.geometry import Geometry
 
 from pgexport.quant.calibration import ANSWER_TOKENS, calibration_inputs, run_layer
 from pgexport.quant.gptq import group_scales
+from pgexport.source.weights import ChangedWeights
 
 GRID = 20  # alpha = 0, 0.05, ..., 0.95
 LOSS_TOKENS = 2048  # calibration tokens the search's output error is measured on (all of them give mean|x|)
@@ -224,35 +225,19 @@ def transforms(model, scales: dict[str, torch.Tensor]) -> dict[str, list[Callabl
     return out
 
 
-class ScaledWeights:
-    """A weight source (weights.CheckpointWeights' interface) that folds AWQ scales into the tensors they change
-    as they are read; every other tensor passes through. A streamed model's layers, GPTQ and the export read it."""
+class ScaledWeights(ChangedWeights):
+    """A weight source that folds AWQ scales into the tensors they change as they are read. A streamed model's
+    layers, GPTQ and the export read it."""
 
     def __init__(self, source, fns: dict[str, list]):
-        self._source, self._fns = source, fns
+        super().__init__(source)
+        self._fns = fns
 
-    def shapes(self) -> dict:
-        return self._source.shapes()
+    def changes(self, name: str) -> bool:
+        return name in self._fns
 
-    def stored_dtype(self, name: str) -> torch.dtype:
-        return self._source.stored_dtype(name)
-
-    def nbytes(self, name: str) -> int:
-        return self._source.nbytes(name)
-
-    def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def changed(self, name: str) -> torch.Tensor:
         w = self._source.get(name, torch.float32)
-        for fn in self._fns.get(name, ()):
+        for fn in self._fns[name]:
             w = fn(w)
-        return w.to(dtype)
-
-    def read_into(self, name: str, out: torch.Tensor, scratch: bytearray) -> None:
-        if name in self._fns:
-            out.copy_(self.get(name))
-        else:
-            self._source.read_into(name, out, scratch)
-
-    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        if name in self._fns:
-            return self.get(name)[max(0, start):stop]
-        return self._source.rows(name, start, stop)
+        return w

@@ -15,6 +15,8 @@ import torch
 
 from pgexport_runtime.errors import UserError
 
+from pgexport.source.weights import ChangedWeights
+
 ADAPTER = "default"  # the name adapters.attach loads the adapter under
 
 
@@ -57,39 +59,20 @@ def unload(peft_model, names: dict[int, str], source) -> tuple[object, "MergedWe
     return peft_model.unload(), MergedWeights(source, streaming)
 
 
-class MergedWeights:
-    """A weight source (weights.CheckpointWeights' interface) with an adapter merged into the tensors of the
-    modules it adapts; every other tensor passes through."""
+class MergedWeights(ChangedWeights):
+    """A weight source with an adapter merged into the tensors of the modules it adapts."""
 
     def __init__(self, source, adapted: dict):
-        self._source, self._adapted = source, adapted
+        super().__init__(source)
+        self._adapted = adapted
         self._last: tuple[object, dict[str, torch.Tensor]] | None = None  # a module's weight and bias: one merge
 
-    def shapes(self) -> dict:
-        return self._source.shapes()
+    def changes(self, name: str) -> bool:
+        return name in self._adapted
 
-    def stored_dtype(self, name: str) -> torch.dtype:
-        return self._source.stored_dtype(name)
-
-    def nbytes(self, name: str) -> int:
-        return self._source.nbytes(name)
-
-    def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        if name not in self._adapted:
-            return self._source.get(name, dtype)
+    def changed(self, name: str) -> torch.Tensor:
         module, key = self._adapted[name]
-        return self._merged(module)[key].to(dtype)
-
-    def read_into(self, name: str, out: torch.Tensor, scratch: bytearray) -> None:
-        if name not in self._adapted:
-            self._source.read_into(name, out, scratch)
-        else:
-            out.copy_(self.get(name))
-
-    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        if name in self._adapted:
-            return self.get(name)[max(0, start):stop]
-        return self._source.rows(name, start, stop)
+        return self._merged(module)[key]
 
     def _merged(self, module) -> dict[str, torch.Tensor]:
         if self._last is not None and self._last[0] is module:

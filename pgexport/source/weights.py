@@ -6,6 +6,8 @@ bound afterwards, each read when it is written (export/bind.py). Two sources giv
 model's own parameter names (`model.language_model.layers.0.self_attn.q_proj.weight`):
 
 - `ModuleWeights`: a model in memory (a preset's random weights, a merged adapter, a GPTQ import);
+- `ChangedWeights`: another source with some of its tensors changed as they are read (an adapter merged in,
+  adapter_merge.MergedWeights; AWQ scales folded in, quant/awq.ScaledWeights);
 - `CheckpointWeights`: a checkpoint's safetensors files, each tensor read and converted to float32 on
   request. Read, not memory-mapped: pages of a mapping stay in the process's resident set once touched, so a
   streamed 3B build held 10.9 GB, most of it the checkpoint's bf16 pages. Checkpoint keys are renamed the way transformers' own loader renames them (PaliGemma 1
@@ -181,3 +183,40 @@ def materialized(module, names: dict[int, str], source):
         yield module
     finally:
         release(swapped)
+
+
+class ChangedWeights:
+    """A weight source (CheckpointWeights' interface) that changes some tensors of `source` as they are read;
+    every other tensor passes through. Subclasses say which (`changes`) and how (`changed`, float32)."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def changes(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def changed(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def shapes(self) -> dict:
+        return self._source.shapes()
+
+    def stored_dtype(self, name: str) -> torch.dtype:
+        return self._source.stored_dtype(name)
+
+    def nbytes(self, name: str) -> int:
+        return self._source.nbytes(name)
+
+    def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.changed(name).to(dtype) if self.changes(name) else self._source.get(name, dtype)
+
+    def read_into(self, name: str, out: torch.Tensor, scratch: bytearray) -> None:
+        if self.changes(name):
+            out.copy_(self.changed(name))
+        else:
+            self._source.read_into(name, out, scratch)
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        if self.changes(name):
+            return self.changed(name)[max(0, start):stop]
+        return self._source.rows(name, start, stop)
