@@ -14,7 +14,9 @@ Sequence agreement carries its 95 % Wilson interval; each recipe is compared wit
 same items by McNemar's exact test; the gate's own sequence agreement (the build's held-out gate split, read from
 each bundle's manifest) stands beside it, so that the gate's ranking can be compared with this one.
 The quantization targets are checked at the end: int8 >= 99 % sequence agreement with no task drop; the best
-4-bit recipe without 8-bit layers >= 80 %, every task's drop <= 1.5 points and mean KL <= 0.5 x int4 RTN's.
+4-bit recipe without 8-bit layers >= 80 %, every task's drop <= 1.5 points and mean KL <= 0.5 x int4 RTN's;
+`auto` at its default target >= 90 %, every task's drop <= 1 point, size <= 1.25 x the int4 bundle; and how
+many pairs of recipes the gate orders as the held-out items do.
 """
 
 from __future__ import annotations
@@ -30,8 +32,12 @@ from pgexport.bench import BenchOptions, run_bench
 from pgexport.bench.harness import write_measurement
 from pgexport.bench.report import write_outputs
 
-RECIPES = ["int8", "int4", "int4-gptq", "int4-awq", "int4-awq-gptq", "int4-rtn-b128", "benchmarks/recipes/int4-gptq-b128.json",
-           "benchmarks/recipes/int4-awq-b128.json", "benchmarks/recipes/int4-awq-gptq-b128.json"]
+_R = "benchmarks/recipes/"
+RECIPES = ["int8", *(f"{_R}int8-{c}-only.json" for c in ("vision", "decoder", "table")),
+           "int4", "int4-gptq", "int4-awq", "int4-awq-gptq",
+           "int4-rtn-b64", *(f"{_R}int4-{m}-b64.json" for m in ("gptq", "awq", "awq-gptq")),
+           "int4-rtn-b128", *(f"{_R}int4-{m}-b128.json" for m in ("gptq", "awq", "awq-gptq")),
+           "auto", f"{_R}auto-80.json"]
 COLUMNS = ("recipe", "size MiB", "seq match % (95 % CI)", "vs int4: p", "gate seq %", "token agr %", "mean KL",
            "top-1 %", "caption EM", "VQA EM", "OCR CER", "det IoU", "det recall", "seg mIoU", "max drop")
 METRICS = ("caption_em", "vqa_em", "ocr_cer", "detect_miou", "detect_recall", "segment_miou")  # as COLUMNS names them
@@ -121,12 +127,33 @@ def targets(v: dict) -> list[str]:
         out.append(f"best 4-bit recipe, {name}: sequence agreement {100 * best['seq']:.1f} % (>= 80), drop "
                    f"{best['drop']:.1f} points (<= 1.5), mean KL {best['kl']:.2e} = "
                    f"{best['kl'] / v['int4']['kl']:.2f} x int4 RTN's (<= 0.5): {'met' if ok else 'NOT met'}")
+    if "auto" in v and "int4" in v:
+        a = v["auto"]
+        ok = a["seq"] >= 0.90 and a["drop"] <= 1 and a["mb"] <= 1.25 * v["int4"]["mb"]
+        out.append(f"auto at its default target: sequence agreement {100 * a['seq']:.1f} % (>= 90), drop "
+                   f"{a['drop']:.1f} points (<= 1), size {a['mb'] / v['int4']['mb']:.2f} x int4 (<= 1.25): "
+                   f"{'met' if ok else 'NOT met'}")
     gated = {k: x for k, x in v.items() if x["gate"] is not None}
     if len(gated) > 1:
         by_eval = sorted(gated, key=lambda k: -gated[k]["seq"])
         by_gate = sorted(gated, key=lambda k: -gated[k]["gate"])
-        out.append(f"ranking by these items: {', '.join(by_eval)}; by the build's gate: {', '.join(by_gate)}")
+        agree, pairs = concordance(gated)
+        out.append(f"ranking by these items: {', '.join(by_eval)}; by the build's gate: {', '.join(by_gate)}; "
+                   f"of the {pairs} pairs of recipes these items tell apart, the gate orders {agree} the same way")
     return out
+
+
+def concordance(v: dict) -> tuple[int, int]:
+    """(pairs ordered the same way by the gate as by the held-out items, pairs the items order at all)."""
+    names, agree, pairs = list(v), 0, 0
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            d_eval = v[a]["seq"] - v[b]["seq"]
+            if d_eval == 0:
+                continue
+            pairs += 1
+            agree += d_eval * (v[a]["gate"] - v[b]["gate"]) > 0
+    return agree, pairs
 
 
 def main() -> None:

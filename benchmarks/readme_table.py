@@ -23,7 +23,7 @@ from pgexport.bench import BenchOptions, run_bench
 from pgexport.bench.harness import write_measurement
 from pgexport.bench.report import write_outputs
 from pgexport.build.bundle_steps import BuildOptions, build
-from pgexport.quant.recipes import resolve_recipe
+from pgexport.quant.recipes import recipe_from_dict, resolve_recipe
 
 VARIANTS = ["fp32", "fp16", "int8", "int8-wo", "int4", "int4-gptq"]
 # the last four: task metrics as `pgexport bench` names them, those the demo's held-out set scores first
@@ -38,7 +38,7 @@ def supported(recipe: str) -> str | None:
     if "quant" not in {f.name for f in dataclasses.fields(BuildOptions)}:
         return "this pgexport has no --quant build option yet"
     try:
-        from pgexport.quant.recipes import resolve_recipe
+        from pgexport.quant.recipes import recipe_from_dict, resolve_recipe
 
         resolve_recipe(recipe)
     except ImportError:
@@ -52,9 +52,12 @@ def ensure_bundle(model: str, recipe: str, out: Path, rebuild: bool) -> Path:
     manifest = out / "manifest.json"
     if manifest.is_file() and not rebuild:
         raw = json.loads(manifest.read_text())
-        built = (raw.get("quantization") or {}).get("recipe")
-        wanted = None if recipe == "fp32" else resolve_recipe(recipe).to_dict()
-        # The whole recipe must match, not just its name: a named recipe's settings can change between versions.
+        quant = raw.get("quantization") or {}
+        built = (quant.get("auto") or {}).get("base") or quant.get("recipe")  # `auto`: the recipe it started from
+        # compared as recipes, every field: a named recipe's settings can change between versions, and a field
+        # the stored recipe lacks reads as its default
+        built = None if built is None else recipe_from_dict(built, built.get("name", "recipe"))
+        wanted = None if recipe == "fp32" else resolve_recipe(recipe)
         same_model = (raw.get("source") or {}).get("sha256") == sources.resolve(model).describe().get("sha256")
         if same_model and built == wanted:
             print(f"reusing {out}", flush=True)

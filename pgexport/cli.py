@@ -65,7 +65,8 @@ def _interrupt(signum, frame):
                    "what each does per component).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
               help="Fail the build if the quantized bundle's greedy sequences agree with PyTorch on fewer than "
-                   "this fraction of held-out samples.")
+                   "this fraction of held-out samples. With --quant auto, also the target the 8-bit units are "
+                   "chosen for on the calibration samples (default 0.9 there, without failing the build).")
 @click.option("--gate-samples", type=click.IntRange(0, 10_000), default=DEFAULTS.gate_samples, show_default=True,
               help="Held-out samples for the accuracy gate of quantized builds (0 = skip the gate).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
@@ -140,6 +141,8 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
     click.echo(f"wrote {path} ({_size(path)}); {verdict}")
     if quant_info:
         click.echo(f"recipe {quant_info['recipe']['name']}: {describe.recipe_line(quant_info['summary'])}")
+        if quant_info.get("auto"):
+            click.echo(f"auto: {describe.auto_line(quant_info['auto'])}; the recipe is {path / 'recipe.json'}")
         if quant_info.get("accuracy"):
             reference = "PyTorch fp32" + (" (base + adapter, peft)" if opts.adapter or
                                           (manifest.get("source") or {}).get("adapter") else "")

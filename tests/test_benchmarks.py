@@ -183,3 +183,20 @@ def test_merge_siblings_gives_the_same_logits_with_fewer_matmulnbits(int4_bundle
         cache = pg.graphs.kv_cache(pg.geometry, 1, ids.shape[1] + 4)
         logits.append(decoder.prefill(pg.graphs, pg.geometry, cache, ids, embeds, mask))
     assert np.array_equal(logits[0], logits[1]) and np.ptp(logits[0]) > 0
+
+
+def test_near_ties_margin_is_top_minus_runner_up():
+    import near_ties
+
+    lp = np.log(np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]))
+    assert np.allclose(near_ties.margins(lp), [np.log(0.5 / 0.3), np.log(0.8 / 0.1)])
+    assert near_ties.margins(np.log([[0.5, 0.5]]))[0] == 0  # a tie has no margin
+
+
+def test_quant_table_counts_the_pairs_the_gate_orders_like_the_items():
+    import quant_table
+
+    v = {"a": {"seq": 0.9, "gate": 0.8}, "b": {"seq": 0.7, "gate": 0.85}, "c": {"seq": 0.6, "gate": 0.5},
+         "d": {"seq": 0.6, "gate": 0.9}}  # c and d tie on the items: that pair is not counted
+    # the items order a>b, a>c, a>d, b>c, b>d; the gate agrees on a>c and b>c only
+    assert quant_table.concordance(v) == (2, 5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from dataclasses import replace
@@ -17,6 +18,8 @@ from pgexport.build.writer import BundleWriter, check_graph_files
 from pgexport.export.graphs import FILES, IO
 from pgexport.files import write_errors
 from pgexport.build.plan import BUNDLE, BuildOptions, Plan, execute, steps
+
+RECIPE_FILE = "recipe.json"  # `--quant auto`: the recipe it chose, for `pgexport build --quant FILE`
 
 __all__ = ["BuildOptions", "GateError", "ParityError", "build", "planned_steps"]
 
@@ -63,6 +66,10 @@ class _Build:
             # onnxruntime loads
             self.results = torch_steps.run(self.plan, self.writer.tmp, self.progress, self.detail)
             self.quantized.update(self.results.quantized or {})  # a streamed build's decoder
+            if self.results.auto:  # `--quant auto`: quantize with the recipe the torch phase chose
+                from pgexport.quant.recipes import recipe_from_dict
+
+                self.recipe = recipe_from_dict(self.results.auto["recipe"], "auto")
             execute(self.plan, BUNDLE, self.work(), self.progress)
             torch_steps.cleanup(self.writer.tmp)
             record = self.manifest.record
@@ -129,6 +136,9 @@ class _Build:
                         "accuracy": None}
         if self.results.awq:  # how far AWQ moved each group's channels apart (1 = plain RTN)
             quantization["awq_scale_spread"] = self.results.awq
+        if self.results.auto:  # what `auto` measured, and the recipe it chose as a file for --quant FILE
+            quantization["auto"] = self.results.auto["report"]
+            self.writer.path(RECIPE_FILE).write_text(json.dumps(self.recipe.to_dict(), indent=2) + "\n")
         names = sorted(p.name for p in self.writer.tmp.iterdir())
         graphs = dict(self.manifest.graphs)
         for name, report in reports.items():

@@ -13,7 +13,7 @@ being run.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -87,10 +87,11 @@ class Plan:
     mask_weights: Path | None  # mask-decoder (VQ-VAE) weights: --mask-decoder or the checkpoint's own
     stream: bool = False  # the PyTorch phase holds one decoder layer at a time; parity is checked per layer
     awq: bool = False  # AWQ scales searched and folded into the float32 decoder before export
+    auto: bool = False  # `--quant auto`: the recipe's 8-bit units chosen to its target_agreement before export
     estimate: Estimate | None = None  # memory, disk and time the build will need (estimate.py; not sent to the child)
     stream_reason: str = ""  # why the build streams or holds the whole model (--dry-run says it)
 
-    _FLAGS = ("parity", "gate", "adapter", "calibrate", "awq", "quantize", "stream", "stream_reason")
+    _FLAGS = ("parity", "gate", "adapter", "calibrate", "awq", "auto", "quantize", "stream", "stream_reason")
 
     def to_json(self) -> dict:
         """For the PyTorch child: everything but the estimate, which only the build process reads."""
@@ -120,6 +121,9 @@ class Plan:
         source = sources.resolve(opts.model, opts.adapter)
         g = sources.load_geometry(source)
         recipe = resolve_recipe(opts.quant).verify(g.tie_word_embeddings)
+        auto = recipe.target_agreement is not None
+        if auto and opts.min_agreement is not None:  # the target the units are chosen for, and the gate's bar
+            recipe = replace(recipe, target_agreement=opts.min_agreement)
         if opts.calibration is not None and not recipe.needs_calibration:
             raise UserError(f"--calibration is only used by recipes that calibrate (GPTQ or AWQ); "
                             f"{recipe.name} does not")
@@ -142,8 +146,15 @@ class Plan:
         if recipe.awq and source.kind != "preset" and sources.gptq_settings(source) is not None:
             raise UserError(f"recipe {recipe.name} searches AWQ scales on float32 weights; a GPTQ checkpoint's "
                             "weights are already integers (use --quant int4-gptq to keep them)")
+        if auto and source.kind != "preset" and sources.gptq_settings(source) is not None:
+            raise UserError(f"recipe {recipe.name} chooses between 4- and 8-bit forms of float32 weights; a GPTQ "
+                            "checkpoint's weights are already integers (use --quant int4-gptq to keep them)")
         if stream:
             _check_streamable(source, opts.stream is None)
+        if stream and auto:
+            raise UserError(f"recipe {recipe.name} measures every unit's effect on the final logits with the "
+                            "whole model in memory, and this build streams (" + reason + "); choose the 8-bit "
+                            "layers with `pgexport sensitivity --write-recipe FILE` and build with --quant FILE")
         need = streamed if stream else whole
         if check_memory and need.peak_rss_bytes > budget:
             over = (f"--max-memory {opts.max_memory:g} GB" if opts.max_memory is not None else
@@ -154,7 +165,7 @@ class Plan:
                             f"estimated for {need.total_parameters / 1e9:.2f} B parameters, see --dry-run), "
                             f"more than {over}")
         return cls(opts, source, g, recipe, kv, parity=not opts.skip_parity, gate=quantize and opts.gate_samples > 0,
-                   adapter=source.adapter is not None, calibrate=recipe.uses_gptq, awq=recipe.awq, quantize=quantize,
+                   adapter=source.adapter is not None, calibrate=recipe.uses_gptq, awq=recipe.awq, auto=auto, quantize=quantize,
                    mask_weights=mask, stream=stream, estimate=need, stream_reason=reason)
 
 
@@ -229,6 +240,7 @@ STEPS = (
     Step("merge adapter", TORCH, lambda p: p.adapter),
     Step("AWQ", TORCH, lambda p: p.awq),
     Step("GPTQ", TORCH, lambda p: p.calibrate),
+    Step("choose precision", TORCH, lambda p: p.auto),
     Step("export vision encoder", TORCH),
     Step("export projector", TORCH),
     Step("export decoder", TORCH),

@@ -36,6 +36,7 @@ class TorchResults:
     layers: dict | None = None  # a streamed build's per-layer parity report (layer_parity.py)
     quantized: dict | None = None  # graph name -> quantization report, for graphs quantized as exported
     awq: dict | None = None  # AWQ: each scaled group's spread of scales (max / min)
+    auto: dict | None = None  # `--quant auto`: {"recipe": the recipe it chose, "report": how it chose}
 
 
 def run(plan: Plan, out_dir: Path, progress, detail=None) -> TorchResults:
@@ -81,6 +82,7 @@ class _Phase:
         self.model = self.integers = None
         self.weights = None  # streamed: the checkpoint the decoder layers are read from, one at a time
         self.gptq_files = None  # streamed: GPTQ's packed weights, on disk until the decoder is exported
+        self.packed = None  # GPTQ's packed weights, for `--quant auto` to measure the 4-bit forms with
         self.checkpoint = self.names = None  # streamed with an adapter: what merge_adapter merges it into
 
     def work(self) -> dict:
@@ -89,7 +91,7 @@ class _Phase:
         g, out = self.geometry, self.out_dir
         return {"load model": self.load_model, "PyTorch reference": self.parity_reference,
                 "gate reference": self.gate_reference, "merge adapter": self.merge_adapter,
-                "AWQ": self.awq, "GPTQ": self.gptq,
+                "AWQ": self.awq, "GPTQ": self.gptq, "choose precision": self.choose_precision,
                 "export vision encoder": self.export_vision_encoder,
                 "export projector": lambda: graphs.export_projector(self.model, g, out),
                 "export decoder": self.export_decoder, "layer parity": self.layer_parity}
@@ -234,6 +236,7 @@ class _Phase:
             if self.stream:
                 self.gptq_files = packed
                 return
+        self.packed = packed
         arrays = {}
         for name, p in packed.items():
             arrays[f"{name}|data"], arrays[f"{name}|scales"] = p.data, p.scales
@@ -244,6 +247,24 @@ class _Phase:
         np.savez(self.work_dir / "gptq.npz", **arrays)
         (self.work_dir / "gptq.json").write_text(json.dumps({n: [p.bits, p.block_size, p.k, p.n]
                                                              for n, p in packed.items()}))
+
+
+    def choose_precision(self) -> None:
+        """`--quant auto`: which units go to 8 bits (quant/auto.py); the bundle process quantizes with the
+        recipe chosen here, and the float32 graphs are exported from the unchanged weights."""
+        from pgexport.quant import auto
+        from pgexport.verify import samples
+
+        calib = samples.calibration_samples(self.source, self.recipe.calibration_samples, self.geometry.image_size,
+                                            self.opts.calibration)
+        chosen, report = auto.choose(self.model, self.source.directory, self.geometry, self.recipe, calib,
+                                     self.opts.gate_tokens, self.packed, progress=_unit_detail)
+        self.recipe = chosen
+        (self.work_dir / "auto.json").write_text(json.dumps({"recipe": chosen.to_dict(), "report": report}))
+
+
+def _unit_detail(i: int, n: int) -> None:
+    child.emit("detail", f"measure {i + 1}/{n}")
 
 
 def _layer_detail(i: int, n: int) -> None:
@@ -279,7 +300,8 @@ def _load(work: Path) -> TorchResults:
     def read(name):
         return json.loads((work / name).read_text()) if (work / name).is_file() else None
 
-    return TorchResults(ref, greedy, logprobs, gptq, read("layers.json"), read("quantized.json"), read("awq.json"))
+    return TorchResults(ref, greedy, logprobs, gptq, read("layers.json"), read("quantized.json"), read("awq.json"),
+                        read("auto.json"))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ Precisions (what each means in the graph):
 A recipe with `awq` first folds activation-aware scales (quant/awq.py), searched on the same calibration data,
 into the decoder's float32 weights; its 4-bit decoder linears are then rounded by RTN or GPTQ as their kind says.
 
+A recipe with a `target_agreement` (`auto`) is a starting point: the build measures which of its 4-bit units
+(each decoder linear, the token table, the vision encoder) cost the most agreement per byte and moves them to
+8 bits until the target holds on the calibration samples (quant/auto.py); the manifest gets the plain recipe it
+chose.
+
 A tied lm_head shares the token embedding's table: `embedding` sets both and `lm_head` must agree.
 """
 
@@ -76,6 +81,7 @@ class Recipe:
     overrides: tuple[Override, ...] = field(default_factory=tuple)
     calibration_samples: int = 32  # GPTQ and AWQ: image+prompt pairs
     awq: bool = False  # AWQ scales folded into the decoder before its 4-bit linears are quantized
+    target_agreement: float | None = None  # `auto`: promote units to 8 bits until calibration agreement reaches it
 
     def precision_for(self, component: str, module: str | None) -> Precision:
         """The override that matches `module` first, else the component's precision."""
@@ -92,7 +98,7 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.uses_gptq or self.awq
+        return self.uses_gptq or self.awq or self.target_agreement is not None
 
     @property
     def is_identity(self) -> bool:
@@ -121,6 +127,8 @@ class Recipe:
         d["overrides"] = [{"match": o.match, "precision": o.precision.label()} for o in self.overrides]
         if self.awq:
             d["awq"] = True
+        if self.target_agreement is not None:
+            d["target_agreement"] = self.target_agreement
         return d
 
     def to_dict(self) -> dict:
@@ -137,6 +145,8 @@ def _p(kind: str, **kw) -> Precision:
 # paligemma-3b-224 on an AVX2 CPU: decode 10.85 vs 2.90 tokens/s with level 0; on the demo model it changes
 # neither agreement nor KL of the int4 recipe (benchmarks/quant_table.py with recipes/int4-acc0.json).
 INT4_ACCURACY_LEVEL = 4
+_INT4_Q = dict(block_size=32, accuracy_level=INT4_ACCURACY_LEVEL)
+AUTO_TARGET = 0.9  # `auto`'s default: sequence agreement with float32 on the calibration samples
 
 
 def _int4(name: str, kind: str, block: int, description: str, awq: bool = False) -> Recipe:
@@ -180,6 +190,11 @@ RECIPES: dict[str, Recipe] = {
               "folded into the norms and up projections) for decoder linears; int4 RTN table; int8 vision.", awq=True),
         _int4("int4-awq-gptq", "int4-gptq", 32, "AWQ scales, then GPTQ (block 32) for decoder linears; int4 RTN "
               "table; int8 vision.", awq=True),
+        replace(_int4("auto", "int4-gptq", 32, "", awq=True), vision_encoder=_p("int4", **_INT4_Q),
+                description="int4-awq-gptq with a 4-bit vision encoder to start from, then 8 bits for the units "
+                            "(decoder linears, token table, vision encoder) that buy the most agreement per "
+                            f"byte until {AUTO_TARGET:.0%} of the calibration samples' greedy answers (or "
+                            "--min-agreement) match float32", calibration_samples=64, target_agreement=AUTO_TARGET),
     ]
 }
 
@@ -206,7 +221,8 @@ def recipe_from_dict(d: dict, name: str) -> Recipe:
     base = RECIPES[d["base"]] if d.get("base") in RECIPES else RECIPES["fp32"]
     if d.get("base") and d["base"] not in RECIPES:
         raise UserError(f"recipe {name}: unknown base recipe {d['base']!r}")
-    unknown = set(d) - {"base", "name", "description", "overrides", "calibration_samples", "awq", *COMPONENTS}
+    unknown = set(d) - {"base", "name", "description", "overrides", "calibration_samples", "awq", "target_agreement",
+                        *COMPONENTS}
     if unknown:
         raise UserError(f"recipe {name}: unknown fields {sorted(unknown)}")
     changes = {c: _precision(d[c], f"recipe {name}: {c}") for c in COMPONENTS if c in d}
@@ -224,11 +240,16 @@ def recipe_from_dict(d: dict, name: str) -> Recipe:
     awq = d.get("awq", base.awq)
     if not isinstance(awq, bool):
         raise UserError(f"recipe {name}: awq must be true or false")
+    target = d.get("target_agreement", base.target_agreement)
+    if target is not None and (not isinstance(target, (int, float)) or isinstance(target, bool)
+                               or not 0 < target <= 1):
+        raise UserError(f"recipe {name}: target_agreement must be a number in (0, 1], or null")
     for field in ("name", "description"):
         if field in d and not isinstance(d[field], str):
             raise UserError(f"recipe {name}: {field} must be a string")
     return replace(base, name=d.get("name", name), description=d.get("description", base.description),
-                   overrides=tuple(overrides) or base.overrides, calibration_samples=samples, awq=awq, **changes)
+                   overrides=tuple(overrides) or base.overrides, calibration_samples=samples, awq=awq,
+                   target_agreement=None if target is None else float(target), **changes)
 
 
 def resolve_recipe(spec: str) -> Recipe:

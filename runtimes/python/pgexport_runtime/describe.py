@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 from pgexport_runtime.manifest import Manifest
 
@@ -40,6 +41,8 @@ def describe(m: Manifest) -> list[str]:
                                 + f"{parity_label(quant)}: {parity_line(parity)}"))
     lines.append("recipe   " + ("fp32 (not quantized)" if not quant else
                                 f"{quant['recipe']['name']}: {recipe_line(quant['summary'])}"))
+    if quant and quant.get("auto"):
+        lines.append("auto     " + auto_line(quant["auto"]))
     if quant and quant.get("accuracy"):
         lines.append("accuracy " + accuracy_line(quant["accuracy"]))
     lines.append("tools    " + ", ".join(f"{k} {v}" for k, v in record.tools.items() if v is not None))
@@ -89,9 +92,16 @@ def answer_lines(result, as_json: bool = False, streamed: bool = False) -> list[
     return lines
 
 
-def recipe_line(summary: dict) -> str:
+def recipe_line(summary: dict, listed: int = 4) -> str:
+    """The recipe's components, then its overrides: each one when there are a few, counted per precision when
+    there are more (`auto` may set dozens; the manifest and the recipe file name them all)."""
     parts = [f"{k}={v}" for k, v in summary.items() if k != "overrides"]
-    parts += [f"{o['match']}={o['precision']}" for o in summary.get("overrides", [])]
+    overrides = summary.get("overrides", [])
+    if len(overrides) <= listed:
+        parts += [f"{o['match']}={o['precision']}" for o in overrides]
+    else:
+        for precision, n in Counter(o["precision"] for o in overrides).items():
+            parts.append(f"{n} modules={precision}")
     return ", ".join(parts)
 
 
@@ -108,6 +118,16 @@ def parity_line(parity: dict) -> str:
     if greedy:
         parts.append(f"greedy {'=' if greedy['match'] else '!='} transformers ({max(greedy['tokens'])} tokens)")
     return ", ".join(parts)
+
+
+def auto_line(auto: dict) -> str:
+    """What `--quant auto` bought: the units it moved to 8 bits, their size, and the calibration agreement."""
+    before, after = auto["calibration"]["four_bit"], auto["calibration"]["chosen"]
+    share = auto["extra_bytes"] / auto["four_bit_bytes"] if auto["four_bit_bytes"] else 0.0
+    return (f"{len(auto['promoted'])} of {auto['units']} units at 8 bits (+{fmt_bytes(auto['extra_bytes'])}, "
+            f"{share:+.0%} over all 4-bit) for {auto['target_agreement']:.0%} sequence agreement on "
+            f"{auto['calibration_samples']} calibration samples: {before['sequence_agreement']:.1%} all 4-bit, "
+            f"{after['sequence_agreement']:.1%} chosen (mean KL {before['mean_kl']:.2e} -> {after['mean_kl']:.2e})")
 
 
 def accuracy_line(acc: dict) -> str:

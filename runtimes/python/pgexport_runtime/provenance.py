@@ -60,6 +60,20 @@ def _quantization(quant: dict | None) -> None:
             typed_json.number(accuracy, key, "quantization.accuracy", 0, 1, closed=True)
         typed_json.number(accuracy, "mean_kl", "quantization.accuracy", 0, float("inf"), closed=True)
         typed_json.integer(accuracy, "samples", "quantization.accuracy", 0, 1 << 31)
+    auto = typed_json.section(quant, "auto", "quantization", optional=True)
+    if auto is not None:  # what `--quant auto` measured (describe.auto_line reads these)
+        typed_json.number(auto, "target_agreement", "quantization.auto", 0, 1, closed=True)
+        typed_json.integer(auto, "calibration_samples", "quantization.auto", 0, 1 << 31)
+        units = typed_json.integer(auto, "units", "quantization.auto", 0, 1 << 20)
+        if len(typed_json.texts(auto, "promoted", "quantization.auto", max_len=1 << 20)) > units:
+            raise typed_json.FieldError("quantization.auto.promoted names more units than quantization.auto.units")
+        for key in ("extra_bytes", "four_bit_bytes"):
+            typed_json.integer(auto, key, "quantization.auto", 0, 1 << 50)
+        calibration = typed_json.section(auto, "calibration", "quantization.auto")
+        for key in ("four_bit", "chosen"):
+            step = typed_json.section(calibration, key, "quantization.auto.calibration")
+            typed_json.number(step, "sequence_agreement", f"quantization.auto.calibration.{key}", 0, 1, closed=True)
+            typed_json.number(step, "mean_kl", f"quantization.auto.calibration.{key}", 0, float("inf"), closed=True)
 
 
 def _package(package: dict | None) -> None:
