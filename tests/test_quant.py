@@ -253,8 +253,8 @@ def test_gptq_build_records_recipe_and_accuracy(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     q = manifest["quantization"]
     assert q["recipe"]["name"] == "int4-gptq"
-    assert manifest["graphs"]["decoder"]["precision"] == "mixed"  # gptq linears + rtn table
-    assert set(q["graphs"]["decoder"]["weights"].values()) == {"int4-gptq/b32", "int4/b32"}
+    assert manifest["graphs"]["decoder"]["precision"] == "int4-gptq/b32"  # the linears and the tied table
+    assert q["graphs"]["decoder"]["weights"]["embed_tokens (+ tied lm_head)"] == "int4-gptq/b32"
     acc = q["accuracy"]
     assert acc["samples"] == 4 and 0 <= acc["token_agreement"] <= 1 and acc["mean_kl"] >= 0
 
@@ -473,3 +473,48 @@ def test_the_gate_in_two_parts_measures_what_one_session_does(demo_bundles, tmp_
     assert whole["mean_kl"] > 0 and 0 < whole["top1_agreement"] < 1  # int4 against fp32: close, not equal
     assert len({tuple(t) for t in ref.greedy}) > 1  # different images, different answers
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["gate_job.json", "gate_job.log", "work"]
+
+
+def _table_case(seed: int = 0, vocab: int = 300, hidden: int = 64, rows: int = 400):
+    """A stand-in decoder for gptq.quantize_table: identity final norm, a random table, and hidden states with a
+    few dominant directions (as real ones have), so that GPTQ has correlations to use."""
+    from types import SimpleNamespace
+
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.randn(4, hidden, generator=gen) * 5
+    x = torch.randn(1, rows, 4, generator=gen) @ basis + 0.3 * torch.randn(1, rows, hidden, generator=gen)
+    dec = SimpleNamespace(norm=lambda h: h, g=SimpleNamespace(text_hidden=hidden),
+                          embed=torch.nn.Embedding(vocab, hidden))
+    torch.nn.init.normal_(dec.embed.weight, generator=gen)
+    keep = torch.ones(1, rows, dtype=torch.bool)
+    keep[0, :7] = False  # padding rows are left out of the Hessian
+    return dec, [{"hidden": x, "keep": keep}]
+
+
+def test_gptq_table_lowers_the_lm_head_error_against_rtn():
+    from pgexport.nbits import dequantize, pack_rtn
+    from pgexport.quant import gptq
+
+    dec, states = _table_case()
+    w = dec.embed.weight.detach()
+    x = states[0]["hidden"][0, 7:]
+    packed = gptq.quantize_table(dec, states, 32)
+    q_gptq = torch.from_numpy(dequantize(packed).T.copy())
+    q_rtn = torch.from_numpy(dequantize(pack_rtn(w.numpy().T.copy(), 4, 32)).T.copy())
+
+    def head_error(q):
+        return float(((x @ w.T - x @ q.T) ** 2).sum() / ((x @ w.T) ** 2).sum())
+
+    assert head_error(q_gptq) < 0.8 * head_error(q_rtn)
+    # the table is also the embedding: its damping keeps each weight's own error near round-to-nearest's
+    assert float(((q_gptq - w) ** 2).mean()) < 1.5 * float(((q_rtn - w) ** 2).mean())
+
+
+def test_gptq_table_in_slices_is_the_table_whole(monkeypatch):
+    from pgexport.quant import gptq
+
+    dec, states = _table_case(seed=1)
+    whole = gptq.quantize_table(dec, states, 32)
+    monkeypatch.setattr(gptq, "TABLE_ROWS", 64)  # 300 rows: four full slices and a short one
+    sliced = gptq.quantize_table(dec, states, 32)
+    assert np.array_equal(whole.data, sliced.data) and np.array_equal(whole.scales, sliced.scales)

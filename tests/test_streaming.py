@@ -224,7 +224,7 @@ def test_streamed_gptq_build_writes_the_whole_builds_graphs(name, tmp_path):
     whole, streamed = (json.loads((out[s] / "manifest.json").read_text()) for s in (False, True))
     assert whole["files"] == streamed["files"]
     assert streamed["parity"]["ok"] and streamed["quantization"]["graphs"] == whole["quantization"]["graphs"]
-    assert set(streamed["quantization"]["graphs"]["decoder"]["weights"].values()) == {"int4-gptq/b32", "int4/b32"}
+    assert set(streamed["quantization"]["graphs"]["decoder"]["weights"].values()) == {"int4-gptq/b32"}
 
     init = ir.load(out[True] / "decoder.onnx").graph.initializers
     float_model = sources.load_model(sources.resolve(name))
@@ -236,6 +236,10 @@ def test_streamed_gptq_build_writes_the_whole_builds_graphs(name, tmp_path):
                      32, w.shape[1], w.shape[0])
         differ += int((unpack_ints(got) != unpack_ints(pack_rtn(w.T.copy(), 4, 32))).sum())
     assert differ > 0  # GPTQ moved some codes off round-to-nearest
+    table = float_model.model.language_model.embed_tokens.weight.detach().numpy()  # [V, H]: N = V rows
+    got = Packed(init["embed_tokens.q4"].const_value.numpy(), init["embed_tokens.scales"].const_value.numpy(), None,
+                 4, 32, table.shape[1], table.shape[0])
+    assert (unpack_ints(got) != unpack_ints(pack_rtn(table.T.copy(), 4, 32))).any()  # the tied table too
     assert not (tmp_path / "True" / ".torch").exists()
 
 

@@ -36,7 +36,7 @@ def quantize_model(name: str, model: ir.Model, path: Path, recipe: Recipe,
     report = GraphReport()
     rewrite_linears(model.graph, GRAPH_COMPONENTS[name], recipe, report, gptq if name == "decoder" else None)
     if name == "decoder":
-        rewrite_embedding(model.graph, recipe, report)
+        rewrite_embedding(model.graph, recipe, report, gptq)
     problems = check_fast_path(model.graph)
     if problems:
         raise SlowPathError("refusing to write a slow-path MatMulNBits: " + "; ".join(problems[:3]))

@@ -30,15 +30,15 @@ from torch import nn
 from pgexport_runtime.errors import UserError
 
 from pgexport.nbits import Packed, dequantize, pack_rtn
-from pgexport.quant.recipes import Override, Precision, Recipe
+from pgexport.quant.recipes import TABLE, Override, Precision, Recipe
 
 EIGHT = Precision(kind="int8-wo", block_size=32)
-TABLE, VISION = "embedding/lm_head table", "vision_encoder"
+TABLE_UNIT, VISION = "embedding/lm_head table", "vision_encoder"
 
 
 @dataclass(frozen=True)
 class Unit:
-    name: str  # a decoder module (as recipe overrides match it), TABLE, "embedding", "lm_head" or VISION
+    name: str  # a decoder module (as recipe overrides match it), TABLE_UNIT, "embedding", "lm_head" or VISION
     params: tuple[nn.Parameter, ...]
     four: Precision  # its precision in the base recipe
     extra_bytes: int  # what its 8-bit form adds over the 4-bit one
@@ -77,7 +77,7 @@ def units(model, dec, recipe: Recipe) -> list[Unit]:
                 name = f"layers.{i}.{sub}"
                 add(name, [mod.weight], recipe.precision_for("decoder_linear", name))
     if dec.lm_head is None:  # tied: one table, which the recipe's embedding and lm_head fields set together
-        add(TABLE, [dec.embed.weight], recipe.embedding)
+        add(TABLE_UNIT, [dec.embed.weight], recipe.embedding)
     else:
         add("embedding", [dec.embed.weight], recipe.embedding)
         add("lm_head", [dec.lm_head.weight], recipe.lm_head)
@@ -94,8 +94,9 @@ class Forms:
 
     def _form(self, unit: Unit, p: nn.Parameter, bits: int) -> torch.Tensor:
         w = self.originals[id(p)]
-        if bits == 4 and unit.four.kind == "int4-gptq" and unit.name in self.gptq:
-            wq = dequantize(self.gptq[unit.name]).T
+        key = TABLE if unit.name == TABLE_UNIT else unit.name
+        if bits == 4 and unit.four.kind == "int4-gptq" and key in self.gptq:
+            wq = dequantize(self.gptq[key]).T
         else:
             prec = unit.four if bits == 4 else EIGHT
             # a [N, K] weight is MatMulNBits' [K, N] transposed; the table's rows are blocked along H the same way
@@ -218,9 +219,9 @@ def _recipe(base: Recipe, promoted: list[str], samples: int) -> Recipe:
     changes = {}
     if VISION in promoted:
         changes["vision_encoder"] = EIGHT
-    if TABLE in promoted or "embedding" in promoted:
+    if TABLE_UNIT in promoted or "embedding" in promoted:
         changes["embedding"] = EIGHT
-    if TABLE in promoted or "lm_head" in promoted:
+    if TABLE_UNIT in promoted or "lm_head" in promoted:
         changes["lm_head"] = EIGHT
     overrides = tuple(Override(name, EIGHT) for name in promoted if name.startswith("layers."))
     description = (f"chosen by --quant auto for {base.target_agreement:.0%} sequence agreement on {samples} "

@@ -11,7 +11,8 @@ Precisions (what each means in the graph):
   int8        dynamic int8, per output channel (onnxruntime MatMulInteger path)
   int8-wo     8-bit weight-only blocks (MatMulNBits bits=8; GatherBlockQuantized for the embedding)
   int4        4-bit weight-only blocks, round to nearest (MatMulNBits bits=4)
-  int4-gptq   4-bit blocks chosen by GPTQ on image+prompt calibration data (decoder linears only)
+  int4-gptq   4-bit blocks chosen by GPTQ on image+prompt calibration data (decoder linears, and the token table
+              tied to the lm_head: calibrated as the lm_head)
 
 A recipe with `awq` first folds activation-aware scales (quant/awq.py), searched on the same calibration data,
 into the decoder's float32 weights; its 4-bit decoder linears are then rounded by RTN or GPTQ as their kind says.
@@ -35,7 +36,8 @@ from pgexport_runtime.errors import UserError
 
 KINDS = ("fp32", "fp16", "int8", "int8-wo", "int4", "int4-gptq")
 COMPONENTS = ("vision_encoder", "projector", "decoder_linear", "embedding", "lm_head")
-EMBEDDING_KINDS = ("fp32", "fp16", "int8-wo", "int4")  # a Gather table has no dynamic-int8 or GPTQ form
+EMBEDDING_KINDS = ("fp32", "fp16", "int8-wo", "int4", "int4-gptq")  # a Gather table has no dynamic-int8 form
+TABLE = "embed_tokens"  # the token table's name in the decoder graph, and its key among GPTQ's packed weights
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,13 @@ class Recipe:
         if self.embedding.kind not in EMBEDDING_KINDS:
             raise UserError(f"recipe {self.name}: embedding cannot be {self.embedding.kind} "
                             f"(one of {', '.join(EMBEDDING_KINDS)})")
-        for c in ("vision_encoder", "projector", "lm_head"):
+        for c in ("vision_encoder", "projector"):
             if getattr(self, c).kind == "int4-gptq":
-                raise UserError(f"recipe {self.name}: int4-gptq is implemented for decoder linears only, not {c}")
+                raise UserError(f"recipe {self.name}: int4-gptq is implemented for the decoder's linears and its "
+                                f"tied token table, not {c}")
+        if not tied_lm_head and "int4-gptq" in (self.embedding.kind, self.lm_head.kind):
+            raise UserError(f"recipe {self.name}: an int4-gptq token table is calibrated as the lm_head it is "
+                            "tied to; this model's lm_head is untied (give embedding and lm_head int4)")
         if tied_lm_head and self.lm_head != self.embedding:
             raise UserError(f"recipe {self.name}: the lm_head is tied to the embedding (one table); "
                             f"give both the same precision (embedding {self.embedding.label()}, "
@@ -150,10 +156,11 @@ AUTO_TARGET = 0.9  # `auto`'s default: sequence agreement with float32 on the ca
 
 
 def _int4(name: str, kind: str, block: int, description: str, awq: bool = False) -> Recipe:
-    # SigLIP is more sensitive than the decoder and small next to it: dynamic int8 there, fp32 projector.
+    # SigLIP is more sensitive than the decoder and small next to it: dynamic int8 there, fp32 projector. The
+    # table is rounded as the linears are: GPTQ recipes GPTQ it too (as the lm_head it is tied to).
     q = dict(block_size=block, accuracy_level=INT4_ACCURACY_LEVEL)
     return Recipe(name, description, vision_encoder=_p("int8"), projector=_p("fp32"),
-                  decoder_linear=_p(kind, **q), embedding=_p("int4", **q), lm_head=_p("int4", **q), awq=awq)
+                  decoder_linear=_p(kind, **q), embedding=_p(kind, **q), lm_head=_p(kind, **q), awq=awq)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -185,10 +192,10 @@ RECIPES: dict[str, Recipe] = {
         _int4("int4-rtn-b64", "int4", 64, "int4 round-to-nearest, block 64."),
         _int4("int4-rtn-b128", "int4", 128, "int4 round-to-nearest, block 128."),
         _int4("int4-gptq", "int4-gptq", 32, "int4 GPTQ (block 32, act-order with static groups) for decoder "
-              "linears, calibrated on image+prompt pairs; int4 RTN embedding/lm_head; int8 vision."),
+              "linears and the tied embedding/lm_head table, calibrated on image+prompt pairs; int8 vision."),
         _int4("int4-awq", "int4", 32, "int4 RTN blocks of 32 after AWQ scales (searched on image+prompt pairs, "
               "folded into the norms and up projections) for decoder linears; int4 RTN table; int8 vision.", awq=True),
-        _int4("int4-awq-gptq", "int4-gptq", 32, "AWQ scales, then GPTQ (block 32) for decoder linears; int4 RTN "
+        _int4("int4-awq-gptq", "int4-gptq", 32, "AWQ scales, then GPTQ (block 32) for decoder linears; GPTQ "
               "table; int8 vision.", awq=True),
         replace(_int4("auto", "int4-gptq", 32, "", awq=True), vision_encoder=_p("int4", **_INT4_Q),
                 description="int4-awq-gptq with a 4-bit vision encoder to start from, then 8 bits for the units "

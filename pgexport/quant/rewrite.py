@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ast
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +28,7 @@ import onnx_ir as ir
 from pgexport.export.bind import ROWS_KEY
 from pgexport.nbits import Layout, Packed, pack_rtn, pack_rtn_rows
 from pgexport.quant.int8 import PerChannel, per_channel_uint8
-from pgexport.quant.recipes import Precision, Recipe
+from pgexport.quant.recipes import TABLE, Precision, Recipe
 from pgexport.quant.packed_store import StoredPacked
 
 MS_DOMAIN = "com.microsoft"
@@ -313,11 +313,20 @@ def _largest_dividing_block(hidden: int, block: int) -> int:
     return block
 
 
-def rewrite_embedding(graph: ir.Graph, recipe: Recipe, report: GraphReport) -> None:
-    """Token embedding (+ tied lm_head sharing the same table)."""
+def rewrite_embedding(graph: ir.Graph, recipe: Recipe, report: GraphReport,
+                      gptq: Mapping[str, Packed | StoredPacked] | None = None) -> None:
+    """Token embedding (+ tied lm_head sharing the same table). An `int4-gptq` table takes GPTQ's codes
+    (gptq.quantize_table); a GPTQ checkpoint's import has none, and its table is rounded to nearest."""
     prec = recipe.embedding
     table, gather, transpose, head = _tied_pair(graph)
     tied = head is not None
+    packed = None
+    if prec.kind == "int4-gptq":
+        packed = (gptq or {}).get(TABLE)
+        if packed is None:
+            report.notes.append("embedding: no GPTQ table (a GPTQ checkpoint's own integers cover the linears "
+                                "only); rounded to nearest")
+            prec = replace(prec, kind="int4")
     report.weights["embed_tokens" + (" (+ tied lm_head)" if tied else "")] = prec.label()
     if prec.kind == "fp32":
         return
@@ -330,14 +339,20 @@ def rewrite_embedding(graph: ir.Graph, recipe: Recipe, report: GraphReport) -> N
             transpose.replace_input_with(0, e32)
         _drop_unused_initializers(graph)
         return
-    block = _largest_dividing_block(hidden, prec.block_size)
-    if block != prec.block_size:
-        report.notes.append(f"embedding: hidden size {hidden} is not a multiple of {prec.block_size}; "
-                            f"used block {block}")
-    # MatMulNBits wants W as [K, N] = [hidden, vocab]; the table is [vocab, hidden], so N = vocab rows.
-    layout = Layout(prec.bits, block, hidden, vocab, prec.symmetric)
-    shared = _packed_values(graph, "embed_tokens", _Deferred(table, layout.shapes(), lambda t: pack_rtn_rows(
-        _rows(t), vocab, hidden, bits=prec.bits, block_size=block, symmetric=prec.symmetric)), layout)
+    if packed is not None:  # GPTQ's codes, in MatMulNBits' layout already (N = vocab rows)
+        layout, block = packed.layout, packed.layout.block_size
+        values = packed if isinstance(packed, Packed) else _Deferred(
+            table, layout.shapes(), lambda _t, stored=packed: stored.load())
+    else:
+        block = _largest_dividing_block(hidden, prec.block_size)
+        if block != prec.block_size:
+            report.notes.append(f"embedding: hidden size {hidden} is not a multiple of {prec.block_size}; "
+                                f"used block {block}")
+        # MatMulNBits wants W as [K, N] = [hidden, vocab]; the table is [vocab, hidden], so N = vocab rows.
+        layout = Layout(prec.bits, block, hidden, vocab, prec.symmetric)
+        values = _Deferred(table, layout.shapes(), lambda t: pack_rtn_rows(
+            _rows(t), vocab, hidden, bits=prec.bits, block_size=block, symmetric=prec.symmetric))
+    shared = _packed_values(graph, "embed_tokens", values, layout)
     data, scales = shared[:2]  # data [V, k_blocks, blob], scales [V, k_blocks]
     inputs3 = [ir.node("Reshape", [scales, _add_initializer(graph, "embed_tokens.scales_shape",
                                                              np.array([vocab, layout.k_blocks, 1], np.int64))],

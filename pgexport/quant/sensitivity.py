@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pgexport.nbits import dequantize, pack_rtn
-from pgexport.quant.gptq import gptq_quantize
+from pgexport.quant.gptq import DAMP, TABLE_DAMP, gptq_quantize
 from pgexport.quant.recipes import Recipe
 
 
@@ -34,7 +34,8 @@ class LayerError:
     relative_error: float
 
 
-def _quantize(w: torch.Tensor, x: torch.Tensor, kind: str, block: int, symmetric: bool) -> torch.Tensor | None:
+def _quantize(w: torch.Tensor, x: torch.Tensor, kind: str, block: int, symmetric: bool,
+              damp: float = DAMP) -> torch.Tensor | None:
     """W [N, K] quantized as the recipe would; None for float kinds."""
     if kind in ("fp32", "fp16"):
         return w.to(torch.float16).to(torch.float32) if kind == "fp16" else None
@@ -45,7 +46,7 @@ def _quantize(w: torch.Tensor, x: torch.Tensor, kind: str, block: int, symmetric
         zero = torch.round(-lo / scale).clamp(0, 255)
         return (torch.round(w / scale + zero).clamp(0, 255) - zero) * scale
     if kind == "int4-gptq":
-        return gptq_quantize(w, 2 * x.T @ x / x.shape[0], block)[2]
+        return gptq_quantize(w, 2 * x.T @ x / x.shape[0], block, damp=damp)[2]
     bits = {"int8-wo": 8, "int4": 4}[kind]
     return torch.from_numpy(dequantize(pack_rtn(w.numpy().T, bits, block, symmetric)).T.copy())
 
@@ -94,7 +95,7 @@ def layer_errors(model, source_dir, g, recipe: Recipe, samples, progress=None) -
         prec = recipe.precision_for(component, name)
         x = torch.cat(inputs[name]).to(torch.float32)
         w = (head if mod is None else mod.weight).detach().to(torch.float32)
-        wq = _quantize(w, x, prec.kind, prec.block_size, prec.symmetric)
+        wq = _quantize(w, x, prec.kind, prec.block_size, prec.symmetric, DAMP if mod is not None else TABLE_DAMP)
         if wq is None:
             err = 0.0
         else:
