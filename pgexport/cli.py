@@ -70,7 +70,7 @@ def _interrupt(signum, frame):
 @click.option("--gate-samples", type=click.IntRange(0, 10_000), default=DEFAULTS.gate_samples, show_default=True,
               help="Held-out samples for the accuracy gate of quantized builds (0 = skip the gate).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
-              help="JSONL of {\"image\": path, \"prompt\": text} for GPTQ (default: generated samples).")
+              help="JSONL of {\"image\": path, \"prompt\": text} for GPTQ, AWQ and auto (default: generated samples).")
 @click.option("--max-memory", type=click.FloatRange(min=0.01), default=None, metavar="GB",
               help="Refuse, before anything starts, a build whose estimated peak memory is larger "
                    "(default: this machine's memory; see --dry-run for the estimate).")

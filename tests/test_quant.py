@@ -518,3 +518,14 @@ def test_gptq_table_in_slices_is_the_table_whole(monkeypatch):
     monkeypatch.setattr(gptq, "TABLE_ROWS", 64)  # 300 rows: four full slices and a short one
     sliced = gptq.quantize_table(dec, states, 32)
     assert np.array_equal(whole.data, sliced.data) and np.array_equal(whole.scales, sliced.scales)
+
+
+def test_a_gptq_table_needs_a_tied_lm_head():
+    """GPTQ calibrates the table as the lm_head tied to it; an untied model's table and lm_head are rounded to
+    nearest, its linears still GPTQ'd."""
+    from pgexport.quant.recipes import RECIPES
+
+    tied, untied = RECIPES["int4-gptq"].verify(True), RECIPES["int4-gptq"].verify(False)
+    assert tied.embedding.kind == tied.lm_head.kind == "int4-gptq"
+    assert untied.embedding.kind == untied.lm_head.kind == "int4" and untied.decoder_linear.kind == "int4-gptq"
+    assert untied.embedding.block_size == tied.embedding.block_size

@@ -125,7 +125,7 @@ class Plan:
         if auto and opts.min_agreement is not None:  # the target the units are chosen for, and the gate's bar
             recipe = replace(recipe, target_agreement=opts.min_agreement)
         if opts.calibration is not None and not recipe.needs_calibration:
-            raise UserError(f"--calibration is only used by recipes that calibrate (GPTQ or AWQ); "
+            raise UserError(f"--calibration is only used by recipes that calibrate (GPTQ, AWQ or auto); "
                             f"{recipe.name} does not")
         if opts.calibration is not None and not Path(opts.calibration).is_file():
             raise UserError(f"calibration file not found: {opts.calibration}")

@@ -107,7 +107,8 @@ class Recipe:
         return all(getattr(self, c).kind == "fp32" for c in COMPONENTS) and not self.overrides
 
     def verify(self, tied_lm_head: bool) -> "Recipe":
-        """Check the recipe against what the graphs can express; return it for chaining."""
+        """Check the recipe against what the graphs can express; return it for chaining (with an int4-gptq
+        table made int4 when the model's lm_head is not tied to it: GPTQ calibrates the table as that lm_head)."""
         for c in COMPONENTS:
             getattr(self, c).check(f"recipe {self.name}: {c}")
         for o in self.overrides:
@@ -120,8 +121,10 @@ class Recipe:
                 raise UserError(f"recipe {self.name}: int4-gptq is implemented for the decoder's linears and its "
                                 f"tied token table, not {c}")
         if not tied_lm_head and "int4-gptq" in (self.embedding.kind, self.lm_head.kind):
-            raise UserError(f"recipe {self.name}: an int4-gptq token table is calibrated as the lm_head it is "
-                            "tied to; this model's lm_head is untied (give embedding and lm_head int4)")
+            # GPTQ calibrates the table as the lm_head tied to it; untied, both are rounded to nearest
+            return replace(self, embedding=replace(self.embedding, kind="int4") if self.embedding.kind == "int4-gptq"
+                           else self.embedding, lm_head=replace(self.lm_head, kind="int4")
+                           if self.lm_head.kind == "int4-gptq" else self.lm_head).verify(tied_lm_head)
         if tied_lm_head and self.lm_head != self.embedding:
             raise UserError(f"recipe {self.name}: the lm_head is tied to the embedding (one table); "
                             f"give both the same precision (embedding {self.embedding.label()}, "
