@@ -200,15 +200,17 @@ def package(bundle: Path, out: Path, fmt: str, activations: str, force: bool, no
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Port on localhost (0: any free port).")
+              help="Port to listen on (0: any free port).")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (the default serves this machine only).")
+              help="Address or name to listen on (the default serves this machine only; beyond loopback, \"\" "
+                   "and 0.0.0.0 included, a warning says that other machines can load the page and the bundle).")
 def serve(bundle: Path, port: int, host: str):
     """Serve the JavaScript runtime's page for BUNDLE: pick an image, type a prompt, watch the answer
     stream, with boxes, masks and per-stage timings (runs in the browser: onnxruntime-web, WASM or WebGPU).
 
     Needs `npm ci` in runtimes/web (a source checkout). Only the page, the runtime, the onnxruntime-web files
-    it loads and the files the manifest lists are served.
+    it loads and the files the manifest lists are served: to requests that name this server in their Host
+    header, and each bundle file only while it matches its sha256 in the manifest.
     """
     from pgexport.serve import serve as serve_bundle
 
