@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import shutil
 import sys
@@ -93,6 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(body=False)
 
     def _send(self, body: bool) -> None:
+        self.csp = STRICT_CSP
         hosts = self.headers.get_all("Host") or []
         if len(hosts) != 1:
             self.send_error(HTTPStatus.BAD_REQUEST, "a request needs one Host header")
@@ -112,7 +114,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.csp = self.page_csp
         with open(path, "rb") as f:
-            self._reply(f, path.stat().st_size, TYPES.get(path.suffix, "application/octet-stream"), body)
+            self._reply(f, os.fstat(f.fileno()).st_size, TYPES.get(path.suffix, "application/octet-stream"), body)
 
     def _send_bundle_file(self, name: str, body: bool) -> None:
         if name not in self.files.digests:
