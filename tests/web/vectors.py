@@ -6,7 +6,7 @@
 - pixels/<name>.f32: the Python runtime's pixel_values for each (raw little-endian float32, [1, 3, H, W]);
 - items/<id>.png: held-out demo items (the demo's held-out set, split eval: all five tasks, interleaved);
 - vectors.json: the bundles, images, prompts with their token ids, and per item and bundle the answer of
-  `pgexport run --json` (Answer.to_json()) from the Python runtime.
+  `pgexport run --json` (Answer.to_json()) from the Python runtime; Python's repr() of awkward strings.
 Nothing here imports torch.
 """
 
@@ -58,6 +58,13 @@ def _save(img: Image.Image, path: Path) -> None:
         img.save(path)
 
 
+# strings a terminal would act on, and some it would not: Python's repr() of each is what messages quote
+REPR_STRINGS = ["plain", "it's", 'say "hi"', "both ' and \"", "back\\slash", "tab\tnew\nline\rreturn",
+                "\x1b[31mred\x1b[0m", "\x1b]0;title\x07", "\x9b2J c1", "del\x7f", "nul\x00", "\u202eevil\u202c",
+                "\u2066isolate\u2069", "line\u2028sep", "nbsp\xa0", "zero\u200dwidth joiner", "soft\xadhyphen",
+                "café ☕ 日本\u3000語", "emoji 🦓", "private \ue000", "astral \U0001d11e", "lone \ud800 surrogate"]
+
+
 def write_vectors(out: Path, bundles: dict[str, Path], n_items: int = 30) -> Path:
     from pgexport.verify import image_prompts
     from pgexport_runtime import PaliGemma, SessionConfig
@@ -86,7 +93,8 @@ def write_vectors(out: Path, bundles: dict[str, Path], n_items: int = 30) -> Pat
         for name, pg in pgs.items():
             row[name] = pg.answer(path, item.prompt, max_new_tokens=item.max_new_tokens).to_json()
         items.append(row)
-    vectors = {"bundles": {k: str(v) for k, v in bundles.items()}, "images": images, "prompts": prompts, "items": items}
+    vectors = {"bundles": {k: str(v) for k, v in bundles.items()}, "images": images, "prompts": prompts, "items": items,
+               "reprs": [{"text": t, "repr": repr(t)} for t in REPR_STRINGS]}
     tmp = out / "vectors.json.tmp"
     tmp.write_text(json.dumps(vectors, indent=1))
     tmp.replace(out / "vectors.json")  # whole or absent: the Node tests never read half a file

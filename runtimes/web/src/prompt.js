@@ -3,6 +3,7 @@
 
 import { Tokenizer } from '@huggingface/tokenizers';
 import { BundleError, UserError, oneLine } from './errors.js';
+import { repr } from './escape.js';
 import * as limits from './limits.js';
 
 export class PromptTokenizer {
@@ -15,7 +16,7 @@ export class PromptTokenizer {
       throw new BundleError(`${where}: not a tokenizer tokenizers.js can read (${oneLine(e, 200)})`);
     }
     if (this.tok.token_to_id(imageToken) !== geometry.image_token_id) {
-      throw new BundleError(`${where}: '${imageToken}' is not token ${geometry.image_token_id} as the geometry says; ` +
+      throw new BundleError(`${where}: ${repr(imageToken)} is not token ${geometry.image_token_id} as the geometry says; ` +
         'the tokenizer does not belong to this model');
     }
     this.g = geometry;
