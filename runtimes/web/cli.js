@@ -10,6 +10,7 @@
 
 import { parseArgs } from 'node:util';
 import { UserError, answerToJson, decodeImage, loadBundle, sampling } from './src/node.js';
+import { commandLine } from './src/argv_node.js';
 import { repr, visible } from './src/escape.js';
 import { checkRequest } from './src/limits.js';
 
@@ -94,7 +95,7 @@ function printAnswer(answer, json) {
   }
 }
 
-main(process.argv.slice(2)).then((code) => {
+main(commandLine()).then((code) => {
   process.exitCode = code;
 }, (e) => {
   // a UserError (bad input, bad bundle) is the user's: one line. Anything else is a bug: say so, still one line.

@@ -6,7 +6,8 @@
 - pixels/<name>.f32: the Python runtime's pixel_values for each (raw little-endian float32, [1, 3, H, W]);
 - items/<id>.png: held-out demo items (the demo's held-out set, split eval: all five tasks, interleaved);
 - vectors.json: the bundles, images, prompts with their token ids, and per item and bundle the answer of
-  `pgexport run --json` (Answer.to_json()) from the Python runtime; Python's repr() of awkward strings.
+  `pgexport run --json` (Answer.to_json()) from the Python runtime; Python's repr() of awkward strings, and
+  command-line bytes that are not UTF-8 as Python decodes them.
 Nothing here imports torch.
 """
 
@@ -64,6 +65,10 @@ REPR_STRINGS = ["plain", "it's", 'say "hi"', "both ' and \"", "back\\slash", "ta
                 "\u2066isolate\u2069", "line\u2028sep", "nbsp\xa0", "zero\u200dwidth joiner", "soft\xadhyphen",
                 "café ☕ 日本\u3000語", "emoji 🦓", "private \ue000", "astral \U0001d11e", "lone \ud800 surrogate"]
 
+# command-line bytes (hex) that are not all UTF-8: Python's surrogateescape decoding of each
+ARGV_BYTES = ["6f6372", "63617074696f6e20fffe", "636166c3", "c0af", "eda080", "f4908080", "e282", "e282ac", "f09fa693",
+              "80", "c3a9c3"]
+
 
 def write_vectors(out: Path, bundles: dict[str, Path], n_items: int = 30) -> Path:
     from pgexport.verify import image_prompts
@@ -94,7 +99,8 @@ def write_vectors(out: Path, bundles: dict[str, Path], n_items: int = 30) -> Pat
             row[name] = pg.answer(path, item.prompt, max_new_tokens=item.max_new_tokens).to_json()
         items.append(row)
     vectors = {"bundles": {k: str(v) for k, v in bundles.items()}, "images": images, "prompts": prompts, "items": items,
-               "reprs": [{"text": t, "repr": repr(t)} for t in REPR_STRINGS]}
+               "reprs": [{"text": t, "repr": repr(t)} for t in REPR_STRINGS],
+               "argv": [{"hex": h, "text": bytes.fromhex(h).decode("utf-8", "surrogateescape")} for h in ARGV_BYTES]}
     tmp = out / "vectors.json.tmp"
     tmp.write_text(json.dumps(vectors, indent=1))
     tmp.replace(out / "vectors.json")  # whole or absent: the Node tests never read half a file

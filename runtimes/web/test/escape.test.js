@@ -1,8 +1,10 @@
 // Showing text from outside the runtime: repr() is Python's, character for character (the Python runtime's messages
-// quote with it); visible() escapes what a terminal acts on and nothing else.
+// quote with it); visible() escapes what a terminal acts on and nothing else. Command-line bytes that are not UTF-8
+// are read as Python reads them.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { surrogateEscape } from '../src/argv_node.js';
 import { UserError } from '../src/errors.js';
 import { repr, visible } from '../src/escape.js';
 import { vectors } from './vectors.js';
@@ -26,4 +28,8 @@ test('visible() escapes controls, DEL, C1, lone surrogates, separators and bidi 
 test('a UserError is one line whatever it quotes', () => {
   const e = new UserError('image not found: no\nsuch\x1b[2J.png');
   assert.equal(e.message, 'image not found: no\\nsuch\\x1b[2J.png');
+});
+
+test("command-line bytes that are not UTF-8 decode as Python's surrogateescape", () => {
+  for (const { hex, text } of vectors().argv) assert.equal(surrogateEscape(Buffer.from(hex, 'hex')), text, hex);
 });
