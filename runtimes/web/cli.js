@@ -4,7 +4,7 @@
 //     [--backend node|wasm]
 // Several --prompt: one image, the prompts answered in order, the image encoded once (the image cache); with --json
 // one object per line and prompt, else a `[prompt]` line before each answer (pgexport_runtime/cli.py run_and_print).
-// Every bound is checked before the bundle loads; a mistake is one line on stderr and exit status 2.
+// Every bound is checked before the bundle's graphs load; a mistake is one line on stderr and exit status 2.
 // What is shown for people (answers, labels, the [prompt] lines, warnings, errors) has the characters a terminal would
 // act on escaped (src/escape.js); --json is the exact text.
 
@@ -70,8 +70,8 @@ async function main(argv) {
   checkRequest(a.prompts, a.maxNewTokens, a.stop);
   if (a.threads < 0 || a.threads > 256) throw new UserError(`--threads ${a.threads} is out of range (0..256)`);
   const image = await decodeImage(a.image);
-  const pg = await loadBundle(a.bundle, { backend: a.backend, threads: a.threads });
   const options = { maxNewTokens: a.maxNewTokens, sampling: a.sampling, stopStrings: a.stop };
+  const pg = await loadBundle(a.bundle, { backend: a.backend, threads: a.threads, request: { prompts: a.prompts, ...options } });
   for (const prompt of a.prompts) {
     if (a.prompts.length > 1 && !a.json) console.log(`[${visible(prompt)}]`);
     printAnswer(await pg.answer(image, prompt, options), a.json);

@@ -2,7 +2,7 @@
 // stderr, exit status 2, no stack trace.
 
 import assert from 'node:assert/strict';
-import { writeFileSync, readFileSync } from 'node:fs';
+import { existsSync, writeFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { vectors } from './vectors.js';
@@ -142,4 +142,17 @@ test('file names and option values with newlines or escape sequences are one esc
     const line = refusal(run(...args));
     assert.ok(line.startsWith(start), `${JSON.stringify(line)} does not start with ${JSON.stringify(start)}`);
   }
+});
+
+test("a long command line is answered: onnxruntime-node's telemetry, which reads it, is off", () => {
+  // with it on, a command line over ~29 KB (here 200 prompts of 208 characters, 42 KB) overflows the stack in
+  // InferenceSession.create: SIGSEGV, nothing on stderr
+  const v = vectors();
+  const prompt = `caption en ${'x '.repeat(99)}`.slice(0, 208);
+  const r = run(v.bundles.fp32, '--image', v.path(v.images[0].file), ...Array(200).fill(['--prompt', prompt]).flat(),
+    '--max-new-tokens', '1', '--json');
+  assert.equal(r.signal, null, r.stderr);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trimEnd().split('\n').length, 200);
+  assert.equal(existsSync(`/tmp/mat-debug-${r.pid}.log`), false, "onnxruntime's telemetry wrote its log");
 });
