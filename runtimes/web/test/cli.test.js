@@ -6,7 +6,7 @@ import { existsSync, writeFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { vectors } from './vectors.js';
-import { CLI, refusal, removeWorkspaces, runCli, workspace } from './workspace.js';
+import { CLI, refusal, removeWorkspaces, runCli, setUp, workspace } from './workspace.js';
 
 const run = (...args) => runCli(args);
 after(removeWorkspaces);
@@ -155,4 +155,15 @@ test("a long command line is answered: onnxruntime-node's telemetry, which reads
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout.trimEnd().split('\n').length, 200);
   assert.equal(existsSync(`/tmp/mat-debug-${r.pid}.log`), false, "onnxruntime's telemetry wrote its log");
+});
+
+test('a WordLevel tokenizer answers a prompt with words outside its vocabulary', () => {
+  const v = vectors();
+  const ws = workspace(v.bundles.fp32, v.path(v.images[0].file));
+  setUp(ws, [{ tokenizer: 'wordlevel', unk_token: '<unk>' }]);
+  const r = run(ws.bundle, '--image', ws.image, '--prompt', 'caption zebrafish en', '--max-new-tokens', '3', '--json');
+  assert.equal(r.status, 0, r.stderr);
+  const answer = JSON.parse(r.stdout);
+  assert.equal(answer.prompt, 'caption zebrafish en');
+  assert.ok(answer.tokens.length >= 1 && answer.tokens.length <= 3, r.stdout);
 });
