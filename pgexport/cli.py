@@ -15,6 +15,7 @@ from pgexport.quant.recipes import RECIPES
 from pgexport_runtime import describe, limits
 from pgexport_runtime.errors import UserError
 from pgexport_runtime.manifest import KV_LAYOUTS
+from pgexport_runtime.terminal import printable
 
 DEFAULTS = BuildOptions()  # the build's defaults, declared once in BuildOptions
 
@@ -138,11 +139,12 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
     parity = manifest.get("parity")
     quant_info = manifest.get("quantization")
     verdict = "parity not checked" if parity is None else f"parity ok{describe.parity_label(quant_info)}: {describe.parity_line(parity)}"
-    click.echo(f"wrote {path} ({_size(path)}); {verdict}")
-    if quant_info:
-        click.echo(f"recipe {quant_info['recipe']['name']}: {describe.recipe_line(quant_info['summary'])}")
+    click.echo(printable(f"wrote {path} ({_size(path)}); {verdict}"))
+    if quant_info:  # a recipe file's name and overrides are the user's text
+        click.echo(printable(f"recipe {quant_info['recipe']['name']}: {describe.recipe_line(quant_info['summary'])}"))
         if quant_info.get("auto"):
-            click.echo(f"auto: {describe.auto_line(quant_info['auto'])}; the recipe is {path / 'recipe.json'}")
+            click.echo(printable(f"auto: {describe.auto_line(quant_info['auto'])}; "
+                                 f"the recipe is {path / 'recipe.json'}"))
         if quant_info.get("accuracy"):
             reference = "PyTorch fp32" + (" (base + adapter, peft)" if opts.adapter or
                                           (manifest.get("source") or {}).get("adapter") else "")
@@ -187,26 +189,28 @@ def package(bundle: Path, out: Path, fmt: str, activations: str, force: bool, no
 
     path = run_package(bundle, out, fmt, force=force, mobile_check=not no_mobile_check, activations=activations,
                        progress=lambda name: click.echo(f"  {name}", err=True), samples=samples)
-    click.echo(f"wrote {path} ({_size(path)})")
+    click.echo(printable(f"wrote {path} ({_size(path)})"))
     from pgexport_runtime.describe import package_lines
     from pgexport_runtime.manifest import load_manifest
 
     for line in package_lines(load_manifest(path).record.package):
-        click.echo(line)
+        click.echo(printable(line))
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Port on localhost (0: any free port).")
+              help="Port to listen on (0: any free port).")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (the default serves this machine only).")
+              help="Address or name to listen on (the default serves this machine only; beyond loopback, \"\" "
+                   "and 0.0.0.0 included, a warning says that other machines can load the page and the bundle).")
 def serve(bundle: Path, port: int, host: str):
     """Serve the JavaScript runtime's page for BUNDLE: pick an image, type a prompt, watch the answer
     stream, with boxes, masks and per-stage timings (runs in the browser: onnxruntime-web, WASM or WebGPU).
 
     Needs `npm ci` in runtimes/web (a source checkout). Only the page, the runtime, the onnxruntime-web files
-    it loads and the files the manifest lists are served.
+    it loads and the files the manifest lists are served: to requests that name this server in their Host
+    header, and each bundle file only while it matches its sha256 in the manifest.
     """
     from pgexport.serve import serve as serve_bundle
 
@@ -243,16 +247,19 @@ def demo(out, rebuild):
     finally:
         for bar in bars:
             bar.close()
-    click.echo(f"bundle: {bundle}")
-    for a in answers:
+    click.echo(printable(f"bundle: {bundle}"))
+    for a in answers:  # the models' answers are printed escaped, as `run` prints them
         q = a.question
-        click.echo(f"\n[{q.task or 'sample'}] {q.image}\n  prompt:       {q.prompt}")
+        click.echo()
+        click.echo(printable(f"[{q.task or 'sample'}] {q.image}"))
+        click.echo(printable(f"  prompt:       {q.prompt}"))
         if q.expected is not None:
-            click.echo(f"  ground truth: {q.expected}")
-        click.echo(f"  transformers: {a.reference}\n  bundle:       {a.answer}")
+            click.echo(printable(f"  ground truth: {q.expected}"))
+        click.echo(printable(f"  transformers: {a.reference}"))
+        click.echo(printable(f"  bundle:       {a.answer}"))
         click.echo(f"  tokens:       {'the same' if a.same_tokens else 'DIFFERENT'}")
         if a.overlay is not None:
-            click.echo(f"  overlay:      {a.overlay}")
+            click.echo(printable(f"  overlay:      {a.overlay}"))
     same = sum(a.same_tokens for a in answers)
     click.echo(f"\nbundle = transformers on {same}/{len(answers)}")
 
@@ -324,12 +331,13 @@ def bench(bundles, reference, reference_dtypes, eval_set, limit, mode, warmup, r
             bar.close()
     for note in report["notes"]:
         if note.startswith("warning: "):
-            click.echo(note, err=True)
+            click.echo(printable(note), err=True)
     if as_json:
         click.echo(json.dumps(report, indent=2))
-    else:
-        click.echo((out / "bench.md").read_text())
-        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    else:  # the report names bundles and sources from their manifests: escaped line by line
+        for line in (out / "bench.md").read_text().splitlines():
+            click.echo(printable(line))
+        click.echo(printable("wrote " + ", ".join(str(p) for p in paths.values())))
 
 
 def _lengths(text: str | None) -> tuple[int, ...] | None:
@@ -446,10 +454,10 @@ def main() -> None:
     except click.ClickException as exc:
         # an unknown option, a missing or unparsable value: one line like every other user error, not
         # click's usage block (which the command's --help still shows)
-        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        click.echo(f"error: {printable(' '.join(exc.format_message().split()))}", err=True)
         sys.exit(2)
     except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(exc)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted; nothing was written", err=True)

@@ -7,6 +7,8 @@ traceback, and no path on disk that was not there before it ran. tests/test_cata
 To add a case, append a Case to CASES (build-side cases too: set `bundle=False` when the args name no bundle).
 Args are format strings: {bundle}, {image} and {root} become the workspace's paths. `setup` makes the bad
 input in the workspace before the CLI runs; it may break the workspace's private bundle copy freely.
+A case that the JavaScript runtime's CLI must refuse alike, with the same words, goes in tests/runtime_cases.json
+instead: both runtimes' tests read that one list, and its cases join this catalogue at the end.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import runtime_cases
 from pgexport_runtime.manifest import sha256_file
 
 
@@ -303,7 +306,6 @@ CASES: list[Case] = [
     Case("seed-negative", (*CAPTION, "--sample", "--seed", "-5"), "seed must be an integer in 0..2**64-1"),
     Case("stop-empty", (*CAPTION, "--stop", ""), "stop string 1 is empty"),
     Case("prompt-blank", (*RUN, "--prompt", "   "), "empty prompt"),
-    Case("prompt-not-utf8", (*RUN, "--prompt", "caption \udcff\udcfe"), "the prompt is not valid UTF-8"),
     Case("option-unknown", (*CAPTION, "--temprature", "1"), "unrecognized arguments: --temprature"),
     Case("option-missing", RUN, "the following arguments are required: --prompt"),
     # --- images: bounded before decoding
@@ -317,7 +319,6 @@ CASES: list[Case] = [
     Case("image-limit-zero", (*CAPTION, "--max-image-pixels", "0"), "max_image_pixels must be a positive integer"),
     Case("image-truncated", ("run", "{bundle}", "--image", "cut.png", "--prompt", "ocr"), "cannot read image",
          truncated_png),
-    Case("image-is-a-directory", ("run", "{bundle}", "--image", "{root}", "--prompt", "ocr"), "is a directory"),
     # --- outputs: never over the input, never half-written
     Case("overlay-is-the-image", (*CAPTION, "--overlay", "{image}"), "is the input image"),
     Case("overlay-is-the-image-via-dotdot", (*CAPTION, "--overlay", "{root}/sub/../img.png"), "is the input image",
@@ -329,6 +330,31 @@ CASES: list[Case] = [
     Case("overlay-folder-missing", (*CAPTION, "--overlay", "nowhere/out.png"), "does not exist"),
     Case("overlay-unknown-format", (*CAPTION, "--overlay", "out.xyz"), "unknown image format"),
     Case("overlay-unwritable-folder", (*CAPTION, "--overlay", "/sys/pgexport-overlay.png"), "cannot write"),
+    # --- text a terminal would obey (escape sequences, newlines, bidi overrides) in a manifest or a path: shown
+    #     as visible escapes in the one line, which stays one line (pgexport_runtime/terminal.py)
+    Case("image-path-with-newline", ("run", "{bundle}", "--image", "no\nsuch.png", "--prompt", "ocr"),
+         "image not found: no\\nsuch.png"),
+    Case("image-path-clears-the-screen",
+         ("run", "{bundle}", "--image", "\x1b[2J\x1b]0;owned\x07.png", "--prompt", "ocr"),
+         "image not found: \\x1b[2J\\x1b]0;owned\\x07.png"),
+    Case("image-path-bidi-override", ("run", "{bundle}", "--image", "photo\u202egnp.exe", "--prompt", "ocr"),
+         "image not found: photo\\u202egnp.exe"),
+    Case("image-path-line-separator", ("run", "{bundle}", "--image", "a\u2028b.png", "--prompt", "ocr"),
+         "image not found: a\\u2028b.png"),
+    Case("image-path-c1-csi-and-del", ("run", "{bundle}", "--image", "a\x9b2Jb\x7f.png", "--prompt", "ocr"),
+         "image not found: a\\x9b2Jb\\x7f.png"),
+    Case("image-unreadable-name-with-carriage-return",
+         ("run", "{bundle}", "--image", "x\rerror: forged.png", "--prompt", "ocr"),
+         "cannot read image x\\rerror: forged.png", write_file("x\rerror: forged.png", "not an image")),
+    Case("overlay-folder-with-newline", (*CAPTION, "--overlay", "no\nwhere/out.png"),
+         "--overlay no\\nwhere/out.png: folder no\\nwhere does not exist"),
+    Case("bundle-path-with-newline", ("inspect", "no\nbundle"), "no\\nbundle: no such bundle directory",
+         bundle=False),
+    Case("option-with-escape-sequence", (*CAPTION, "--\x1b[2J"), "unrecognized arguments: --\\x1b[2J"),
+    Case("manifest-tools-key-forges-a-line", INSPECT, "tools.onnx\\nparity ok: greedy = transformers must be a version",
+         put("tools", None, {"onnx\nparity ok: greedy = transformers": {"v": 1}})),
+    Case("manifest-parity-check-sets-the-title", INSPECT, "parity.checks.\\x1b]0;owned\\x07 must be an object",
+         edit(lambda m: m["parity"]["checks"].update({"\x1b]0;owned\x07": "ok"}))),
     # --- not an error: an unknown task prefix is one warning line, and the model still answers.
     #     ('--stop <' ends the answer before any <loc> token of the random tiny model could add parse warnings)
     Case("unknown-task-prefix-warns", (*RUN, "--prompt", "hello there", "--max-new-tokens", "3", "--stop", "<"),
@@ -366,3 +392,8 @@ CASES: list[Case] = [
          bundle=False),
     Case("build-min-agreement-above-one", (*BUILD, "--min-agreement", "1.5"), "--min-agreement", bundle=False),
 ]
+
+# --- the cases the JavaScript runtime must refuse alike, with the same words (tests/runtime_cases.json, one list for
+#     both runtimes; runtimes/web/test/cases.test.js runs them through its CLI)
+CASES += [Case(c["name"], ("run", *runtime_cases.args(c["args"])), c["needle"], runtime_cases.setup(c["setup"]))
+          for c in runtime_cases.load()]

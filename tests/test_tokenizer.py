@@ -34,3 +34,24 @@ def test_prompt_ids_match_processor(tiny, images, prompt):
     expected = tiny.hf_inputs(images[:1], [prompt])["input_ids"][0].tolist()
     assert ids == expected
     assert ids.count(tiny.geometry.image_token_id) == tiny.geometry.num_image_tokens
+
+
+@pytest.mark.parametrize("name", ["wordlevel", "bpe", "bpe-unfused", "bpe-byte-fallback", "unigram",
+                                  "unigram-byte-fallback", "wordpiece"])
+def test_words_outside_the_vocabulary_match_transformers(name, tmp_path):
+    """Every tokenizer model type, words outside the vocabulary included: the runtime's ids are transformers'
+    (the JavaScript runtime is held to these same ids: tests/web/vectors.py, runtimes/web/test/tokens.test.js)."""
+    import tiny_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    path = tmp_path / "tokenizer.json"
+    tiny_tokenizers.build()[name].save(str(path))
+    runtime = PromptTokenizer(path, tiny_tokenizers.geometry())
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(path))
+    unknown = 0
+    for prompt in tiny_tokenizers.PROMPTS:
+        text = "<image>" * tiny_tokenizers.NUM_IMAGE_TOKENS + "<bos>" + prompt + "\n"
+        ids = runtime.prefix_ids(prompt)
+        assert ids == hf(text, add_special_tokens=False)["input_ids"], prompt
+        unknown += ids.count(tiny_tokenizers.SPECIAL.index("<unk>"))
+    assert unknown > 0 or "byte-fallback" in name  # the prompts reach the unknown-token path

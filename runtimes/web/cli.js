@@ -4,10 +4,14 @@
 //     [--backend node|wasm]
 // Several --prompt: one image, the prompts answered in order, the image encoded once (the image cache); with --json
 // one object per line and prompt, else a `[prompt]` line before each answer (pgexport_runtime/cli.py run_and_print).
-// Every bound is checked before the bundle loads; a mistake is one line on stderr and exit status 2.
+// Every bound is checked before the bundle's graphs load; a mistake is one line on stderr and exit status 2.
+// What is shown for people (answers, labels, the [prompt] lines, warnings, errors) has the characters a terminal would
+// act on escaped (src/escape.js); --json is the exact text.
 
 import { parseArgs } from 'node:util';
 import { UserError, answerToJson, decodeImage, loadBundle, sampling } from './src/node.js';
+import { commandLine } from './src/argv_node.js';
+import { repr, visible } from './src/escape.js';
 import { checkRequest } from './src/limits.js';
 
 const USAGE = 'usage: cli.js BUNDLE --image PATH --prompt TEXT [--prompt TEXT...] [--json] [--max-new-tokens N] ' +
@@ -15,14 +19,14 @@ const USAGE = 'usage: cli.js BUNDLE --image PATH --prompt TEXT [--prompt TEXT...
 
 function integer(value, name) {
   if (value === undefined) return null;
-  if (!/^-?\d+$/.test(value)) throw new UserError(`${name}: '${value}' is not an integer`);
+  if (!/^-?\d+$/.test(value)) throw new UserError(`${name}: ${repr(value)} is not an integer`);
   return Number(value);
 }
 
 function number(value, name, fallback) {
   if (value === undefined) return fallback;
   const v = Number(value);
-  if (value.trim() === '' || Number.isNaN(v)) throw new UserError(`${name}: '${value}' is not a number`);
+  if (value.trim() === '' || Number.isNaN(v)) throw new UserError(`${name}: ${repr(value)} is not a number`);
   return v;
 }
 
@@ -66,10 +70,10 @@ async function main(argv) {
   checkRequest(a.prompts, a.maxNewTokens, a.stop);
   if (a.threads < 0 || a.threads > 256) throw new UserError(`--threads ${a.threads} is out of range (0..256)`);
   const image = await decodeImage(a.image);
-  const pg = await loadBundle(a.bundle, { backend: a.backend, threads: a.threads });
   const options = { maxNewTokens: a.maxNewTokens, sampling: a.sampling, stopStrings: a.stop };
+  const pg = await loadBundle(a.bundle, { backend: a.backend, threads: a.threads, request: { prompts: a.prompts, ...options } });
   for (const prompt of a.prompts) {
-    if (a.prompts.length > 1 && !a.json) console.log(`[${prompt}]`);
+    if (a.prompts.length > 1 && !a.json) console.log(`[${visible(prompt)}]`);
     printAnswer(await pg.answer(image, prompt, options), a.json);
   }
   await pg.release();
@@ -82,19 +86,19 @@ function printAnswer(answer, json) {
     console.log(JSON.stringify(answerToJson(answer)));
     return;
   }
-  for (const w of answer.warnings) console.error(`warning: ${w}`);
-  console.log(answer.text);
+  for (const w of answer.warnings) console.error(`warning: ${visible(w)}`);
+  console.log(visible(answer.text));
   for (const o of [...answer.detections, ...answer.segments]) {
     const [x0, y0, x1, y1] = o.box.map((v) => v.toFixed(0));
     const area = o.mask ? `, mask ${o.mask.reduce((n, m) => n + m, 0)} px` : '';
-    console.log(`  ${o.label}: box (${x0}, ${y0}) - (${x1}, ${y1}) px${area}`);
+    console.log(`  ${visible(o.label)}: box (${x0}, ${y0}) - (${x1}, ${y1}) px${area}`);
   }
 }
 
-main(process.argv.slice(2)).then((code) => {
+main(commandLine()).then((code) => {
   process.exitCode = code;
 }, (e) => {
   // a UserError (bad input, bad bundle) is the user's: one line. Anything else is a bug: say so, still one line.
-  console.error(e instanceof UserError ? `error: ${e.message}` : `error: internal error: ${String(e?.message ?? e).split('\n')[0]}`);
+  console.error(e instanceof UserError ? `error: ${e.message}` : `error: internal error: ${visible(String(e?.message ?? e).split('\n')[0])}`);
   process.exitCode = e instanceof UserError ? 2 : 1;
 });

@@ -5,8 +5,11 @@
   a large image that is shrunk (the antialiasing rule), a JPEG and an EXIF-rotated JPEG;
 - pixels/<name>.f32: the Python runtime's pixel_values for each (raw little-endian float32, [1, 3, H, W]);
 - items/<id>.png: held-out demo items (the demo's held-out set, split eval: all five tasks, interleaved);
+- tokenizers/<name>.json: tiny tokenizers of every model type (tests/tiny_tokenizers.py);
 - vectors.json: the bundles, images, prompts with their token ids, and per item and bundle the answer of
-  `pgexport run --json` (Answer.to_json()) from the Python runtime.
+  `pgexport run --json` (Answer.to_json()) from the Python runtime; per tiny tokenizer, the Python runtime's token ids
+  (and their decoded text) for prompts with words outside its vocabulary; Python's repr() of awkward strings, and
+  command-line bytes that are not UTF-8 as Python decodes them.
 Nothing here imports torch.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +62,43 @@ def _save(img: Image.Image, path: Path) -> None:
         img.save(path)
 
 
+# strings a terminal would act on, and some it would not: Python's repr() of each is what messages quote
+REPR_STRINGS = ["plain", "it's", 'say "hi"', "both ' and \"", "back\\slash", "tab\tnew\nline\rreturn",
+                "\x1b[31mred\x1b[0m", "\x1b]0;title\x07", "\x9b2J c1", "del\x7f", "nul\x00", "\u202eevil\u202c",
+                "\u2066isolate\u2069", "line\u2028sep", "nbsp\xa0", "zero\u200dwidth joiner", "soft\xadhyphen",
+                "café ☕ 日本\u3000語", "emoji 🦓", "private \ue000", "astral \U0001d11e", "lone \ud800 surrogate"]
+
+# command-line bytes (hex) that are not all UTF-8: Python's surrogateescape decoding of each
+ARGV_BYTES = ["6f6372", "63617074696f6e20fffe", "636166c3", "c0af", "eda080", "f4908080", "e282", "e282ac", "f09fa693",
+              "80", "c3a9c3"]
+
+
+def _tokenizer_vectors(out: Path) -> list[dict]:
+    """Per tiny tokenizer: the Python runtime's prefix ids of each prompt, and their text decoded."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    try:
+        import tiny_tokenizers
+    finally:
+        sys.path.pop(0)
+    from pgexport_runtime.prompt import PromptTokenizer
+
+    (out / "tokenizers").mkdir(exist_ok=True)
+    rows = []
+    for name, tok in tiny_tokenizers.build().items():
+        path = out / "tokenizers" / f"{name}.json"
+        tok.save(str(path))
+        runtime = PromptTokenizer(path, tiny_tokenizers.geometry())
+        prompts = []
+        for p in tiny_tokenizers.PROMPTS:
+            ids = runtime.prefix_ids(p)
+            prompts.append({"prompt": p, "ids": ids, "text": runtime.decode(ids[tiny_tokenizers.NUM_IMAGE_TOKENS + 1:])})
+        unk = tiny_tokenizers.SPECIAL.index("<unk>")
+        assert any(unk in row["ids"] for row in prompts) or "byte-fallback" in name, name  # the unknown path is taken
+        rows.append({"name": name, "file": f"tokenizers/{name}.json", "image_token_id": tiny_tokenizers.IMAGE_TOKEN_ID,
+                     "num_image_tokens": tiny_tokenizers.NUM_IMAGE_TOKENS, "prompts": prompts})
+    return rows
+
+
 def write_vectors(out: Path, bundles: dict[str, Path], n_items: int = 30) -> Path:
     from pgexport.verify import image_prompts
     from pgexport_runtime import PaliGemma, SessionConfig
@@ -86,7 +127,9 @@ def write_vectors(out: Path, bundles: dict[str, Path], n_items: int = 30) -> Pat
         for name, pg in pgs.items():
             row[name] = pg.answer(path, item.prompt, max_new_tokens=item.max_new_tokens).to_json()
         items.append(row)
-    vectors = {"bundles": {k: str(v) for k, v in bundles.items()}, "images": images, "prompts": prompts, "items": items}
+    vectors = {"bundles": {k: str(v) for k, v in bundles.items()}, "images": images, "prompts": prompts, "items": items,
+               "tokenizers": _tokenizer_vectors(out), "reprs": [{"text": t, "repr": repr(t)} for t in REPR_STRINGS],
+               "argv": [{"hex": h, "text": bytes.fromhex(h).decode("utf-8", "surrogateescape")} for h in ARGV_BYTES]}
     tmp = out / "vectors.json.tmp"
     tmp.write_text(json.dumps(vectors, indent=1))
     tmp.replace(out / "vectors.json")  # whole or absent: the Node tests never read half a file

@@ -4,7 +4,9 @@
 `run_and_print` is the whole of a `run`, shared with `pgexport run`: every bound first (limits.py), then the
 image and the overlay path, all before the slower bundle load; the answers (one per --prompt, the image
 encoded once); the overlay. Mistakes are one
-line on stderr and exit status 2, as in `pgexport`.
+line on stderr and exit status 2, as in `pgexport`. What is printed for people (answers, `inspect`, errors)
+goes through terminal.printable: the model's text, the manifest's strings and paths are data, never escape
+sequences the terminal obeys; JSON output is printed as json.dumps writes it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from pgexport_runtime import describe, limits
 from pgexport_runtime.errors import UserError
 from pgexport_runtime.sampling import Sampling
+from pgexport_runtime.terminal import printable
 
 
 def run_prompts(bundle, image, prompts: list[str], *, max_new_tokens: int | None = None,
@@ -57,26 +60,27 @@ def run_prompts(bundle, image, prompts: list[str], *, max_new_tokens: int | None
 
 def run_and_print(bundle, image, prompts: list[str], *, as_json: bool, stream: bool, out, err, **kwargs) -> None:
     """`run` in both command lines: answers (or JSON objects, one per line), warnings on err, with a
-    `[prompt]` line before each answer when there are several prompts."""
+    `[prompt]` line before each answer when there are several prompts. The model's text is escaped for the
+    terminal in the human output (a token may decode to ESC); JSON lines are json.dumps's, ASCII only."""
     stream = stream and not as_json
     several = len(prompts) > 1
 
     def started(i: int) -> None:
         if several and not as_json:
-            out(f"[{prompts[i]}]")
+            out(f"[{printable(prompts[i])}]")
 
     def on_answer(i: int, result) -> None:
         for w in () if as_json else result.warnings:
-            err(f"warning: {w}")
+            err(f"warning: {printable(w)}")
         if stream:
             out("")
         for line in describe.answer_lines(result, as_json, streamed=stream):
-            out(line)
+            out(line if as_json else printable(line))
         if i + 1 < len(prompts):
             started(i + 1)
 
     started(0)
-    on_token = (lambda row, tok, text: out(text, end="")) if stream else None
+    on_token = (lambda row, tok, text: out(printable(text), end="")) if stream else None
     run_prompts(bundle, image, prompts, on_token=on_token, on_answer=on_answer, **kwargs)
 
 
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None, prog: str = "pgexport-run") -> int:
             from pgexport_runtime.manifest import load_manifest
 
             m = load_manifest(args.bundle, verify=not args.no_verify)
-            lines = [json.dumps(m.raw, indent=2)] if args.json else describe.describe(m)
+            lines = [json.dumps(m.raw, indent=2)] if args.json else [printable(x) for x in describe.describe(m)]
         else:
             sampling = Sampling(do_sample=args.sample, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed)
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None, prog: str = "pgexport-run") -> int:
                           max_image_pixels=args.max_image_pixels, overlay=args.overlay)
             lines = []
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -26,11 +26,16 @@ class PromptTokenizer:
         self.g = geometry
         self.image_token = image_token
         self.bos_token = bos_token
+        self.where = tokenizer_file
 
     def prefix_ids(self, prompt: str) -> list[int]:
         limits.check_prompt(prompt)
         text = self.image_token * self.g.num_image_tokens + self.bos_token + prompt + "\n"
-        ids = self.tok.encode(text, add_special_tokens=False).ids
+        try:
+            ids = self.tok.encode(text, add_special_tokens=False).ids
+        except Exception as exc:  # noqa: BLE001  a piece outside the vocabulary of a tokenizer with no unknown token
+            first = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise BundleError(f"{self.where}: cannot tokenize the prompt: {first}") from None
         if ids.count(self.g.image_token_id) != self.g.num_image_tokens:
             raise UserError("the prompt must not contain <image> tokens; the runtime adds them")
         return ids

@@ -10,6 +10,8 @@
 // evaluator, and the exact inverse of the binning of the training targets; not the HF demo's / 1024). Nothing here
 // throws on model output: a malformed answer gives what can be parsed plus warnings.
 
+import { repr } from './escape.js';
+
 export const NUM_LOC_BINS = 1024;
 export const NUM_SEG_TOKENS = 16;
 export const NUM_SEG_CODES = 128;
@@ -19,13 +21,6 @@ export const TASK_PREFIXES = ['caption', 'describe', 'answer', 'question', 'ocr'
 const TOKEN_RE = /<loc(\d{4})>|<seg(\d{3})>|(<[^<>]*>)|([^<]+|<)/g;
 const OBJECT_WARNING = /^object (\d+): ([\s\S]*)$/;
 const TOKEN_NUMBER = /<(loc|seg)(\d+)>/g;
-
-/** Python's repr() of a string, for warnings worded as the Python runtime's. */
-export function pyRepr(s) {
-  const q = s.includes("'") && !s.includes('"') ? '"' : "'";
-  const body = s.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/\r/g, '\\r').replace(/\t/g, '\\t');
-  return q + (q === "'" ? body.replace(/'/g, "\\'") : body) + q;
-}
 
 const words = (prompt) => prompt.trim().split(/\s+/).filter(Boolean);
 
@@ -43,7 +38,7 @@ export function taskWarning(prompt) {
   const w = words(prompt);
   if (w.length && TASK_PREFIXES.includes(w[0].toLowerCase())) return null;
   const first = w.length ? [...w[0]].slice(0, 40).join('') : '';
-  return `unknown task prefix ${pyRepr(first)} (PaliGemma knows ${TASK_PREFIXES.join(', ')}); answered anyway`;
+  return `unknown task prefix ${repr(first)} (PaliGemma knows ${TASK_PREFIXES.join(', ')}); answered anyway`;
 }
 
 /** Repeated warnings as one counted line each, naming the objects they came from. */
@@ -105,7 +100,7 @@ function parseChunk(chunk, n, width, height, objects, warnings) {
 
   function flush() {
     if (!locs.length) {
-      if (name() || segs.length) warnings.push(`${where}: ${segs.length ? 'seg tokens' : pyRepr(name())} without a box; ignored`);
+      if (name() || segs.length) warnings.push(`${where}: ${segs.length ? 'seg tokens' : repr(name())} without a box; ignored`);
       return;
     }
     if (locs.length < 4) {

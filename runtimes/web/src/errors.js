@@ -1,9 +1,14 @@
 // The runtime's two kinds of mistake, each a one-line message (as pgexport_runtime/errors.py).
 
-/** A mistake in what the caller asked for (a prompt, an image, a limit). */
+import { visible } from './escape.js';
+
+/**
+ * A mistake in what the caller asked for (a prompt, an image, a limit). Its message is one line whatever it quotes
+ * (a file name, a manifest string): what a terminal would act on, newlines included, is escaped (escape.js).
+ */
 export class UserError extends Error {
   constructor(message) {
-    super(message);
+    super(visible(message));
     this.name = 'UserError';
   }
 }

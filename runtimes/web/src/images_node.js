@@ -1,10 +1,13 @@
 // Image decoding in Node with sharp (libvips + libjpeg-turbo/libpng/libspng: the same JPEG decoder family as
 // Pillow, so JPEG pixels come out equal; measured: sharp 0 differing values vs PIL on 4:4:4 and 4:2:0 JPEGs,
 // jpeg-js up to 70 levels off on 90 % of them). As the Python runtime's images.py: the pixel count is checked
-// from the header before decoding, and the EXIF orientation is applied. Hands over straight RGBA.
+// from the header before decoding, and the EXIF orientation is applied. Only the raster formats Pillow also reads
+// are decoded (image_formats.js: no SVG). Hands over straight RGBA.
 
+import { open } from 'node:fs/promises';
 import sharp from 'sharp';
 import { UserError, oneLine } from './errors.js';
+import { HEADER_BYTES, checkImageFormat } from './image_formats.js';
 import * as limits from './limits.js';
 
 /**
@@ -14,11 +17,12 @@ import * as limits from './limits.js';
 export async function decodeImage(input, maxPixels = limits.DEFAULT_MAX_IMAGE_PIXELS) {
   limits.checkMaxImagePixels(maxPixels);
   const what = typeof input === 'string' ? `image ${input}` : 'image';
+  checkImageFormat(await header(input), what);
   let meta;
   try {
     meta = await sharp(input).metadata(); // the header only
   } catch (e) {
-    throw new UserError(/no such file|missing/i.test(e.message) ? `image not found: ${input}` : `cannot read ${what}: ${oneLine(e)}`);
+    throw new UserError(`cannot read ${what}: ${oneLine(e)}`);
   }
   limits.checkImageSize(meta.width ?? 0, meta.height ?? 0, maxPixels, what);
   try {
@@ -29,6 +33,23 @@ export async function decodeImage(input, maxPixels = limits.DEFAULT_MAX_IMAGE_PI
     return { width: info.width, height: info.height, data: toRgba(data, info.width * info.height, info.channels) };
   } catch (e) {
     throw new UserError(`cannot read ${what}: ${oneLine(e)}`);
+  }
+}
+
+/** The first bytes of a file or of bytes, which tell its format (image_formats.js). */
+async function header(input) {
+  if (typeof input !== 'string') return input.subarray(0, HEADER_BYTES);
+  let file;
+  try {
+    file = await open(input, 'r');
+    const { buffer, bytesRead } = await file.read(new Uint8Array(HEADER_BYTES), 0, HEADER_BYTES, 0);
+    return buffer.subarray(0, bytesRead);
+  } catch (e) {
+    if (e.code === 'ENOENT') throw new UserError(`image not found: ${input}`);
+    if (e.code === 'EISDIR') throw new UserError(`image ${input} is a directory`);
+    throw new UserError(`cannot read image ${input}: ${oneLine(e)}`);
+  } finally {
+    await file?.close();
   }
 }
 

@@ -5,18 +5,11 @@
 //   apply EXIF orientation, which these formats rarely carry.
 // - JPEG (opaque, and often EXIF-rotated) and anything ImageDecoder does not take: createImageBitmap with
 //   imageOrientation 'from-image' and the same options, drawn on an OffscreenCanvas (exact for opaque pixels).
+// Only the raster formats Pillow also reads are decoded (image_formats.js: no SVG), as in Node.
 
 import { UserError, oneLine } from './errors.js';
+import { checkImageFormat } from './image_formats.js';
 import * as limits from './limits.js';
-
-const MAGIC = [
-  ['image/png', [0x89, 0x50, 0x4e, 0x47]], ['image/jpeg', [0xff, 0xd8, 0xff]], ['image/gif', [0x47, 0x49, 0x46]],
-  ['image/bmp', [0x42, 0x4d]], ['image/webp', [0x52, 0x49, 0x46, 0x46]],
-];
-
-function sniff(bytes) {
-  return MAGIC.find(([, m]) => m.every((b, i) => bytes[i] === b))?.[0] ?? null;
-}
 
 /**
  * @param {Blob|ArrayBuffer|Uint8Array} input
@@ -25,8 +18,8 @@ function sniff(bytes) {
 export async function decodeImage(input, maxPixels = limits.DEFAULT_MAX_IMAGE_PIXELS) {
   limits.checkMaxImagePixels(maxPixels);
   const bytes = new Uint8Array(input instanceof Blob ? await input.arrayBuffer() : input);
-  const type = sniff(bytes);
-  if (type && type !== 'image/jpeg' && globalThis.ImageDecoder && (await ImageDecoder.isTypeSupported(type))) {
+  const type = `image/${checkImageFormat(bytes)}`;
+  if (type !== 'image/jpeg' && globalThis.ImageDecoder && (await ImageDecoder.isTypeSupported(type))) {
     return viaImageDecoder(bytes, type, maxPixels);
   }
   return viaCanvas(bytes, maxPixels);

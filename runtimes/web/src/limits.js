@@ -48,8 +48,13 @@ export function checkPrompt(prompt) {
   if (prompt.length > MAX_PROMPT_CHARS) {
     throw new LimitError(`the prompt has ${prompt.length} characters, more than the ${MAX_PROMPT_CHARS} this runtime reads`);
   }
-  if (!prompt.isWellFormed()) throw new LimitError('the prompt is not valid UTF-8 text'); // lone surrogates
+  utf8(prompt, 'the prompt');
   return prompt;
+}
+
+/** Lone surrogates: what a command-line argument that is not UTF-8 becomes (argv_node.js), as in Python. */
+function utf8(text, what) {
+  if (!text.isWellFormed()) throw new LimitError(`${what} is not valid UTF-8 text`);
 }
 
 /** Everything about a request that needs no model (maxNewTokens null = the bundle's default). */
@@ -61,6 +66,7 @@ export function checkRequest(prompts, maxNewTokens, stopStrings) {
   if (!Array.isArray(stopStrings)) throw new LimitError('stop strings must be a list of strings, not one string');
   stopStrings.forEach((s, i) => {
     if (typeof s !== 'string' || !s) throw new LimitError(`stop string ${i + 1} is empty: it would stop before the first token`);
+    utf8(s, `stop string ${i + 1}`);
   });
 }
 

@@ -11,6 +11,7 @@ import { BundleError } from './errors.js';
 import { geometryFromDict } from './geometry.js';
 import { preprocessingFromDict } from './preprocess.js';
 import { KV_LAYOUTS, LAYOUTS } from './kv_layout.js';
+import { repr } from './escape.js';
 import contract from './contract.js';
 
 export { KV_LAYOUTS };
@@ -92,9 +93,10 @@ export function parseManifest(raw) {
   const kv = typed_json.section(raw, 'kv_cache', 'manifest');
   const layout = typed_json.text(kv, 'layout', 'kv_cache');
   if (!KV_LAYOUTS.includes(layout)) {
-    throw new BundleError(`KV-cache layout '${layout}' is not supported by this runtime (${KV_LAYOUTS.join(', ')})`);
+    throw new BundleError(`KV-cache layout ${repr(layout)} is not supported by this runtime (${KV_LAYOUTS.join(', ')})`);
   }
-  const kvDtype = typed_json.text(kv, 'dtype', 'kv_cache', { choices: KV_DTYPES });
+  const kvDtype = typed_json.text(kv, 'dtype', 'kv_cache', { optional: true }) ?? 'float32';
+  if (!KV_DTYPES.includes(kvDtype)) throw new BundleError(`KV-cache dtype ${repr(kvDtype)} is not supported by this runtime`);
   const t = typed_json.section(raw, 'tokenizer', 'manifest');
   const tokenizer = {
     file: covered(typed_json.text(t, 'file', 'tokenizer'), 'tokenizer.file', files),
@@ -141,6 +143,6 @@ function covered(name, where, files) {
 }
 
 function short(value) {
-  const text = value === undefined ? 'None' : JSON.stringify(value);
+  const text = repr(value);
   return text.length <= 40 ? text : `${text.slice(0, 40)}...`;
 }

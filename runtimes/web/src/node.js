@@ -13,29 +13,37 @@ export { BundleError, LimitError, UserError } from './errors.js';
 
 /**
  * @param {string} bundle a bundle directory
- * @param {{backend?: 'node'|'wasm', threads?: number, verify?: boolean, imageCacheBytes?: number}} [options]
- *   imageCacheBytes bounds the image-feature cache (image_cache.js; default 64 MiB, 0 turns it off)
+ * @param {{backend?: 'node'|'wasm', threads?: number, verify?: boolean, imageCacheBytes?: number, request?: object}} [options]
+ *   imageCacheBytes bounds the image-feature cache (image_cache.js; default 64 MiB, 0 turns it off); request, a
+ *   request known before loading, is checked against the model before its graphs load (PaliGemma.load)
  */
-export async function loadBundle(bundle, { backend = 'node', threads = 0, verify = true, imageCacheBytes = DEFAULT_MAX_BYTES } = {}) {
-  const cache = { imageCacheBytes, sha256: sha256Hex };
+export async function loadBundle(bundle, { backend = 'node', threads = 0, verify = true, imageCacheBytes = DEFAULT_MAX_BYTES,
+  request = null } = {}) {
+  const common = { imageCacheBytes, sha256: sha256Hex, request };
   if (backend === 'node') {
     const ort = await onnxruntime('node');
     const sessionOptions = threads ? { intraOpNumThreads: threads } : {};
-    return PaliGemma.load({ ort, files: await nodeFiles(bundle), sessionOptions, verify, ...cache });
+    return PaliGemma.load({ ort, files: await nodeFiles(bundle), sessionOptions, verify, ...common });
   }
   if (backend === 'wasm') {
     const ort = await onnxruntime('wasm');
     if (threads) ort.env.wasm.numThreads = threads;
     const files = await nodeFiles(bundle);
     delete files.path; // the WASM backend reads no files itself: hand it the bytes
-    return PaliGemma.load({ ort, files, sessionOptions: { executionProviders: ['wasm'] }, kvMode: 'handoff', verify, ...cache });
+    return PaliGemma.load({ ort, files, sessionOptions: { executionProviders: ['wasm'] }, kvMode: 'handoff', verify, ...common });
   }
   throw new UserError(`unknown backend ${backend} (use node or wasm)`);
 }
 
 /** onnxruntime-node ('node') or onnxruntime-web ('wasm'), resolved from this package's dependencies. */
 export function onnxruntime(backend) {
-  if (backend === 'node') return import('onnxruntime-node');
+  if (backend === 'node') {
+    // onnxruntime-node's telemetry is off: it reads the whole command line (the prompts) when the first session is
+    // created, and on Linux it overflows the 8 MB stack (a segfault, nothing on stderr) once that is over ~29 KB.
+    // It is read once per process, before the first session.
+    process.env.ORT_DISABLE_TELEMETRY = '1';
+    return import('onnxruntime-node');
+  }
   if (backend === 'wasm') return import('onnxruntime-web');
   throw new UserError(`unknown backend ${backend} (use node or wasm)`);
 }

@@ -30,9 +30,12 @@ export class PaliGemma {
    *   prompts about one image, in one call or in several, pay for the vision encoder once
    * @param {(bytes: Uint8Array) => Promise<string>} [o.sha256] the cache's hash (files_node.js / files_web.js
    *   sha256Hex); needed when the cache is on
+   * @param {{prompts: string[], maxNewTokens?: number|null, sampling?: object, stopStrings?: string[]}} [o.request]
+   *   a request known before loading (the command line's): held to the model's bounds (vocabulary, positions)
+   *   before any graph loads, so that one that cannot fit costs no session
    */
   static async load({ ort, files, sessionOptions = {}, kvMode = 'preallocated', gpu = false, verify = true,
-    imageCacheBytes = DEFAULT_MAX_BYTES, sha256 = null }) {
+    imageCacheBytes = DEFAULT_MAX_BYTES, sha256 = null, request = null }) {
     if (!Number.isSafeInteger(imageCacheBytes) || imageCacheBytes < 0) {
       throw new UserError(`imageCacheBytes must be a non-negative integer, not ${imageCacheBytes}`);
     }
@@ -43,6 +46,7 @@ export class PaliGemma {
     // before the graphs: a broken tokenizer is found without loading them
     const tokenizer = new PromptTokenizer(await files.read(t.file), g, t.imageToken, t.bosToken, `${files.where}/${t.file}`);
     files.forget?.(t.file);
+    if (request) checkFits(manifest, tokenizer, request.prompts, request);
     const session = async (name, extra = {}) => {
       const entry = manifest.graphs[name];
       const s = await createSession(ort, files, entry, { ...sessionOptions, ...extra });
@@ -98,15 +102,12 @@ export class PaliGemma {
     if (!Array.isArray(images) || !Array.isArray(prompts)) {
       throw new UserError('generate takes lists: generate([image], [prompt])');
     }
-    limits.checkRequest(prompts, maxNewTokens, stopStrings);
-    limits.checkTopK(sampling.topK, this.geometry.vocab_size);
+    const prefix = checkFits(this.manifest, this.tokenizer, prompts, { maxNewTokens, sampling, stopStrings });
     if (images.length !== prompts.length) {
       throw new UserError(`${images.length} images for ${prompts.length} prompts: give one image per prompt`);
     }
     if (!prompts.length) return [];
     const n = maxNewTokens ?? this.manifest.maxNewTokens;
-    const prefix = this.tokenizer.batch(prompts);
-    limits.checkPositions(prefix.width, n, this.geometry);
     const t = { start: now() };
     const pixels = this.pixelValues(images);
     t.preprocessed = now();
@@ -159,4 +160,16 @@ export class PaliGemma {
       await s?.release();
     }
   }
+}
+
+/**
+ * A request held to every bound, those that need the bundle's tokenizer and geometry included (its vocabulary and
+ * positions), but not its graphs. @returns the prompts' left-padded token ids (PromptTokenizer.batch)
+ */
+function checkFits(manifest, tokenizer, prompts, { maxNewTokens = null, sampling = makeSampling(), stopStrings = [] }) {
+  limits.checkRequest(prompts, maxNewTokens, stopStrings);
+  limits.checkTopK(sampling.topK, manifest.geometry.vocab_size);
+  const prefix = tokenizer.batch(prompts);
+  if (prompts.length) limits.checkPositions(prefix.width, maxNewTokens ?? manifest.maxNewTokens, manifest.geometry);
+  return prefix;
 }

@@ -1,7 +1,8 @@
 // Typed answers: a generation result plus the detections and segments its text describes
 // (pgexport_runtime/typed_answers.py), and their JSON, the same as `pgexport run --json`.
 
-import { collapse, isStructuredPrompt, parseObjects, pyRepr, taskWarning } from './answers.js';
+import { collapse, isStructuredPrompt, parseObjects, taskWarning } from './answers.js';
+import { repr } from './escape.js';
 import { MASK_SIZE, maskToRle, pasteMask } from './masks.js';
 
 /** Python's round(v, 2): round half to even on the exact binary value (JS's toFixed rounds ties up). */
@@ -40,7 +41,7 @@ export async function toAnswer(result, width, height, maskDecoder) {
     if (masks64 !== null) {
       const n = MASK_SIZE * MASK_SIZE;
       mask = pasteMask(masks64.subarray(segments.length * n, (segments.length + 1) * n), o.box, width, height);
-      if (!mask.includes(1)) warnings.push(`segment ${pyRepr(o.label)}: empty mask`);
+      if (!mask.includes(1)) warnings.push(`segment ${repr(o.label)}: empty mask`);
     }
     segments.push({ label: o.label, box: o.box, mask, codes: o.codes, score: null });
   }

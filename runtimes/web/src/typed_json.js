@@ -2,6 +2,7 @@
 // naming the field, so an odd manifest is one error at load, not a TypeError in the middle of a generation.
 
 import { BundleError } from './errors.js';
+import { repr } from './escape.js';
 
 export const MAX_LIST = 4096;
 export const MAX_TEXT = 4096;
@@ -30,7 +31,7 @@ export function text(d, key, where, { optional = false, choices = [] } = {}) {
     throw new BundleError(`${where}.${key} must be a non-empty string, not ${kind(v)}`);
   }
   if (choices.length && !choices.includes(v)) {
-    throw new BundleError(`${where}.${key} is '${v}'; this runtime knows ${choices.join(', ')}`);
+    throw new BundleError(`${where}.${key} is ${repr(v)}; this runtime knows ${choices.join(', ')}`);
   }
   return v;
 }
@@ -106,7 +107,7 @@ export function flags(d, key, where, length) {
 /** A plain file name inside the bundle: no directory part, no '..', not absolute, no odd characters. */
 export function fileName(value, where) {
   if (typeof value !== 'string' || !PLAIN_NAME.test(value)) {
-    throw new BundleError(`${where}: '${String(value).slice(0, 80)}' is not a plain file name inside the bundle`);
+    throw new BundleError(`${where}: ${repr(String(value).slice(0, 80))} is not a plain file name inside the bundle`);
   }
   return value;
 }

@@ -38,7 +38,7 @@ test('a tampered file is refused by its sha256', async () => {
 test('unknown schema versions and other schemas are refused', async () => {
   for (const [edit, pattern] of [
     [(m) => { m.schema_version = 3; }, /schema version 3 is not supported/],
-    [(m) => { m.schema_version = '1'; }, /schema version "1" is not supported/],
+    [(m) => { m.schema_version = '1'; }, /schema version '1' is not supported/], // quoted as Python's repr()
     [(m) => { m.schema = 'other'; }, /not a pgexport manifest/],
   ]) {
     const dir = copy(vectors().bundles.fp32);
