@@ -294,9 +294,10 @@ def bench(bundles, reference, reference_dtypes, eval_set, limit, mode, warmup, r
 
     from pgexport.bench import BenchOptions, run_bench
     from pgexport.bench.report import write_outputs
-    from pgexport.files import write_errors
+    from pgexport.files import check_folder_target, write_errors
 
     limits.check_threads(threads, "--threads")  # the bound `run` and the API apply
+    check_folder_target(out)
 
     opts = BenchOptions(bundles=tuple(bundles), reference=reference, reference_dtypes=reference_dtypes or None,
                         eval_set=eval_set, limit=limit, mode=mode, warmup=warmup, repeats=repeats, threads=threads,

@@ -39,6 +39,19 @@ def write_errors(target: Path) -> Iterator[None]:
 SHORT_WRITE = re.compile(r"^(Not enough free space to write \d+ bytes|\d+ requested and \d+ written)")
 
 
+def check_folder_target(path: Path, option: str = "--out") -> None:
+    """`path` is to be a folder: refuse, before any work, a path that is a file or lies under one (mkdir would
+    fail there with NotADirectoryError or FileExistsError after the work was done)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file, not a folder")
+    for above in path.parents:
+        if above.exists() or above.is_symlink():
+            if not above.is_dir():
+                raise UserError(f"{option} {path}: {above} is a file, not a folder")
+            return
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path to write; renamed to `path` when the block ends without error, removed otherwise."""

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgexport_runtime.manifest import sha256_file
@@ -30,6 +30,7 @@ class Workspace:
     root: Path  # the CLI's working directory, and what "nothing left on disk" is checked in
     bundle: Path  # a private copy of a tiny bundle
     image: Path  # a valid 50x40 PNG
+    after: list[Callable[[], None]] = field(default_factory=list)  # undone once the CLI has run (a lock held)
 
     @property
     def manifest_path(self) -> Path:
@@ -82,9 +83,13 @@ def run_case(case: Case, ws: Workspace, timeout: float = 180) -> Outcome:
     before = _paths(ws.root)
     args = [a.format(bundle=ws.bundle, image=ws.image, root=ws.root) for a in case.args]
     env = {**os.environ, "PYTHONWARNINGS": "default"}  # warnings visible: they must not add lines either
-    proc = subprocess.run([sys.executable, "-m", "pgexport.cli", *args], cwd=ws.root, capture_output=True,
-                          text=True, errors="replace", timeout=timeout, env=env)
-    return Outcome(proc.returncode, proc.stdout, proc.stderr, tuple(sorted(_paths(ws.root) - before)))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pgexport.cli", *args], cwd=ws.root, capture_output=True,
+                              text=True, errors="replace", timeout=timeout, env=env)
+        return Outcome(proc.returncode, proc.stdout, proc.stderr, tuple(sorted(_paths(ws.root) - before)))
+    finally:
+        for undo in ws.after:
+            undo()
 
 
 def check(case: Case, out: Outcome) -> None:
@@ -213,6 +218,17 @@ def fake_checkpoint(config: str):
         (ckpt / "config.json").write_text(config)
         (ckpt / "preprocessor_config.json").write_text("{}")
         (ckpt / "tokenizer.json").write_text("{}")
+    return setup
+
+
+def target_locked(name: str):
+    """Another build of `name` (in the workspace) running: its lock held for as long as the CLI runs."""
+    def setup(ws: Workspace) -> None:
+        from pgexport.build.target_lock import TargetLock
+
+        lock = TargetLock(ws.root, name)
+        assert lock.try_acquire()
+        ws.after.append(lock.release)
     return setup
 
 
@@ -365,4 +381,22 @@ CASES: list[Case] = [
     Case("demo-out-not-writable", ("demo", "--out", "/sys/pgexport-demo"), "cannot write /sys/pgexport-demo",
          bundle=False),
     Case("build-min-agreement-above-one", (*BUILD, "--min-agreement", "1.5"), "--min-agreement", bundle=False),
+    # --- --out under a regular file: refused before any work, in every command that writes a folder
+    Case("build-out-under-a-file", ("build", "--model", "tiny-pg1", "--out", "somefile/b"),
+         "--out somefile/b: somefile is a file, not a folder", write_file("somefile", "x"), bundle=False),
+    Case("build-out-deep-under-a-file", ("build", "--model", "tiny-pg1", "--out", "somefile/x/y"),
+         "somefile is a file, not a folder", write_file("somefile", "x"), bundle=False),
+    Case("package-out-under-a-file", ("package", "{bundle}", "--out", "somefile/pkg"),
+         "--out somefile/pkg: somefile is a file, not a folder", write_file("somefile", "x")),
+    Case("bench-out-under-a-file", ("bench", "{bundle}", "--out", "somefile/bench"),
+         "--out somefile/bench: somefile is a file, not a folder", write_file("somefile", "x")),
+    Case("bench-out-is-a-file", ("bench", "{bundle}", "--out", "somefile"), "--out somefile is a file, not a folder",
+         write_file("somefile", "x")),
+    Case("demo-out-under-a-file", ("demo", "--out", "somefile/demo"), "somefile is a file, not a folder",
+         write_file("somefile", "x"), bundle=False),
+    # --- one writer per target: a second build or package into a target being written refuses at once
+    Case("build-target-being-written", BUILD, "/b is being written by another build", target_locked("b"),
+         bundle=False),
+    Case("package-target-being-written", ("package", "{bundle}", "--out", "{root}/pkg"),
+         "is being written by another build", target_locked("pkg")),
 ]
