@@ -57,6 +57,7 @@ def run(module: str, job: dict, job_file: Path, on_event: Callable[[str, str], N
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            proc.stdout.close()
     if user_error is not None:
         raise UserError(user_error)
     if code != 0:

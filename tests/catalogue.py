@@ -6,7 +6,9 @@ traceback, and no path on disk that was not there before it ran. tests/test_cata
 
 To add a case, append a Case to CASES (build-side cases too: set `bundle=False` when the args name no bundle).
 Args are format strings: {bundle}, {image} and {root} become the workspace's paths. `setup` makes the bad
-input in the workspace before the CLI runs; it may break the workspace's private bundle copy freely.
+input in the workspace before the CLI runs; it may break the workspace's private bundle copy freely. The bundle
+is tiny-pg1's, of the KV-cache layout `layout` names; with `checkpoint=True` the workspace also holds `ckpt/`,
+a copy of tiny-pg1 as transformers' save_pretrained writes it, for setups that break a checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Workspace:
     root: Path  # the CLI's working directory, and what "nothing left on disk" is checked in
     bundle: Path  # a private copy of a tiny bundle
     image: Path  # a valid 50x40 PNG
+    checkpoint: Path | None = None  # a private copy of a tiny checkpoint (Case.checkpoint)
     after: list[Callable[[], None]] = field(default_factory=list)  # undone once the CLI has run (a lock held)
 
     @property
@@ -56,6 +59,8 @@ class Case:
     setup: Callable[[Workspace], None] | None = None
     code: int = 2
     bundle: bool = True
+    layout: str = "concat"  # the workspace bundle's KV-cache layout: concat, shared or static
+    checkpoint: bool = False  # the workspace holds ckpt/, a tiny checkpoint to break
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class Outcome:
     new_paths: tuple[str, ...]
 
 
-def make_workspace(root: Path, bundle_src: Path | None, image) -> Workspace:
+def make_workspace(root: Path, bundle_src: Path | None, image, checkpoint_src: Path | None = None) -> Workspace:
     """`image` is a PIL image saved as the workspace's img.png."""
     root.mkdir(parents=True, exist_ok=True)
     bundle = root / "bundle"
@@ -74,7 +79,11 @@ def make_workspace(root: Path, bundle_src: Path | None, image) -> Workspace:
         shutil.copytree(bundle_src, bundle)
     image_path = root / "img.png"
     image.save(image_path)
-    return Workspace(root, bundle, image_path)
+    checkpoint = None
+    if checkpoint_src is not None:
+        checkpoint = root / "ckpt"
+        shutil.copytree(checkpoint_src, checkpoint)
+    return Workspace(root, bundle, image_path, checkpoint)
 
 
 def run_case(case: Case, ws: Workspace, timeout: float = 180) -> Outcome:
@@ -232,6 +241,15 @@ def target_locked(name: str):
     return setup
 
 
+def swap_graph_file(name: str, other: str):
+    """`name` replaced by a copy of the graph `other` (another prefix length), its sha256 updated: every file
+    matches the manifest, but a graph's fixed shapes are not the ones it is listed for."""
+    def setup(ws: Workspace) -> None:
+        shutil.copyfile(ws.bundle / other, ws.bundle / name)
+        ws.rehash(name)
+    return setup
+
+
 # ------------------------------------------------------------------------------------------- the cases
 
 RUN = ("run", "{bundle}", "--image", "{image}")
@@ -241,6 +259,7 @@ BENCH = ("bench", "{bundle}", "--out", "{root}/bench-out")
 LONG_PROMPT = "caption en " + "x " * 9000  # ~9000 tokens, over the tiny models' 8192 positions
 
 BUILD = ("build", "--model", "tiny-pg1", "--out", "{root}/b")
+DEFAULT_STATIC = {"layout": "static", "max_len": 144, "prefill_lengths": [32, 80]}  # tiny-pg1's static bundle
 
 CASES: list[Case] = [
     # --- the manifest: read into typed, bounded sections before any file is opened
@@ -394,6 +413,32 @@ CASES: list[Case] = [
          write_file("somefile", "x")),
     Case("demo-out-under-a-file", ("demo", "--out", "somefile/demo"), "somefile is a file, not a folder",
          write_file("somefile", "x"), bundle=False),
+    # --- a static bundle's fixed shapes are the graphs' own: max_len, prefill lengths and the layout itself
+    Case("static-max-len-raised", CAPTION, "holds a KV cache of 144 tokens, but the manifest says kv_cache.max_len 200",
+         edit(lambda m: m["kv_cache"].update(max_len=200)), layout="static"),
+    Case("static-max-len-lowered", CAPTION, "holds a KV cache of 144 tokens, but the manifest says kv_cache.max_len 100",
+         edit(lambda m: m["kv_cache"].update(max_len=100)), layout="static"),
+    Case("static-prefill-file-swapped", CAPTION,
+         "decoder_prefill_32.onnx takes 80 tokens at a time, but the manifest lists it as the prefill graph for 32",
+         swap_graph_file("decoder_prefill_32.onnx", "decoder_prefill_80.onnx"), layout="static"),
+    Case("static-prefill-entry-points-at-another-length", CAPTION,
+         "decoder_prefill_80.onnx takes 80 tokens at a time, but the manifest lists it as the prefill graph for 32",
+         edit(lambda m: m["graphs"]["decoder_prefill_32"].update(file="decoder_prefill_80.onnx")), layout="static"),
+    Case("static-prefill-is-the-decode-graph", CAPTION,
+         "takes 1 tokens at a time, but the manifest lists it as the prefill graph for 80",
+         swap_graph_file("decoder_prefill_80.onnx", "decoder.onnx"), layout="static"),
+    Case("shared-relabelled-static", CAPTION,
+         "decoder.onnx takes any number of tokens, but the manifest says KV-cache layout 'static'",
+         edit(lambda m: m["kv_cache"].update(DEFAULT_STATIC)), layout="shared"),
+    Case("shared-relabelled-static-with-prefill-entries", CAPTION, "takes any number of tokens",
+         edit(lambda m: m.update(kv_cache=DEFAULT_STATIC,
+                                 graphs=m["graphs"] | {f"decoder_prefill_{n}": m["graphs"]["decoder"] for n in (32, 80)})),
+         layout="shared"),
+    Case("static-relabelled-shared", CAPTION,
+         "decoder.onnx has fixed shapes (1 token at a time), but the manifest says KV-cache layout 'shared'",
+         edit(lambda m: m["kv_cache"].update(layout="shared")), layout="static"),
+    Case("static-bench-max-len-raised", BENCH, "but the manifest says kv_cache.max_len 200",
+         edit(lambda m: m["kv_cache"].update(max_len=200)), layout="static"),
     # --- one writer per target: a second build or package into a target being written refuses at once
     Case("build-target-being-written", BUILD, "/b is being written by another build", target_locked("b"),
          bundle=False),

@@ -129,13 +129,49 @@ def check_kv_layout(session: ort.InferenceSession, path: Path, layout, past: str
                           "manifest do not belong together")
 
 
-def check_static(graphs, path: Path) -> None:
-    """A static bundle whose decode graph takes one token only must have a prefill graph for every prefix length
-    its manifest lists (a bundle still being built has neither: its decoder takes any length)."""
+def check_static(graphs, paths: dict, layout, building: bool = False) -> None:
+    """The shapes a KV-cache layout promises must be the decoder graphs' own, read from the loaded sessions.
+
+    A fixed-shape layout: the decode graph takes one token, every prefill graph the length the manifest lists
+    it under, and each holds a cache of the manifest's max_len; a prefill length without its graph is refused.
+    Any other layout: the decoder takes any number of tokens. Otherwise onnxruntime would fail in the middle of
+    a generation, or, for a dynamic bundle relabelled static, run on a cache whose rows it never wrote. While
+    a static bundle is being built (`building`: a partial manifest) its graphs may still take any shape: they
+    are fixed by the build's last steps. `paths`: graph name -> its file, for the messages."""
     from pgexport_runtime import io_names
 
-    seq = {a.name: a.shape for a in graphs.decoder.get_inputs()}[io_names.INPUT_IDS][1]
+    def shapes(session) -> dict:
+        return {a.name: a.shape for a in (*session.get_inputs(), *session.get_outputs())}
+
+    decoder = shapes(graphs.decoder)
+    seq = decoder[io_names.INPUT_IDS][1]
+    name = Path(paths["decoder"]).name
+    if not layout.fixed_shape:
+        if isinstance(seq, int):
+            raise BundleError(f"{name} has fixed shapes ({seq} token at a time), but the manifest says KV-cache "
+                              f"layout {layout.name!r}, whose graphs take any length; graph and manifest do not "
+                              "belong together")
+        return
+    if not isinstance(seq, int):
+        if building and not graphs.prefill:
+            return
+        raise BundleError(f"{name} takes any number of tokens, but the manifest says KV-cache layout "
+                          f"{layout.name!r}, whose graphs have fixed shapes; graph and manifest do not belong together")
     missing = [n for n in graphs.prefill_lengths if n not in graphs.prefill]
-    if seq == 1 and missing:
-        raise BundleError(f"{Path(path).name} takes one token at a time, and the manifest lists no prefill graph "
+    if missing:
+        raise BundleError(f"{name} takes one token at a time, and the manifest lists no prefill graph "
                           f"for {missing[0]} tokens; graphs and manifest do not belong together")
+    for length, session, graph in [(1, graphs.decoder, "decoder"),
+                                   *((n, graphs.prefill[n], f"prefill:{n}") for n in graphs.prefill_lengths)]:
+        dims = decoder if graph == "decoder" else shapes(session)
+        file = Path(paths[graph]).name
+        takes = dims[io_names.INPUT_IDS][1]
+        if takes != length:
+            role = "the decode graph, which takes one" if length == 1 else f"the prefill graph for {length}"
+            raise BundleError(f"{file} takes {takes} tokens at a time, but the manifest lists it as {role}; graphs "
+                              "and manifest do not belong together")
+        for tensor, axis in ((io_names.ATTENTION_MASK, 1), (io_names.past_key(0), 2)):
+            holds = dims[tensor][axis]
+            if holds != graphs.max_len:
+                raise BundleError(f"{file} holds a KV cache of {holds} tokens, but the manifest says kv_cache.max_len "
+                                  f"{graphs.max_len}; graphs and manifest do not belong together")
