@@ -250,6 +250,65 @@ def swap_graph_file(name: str, other: str):
     return setup
 
 
+def checkpoint_json(file: str, fn: Callable[[dict], None]):
+    """A setup that edits a JSON file of the workspace's checkpoint in place (NaN and Infinity as Python writes them)."""
+    def setup(ws: Workspace) -> None:
+        path = ws.checkpoint / file
+        value = json.loads(path.read_text())
+        fn(value)
+        path.write_text(json.dumps(value))
+    return setup
+
+
+def config_put(section: str, key: str, value):
+    return checkpoint_json("config.json", lambda c: c[section].__setitem__(key, value))
+
+
+def processor_put(key: str, value):
+    """transformers 5.x keeps the image-processor settings in processor_config.json, under image_processor."""
+    return checkpoint_json("processor_config.json", lambda c: c["image_processor"].__setitem__(key, value))
+
+
+def older_preprocessor_config(key: str, value):
+    """The image-processor settings in preprocessor_config.json, as older saves and Google's repositories have
+    them (transformers reads that file first)."""
+    def setup(ws: Workspace) -> None:
+        section = json.loads((ws.checkpoint / "processor_config.json").read_text())["image_processor"]
+        section[key] = value
+        (ws.checkpoint / "preprocessor_config.json").write_text(json.dumps(section))
+    return setup
+
+
+def poisoned_weight(value: float, which: int = 0):
+    """One float32 value of the checkpoint's `which`-th tensor set to `value` (NaN, infinity), bytes in place."""
+    def setup(ws: Workspace) -> None:
+        from pgexport.source.checkpoint import tensor_index
+
+        path = ws.checkpoint / "model.safetensors"
+        name = sorted(tensor_index(path))[which]
+        _, _, begin, _ = tensor_index(path)[name]
+        with open(path, "r+b") as f:
+            f.seek(begin)
+            f.write(struct.pack("<f", value))
+    return setup
+
+
+def nan_adapter(ws: Workspace) -> None:
+    """lora/: a LoRA adapter on the checkpoint, one of whose weights is NaN (as a diverged fine-tune leaves it)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    lora = ws.root / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"],
+        "base_model_name_or_path": str(ws.checkpoint)}))
+    prefix = "base_model.model.model.language_model.layers.0.self_attn.q_proj"
+    a, b = np.zeros((2, 64), np.float32), np.zeros((64, 2), np.float32)
+    b[3, 1] = np.nan
+    save_file({f"{prefix}.lora_A.weight": a, f"{prefix}.lora_B.weight": b}, str(lora / "adapter_model.safetensors"))
+
+
 # ------------------------------------------------------------------------------------------- the cases
 
 RUN = ("run", "{bundle}", "--image", "{image}")
@@ -259,6 +318,7 @@ BENCH = ("bench", "{bundle}", "--out", "{root}/bench-out")
 LONG_PROMPT = "caption en " + "x " * 9000  # ~9000 tokens, over the tiny models' 8192 positions
 
 BUILD = ("build", "--model", "tiny-pg1", "--out", "{root}/b")
+BUILD_CKPT = ("build", "--model", "ckpt", "--out", "{root}/b")  # the workspace's checkpoint (checkpoint=True)
 DEFAULT_STATIC = {"layout": "static", "max_len": 144, "prefill_lengths": [32, 80]}  # tiny-pg1's static bundle
 
 CASES: list[Case] = [
@@ -439,6 +499,40 @@ CASES: list[Case] = [
          edit(lambda m: m["kv_cache"].update(layout="shared")), layout="static"),
     Case("static-bench-max-len-raised", BENCH, "but the manifest says kv_cache.max_len 200",
          edit(lambda m: m["kv_cache"].update(max_len=200)), layout="static"),
+    # --- a checkpoint's geometry bounded (contract.json) when the source is resolved, naming config.json's key
+    Case("build-config-zero-heads", BUILD_CKPT, "text_config.num_attention_heads is 0, outside 1..1024",
+         config_put("text_config", "num_attention_heads", 0), bundle=False, checkpoint=True),
+    Case("build-config-million-layers", BUILD_CKPT, "text_config.num_hidden_layers is 1000000, outside 1..1024",
+         config_put("text_config", "num_hidden_layers", 10**6), bundle=False, checkpoint=True),
+    Case("build-config-vision-zero-heads", BUILD_CKPT, "vision_config.num_attention_heads is 0, outside 1..1024",
+         config_put("vision_config", "num_attention_heads", 0), bundle=False, checkpoint=True),
+    Case("build-config-huge-image", BUILD_CKPT, "vision_config.image_size is 1000000000, outside 1..8192",
+         config_put("vision_config", "image_size", 10**9), bundle=False, checkpoint=True),
+    Case("build-config-patch-larger-than-image", BUILD_CKPT, "geometry.num_image_tokens is 0",
+         config_put("vision_config", "patch_size", 64), bundle=False, checkpoint=True),
+    Case("build-config-heads-not-a-multiple-of-kv-heads", BUILD_CKPT, "num_heads 4 is not a multiple of num_kv_heads 3",
+         config_put("text_config", "num_key_value_heads", 3), bundle=False, checkpoint=True),
+    Case("build-config-negative-vocabulary", BUILD_CKPT, "text_config.vocab_size is -5",
+         config_put("text_config", "vocab_size", -5), bundle=False, checkpoint=True),
+    Case("build-processor-size-huge", BUILD_CKPT,
+         "processor_config.json: size.height is 1000000000, but the vision tower takes 32x32 images",
+         processor_put("size", {"height": 10**9, "width": 10**9}), bundle=False, checkpoint=True),
+    # --- non-finite numbers in the sources: refused before the slow steps, naming the file
+    Case("build-processor-mean-nan", BUILD_CKPT, "processor_config.json: image_mean[0] is nan",
+         processor_put("image_mean", [float("nan"), 0.5, 0.5]), bundle=False, checkpoint=True),
+    Case("build-preprocessor-config-std-infinite", BUILD_CKPT, "preprocessor_config.json: image_std[2] is inf",
+         older_preprocessor_config("image_std", [0.5, 0.5, float("inf")]), bundle=False, checkpoint=True),
+    Case("build-processor-std-zero", BUILD_CKPT, "image_std[1] is 0; each must be a finite non-zero number",
+         processor_put("image_std", [0.5, 0, 0.5]), bundle=False, checkpoint=True),
+    Case("build-processor-rescale-nan", BUILD_CKPT, "rescale_factor is nan",
+         processor_put("rescale_factor", float("nan")), bundle=False, checkpoint=True),
+    Case("build-checkpoint-weight-nan", BUILD_CKPT, "model.safetensors holds NaN or infinite values",
+         poisoned_weight(float("nan")), bundle=False, checkpoint=True),
+    Case("build-checkpoint-weight-infinite", BUILD_CKPT, "model.safetensors holds NaN or infinite values",
+         poisoned_weight(float("-inf"), which=-1), bundle=False, checkpoint=True),
+    Case("build-adapter-weight-nan", (*BUILD_CKPT, "--adapter", "lora"),
+         "--adapter lora: adapter_model.safetensors holds NaN or infinite values (tensor", nan_adapter, bundle=False,
+         checkpoint=True),
     # --- one writer per target: a second build or package into a target being written refuses at once
     Case("build-target-being-written", BUILD, "/b is being written by another build", target_locked("b"),
          bundle=False),

@@ -114,12 +114,13 @@ class Plan:
     def of(cls, opts: BuildOptions, check_memory: bool = True) -> "Plan":
         """Resolve the source and recipe, and (check_memory) hold the estimate against the memory budget: user
         errors surface here, before any step starts."""
-        from pgexport.source import sources
+        from pgexport.source import checkpoint, sources
         from pgexport.export import mask_decoder
         from pgexport.quant.recipes import resolve_recipe
 
         source = sources.resolve(opts.model, opts.adapter)
         g = sources.load_geometry(source)
+        checkpoint.check_image_processor(source.directory, g.image_size)
         recipe = resolve_recipe(opts.quant).verify(g.tie_word_embeddings)
         auto = recipe.target_agreement is not None
         if auto and opts.min_agreement is not None:  # the target the units are chosen for, and the gate's bar
