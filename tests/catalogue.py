@@ -219,6 +219,15 @@ def write_file(name: str, text: str):
     return setup
 
 
+def write_bytes(name: str, data: bytes):
+    return lambda ws: (ws.root / name).write_bytes(data)
+
+
+def long_set(name: str, rows: int):
+    """A JSONL set of `rows` rows (a few MB): each a prompt about the workspace's image."""
+    return write_file(name, '{"image": "img.png", "prompt": "caption en"}\n' * rows)
+
+
 def fake_checkpoint(config: str):
     """A directory that looks like a checkpoint until its config.json is read."""
     def setup(ws: Workspace) -> None:
@@ -533,6 +542,24 @@ CASES: list[Case] = [
     Case("build-adapter-weight-nan", (*BUILD_CKPT, "--adapter", "lora"),
          "--adapter lora: adapter_model.safetensors holds NaN or infinite values (tensor", nan_adapter, bundle=False,
          checkpoint=True),
+    # --- JSONL sets (bench --eval, build --calibration): UTF-8 text as --prompt is, and never silently cut short
+    Case("bench-eval-invalid-utf8", (*BENCH, "--eval", "set.jsonl"), "set.jsonl:2: not valid UTF-8",
+         write_bytes("set.jsonl", b'{"image": "img.png", "prompt": "ocr"}\n{"image": "img.png", "prompt": "caption \xff\xfe"}\n')),
+    Case("bench-eval-escaped-surrogate-prompt", (*BENCH, "--eval", "set.jsonl"),
+         "set.jsonl:1: the prompt is not valid UTF-8 text",
+         write_file("set.jsonl", '{"image": "img.png", "prompt": "caption \\udcff"}\n')),
+    Case("bench-eval-escaped-surrogate-answer", (*BENCH, "--eval", "set.jsonl"), "set.jsonl:1: answer is not valid UTF-8",
+         write_file("set.jsonl", '{"image": "img.png", "prompt": "ocr", "answer": "\\ud800"}\n')),
+    Case("bench-eval-blank-prompt", (*BENCH, "--eval", "set.jsonl"), "set.jsonl:1: empty prompt",
+         write_file("set.jsonl", '{"image": "img.png", "prompt": "  "}\n')),
+    Case("bench-eval-more-rows-than-a-set-holds", (*BENCH, "--eval", "set.jsonl", "--limit", "150000"),
+         "more than 100,000 eval rows; a set holds at most 100,000", long_set("set.jsonl", 100_001)),
+    Case("build-calibration-invalid-utf8", (*BUILD, "--quant", "int4-gptq", "--calibration", "c.jsonl"),
+         "c.jsonl:1: not valid UTF-8", write_bytes("c.jsonl", b'{"image": "img.png", "prompt": "\xc3("}\n'),
+         bundle=False),
+    Case("build-calibration-escaped-surrogate", (*BUILD, "--quant", "int4-gptq", "--calibration", "c.jsonl"),
+         "c.jsonl:1: the prompt is not valid UTF-8 text",
+         write_file("c.jsonl", '{"image": "img.png", "prompt": "\\udcff caption"}\n'), bundle=False),
     # --- one writer per target: a second build or package into a target being written refuses at once
     Case("build-target-being-written", BUILD, "/b is being written by another build", target_locked("b"),
          bundle=False),

@@ -128,8 +128,10 @@ class Plan:
         if opts.calibration is not None and not recipe.needs_calibration:
             raise UserError(f"--calibration is only used by recipes that calibrate (GPTQ or AWQ); "
                             f"{recipe.name} does not")
-        if opts.calibration is not None and not Path(opts.calibration).is_file():
-            raise UserError(f"calibration file not found: {opts.calibration}")
+        if opts.calibration is not None:  # read now, as GPTQ will (a bad line is found before the PyTorch phase)
+            from pgexport.verify import image_prompts
+
+            image_prompts.read(opts.calibration, None, recipe.calibration_samples, "calibration")
         if opts.kv_cache not in KV_LAYOUTS:
             raise UserError(f"unknown --kv-cache {opts.kv_cache!r} (use one of {', '.join(KV_LAYOUTS)})")
         quantize = not recipe.is_identity
