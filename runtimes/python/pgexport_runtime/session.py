@@ -9,6 +9,7 @@ import onnxruntime as ort
 
 from pgexport_runtime import limits
 from pgexport_runtime.errors import BundleError, UserError
+from pgexport_runtime.out_of_memory import is_out_of_memory, out_of_memory
 
 _OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -69,7 +70,7 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
     opts.intra_op_num_threads = cfg.intra_op_threads
     opts.inter_op_num_threads = cfg.inter_op_threads
     opts.graph_optimization_level = _OPT[cfg.optimization]
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: its errors come back as exceptions, which say them in one line
     opts.enable_cpu_mem_arena = cfg.mem_arena
     if not cfg.prepack:
         opts.add_session_config_entry("session.disable_prepacking", "1")
@@ -77,8 +78,12 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
         opts.enable_profiling = True
         opts.profile_file_prefix = f"{cfg.profile_prefix}_{Path(path).stem}"
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=cfg.providers)
+        # no fallback on the CPU: onnxruntime would print a banner and retry the very same provider
+        return ort.InferenceSession(str(path), sess_options=opts, providers=cfg.providers,
+                                    enable_fallback=int(cfg.device != "cpu"))
     except Exception as exc:  # onnxruntime's own errors (Fail, InvalidGraph, NoSuchFile, ...): a broken bundle
+        if is_out_of_memory(exc):  # a graph that does not fit is not a broken one
+            raise out_of_memory(f"loading {Path(path).name}", exc) from None
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
