@@ -124,12 +124,12 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
         click.echo("steps       " + ", ".join(s.name for s in steps(plan)))
         return
     bars: list = []  # created at the first step, so that an early user error prints no empty bar
-    bar = _step_bar(bars, planned_steps(plan))
-    step = ["starting"]
+    step_bar = _step_bar(bars, planned_steps(plan))
+    step = ["starting"]  # named when memory runs out
 
     def progress(name: str) -> None:
         step[0] = name
-        bar(name)
+        step_bar(name)
 
     try:
         path = run_build(plan, progress, lambda text: bars and bars[0].set_postfix_str(text))

@@ -148,12 +148,27 @@ def check_static(graphs, paths: dict, layout, building: bool = False) -> None:
     def shapes(session) -> dict:
         return {a.name: a.shape for a in (*session.get_inputs(), *session.get_outputs())}
 
+    def tokens(n) -> str:
+        return f"{n} token" + ("" if n == 1 else "s")
+
+    def check(dims: dict, length: int, file: str) -> None:
+        takes = dims[io_names.INPUT_IDS][1]
+        if takes != length:
+            role = "the decode graph, which takes one" if length == 1 else f"the prefill graph for {length}"
+            raise BundleError(f"{file} takes {tokens(takes)} at a time, but the manifest lists it as {role}; graphs "
+                              "and manifest do not belong together")
+        for tensor, axis in ((io_names.ATTENTION_MASK, 1), (io_names.past_key(0), 2)):
+            holds = dims[tensor][axis]
+            if holds != graphs.max_len:
+                raise BundleError(f"{file} holds a KV cache of {tokens(holds)}, but the manifest says "
+                                  f"kv_cache.max_len {graphs.max_len}; graphs and manifest do not belong together")
+
     decoder = shapes(graphs.decoder)
     seq = decoder[io_names.INPUT_IDS][1]
     name = Path(paths["decoder"]).name
     if not layout.fixed_shape:
         if isinstance(seq, int):
-            raise BundleError(f"{name} has fixed shapes ({seq} token at a time), but the manifest says KV-cache "
+            raise BundleError(f"{name} has fixed shapes ({tokens(seq)} at a time), but the manifest says KV-cache "
                               f"layout {layout.name!r}, whose graphs take any length; graph and manifest do not "
                               "belong together")
         return
@@ -162,21 +177,10 @@ def check_static(graphs, paths: dict, layout, building: bool = False) -> None:
             return
         raise BundleError(f"{name} takes any number of tokens, but the manifest says KV-cache layout "
                           f"{layout.name!r}, whose graphs have fixed shapes; graph and manifest do not belong together")
+    check(decoder, 1, name)
     missing = [n for n in graphs.prefill_lengths if n not in graphs.prefill]
     if missing:
         raise BundleError(f"{name} takes one token at a time, and the manifest lists no prefill graph "
                           f"for {missing[0]} tokens; graphs and manifest do not belong together")
-    for length, session, graph in [(1, graphs.decoder, "decoder"),
-                                   *((n, graphs.prefill[n], f"prefill:{n}") for n in graphs.prefill_lengths)]:
-        dims = decoder if graph == "decoder" else shapes(session)
-        file = Path(paths[graph]).name
-        takes = dims[io_names.INPUT_IDS][1]
-        if takes != length:
-            role = "the decode graph, which takes one" if length == 1 else f"the prefill graph for {length}"
-            raise BundleError(f"{file} takes {takes} tokens at a time, but the manifest lists it as {role}; graphs "
-                              "and manifest do not belong together")
-        for tensor, axis in ((io_names.ATTENTION_MASK, 1), (io_names.past_key(0), 2)):
-            holds = dims[tensor][axis]
-            if holds != graphs.max_len:
-                raise BundleError(f"{file} holds a KV cache of {holds} tokens, but the manifest says kv_cache.max_len "
-                                  f"{graphs.max_len}; graphs and manifest do not belong together")
+    for n in graphs.prefill_lengths:
+        check(shapes(graphs.prefill[n]), n, Path(paths[f"prefill:{n}"]).name)
