@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pgexport_runtime import describe, limits
 from pgexport_runtime.errors import UserError
 from pgexport_runtime.manifest import KV_LAYOUTS
 from pgexport_runtime.terminal import printable
+from pgexport_runtime.out_of_memory import is_out_of_memory, out_of_memory
 
 DEFAULTS = BuildOptions()  # the build's defaults, declared once in BuildOptions
 
@@ -125,13 +125,26 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
         click.echo("steps       " + ", ".join(s.name for s in steps(plan)))
         return
     bars: list = []  # created at the first step, so that an early user error prints no empty bar
-    progress = _step_bar(bars, planned_steps(plan))
+    step_bar = _step_bar(bars, planned_steps(plan))
+    step = ["starting"]  # named when memory runs out
+
+    def progress(name: str) -> None:
+        step[0] = name
+        step_bar(name)
+
     try:
         path = run_build(plan, progress, lambda text: bars and bars[0].set_postfix_str(text))
         if bars:
             bars[0].update(1)
     except (ParityError, GateError, GraphFilesError) as exc:
         raise UserError(f"{exc}; nothing was written") from None
+    except UserError:
+        raise
+    except Exception as exc:  # onnxruntime's and numpy's words for it, in the build process: one line
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory(f"building (step {step[0]!r})", exc, plan.estimate and plan.estimate.peak_rss_bytes,
+                            "nothing was written; free memory, or use a machine with more") from None
     finally:
         for bar in bars:
             bar.close()
@@ -301,9 +314,10 @@ def bench(bundles, reference, reference_dtypes, eval_set, limit, mode, warmup, r
 
     from pgexport.bench import BenchOptions, run_bench
     from pgexport.bench.report import write_outputs
-    from pgexport.files import write_errors
+    from pgexport.files import check_folder_target, remove_except, write_errors
 
     limits.check_threads(threads, "--threads")  # the bound `run` and the API apply
+    check_folder_target(out)
 
     opts = BenchOptions(bundles=tuple(bundles), reference=reference, reference_dtypes=reference_dtypes or None,
                         eval_set=eval_set, limit=limit, mode=mode, warmup=warmup, repeats=repeats, threads=threads,
@@ -317,14 +331,16 @@ def bench(bundles, reference, reference_dtypes, eval_set, limit, mode, warmup, r
         bars[0].set_description_str(name[:28])
         bars[0].update(done - bars[0].n)
 
-    created = not out.exists()
+    # what this run creates, removed if it fails or is interrupted (all of --out, or its work folder); the log
+    # of a failed worker stays where the message points
+    created = next((p for p in (out, opts.work_dir) if not p.exists()), None)
     try:
         with write_errors(out):  # a full disk or read-only --out: one line, and no half-written report
             report = run_bench(opts, progress)
             paths = write_outputs(report, out)
-    except UserError:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+    except (UserError, KeyboardInterrupt) as exc:
+        if created is not None:
+            remove_except(created, getattr(exc, "log", None))
         raise
     finally:
         for bar in bars:
@@ -462,6 +478,12 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; nothing was written", err=True)
         sys.exit(130)
+    except Exception as exc:  # memory ran out where no command could say what it was doing
+        if not is_out_of_memory(exc):
+            raise
+        words = " ".join(sys.argv[1:2])
+        click.echo(f"error: {out_of_memory(f'running pgexport {words}'.rstrip(), exc)}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ traceback, and no path on disk that was not there before it ran. tests/test_cata
 
 To add a case, append a Case to CASES (build-side cases too: set `bundle=False` when the args name no bundle).
 Args are format strings: {bundle}, {image} and {root} become the workspace's paths. `setup` makes the bad
-input in the workspace before the CLI runs; it may break the workspace's private bundle copy freely.
+input in the workspace before the CLI runs; it may break the workspace's private bundle copy freely. The bundle
+is tiny-pg1's, of the KV-cache layout `layout` names; with `checkpoint=True` the workspace also holds `ckpt/`,
+a copy of tiny-pg1 as transformers' save_pretrained writes it, for setups that break a checkpoint.
 A case that the JavaScript runtime's CLI must refuse alike, with the same words, goes in tests/runtime_cases.json
 instead: both runtimes' tests read that one list, and its cases join this catalogue at the end.
 """
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import runtime_cases
@@ -33,6 +35,8 @@ class Workspace:
     root: Path  # the CLI's working directory, and what "nothing left on disk" is checked in
     bundle: Path  # a private copy of a tiny bundle
     image: Path  # a valid 50x40 PNG
+    checkpoint: Path | None = None  # a private copy of a tiny checkpoint (Case.checkpoint)
+    after: list[Callable[[], None]] = field(default_factory=list)  # undone once the CLI has run (a lock held)
 
     @property
     def manifest_path(self) -> Path:
@@ -58,6 +62,8 @@ class Case:
     setup: Callable[[Workspace], None] | None = None
     code: int = 2
     bundle: bool = True
+    layout: str = "concat"  # the workspace bundle's KV-cache layout: concat, shared or static
+    checkpoint: bool = False  # the workspace holds ckpt/, a tiny checkpoint to break
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ class Outcome:
     new_paths: tuple[str, ...]
 
 
-def make_workspace(root: Path, bundle_src: Path | None, image) -> Workspace:
+def make_workspace(root: Path, bundle_src: Path | None, image, checkpoint_src: Path | None = None) -> Workspace:
     """`image` is a PIL image saved as the workspace's img.png."""
     root.mkdir(parents=True, exist_ok=True)
     bundle = root / "bundle"
@@ -76,7 +82,11 @@ def make_workspace(root: Path, bundle_src: Path | None, image) -> Workspace:
         shutil.copytree(bundle_src, bundle)
     image_path = root / "img.png"
     image.save(image_path)
-    return Workspace(root, bundle, image_path)
+    checkpoint = None
+    if checkpoint_src is not None:
+        checkpoint = root / "ckpt"
+        shutil.copytree(checkpoint_src, checkpoint)
+    return Workspace(root, bundle, image_path, checkpoint)
 
 
 def run_case(case: Case, ws: Workspace, timeout: float = 180) -> Outcome:
@@ -85,9 +95,13 @@ def run_case(case: Case, ws: Workspace, timeout: float = 180) -> Outcome:
     before = _paths(ws.root)
     args = [a.format(bundle=ws.bundle, image=ws.image, root=ws.root) for a in case.args]
     env = {**os.environ, "PYTHONWARNINGS": "default"}  # warnings visible: they must not add lines either
-    proc = subprocess.run([sys.executable, "-m", "pgexport.cli", *args], cwd=ws.root, capture_output=True,
-                          text=True, errors="replace", timeout=timeout, env=env)
-    return Outcome(proc.returncode, proc.stdout, proc.stderr, tuple(sorted(_paths(ws.root) - before)))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pgexport.cli", *args], cwd=ws.root, capture_output=True,
+                              text=True, errors="replace", timeout=timeout, env=env)
+        return Outcome(proc.returncode, proc.stdout, proc.stderr, tuple(sorted(_paths(ws.root) - before)))
+    finally:
+        for undo in ws.after:
+            undo()
 
 
 def check(case: Case, out: Outcome) -> None:
@@ -208,6 +222,15 @@ def write_file(name: str, text: str):
     return setup
 
 
+def write_bytes(name: str, data: bytes):
+    return lambda ws: (ws.root / name).write_bytes(data)
+
+
+def long_set(name: str, rows: int):
+    """A JSONL set of `rows` rows (a few MB): each a prompt about the workspace's image."""
+    return write_file(name, '{"image": "img.png", "prompt": "caption en"}\n' * rows)
+
+
 def fake_checkpoint(config: str):
     """A directory that looks like a checkpoint until its config.json is read."""
     def setup(ws: Workspace) -> None:
@@ -219,6 +242,85 @@ def fake_checkpoint(config: str):
     return setup
 
 
+def target_locked(name: str):
+    """Another build of `name` (in the workspace) running: its lock held for as long as the CLI runs."""
+    def setup(ws: Workspace) -> None:
+        from pgexport.build.target_lock import TargetLock
+
+        lock = TargetLock(ws.root, name)
+        assert lock.try_acquire()
+        ws.after.append(lock.release)
+    return setup
+
+
+def swap_graph_file(name: str, other: str):
+    """`name` replaced by a copy of the graph `other` (another prefix length), its sha256 updated: every file
+    matches the manifest, but a graph's fixed shapes are not the ones it is listed for."""
+    def setup(ws: Workspace) -> None:
+        shutil.copyfile(ws.bundle / other, ws.bundle / name)
+        ws.rehash(name)
+    return setup
+
+
+def checkpoint_json(file: str, fn: Callable[[dict], None]):
+    """A setup that edits a JSON file of the workspace's checkpoint in place (NaN and Infinity as Python writes them)."""
+    def setup(ws: Workspace) -> None:
+        path = ws.checkpoint / file
+        value = json.loads(path.read_text())
+        fn(value)
+        path.write_text(json.dumps(value))
+    return setup
+
+
+def config_put(section: str, key: str, value):
+    return checkpoint_json("config.json", lambda c: c[section].__setitem__(key, value))
+
+
+def processor_put(key: str, value):
+    """transformers 5.x keeps the image-processor settings in processor_config.json, under image_processor."""
+    return checkpoint_json("processor_config.json", lambda c: c["image_processor"].__setitem__(key, value))
+
+
+def older_preprocessor_config(key: str, value):
+    """The image-processor settings in preprocessor_config.json, as older saves and Google's repositories have
+    them (transformers reads that file first)."""
+    def setup(ws: Workspace) -> None:
+        section = json.loads((ws.checkpoint / "processor_config.json").read_text())["image_processor"]
+        section[key] = value
+        (ws.checkpoint / "preprocessor_config.json").write_text(json.dumps(section))
+    return setup
+
+
+def poisoned_weight(value: float, which: int = 0):
+    """One float32 value of the checkpoint's `which`-th tensor set to `value` (NaN, infinity), bytes in place."""
+    def setup(ws: Workspace) -> None:
+        from pgexport.source.checkpoint import tensor_index
+
+        path = ws.checkpoint / "model.safetensors"
+        name = sorted(tensor_index(path))[which]
+        _, _, begin, _ = tensor_index(path)[name]
+        with open(path, "r+b") as f:
+            f.seek(begin)
+            f.write(struct.pack("<f", value))
+    return setup
+
+
+def nan_adapter(ws: Workspace) -> None:
+    """lora/: a LoRA adapter on the checkpoint, one of whose weights is NaN (as a diverged fine-tune leaves it)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    lora = ws.root / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"],
+        "base_model_name_or_path": str(ws.checkpoint)}))
+    prefix = "base_model.model.model.language_model.layers.0.self_attn.q_proj"
+    a, b = np.zeros((2, 64), np.float32), np.zeros((64, 2), np.float32)
+    b[3, 1] = np.nan
+    save_file({f"{prefix}.lora_A.weight": a, f"{prefix}.lora_B.weight": b}, str(lora / "adapter_model.safetensors"))
+
+
 # ------------------------------------------------------------------------------------------- the cases
 
 RUN = ("run", "{bundle}", "--image", "{image}")
@@ -228,6 +330,8 @@ BENCH = ("bench", "{bundle}", "--out", "{root}/bench-out")
 LONG_PROMPT = "caption en " + "x " * 9000  # ~9000 tokens, over the tiny models' 8192 positions
 
 BUILD = ("build", "--model", "tiny-pg1", "--out", "{root}/b")
+BUILD_CKPT = ("build", "--model", "ckpt", "--out", "{root}/b")  # the workspace's checkpoint (checkpoint=True)
+DEFAULT_STATIC = {"layout": "static", "max_len": 144, "prefill_lengths": [32, 80]}  # tiny-pg1's static bundle
 
 CASES: list[Case] = [
     # --- the manifest: read into typed, bounded sections before any file is opened
@@ -391,6 +495,105 @@ CASES: list[Case] = [
     Case("demo-out-not-writable", ("demo", "--out", "/sys/pgexport-demo"), "cannot write /sys/pgexport-demo",
          bundle=False),
     Case("build-min-agreement-above-one", (*BUILD, "--min-agreement", "1.5"), "--min-agreement", bundle=False),
+    # --- --out under a regular file: refused before any work, in every command that writes a folder
+    Case("build-out-under-a-file", ("build", "--model", "tiny-pg1", "--out", "somefile/b"),
+         "--out somefile/b: somefile is a file, not a folder", write_file("somefile", "x"), bundle=False),
+    Case("build-out-deep-under-a-file", ("build", "--model", "tiny-pg1", "--out", "somefile/x/y"),
+         "somefile is a file, not a folder", write_file("somefile", "x"), bundle=False),
+    Case("package-out-under-a-file", ("package", "{bundle}", "--out", "somefile/pkg"),
+         "--out somefile/pkg: somefile is a file, not a folder", write_file("somefile", "x")),
+    Case("bench-out-under-a-file", ("bench", "{bundle}", "--out", "somefile/bench"),
+         "--out somefile/bench: somefile is a file, not a folder", write_file("somefile", "x")),
+    Case("bench-out-is-a-file", ("bench", "{bundle}", "--out", "somefile"), "--out somefile is a file, not a folder",
+         write_file("somefile", "x")),
+    Case("demo-out-under-a-file", ("demo", "--out", "somefile/demo"), "somefile is a file, not a folder",
+         write_file("somefile", "x"), bundle=False),
+    # --- a static bundle's fixed shapes are the graphs' own: max_len, prefill lengths and the layout itself
+    Case("static-max-len-raised", CAPTION, "holds a KV cache of 144 tokens, but the manifest says kv_cache.max_len 200",
+         edit(lambda m: m["kv_cache"].update(max_len=200)), layout="static"),
+    Case("static-max-len-lowered", CAPTION, "holds a KV cache of 144 tokens, but the manifest says kv_cache.max_len 100",
+         edit(lambda m: m["kv_cache"].update(max_len=100)), layout="static"),
+    Case("static-prefill-file-swapped", CAPTION,
+         "decoder_prefill_32.onnx takes 80 tokens at a time, but the manifest lists it as the prefill graph for 32",
+         swap_graph_file("decoder_prefill_32.onnx", "decoder_prefill_80.onnx"), layout="static"),
+    Case("static-prefill-entry-points-at-another-length", CAPTION,
+         "decoder_prefill_80.onnx takes 80 tokens at a time, but the manifest lists it as the prefill graph for 32",
+         edit(lambda m: m["graphs"]["decoder_prefill_32"].update(file="decoder_prefill_80.onnx")), layout="static"),
+    Case("static-prefill-is-the-decode-graph", CAPTION,
+         "takes 1 token at a time, but the manifest lists it as the prefill graph for 80",
+         swap_graph_file("decoder_prefill_80.onnx", "decoder.onnx"), layout="static"),
+    Case("shared-relabelled-static", CAPTION,
+         "decoder.onnx takes any number of tokens, but the manifest says KV-cache layout 'static'",
+         edit(lambda m: m["kv_cache"].update(DEFAULT_STATIC)), layout="shared"),
+    Case("shared-relabelled-static-with-prefill-entries", CAPTION, "takes any number of tokens",
+         edit(lambda m: m.update(kv_cache=DEFAULT_STATIC,
+                                 graphs=m["graphs"] | {f"decoder_prefill_{n}": m["graphs"]["decoder"] for n in (32, 80)})),
+         layout="shared"),
+    Case("static-decode-graph-swapped", CAPTION,
+         "decoder.onnx takes 32 tokens at a time, but the manifest lists it as the decode graph, which takes one",
+         swap_graph_file("decoder.onnx", "decoder_prefill_32.onnx"), layout="static"),
+    Case("static-relabelled-shared", CAPTION,
+         "decoder.onnx has fixed shapes (1 token at a time), but the manifest says KV-cache layout 'shared'",
+         edit(lambda m: m["kv_cache"].update(layout="shared")), layout="static"),
+    Case("static-bench-max-len-raised", BENCH, "but the manifest says kv_cache.max_len 200",
+         edit(lambda m: m["kv_cache"].update(max_len=200)), layout="static"),
+    # --- a checkpoint's geometry bounded (contract.json) when the source is resolved, naming config.json's key
+    Case("build-config-zero-heads", BUILD_CKPT, "text_config.num_attention_heads is 0, outside 1..1024",
+         config_put("text_config", "num_attention_heads", 0), bundle=False, checkpoint=True),
+    Case("build-config-million-layers", BUILD_CKPT, "text_config.num_hidden_layers is 1000000, outside 1..1024",
+         config_put("text_config", "num_hidden_layers", 10**6), bundle=False, checkpoint=True),
+    Case("build-config-vision-zero-heads", BUILD_CKPT, "vision_config.num_attention_heads is 0, outside 1..1024",
+         config_put("vision_config", "num_attention_heads", 0), bundle=False, checkpoint=True),
+    Case("build-config-huge-image", BUILD_CKPT, "vision_config.image_size is 1000000000, outside 1..8192",
+         config_put("vision_config", "image_size", 10**9), bundle=False, checkpoint=True),
+    Case("build-config-patch-larger-than-image", BUILD_CKPT, "geometry.num_image_tokens is 0",
+         config_put("vision_config", "patch_size", 64), bundle=False, checkpoint=True),
+    Case("build-config-heads-not-a-multiple-of-kv-heads", BUILD_CKPT, "num_heads 4 is not a multiple of num_kv_heads 3",
+         config_put("text_config", "num_key_value_heads", 3), bundle=False, checkpoint=True),
+    Case("build-config-negative-vocabulary", BUILD_CKPT, "text_config.vocab_size is -5",
+         config_put("text_config", "vocab_size", -5), bundle=False, checkpoint=True),
+    Case("build-processor-size-huge", BUILD_CKPT,
+         "processor_config.json: size.height is 1000000000, but the vision tower takes 32x32 images",
+         processor_put("size", {"height": 10**9, "width": 10**9}), bundle=False, checkpoint=True),
+    # --- non-finite numbers in the sources: refused before the slow steps, naming the file
+    Case("build-processor-mean-nan", BUILD_CKPT, "processor_config.json: image_mean[0] is nan",
+         processor_put("image_mean", [float("nan"), 0.5, 0.5]), bundle=False, checkpoint=True),
+    Case("build-preprocessor-config-std-infinite", BUILD_CKPT, "preprocessor_config.json: image_std[2] is inf",
+         older_preprocessor_config("image_std", [0.5, 0.5, float("inf")]), bundle=False, checkpoint=True),
+    Case("build-processor-std-zero", BUILD_CKPT, "image_std[1] is 0; each must be a finite non-zero number",
+         processor_put("image_std", [0.5, 0, 0.5]), bundle=False, checkpoint=True),
+    Case("build-processor-rescale-nan", BUILD_CKPT, "rescale_factor is nan",
+         processor_put("rescale_factor", float("nan")), bundle=False, checkpoint=True),
+    Case("build-checkpoint-weight-nan", BUILD_CKPT, "model.safetensors holds NaN or infinite values",
+         poisoned_weight(float("nan")), bundle=False, checkpoint=True),
+    Case("build-checkpoint-weight-infinite", BUILD_CKPT, "model.safetensors holds NaN or infinite values",
+         poisoned_weight(float("-inf"), which=-1), bundle=False, checkpoint=True),
+    Case("build-adapter-weight-nan", (*BUILD_CKPT, "--adapter", "lora"),
+         "--adapter lora: adapter_model.safetensors holds NaN or infinite values (tensor", nan_adapter, bundle=False,
+         checkpoint=True),
+    # --- JSONL sets (bench --eval, build --calibration): UTF-8 text as --prompt is, and never silently cut short
+    Case("bench-eval-invalid-utf8", (*BENCH, "--eval", "set.jsonl"), "set.jsonl:2: not valid UTF-8",
+         write_bytes("set.jsonl", b'{"image": "img.png", "prompt": "ocr"}\n{"image": "img.png", "prompt": "caption \xff\xfe"}\n')),
+    Case("bench-eval-escaped-surrogate-prompt", (*BENCH, "--eval", "set.jsonl"),
+         "set.jsonl:1: the prompt is not valid UTF-8 text",
+         write_file("set.jsonl", '{"image": "img.png", "prompt": "caption \\udcff"}\n')),
+    Case("bench-eval-escaped-surrogate-answer", (*BENCH, "--eval", "set.jsonl"), "set.jsonl:1: answer is not valid UTF-8",
+         write_file("set.jsonl", '{"image": "img.png", "prompt": "ocr", "answer": "\\ud800"}\n')),
+    Case("bench-eval-blank-prompt", (*BENCH, "--eval", "set.jsonl"), "set.jsonl:1: empty prompt",
+         write_file("set.jsonl", '{"image": "img.png", "prompt": "  "}\n')),
+    Case("bench-eval-more-rows-than-a-set-holds", (*BENCH, "--eval", "set.jsonl", "--limit", "150000"),
+         "more than 100,000 eval rows; a set holds at most 100,000", long_set("set.jsonl", 100_001)),
+    Case("build-calibration-invalid-utf8", (*BUILD, "--quant", "int4-gptq", "--calibration", "c.jsonl"),
+         "c.jsonl:1: not valid UTF-8", write_bytes("c.jsonl", b'{"image": "img.png", "prompt": "\xc3("}\n'),
+         bundle=False),
+    Case("build-calibration-escaped-surrogate", (*BUILD, "--quant", "int4-gptq", "--calibration", "c.jsonl"),
+         "c.jsonl:1: the prompt is not valid UTF-8 text",
+         write_file("c.jsonl", '{"image": "img.png", "prompt": "\\udcff caption"}\n'), bundle=False),
+    # --- one writer per target: a second build or package into a target being written refuses at once
+    Case("build-target-being-written", BUILD, "/b is being written by another build", target_locked("b"),
+         bundle=False),
+    Case("package-target-being-written", ("package", "{bundle}", "--out", "{root}/pkg"),
+         "is being written by another build", target_locked("pkg")),
 ]
 
 # --- the cases the JavaScript runtime must refuse alike, with the same words (tests/runtime_cases.json, one list for

@@ -71,6 +71,25 @@ PROGRESS: dict[str, list[str]] = {}
 
 
 @pytest.fixture(scope="session")
+def layout_bundles(tmp_path_factory) -> dict:
+    """tiny-pg1 built with --kv-cache shared and static (default lengths: prefill 32 and 80, a cache of 144),
+    parity skipped: for tests that tamper with a layout's manifest or graphs."""
+    from pgexport.build.bundle_steps import BuildOptions, build
+
+    root = tmp_path_factory.mktemp("layouts")
+    return {layout: build(BuildOptions(model="tiny-pg1", out=root / layout, kv_cache=layout, skip_parity=True))
+            for layout in ("shared", "static")}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """tiny-pg1 as transformers' save_pretrained writes it (tests/checkpoints.py), float32 weights."""
+    from checkpoints import save_checkpoint
+
+    return save_checkpoint("tiny-pg1", tmp_path_factory.mktemp("checkpoint") / "tiny-pg1")
+
+
+@pytest.fixture(scope="session")
 def demo_bundles(tmp_path_factory) -> dict:
     """fp32 and int4 bundles of the demo model, built once (parity and the gate are other tests' business)."""
     from pathlib import Path

@@ -1,5 +1,6 @@
-"""Faults during a build: SIGTERM or SIGKILL, a full disk. Nothing that looks like a bundle is left, and no
-PyTorch child outlives the build."""
+"""Faults during a build: SIGTERM or SIGKILL, a full disk, a second build or another program at the same --out.
+Nothing that looks like a bundle is left, no PyTorch child outlives the build, and no build replaces a bundle
+it was not asked to."""
 
 from __future__ import annotations
 
@@ -77,8 +78,8 @@ def test_sigkill_takes_the_child_along_and_the_next_build_clears_the_leftovers(t
     proc.kill()
     proc.wait(timeout=30)
     assert _wait_gone(child, 10), "the PyTorch child outlived the build"
-    left = [p.name for p in tmp_path.iterdir()]
-    assert left == [f".pgexport-tmp-b-{proc.pid}"]  # SIGKILL leaves the temp dir (nothing can run) ...
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".pgexport-lock-b", f".pgexport-tmp-b-{proc.pid}"]  # SIGKILL leaves the temp dir (nothing can run) ...
     assert _looks_like_a_bundle(tmp_path) == []  # ... but nothing in it looks like a bundle
 
     done = subprocess.run([sys.executable, "-m", "pgexport.cli", "build", "--model", "tiny-pg1", "--out",
@@ -87,6 +88,66 @@ def test_sigkill_takes_the_child_along_and_the_next_build_clears_the_leftovers(t
     notes = [ln for ln in done.stderr.splitlines() if "left by an interrupted build" in ln]
     assert len(notes) == 1 and f".pgexport-tmp-b-{proc.pid}" in notes[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
+
+
+def _build(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pgexport.cli", "build", "--model", "tiny-pg1", "--out", str(out),
+                             "--skip-parity", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_builds_into_one_target_at_once_one_refuses(tmp_path):
+    """The second build finds the target's lock held and refuses in one line; the first one's bundle stays."""
+    procs = [_build(tmp_path / "same"), _build(tmp_path / "same")]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], outs
+    ok, refused = outs[codes.index(0)], outs[codes.index(2)]
+    lines = [ln for ln in refused[1].splitlines() if ln.strip()]
+    assert "Traceback" not in refused[1] and len(lines) == 1, refused[1]
+    assert lines[0].startswith(f"error: {tmp_path / 'same'} is being written by another build"), lines
+    assert ok[0].startswith(f"wrote {tmp_path / 'same'}") and "wrote" not in refused[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]
+    assert (tmp_path / "same" / "manifest.json").is_file()
+
+
+def test_a_target_that_appears_during_the_build_is_not_replaced(tmp_path):
+    """Another program creates --out while the build runs: without --force the build refuses at the rename."""
+    out = tmp_path / "b"
+    proc, _ = _start_build(out)
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    _, err = proc.communicate(timeout=600)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert len(lines) == 1 and "appeared while this build ran" in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_stale_directories_are_judged_by_their_lock_not_their_pid(tmp_path):
+    """A live build in another PID namespace has a PID that is no process here: its lock, held, keeps its
+    temporary directory. A leftover whose PID happens to be a live process here goes once its lock is free."""
+    from pgexport.build.target_lock import TargetLock
+    from pgexport.build.writer import remove_stale
+
+    no_such_pid = int(Path("/proc/sys/kernel/pid_max").read_text())  # PIDs are below pid_max
+    live = tmp_path / f".pgexport-tmp-live-{no_such_pid}"
+    (live / ".torch").mkdir(parents=True)
+    other = TargetLock(tmp_path, "live")
+    assert other.try_acquire()  # held as that build holds it (flock: a second open file is another holder)
+    left = tmp_path / ".pgexport-tmp-left-1"  # PID 1 is alive, but no build of "left" holds the lock
+    left.mkdir()
+    (tmp_path / ".pgexport-lock-left").touch()  # and the lock file a SIGKILLed build leaves
+
+    notes: list[str] = []
+    remove_stale(tmp_path, notes.append)
+    assert live.is_dir() and not left.exists() and not (tmp_path / ".pgexport-lock-left").exists()
+    assert len(notes) == 1 and left.name in notes[0]
+    assert not TargetLock(tmp_path, "live").try_acquire()  # still that build's
+
+    other.release()  # that build ends without cleaning up (as if killed): the next look removes its directory
+    remove_stale(tmp_path, notes.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_full_disk_is_one_line_and_leaves_nothing(tmp_path):

@@ -16,7 +16,11 @@ def test_the_catalogue_is_well_formed():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_case(case, bundles, tmp_path):
+def test_case(case, bundles, request, tmp_path):
     image = Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8))
-    ws = make_workspace(tmp_path / "ws", bundles["tiny-pg1"] if case.bundle else None, image)
+    bundle = None
+    if case.bundle:  # the shared and static bundles are built only when a case asks for them
+        bundle = bundles["tiny-pg1"] if case.layout == "concat" else request.getfixturevalue("layout_bundles")[case.layout]
+    checkpoint = request.getfixturevalue("tiny_checkpoint") if case.checkpoint else None
+    ws = make_workspace(tmp_path / "ws", bundle, image, checkpoint)
     check(case, run_case(case, ws))

@@ -189,3 +189,53 @@ def test_int4_build_of_base_plus_adapter_is_gated_against_the_peft_model(root):
 
 
 MIN = 0.75  # measured: 0.875 against peft, 0.5 against the base (AMD EPYC, AVX2; one sample of margin each way)
+
+
+# ---- non-finite weights -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype, bad", [
+    *((d, b) for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.float8_e5m2)
+      for b in (float("nan"), float("inf"), float("-inf"))),
+    (torch.float8_e4m3fn, float("nan")),  # e4m3fn has no infinity
+])
+def test_non_finite_weights_are_found_in_every_float_format(tmp_path, monkeypatch, dtype, bad):
+    """Bits tested as stored, a chunk at a time (chunks of 8 bytes here, so the bad value is in a later one);
+    integers whose bits look like a float's NaN are integers, and finite extremes are finite."""
+    from safetensors.torch import save_file
+
+    from pgexport.source import finite
+    from pgexport_runtime.errors import UserError
+
+    monkeypatch.setattr(finite, "CHUNK_BYTES", 8)
+    top = torch.finfo(dtype).max
+    clean = {"a": torch.tensor([0.0, -top, top, 1e-3] * 5, dtype=torch.float64).to(dtype), "ints": torch.full((9,), -1, dtype=torch.int32)}
+    save_file(clean, str(tmp_path / "clean.safetensors"))
+    finite.check_file(tmp_path / "clean.safetensors", "--model x")
+    poisoned = dict(clean, b=torch.zeros(23).to(dtype))
+    poisoned["b"][19] = bad
+    save_file(poisoned, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(UserError, match=r"^--model x: bad.safetensors holds NaN or infinite values \(tensor 'b'\)"):
+        finite.check_file(tmp_path / "bad.safetensors", "--model x")
+
+
+def test_lora_adapter_with_nan_weights_is_refused_before_the_build_naming_it(root, capsys):
+    """A diverged fine-tune: the build stops before the PyTorch phase, naming the adapter's file and tensor
+    (it used to fail at the parity check as "vision_encoder differs from PyTorch: max |diff| nan")."""
+    from safetensors.torch import load_file, save_file
+
+    from test_cli_errors import run_cli
+
+    ckpt, _ = saved(root, "pg1", "right")
+    adapter = save_lora_adapter(ckpt, root / "nan-lora", ADAPTERS["pg1"][0], 5)
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    name = sorted(k for k in tensors if "vision_tower" in k)[0]
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    out = root / "nan-lora-bundle"
+    capsys.readouterr()  # what saving the adapter printed
+    code, _, err = run_cli(["build", "--model", ckpt, "--adapter", adapter, "--out", out], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
+    assert lines[0] == (f"error: --adapter {adapter}: adapter_model.safetensors holds NaN or infinite values (tensor "
+                        f"{name!r}); a model with them answers nothing but NaN")
+    assert not out.exists() and not list(root.glob(".pgexport-*nan-lora-bundle*"))

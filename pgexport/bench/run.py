@@ -218,17 +218,49 @@ def _bundle_name(bundles, i: int) -> str:
     return name if len(same) == 1 else f"{name}#{same.index(i) + 1}"
 
 
+class WorkerFailed(UserError):
+    """A bench worker ended without a result. `log`: the worker's log the message points to (kept by the
+    command when it removes what the run wrote), or None when the message says all the log would."""
+
+    def __init__(self, message: str, log: Path | None):
+        super().__init__(message)
+        self.log = log
+
+
 def _run_worker(w: _Worker, job_file: Path, advance: Callable[[int], None]) -> dict:
     """The worker's spec in job_file; its stderr in the same name with .log."""
     from pgexport import child
+    from pgexport_runtime.out_of_memory import out_of_memory
 
     try:
         child.run("pgexport.bench.worker", w.spec, job_file,
                   lambda event, text: advance(int(text)) if event == "progress" else None)
+    except child.ChildOutOfMemory as exc:
+        raise out_of_memory(f"running the bench worker for {w.name}", exc.words) from None
     except child.ChildFailed as exc:
-        raise UserError(f"bench worker for {w.name} failed (exit {exc.code}): {exc.tail[-1][:300]} "
-                        f"(full log: {exc.log})") from None
+        if exc.tail:
+            raise WorkerFailed(f"bench worker for {w.name} failed ({exc.how}): {exc.tail[-1][:300]} "
+                               f"(full log: {exc.log})", exc.log) from None
+        raise WorkerFailed(f"bench worker for {w.name} failed ({exc.how}) with nothing on stderr"
+                           f"{_silent_reason(exc, job_file.parent)}", None) from None
     return json.loads(Path(w.spec["out"]).read_text())
+
+
+def _silent_reason(exc, work: Path) -> str:
+    """Why a worker may have died without a word: a full disk takes its log too; SIGKILL is the kernel's
+    out-of-memory killer's signal."""
+    import shutil
+    import signal
+
+    try:
+        free = shutil.disk_usage(work).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 << 20:
+        return f": the disk holding {work} has {free / 1e6:.1f} MB free"
+    if exc.code == -signal.SIGKILL:
+        return " (the kernel's out-of-memory killer ends processes with SIGKILL: is memory short?)"
+    return ""
 
 
 def _run_entry(w: _Worker, res: dict, ref_res: dict | None, ref_name: str | None, items, decode_fn, manifest,

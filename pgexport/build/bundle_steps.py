@@ -12,7 +12,7 @@ from pgexport_runtime.geometry import Geometry
 from pgexport_runtime.manifest import GraphEntry, Generation, KvCache, Manifest, MaskCodes, Record
 
 from pgexport.verify import parity
-from pgexport.source import sources
+from pgexport.source import finite, sources
 from pgexport.build import torch_steps
 from pgexport.build.writer import BundleWriter, check_graph_files
 from pgexport.export.graphs import FILES, IO
@@ -54,6 +54,7 @@ class _Build:
         self.plan, self.opts, self.progress, self.detail = plan, plan.options, progress, detail
         self.source, self.geometry, self.recipe = plan.source, plan.geometry, plan.recipe
         self.mask = _load_mask_decoder(plan.mask_weights)  # bad weights: a user error before the slow steps
+        finite.check_source(plan.source)  # NaN or infinity in the checkpoint or the adapter: the same
         self.writer = BundleWriter(self.opts.out, force=self.opts.force)
         self.manifest: Manifest | None = None
         self.quantized: dict = {}  # graph name -> its quantization report

@@ -114,12 +114,13 @@ class Plan:
     def of(cls, opts: BuildOptions, check_memory: bool = True) -> "Plan":
         """Resolve the source and recipe, and (check_memory) hold the estimate against the memory budget: user
         errors surface here, before any step starts."""
-        from pgexport.source import sources
+        from pgexport.source import checkpoint, sources
         from pgexport.export import mask_decoder
         from pgexport.quant.recipes import resolve_recipe
 
         source = sources.resolve(opts.model, opts.adapter)
         g = sources.load_geometry(source)
+        checkpoint.check_image_processor(source.directory, g.image_size)
         recipe = resolve_recipe(opts.quant).verify(g.tie_word_embeddings)
         auto = recipe.target_agreement is not None
         if auto and opts.min_agreement is not None:  # the target the units are chosen for, and the gate's bar
@@ -127,8 +128,10 @@ class Plan:
         if opts.calibration is not None and not recipe.needs_calibration:
             raise UserError(f"--calibration is only used by recipes that calibrate (GPTQ, AWQ or auto); "
                             f"{recipe.name} does not")
-        if opts.calibration is not None and not Path(opts.calibration).is_file():
-            raise UserError(f"calibration file not found: {opts.calibration}")
+        if opts.calibration is not None:  # read now, as GPTQ will (a bad line is found before the PyTorch phase)
+            from pgexport.verify import image_prompts
+
+            image_prompts.read(opts.calibration, None, recipe.calibration_samples, "calibration")
         if opts.kv_cache not in KV_LAYOUTS:
             raise UserError(f"unknown --kv-cache {opts.kv_cache!r} (use one of {', '.join(KV_LAYOUTS)})")
         quantize = not recipe.is_identity

@@ -47,16 +47,26 @@ def run(plan: Plan, out_dir: Path, progress, detail=None) -> TorchResults:
     work.mkdir(parents=True, exist_ok=True)
     job = {"plan": plan.to_json(), "out_dir": str(out_dir)}
 
+    step = ["starting"]
+
     def relay(event: str, text: str) -> None:
         if event == "step":
+            step[0] = text
             progress(text)
         elif event == "detail" and detail is not None:
             detail(text)
 
     try:
         child.run("pgexport.build.torch_steps", job, work / "job.json", relay)
+    except child.ChildOutOfMemory as exc:
+        from pgexport_runtime.out_of_memory import out_of_memory
+
+        hint = "nothing was written; free memory, or use a machine with more" + (
+            "" if plan.stream else " (--stream holds one decoder layer at a time)")
+        raise out_of_memory(f"building (the PyTorch phase, step {step[0]!r})", exc.words,
+                            plan.estimate and plan.estimate.peak_rss_bytes, hint) from None
     except child.ChildFailed as exc:
-        raise RuntimeError(f"the PyTorch phase failed (exit {exc.code}):\n" + "\n".join(exc.tail)) from None
+        raise RuntimeError(f"the PyTorch phase failed ({exc.how}):\n" + "\n".join(exc.tail or ["(no output)"])) from None
     return _load(work)
 
 

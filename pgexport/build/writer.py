@@ -1,7 +1,8 @@
 """Writing a bundle: into a temporary directory beside the target, renamed into place only when done.
 
 A failed or interrupted build leaves no directory that looks like a bundle: the temporary one has no
-manifest until the last step, and is removed on failure.
+manifest until the last step, and is removed on failure. One build at a time writes a target: the writer holds
+the target's lock (target_lock.py) from before its temporary directory exists until the rename.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pathlib import Path
 
 from pgexport_runtime.errors import UserError
 from pgexport_runtime.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_file
+
+from pgexport.build.target_lock import TargetLock, target_name
+from pgexport.files import check_folder_target
 
 
 class GraphFilesError(Exception):
@@ -45,53 +49,80 @@ def check_graph_files(directory: Path, manifest: dict) -> None:
                                   f"{'does not hold' if missing else 'does not list'}")
 
 
-def remove_stale(directory: Path, notify) -> None:
-    """Remove the temp directories that killed builds left in `directory` (their process is gone).
+def remove_stale(directory: Path, notify, holding: str | None = None) -> None:
+    """Remove what killed builds left in `directory`: their temporary and old directories, and lock files.
 
-    A build writes into `.pgexport-tmp-NAME-PID` and only renames it at the end; SIGKILL or a power cut
-    leaves it behind. The PID says whether its build still runs: a live process's directory is never touched.
+    A build writes into `.pgexport-tmp-NAME-PID` and only renames it at the end; SIGKILL or a power cut leaves
+    it behind. Whether a build of NAME still runs is the lock it holds (target_lock.py), not its PID, which
+    may name a live process of another PID namespace or be reused: a directory is removed only while its
+    target's lock is free, or held by this process (`holding`: the target this process is building).
     """
-    for stale in sorted(directory.glob(".pgexport-*-*")):
-        kind, _, pid = stale.name.rpartition("-")
-        if not (kind.startswith((".pgexport-tmp-", ".pgexport-old-")) and pid.isdigit() and stale.is_dir()):
-            continue
-        if _process_alive(int(pid)):
-            continue
-        shutil.rmtree(stale, ignore_errors=True)
-        notify(f"removed {stale.name}, left by an interrupted build (process {pid} is gone)")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+    groups: dict[str, list[Path]] = {}
+    for entry in sorted(directory.glob(".pgexport-*")):
+        found = target_name(entry.name)
+        if found is not None and (found[0] == "lock" or (entry.is_dir() and not entry.is_symlink())):
+            groups.setdefault(found[1], []).append(entry)
+    for name, entries in groups.items():
+        lock = None
+        if name != holding:
+            lock = TargetLock(directory, name)
+            try:
+                if not lock.try_acquire():
+                    continue  # a build of NAME is running: its directories are its own
+            except OSError:
+                continue
+        try:
+            for entry in entries:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                    notify(f"removed {entry.name}, left by an interrupted build (no build of {name} holds its lock)")
+        finally:
+            if lock is not None:
+                lock.release()  # removes the stale lock file too
 
 
 class BundleWriter:
+    """A bundle written into `.pgexport-tmp-NAME-PID` beside the target NAME, under NAME's lock, and renamed into
+    place by `commit` (replacing an existing bundle only with force). Used as a context manager: the lock is
+    taken on entry and released on exit, and a failure removes the temporary directory."""
+
     def __init__(self, out: Path, force: bool = False, notify=None):
         self.out = Path(out)
+        self.force = force
         self.notify = notify or (lambda line: print(line, file=sys.stderr, flush=True))
-        if self.out.exists() and not force:
-            raise UserError(f"{self.out} already exists (use --force to replace it)")
-        if self.out.exists() and not (self.out / MANIFEST).is_file():
-            raise UserError(f"{self.out} exists and is not a bundle; refusing to replace it")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        check_folder_target(self.out)
+        self._check_target()
         self.tmp = self.out.parent / f".pgexport-tmp-{self.out.name}-{os.getpid()}"
+        self.lock = TargetLock(self.out.parent, self.out.name)
         self._hashes: dict = {}
 
+    def _check_target(self, when: str = "") -> None:
+        if self.out.exists() and not self.force:
+            raise UserError(f"{self.out} {when or 'already exists'} (use --force to replace it)")
+        if self.out.exists() and not (self.out / MANIFEST).is_file():
+            raise UserError(f"{self.out} {when or 'exists'} and is not a bundle; refusing to replace it")
+
     def __enter__(self) -> "BundleWriter":
-        remove_stale(self.out.parent, self.notify)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        if not self.lock.try_acquire():
+            raise UserError(f"{self.out} is being written by another build (it holds {self.lock.path}); wait for it "
+                            "to finish, or choose another --out")
+        try:
+            self._check_target()  # a build that held the lock until just now may have written it
+            remove_stale(self.out.parent, self.notify, holding=self.out.name)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir()
+        except BaseException:
+            self.lock.release()
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        finally:
+            self.lock.release()
         return False
 
     def path(self, name: str) -> Path:
@@ -120,7 +151,11 @@ class BundleWriter:
         return self._hashes[key]
 
     def commit(self) -> Path:
-        """Move the finished bundle into place (replacing an older bundle only now)."""
+        """Move the finished bundle into place (replacing an older bundle only now, and only with force).
+
+        The target is checked again: the lock keeps other builds out, but not other programs, which may have
+        put something at --out since the build started."""
+        self._check_target("appeared while this build ran")
         old = None
         if self.out.exists():
             old = self.out.parent / f".pgexport-old-{self.out.name}-{os.getpid()}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,12 +82,54 @@ def check_directory(path: Path) -> CheckpointFiles:
 
 def image_processor_config(path: Path) -> dict | None:
     """The image-processor settings, from whichever file transformers would take them."""
+    found = _image_processor(path)
+    return found and found[1]
+
+
+def _image_processor(path: Path) -> tuple[Path, dict] | None:
+    """(the file, the image-processor settings in it)."""
     if (path / "preprocessor_config.json").is_file():
-        return read_json(path / "preprocessor_config.json", "preprocessor_config.json")
+        return path / "preprocessor_config.json", read_json(path / "preprocessor_config.json", "preprocessor_config.json")
     if (path / "processor_config.json").is_file():
         section = read_json(path / "processor_config.json", "processor_config.json").get("image_processor")
-        return section if isinstance(section, dict) else None
+        return (path / "processor_config.json", section) if isinstance(section, dict) else None
     return None
+
+
+def check_image_processor(path: Path, image_size: int) -> None:
+    """The numbers of the image-processor settings, before anything is preprocessed with them: the size the
+    vision tower takes (a 10**9-pixel size would be allocated by the first resize), finite mean and std (a NaN
+    mean turns every pixel value into NaN), a finite positive rescale factor. One line naming the file."""
+    found = _image_processor(path)
+    if found is None:
+        return
+    file, ip = found
+    size = ip.get("size")
+    if isinstance(size, dict):
+        for key in ("height", "width"):
+            value = size.get(key, image_size)
+            if value != image_size or isinstance(value, bool):
+                raise UserError(f"{file}: size.{key} is {_short(value)}, but the vision tower takes {image_size}x"
+                                f"{image_size} images (config.json vision_config.image_size)")
+    for key in ("image_mean", "image_std"):
+        values = ip.get(key)
+        if values is None:
+            continue
+        values = values if isinstance(values, list) else [values]
+        for i, x in enumerate(values):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or (
+                    key == "image_std" and x == 0):
+                need = "a finite non-zero number" if key == "image_std" else "a finite number"
+                raise UserError(f"{file}: {key}[{i}] is {_short(x)}; each must be {need}")
+    factor = ip.get("rescale_factor")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))
+                               or not math.isfinite(factor) or factor <= 0):
+        raise UserError(f"{file}: rescale_factor is {_short(factor)}; it must be a finite positive number")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _weight_files(path: Path) -> tuple[Path, ...]:

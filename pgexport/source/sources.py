@@ -219,7 +219,9 @@ def _materialize_preset(name: str, preset: dict) -> Path:
 
 def load_config(source: Source):
     from transformers import PaliGemmaConfig
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()  # its warnings about odd values are lines of their own; checks below say one
     try:
         return PaliGemmaConfig.from_pretrained(source.directory)
     except Exception as exc:  # transformers' and huggingface_hub's validators raise their own types
@@ -227,10 +229,10 @@ def load_config(source: Source):
 
 
 def load_geometry(source: Source) -> Geometry:
-    from pgexport.source.geometry import geometry_from_config
+    from pgexport.source.geometry import checked_geometry
 
     try:
-        return geometry_from_config(load_config(source))
+        return checked_geometry(load_config(source))
     except (ValueError, TypeError, AttributeError) as exc:
         raise UserError(f"{source.spec}: config.json describes no model pgexport can export "
                         f"({checkpoint.first_line(exc)[:200]})") from None

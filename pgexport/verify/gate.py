@@ -117,8 +117,12 @@ def evaluate_apart(bundle, ref: GateReference, max_new_tokens: int, prepack: boo
     try:
         child.run("pgexport.verify.gate", job, work / "gate_job.json", lambda event, text: None)
         return json.loads(result.read_text())
+    except child.ChildOutOfMemory as exc:
+        from pgexport_runtime.out_of_memory import out_of_memory
+
+        raise out_of_memory("running the accuracy gate on the bundle", exc.words) from None
     except child.ChildFailed as exc:
-        raise RuntimeError(f"the accuracy gate failed (exit {exc.code}):\n" + "\n".join(exc.tail)) from None
+        raise RuntimeError(f"the accuracy gate failed ({exc.how}):\n" + "\n".join(exc.tail or ["(no output)"])) from None
     finally:
         for p in (*images, *made, result):
             p.unlink(missing_ok=True)

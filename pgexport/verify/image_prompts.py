@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pgexport_runtime import limits
 from pgexport_runtime.errors import UserError
 from pgexport_runtime.images import load_image
 
@@ -51,25 +52,43 @@ def load_masks(paths) -> list[np.ndarray]:
 
 
 def read(path: Path, split: str | None = None, limit: int | None = None, what: str = "set") -> list[Row]:
-    """The rows of `path` (of one split), at most `limit`; a malformed line is a one-line UserError."""
+    """The rows of `path` (of one split), at most `limit`; a malformed line is a one-line UserError.
+
+    The file is UTF-8 and every string in it valid UTF-8 text (the rule --prompt follows, limits.py): a byte or
+    an escaped surrogate that is not text is refused, naming its line, never replaced. A set holds at most
+    MAX_ROWS rows: asked for more (no limit, or a larger one), a longer file is refused rather than cut short."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} file not found: {path}")
     if path.stat().st_size > MAX_BYTES:
         raise UserError(f"{path}: larger than {MAX_BYTES >> 20} MiB")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not valid UTF-8 (byte {exc.start} of the file); {what} files are UTF-8 "
+                        "text") from None
+    cap = MAX_ROWS if limit is None else min(limit, MAX_ROWS)
     rows = []
-    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):  # JSON strings may hold U+2028, which splitlines splits at
         if not line.strip():
             continue
         try:
             row = _row(json.loads(line), path.parent, n)
+        except UserError as exc:  # limits.py's words for a prompt or a string it refuses
+            raise UserError(f"{path}:{n}: {exc}") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise UserError(f"{path}:{n}: expected a JSON object with 'image' and 'prompt' (see pgexport/verify/image_prompts.py "
                             "for the optional fields)") from None
-        if split is None or row.split == split:
-            rows.append(row)
-        if len(rows) == limit or len(rows) >= MAX_ROWS:
+        if split is not None and row.split != split:
+            continue
+        if len(rows) == cap:
+            if limit is None or limit > MAX_ROWS:  # asked for more than a set may hold, and the file has more
+                raise UserError(f"{path}: more than {MAX_ROWS:,} {what} rows" + (f" in split {split!r}" if split else "")
+                                + f"; a set holds at most {MAX_ROWS:,} (split the file, or ask for fewer rows)")
             break
+        rows.append(row)
     if not rows:
         raise UserError(f"{path}: no {what} rows" + (f" in split {split!r}" if split else ""))
     return rows
@@ -87,8 +106,10 @@ def _row(d: dict, base: Path, n: int) -> Row:
             raise TypeError(key)
         return v
 
-    if not isinstance(d["prompt"], str):
+    if not isinstance(d, dict) or not isinstance(d["prompt"], str):
         raise TypeError("prompt")
+    limits.check_prompt(d["prompt"])  # the rule of --prompt: non-blank UTF-8 text, bounded
+    _check_text(d, "")
     boxes = opt("boxes", list)
     if boxes is not None:
         boxes = tuple((str(b[0]), tuple(float(v) for v in b[1:5])) for b in boxes if len(b) == 5)
@@ -99,3 +120,16 @@ def _row(d: dict, base: Path, n: int) -> Row:
     return Row(id=str(d.get("id", f"item-{n:04d}")), image=path(d["image"]), prompt=d["prompt"],
                answer=opt("answer", str), task=opt("task", str), split=opt("split", str), max_new_tokens=max_new,
                boxes=boxes, masks=tuple(path(p) for p in masks) if masks is not None else None)
+
+
+def _check_text(value, where: str) -> None:
+    """Every string of a row (ids, answers, labels, paths) valid UTF-8 text, as a prompt must be."""
+    if isinstance(value, str):
+        limits.check_utf8(value, where or "a string")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k, f"a key of {where}" if where else "a key")
+            _check_text(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_text(v, f"{where}[{i}]")

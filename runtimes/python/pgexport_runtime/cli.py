@@ -17,10 +17,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from pgexport_runtime import describe, limits
+from typing import TYPE_CHECKING
+
+from pgexport_runtime import import_error, limits
 from pgexport_runtime.errors import UserError
-from pgexport_runtime.sampling import Sampling
+from pgexport_runtime.out_of_memory import is_out_of_memory, out_of_memory, reported_while
 from pgexport_runtime.terminal import printable
+
+if TYPE_CHECKING:  # numpy and onnxruntime load inside main's error handling: a failure there is one line too
+    from pgexport_runtime.sampling import Sampling
 
 
 def run_prompts(bundle, image, prompts: list[str], *, max_new_tokens: int | None = None,
@@ -29,12 +34,16 @@ def run_prompts(bundle, image, prompts: list[str], *, max_new_tokens: int | None
                 on_token=None, on_answer=None) -> list:
     """One image, one or more prompts, answered in order (the vision encoder runs once: the image cache).
     on_token(row, token, text) streams; on_answer(i, answer) is called as each answer is complete."""
-    from PIL import Image
+    try:
+        from PIL import Image
 
-    from pgexport_runtime.images import load_image
-    from pgexport_runtime.overlay import check_output_path, save_overlay
-    from pgexport_runtime.pipeline import PaliGemma
-    from pgexport_runtime.session import SessionConfig
+        from pgexport_runtime.images import load_image
+        from pgexport_runtime.overlay import check_output_path, save_overlay
+        from pgexport_runtime.pipeline import PaliGemma
+        from pgexport_runtime.sampling import Sampling
+        from pgexport_runtime.session import SessionConfig
+    except ImportError as exc:  # a missing package, or one that cannot load (out of memory?): one line
+        raise import_error(exc) from None
 
     if overlay is not None and len(prompts) != 1:
         raise UserError("--overlay draws one answer: give one --prompt with it")
@@ -44,12 +53,15 @@ def run_prompts(bundle, image, prompts: list[str], *, max_new_tokens: int | None
     if overlay is not None:
         check_output_path(overlay, image)
     warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's guard: our one-line error
-    img = load_image(image, max_image_pixels)
-    pg = PaliGemma(bundle, session, max_image_pixels=max_image_pixels)
+    with reported_while(f"reading {image}"):
+        img = load_image(image, max_image_pixels)
+    with reported_while(f"loading the bundle {bundle}"):
+        pg = PaliGemma(bundle, session, max_image_pixels=max_image_pixels)
     results = []
     for i, prompt in enumerate(prompts):
-        result = pg.answer(img, prompt, max_new_tokens=max_new_tokens, stop_strings=stop, on_token=on_token,
-                           sampling=sampling or Sampling())
+        with reported_while(f"answering {prompt!r}"[:80]):
+            result = pg.answer(img, prompt, max_new_tokens=max_new_tokens, stop_strings=stop, on_token=on_token,
+                               sampling=sampling or Sampling())
         if overlay is not None:  # (one prompt) written before anything is printed: a failure is the only line
             save_overlay(img, result, overlay)
         results.append(result)
@@ -62,6 +74,8 @@ def run_and_print(bundle, image, prompts: list[str], *, as_json: bool, stream: b
     """`run` in both command lines: answers (or JSON objects, one per line), warnings on err, with a
     `[prompt]` line before each answer when there are several prompts. The model's text is escaped for the
     terminal in the human output (a token may decode to ESC); JSON lines are json.dumps's, ASCII only."""
+    from pgexport_runtime import describe
+
     stream = stream and not as_json
     several = len(prompts) > 1
 
@@ -135,14 +149,19 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "pgexport-run") -> int:
+    command = ""
     try:
         args = _parser(prog).parse_args(argv)
+        command = f" {args.command}"
         if args.command == "inspect":
+            from pgexport_runtime import describe
             from pgexport_runtime.manifest import load_manifest
 
             m = load_manifest(args.bundle, verify=not args.no_verify)
             lines = [json.dumps(m.raw, indent=2)] if args.json else [printable(x) for x in describe.describe(m)]
         else:
+            from pgexport_runtime.sampling import Sampling
+
             sampling = Sampling(do_sample=args.sample, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed)
             run_and_print(args.bundle, args.image, args.prompt, as_json=args.json, stream=args.stream,
@@ -157,6 +176,18 @@ def main(argv: list[str] | None = None, prog: str = "pgexport-run") -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ImportError as exc:  # a package missing or unable to load: how to install it, or why it cannot load
+        print(f"error: {' '.join(str(import_error(exc)).split())}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # memory ran out where no step above could say what it was doing
+        if not is_out_of_memory(exc):
+            raise
+        try:
+            message = str(out_of_memory(f"running {prog}{command}", exc))
+        except MemoryError:  # not even room for the sentence
+            message = "out of memory"
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     for line in lines:
         print(line)
     return 0

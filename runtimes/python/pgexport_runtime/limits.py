@@ -98,7 +98,7 @@ def check_request(prompts: Sequence[str], max_new_tokens, stop_strings: Sequence
     for i, s in enumerate(stop_strings, 1):
         if not isinstance(s, str) or not s:
             raise LimitError(f"stop string {i} is empty: it would stop before the first token")
-        _utf8(s, f"stop string {i}")
+        check_utf8(s, f"stop string {i}")
 
 
 def check_prompt(prompt) -> str:
@@ -109,7 +109,7 @@ def check_prompt(prompt) -> str:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise LimitError(f"the prompt has {len(prompt):,} characters, more than the {MAX_PROMPT_CHARS:,} "
                          "this runtime reads")
-    _utf8(prompt, "the prompt")
+    check_utf8(prompt, "the prompt")
     return prompt
 
 
@@ -131,8 +131,10 @@ def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and not math.isnan(x)
 
 
-def _utf8(s: str, what: str) -> None:
+def check_utf8(s: str, what: str) -> str:
+    """Text that is not UTF-8 is refused, wherever it comes from (an option, a JSON escape, a file's line)."""
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: how Python passes on command-line bytes that are not UTF-8
         raise LimitError(f"{what} is not valid UTF-8 text") from None
+    return s

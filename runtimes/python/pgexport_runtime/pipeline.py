@@ -15,7 +15,7 @@ from pgexport_runtime.errors import UserError
 from pgexport_runtime.generate import Graphs, encode_image, generate
 from pgexport_runtime.image_cache import DEFAULT_MAX_BYTES, ImageCache
 from pgexport_runtime.images import as_image
-from pgexport_runtime.manifest import load_manifest
+from pgexport_runtime.manifest import MANIFEST, load_manifest
 from pgexport_runtime.mapped import released_while
 from pgexport_runtime.masks import MaskDecoder
 from pgexport_runtime.preprocess import preprocess
@@ -88,8 +88,11 @@ class PaliGemma:
             prefill={n: self._session(name) for n, name in kv.prefill_graphs.items()
                      if name in m.graphs and "decoder" in wanted},
         )
-        if self.graphs.decoder is not None and kv.layout.fixed_shape:
-            check_static(self.graphs, m.path(m.graphs["decoder"].file))
+        if self.graphs.decoder is not None:
+            paths = {"decoder": m.path(m.graphs["decoder"].file)}
+            paths |= {f"prefill:{n}": m.path(m.graphs[name].file) for n, name in kv.prefill_graphs.items()
+                      if name in m.graphs}
+            check_static(self.graphs, paths, kv.layout, building=manifest_file != MANIFEST)
         # optional graph (segment): 16 <seg> codes -> a 64x64 mask; None in bundles built without one
         entry = m.graphs.get("mask_decoder") if "decoder" in wanted else None
         self.mask_decoder = MaskDecoder(m.path(entry.file), entry.codes, cfg, kv.layout.fixed_shape) if entry else None

@@ -9,6 +9,7 @@ import onnxruntime as ort
 
 from pgexport_runtime import limits
 from pgexport_runtime.errors import BundleError, UserError
+from pgexport_runtime.out_of_memory import is_out_of_memory, out_of_memory
 
 _OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -69,7 +70,7 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
     opts.intra_op_num_threads = cfg.intra_op_threads
     opts.inter_op_num_threads = cfg.inter_op_threads
     opts.graph_optimization_level = _OPT[cfg.optimization]
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: its errors come back as exceptions, which say them in one line
     opts.enable_cpu_mem_arena = cfg.mem_arena
     if not cfg.prepack:
         opts.add_session_config_entry("session.disable_prepacking", "1")
@@ -77,8 +78,12 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
         opts.enable_profiling = True
         opts.profile_file_prefix = f"{cfg.profile_prefix}_{Path(path).stem}"
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=cfg.providers)
+        # no fallback on the CPU: onnxruntime would print a banner and retry the very same provider
+        return ort.InferenceSession(str(path), sess_options=opts, providers=cfg.providers,
+                                    enable_fallback=int(cfg.device != "cpu"))
     except Exception as exc:  # onnxruntime's own errors (Fail, InvalidGraph, NoSuchFile, ...): a broken bundle
+        if is_out_of_memory(exc):  # a graph that does not fit is not a broken one
+            raise out_of_memory(f"loading {Path(path).name}", exc) from None
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -129,13 +134,53 @@ def check_kv_layout(session: ort.InferenceSession, path: Path, layout, past: str
                           "manifest do not belong together")
 
 
-def check_static(graphs, path: Path) -> None:
-    """A static bundle whose decode graph takes one token only must have a prefill graph for every prefix length
-    its manifest lists (a bundle still being built has neither: its decoder takes any length)."""
+def check_static(graphs, paths: dict, layout, building: bool = False) -> None:
+    """The shapes a KV-cache layout promises must be the decoder graphs' own, read from the loaded sessions.
+
+    A fixed-shape layout: the decode graph takes one token, every prefill graph the length the manifest lists
+    it under, and each holds a cache of the manifest's max_len; a prefill length without its graph is refused.
+    Any other layout: the decoder takes any number of tokens. Otherwise onnxruntime would fail in the middle of
+    a generation, or, for a dynamic bundle relabelled static, run on a cache whose rows it never wrote. While
+    a static bundle is being built (`building`: a partial manifest) its graphs may still take any shape: they
+    are fixed by the build's last steps. `paths`: graph name -> its file, for the messages."""
     from pgexport_runtime import io_names
 
-    seq = {a.name: a.shape for a in graphs.decoder.get_inputs()}[io_names.INPUT_IDS][1]
+    def shapes(session) -> dict:
+        return {a.name: a.shape for a in (*session.get_inputs(), *session.get_outputs())}
+
+    def tokens(n) -> str:
+        return f"{n} token" + ("" if n == 1 else "s")
+
+    def check(dims: dict, length: int, file: str) -> None:
+        takes = dims[io_names.INPUT_IDS][1]
+        if takes != length:
+            role = "the decode graph, which takes one" if length == 1 else f"the prefill graph for {length}"
+            raise BundleError(f"{file} takes {tokens(takes)} at a time, but the manifest lists it as {role}; graphs "
+                              "and manifest do not belong together")
+        for tensor, axis in ((io_names.ATTENTION_MASK, 1), (io_names.past_key(0), 2)):
+            holds = dims[tensor][axis]
+            if holds != graphs.max_len:
+                raise BundleError(f"{file} holds a KV cache of {tokens(holds)}, but the manifest says "
+                                  f"kv_cache.max_len {graphs.max_len}; graphs and manifest do not belong together")
+
+    decoder = shapes(graphs.decoder)
+    seq = decoder[io_names.INPUT_IDS][1]
+    name = Path(paths["decoder"]).name
+    if not layout.fixed_shape:
+        if isinstance(seq, int):
+            raise BundleError(f"{name} has fixed shapes ({tokens(seq)} at a time), but the manifest says KV-cache "
+                              f"layout {layout.name!r}, whose graphs take any length; graph and manifest do not "
+                              "belong together")
+        return
+    if not isinstance(seq, int):
+        if building and not graphs.prefill:
+            return
+        raise BundleError(f"{name} takes any number of tokens, but the manifest says KV-cache layout "
+                          f"{layout.name!r}, whose graphs have fixed shapes; graph and manifest do not belong together")
+    check(decoder, 1, name)
     missing = [n for n in graphs.prefill_lengths if n not in graphs.prefill]
-    if seq == 1 and missing:
-        raise BundleError(f"{Path(path).name} takes one token at a time, and the manifest lists no prefill graph "
+    if missing:
+        raise BundleError(f"{name} takes one token at a time, and the manifest lists no prefill graph "
                           f"for {missing[0]} tokens; graphs and manifest do not belong together")
+    for n in graphs.prefill_lengths:
+        check(shapes(graphs.prefill[n]), n, Path(paths[f"prefill:{n}"]).name)

@@ -1,0 +1,100 @@
+"""Out of memory is one line, whatever runs out first and in whichever process: `pgexport-run run` and
+`pgexport build` under an address-space limit (`ulimit -v`, in a bash child), and a missing package still
+says how to install it, limit or none.
+
+The limits are where each stage of a run on this repository's pinned libraries runs out (measured): at 160 MB
+importing numpy, at 190 and 220 MB mapping onnxruntime's shared library, at 250 MB loading a graph, at 270 MB a
+static bundle's decoder graphs; a build at 0.9 and 1.1 GB in its PyTorch phase (or, now and then at 0.9 GB, in
+its own imports). Each test also runs the same command with room to spare: what fails is the limit.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ulimit -v is RLIMIT_AS on Linux")
+
+
+def _limited(kb: int | None, *command: str) -> subprocess.CompletedProcess:
+    line = shlex.join(command)
+    script = line if kb is None else f"ulimit -v {kb}; exec {line}"
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=600)
+
+
+def _one_line(done: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.returncode == 2 and len(lines) == 1, (done.returncode, done.stderr[-3000:])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def image_file(images, tmp_path_factory):
+    path = tmp_path_factory.mktemp("oom") / "image.png"
+    images[0].save(path)
+    return path
+
+
+RUN_LIMITS = [("concat", 160_000, "out of memory while running pgexport-run run: MemoryError"),
+              ("concat", 190_000, "out of memory while loading the runtime's libraries: a shared library could "
+                                  "not be mapped"),
+              ("concat", 220_000, "out of memory while loading the runtime's libraries"),
+              ("concat", 250_000, "out of memory while loading projector.onnx"),
+              ("static", 270_000, "out of memory while loading decoder_prefill_32.onnx: std::bad_alloc")]
+
+
+@pytest.mark.parametrize("layout, kb, words", RUN_LIMITS, ids=[f"{lay}-{kb // 1000}MB" for lay, kb, _ in RUN_LIMITS])
+def test_runtime_out_of_memory_is_one_line(bundles, layout_bundles, image_file, layout, kb, words):
+    bundle = bundles["tiny-pg1"] if layout == "concat" else layout_bundles[layout]
+    command = (sys.executable, "-m", "pgexport_runtime", "run", str(bundle), "--image", str(image_file),
+               "--prompt", "caption en", "--max-new-tokens", "2")
+    roomy = _limited(2_000_000, *command)
+    assert roomy.returncode == 0, roomy.stderr[-2000:]
+    line = _one_line(_limited(kb, *command))
+    assert line.startswith(f"error: {words}"), line
+    assert f"this process may use {kb * 1024 / 1e6:,.0f} MB (ulimit -v); raise the limit" in line, line
+    assert "pip install" not in line
+
+
+MISSING = textwrap.dedent(
+    """
+    import importlib.abc, runpy, sys
+
+    class Missing(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "onnxruntime":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, Missing())
+    sys.argv = ["pgexport-run", *sys.argv[1:]]
+    runpy.run_module("pgexport_runtime", run_name="__main__")
+    """
+)
+
+
+@pytest.mark.parametrize("kb", [None, 400_000])
+def test_a_missing_onnxruntime_is_not_out_of_memory(bundles, image_file, kb):
+    """Without onnxruntime the command says how to install it, also under a limit that leaves room to run."""
+    done = _limited(kb, sys.executable, "-c", MISSING, "run", str(bundles["tiny-pg1"]), "--image", str(image_file),
+                    "--prompt", "caption en")
+    line = _one_line(done)
+    assert line.startswith("error: pgexport-runtime needs onnxruntime: from a pgexport checkout, pip install"), line
+
+
+@pytest.mark.parametrize("kb", [900_000, 1_100_000])
+def test_build_out_of_memory_is_one_line_and_leaves_nothing(tmp_path, kb):
+    """The PyTorch child runs out (a MemoryError, or a native abort whose words reach only its log), or the build
+    process does: one line naming the step, and the temporary directory removed."""
+    command = (sys.executable, "-m", "pgexport.cli", "build", "--model", "tiny-pg1", "--out", str(tmp_path / "b"))
+    line = _one_line(_limited(kb, *command))
+    assert line.startswith("error: out of memory while building ("), line
+    assert f"this process may use {kb * 1024 / 1e6:,.0f} MB (ulimit -v); nothing was written" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    done = _limited(2_500_000, *command)
+    assert done.returncode == 0, done.stderr[-2000:]
