@@ -313,7 +313,7 @@ def nan_adapter(ws: Workspace) -> None:
     lora = ws.root / "lora"
     lora.mkdir()
     (lora / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"],
+        "peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["language_model.layers.0.self_attn.q_proj"],
         "base_model_name_or_path": str(ws.checkpoint)}))
     prefix = "base_model.model.model.language_model.layers.0.self_attn.q_proj"
     a, b = np.zeros((2, 64), np.float32), np.zeros((64, 2), np.float32)
