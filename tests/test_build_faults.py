@@ -4,7 +4,6 @@ it was not asked to."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
