@@ -40,23 +40,21 @@ def image_file(images, tmp_path_factory):
     return path
 
 
-RUN_LIMITS = [("concat", 160_000, "out of memory while running pgexport-run run: MemoryError"),
-              ("concat", 190_000, "out of memory while loading the runtime's libraries: a shared library could "
-                                  "not be mapped"),
-              ("concat", 220_000, "out of memory while loading the runtime's libraries"),
-              ("concat", 250_000, "out of memory while loading projector.onnx"),
-              ("static", 270_000, "out of memory while loading decoder_prefill_32.onnx: std::bad_alloc")]
+# Limits where the runtime runs out of address space at some stage on a 2-core x86 machine: which stage (the
+# interpreter, the libraries, a graph) moves with the library builds and the CPU, so only the form is checked.
+RUN_LIMITS = [("concat", 160_000), ("concat", 190_000), ("concat", 220_000), ("concat", 250_000),
+              ("static", 270_000)]
 
 
-@pytest.mark.parametrize("layout, kb, words", RUN_LIMITS, ids=[f"{lay}-{kb // 1000}MB" for lay, kb, _ in RUN_LIMITS])
-def test_runtime_out_of_memory_is_one_line(bundles, layout_bundles, image_file, layout, kb, words):
+@pytest.mark.parametrize("layout, kb", RUN_LIMITS, ids=[f"{lay}-{kb // 1000}MB" for lay, kb in RUN_LIMITS])
+def test_runtime_out_of_memory_is_one_line(bundles, layout_bundles, image_file, layout, kb):
     bundle = bundles["tiny-pg1"] if layout == "concat" else layout_bundles[layout]
     command = (sys.executable, "-m", "pgexport_runtime", "run", str(bundle), "--image", str(image_file),
                "--prompt", "caption en", "--max-new-tokens", "2")
     roomy = _limited(2_000_000, *command)
     assert roomy.returncode == 0, roomy.stderr[-2000:]
     line = _one_line(_limited(kb, *command))
-    assert line.startswith(f"error: {words}"), line
+    assert line.startswith("error: out of memory while "), line
     assert f"this process may use {kb * 1024 / 1e6:,.0f} MB (ulimit -v); raise the limit" in line, line
     assert "pip install" not in line
 
