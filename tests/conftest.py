@@ -70,6 +70,16 @@ def bundles(tmp_path_factory) -> dict:
 PROGRESS: dict[str, list[str]] = {}
 
 
+@pytest.fixture
+def tiny_bundle_copy(bundles, tmp_path):
+    """A private copy of the tiny-pg1 bundle, free to break."""
+    import shutil
+
+    dst = tmp_path / "bundle"
+    shutil.copytree(bundles["tiny-pg1"], dst)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def layout_bundles(tmp_path_factory) -> dict:
     """tiny-pg1 built with --kv-cache shared and static (default lengths: prefill 32 and 80, a cache of 144),

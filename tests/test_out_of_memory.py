@@ -40,10 +40,10 @@ def image_file(images, tmp_path_factory):
     return path
 
 
-# Limits where the runtime runs out of address space at some stage on a 2-core x86 machine: which stage (the
+# Limits where the runtime runs out of address space at some stage on a 2-core x86 machine (250 MB is on the
+# edge: some runs fit): which stage (the
 # interpreter, the libraries, a graph) moves with the library builds and the CPU, so only the form is checked.
-RUN_LIMITS = [("concat", 160_000), ("concat", 190_000), ("concat", 220_000), ("concat", 250_000),
-              ("static", 270_000)]
+RUN_LIMITS = [("concat", 160_000), ("concat", 190_000), ("concat", 220_000), ("static", 270_000)]
 
 
 @pytest.mark.parametrize("layout, kb", RUN_LIMITS, ids=[f"{lay}-{kb // 1000}MB" for lay, kb in RUN_LIMITS])

@@ -30,7 +30,8 @@ def test_conditions_select_steps():
     made = Plan.of(BuildOptions(model="tiny-pg1"))
     base = dict(parity=True, gate=False, adapter=False, calibrate=False, quantize=False, mask_weights=None)
     plain = [s.name for s in steps(replace(made, **base))]
-    everything = base | dict(gate=True, adapter=True, calibrate=True, awq=True, quantize=True, mask_weights=Path("m"),
+    everything = base | dict(gate=True, adapter=True, calibrate=True, awq=True, auto=True, quantize=True,
+                             mask_weights=Path("m"),
                              kv=KvCache(STATIC, max_len=96, prefill_lengths=(64,)))
     full = [s.name for s in steps(replace(made, **everything))]
     streamed = [s.name for s in steps(replace(made, **everything | dict(stream=True)))]
@@ -40,6 +41,7 @@ def test_conditions_select_steps():
     assert set(streamed) - set(full) == {"layer parity"} and set(full) - set(streamed) == {"quantize decoder"}
     assert [s.name for s in steps(replace(made, **base), TORCH)][0] == "load model"
     assert "merge adapter" not in plain and "GPTQ" not in plain and "AWQ" not in plain and "accuracy gate" not in plain
+    assert "choose precision" not in plain and full.index("choose precision") == full.index("GPTQ") + 1
     assert "layer parity" not in plain  # streamed builds only
     assert "fix shapes" not in plain and full.index("fix shapes") == full.index("accuracy gate") - 1
 

@@ -39,10 +39,8 @@ def web(tmp_path) -> Path:
 
 
 @pytest.fixture
-def bundle(bundles, tmp_path) -> Path:
-    dst = tmp_path / "bundle"
-    shutil.copytree(bundles["tiny-pg1"], dst)
-    return dst
+def bundle(tiny_bundle_copy) -> Path:
+    return tiny_bundle_copy
 
 
 @pytest.fixture

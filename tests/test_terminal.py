@@ -6,7 +6,6 @@ own command line and the outputs that are not errors."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,10 +50,8 @@ def test_printable_leaves_other_text_as_it_is():
 # ------------------------------------------------------------------------------------ the command lines
 
 @pytest.fixture
-def bundle(bundles, tmp_path) -> Path:
-    dst = tmp_path / "bundle"
-    shutil.copytree(bundles["tiny-pg1"], dst)
-    return dst
+def bundle(tiny_bundle_copy) -> Path:
+    return tiny_bundle_copy
 
 
 @pytest.fixture

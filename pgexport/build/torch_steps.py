@@ -66,6 +66,13 @@ def run(plan: Plan, out_dir: Path, progress, detail=None) -> TorchResults:
         raise out_of_memory(f"building (the PyTorch phase, step {step[0]!r})", exc.words,
                             plan.estimate and plan.estimate.peak_rss_bytes, hint) from None
     except child.ChildFailed as exc:
+        from pgexport_runtime.out_of_memory import address_space_limit, out_of_memory
+
+        if "killed by" in exc.how and address_space_limit() is not None:
+            # under an address-space limit, native code whose allocation failed may crash instead of reporting it
+            raise out_of_memory(f"building (the PyTorch phase, step {step[0]!r})", f"the child was {exc.how}",
+                                plan.estimate and plan.estimate.peak_rss_bytes,
+                                "nothing was written; free memory, or use a machine with more") from None
         raise RuntimeError(f"the PyTorch phase failed ({exc.how}):\n" + "\n".join(exc.tail or ["(no output)"])) from None
     return _load(work)
 
