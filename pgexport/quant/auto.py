@@ -29,6 +29,7 @@ from torch import nn
 
 from pgexport_runtime.errors import UserError
 
+from pgexport.estimate import bytes_per_parameter
 from pgexport.nbits import Packed, dequantize, pack_rtn
 from pgexport.quant.recipes import TABLE, Override, Precision, Recipe
 
@@ -53,9 +54,7 @@ class Step:
 
 
 def _bytes(p: Precision, n_weights: int) -> float:
-    if p.bits is None:
-        return {"fp32": 4, "fp16": 2, "int8": 1}[p.kind] * n_weights
-    return n_weights * p.bits / 8 + n_weights / p.block_size * 4  # codes + a float32 scale per block
+    return n_weights * bytes_per_parameter(p)
 
 
 def units(model, dec, recipe: Recipe) -> list[Unit]:
