@@ -3,7 +3,8 @@
     python benchmarks/perf_targets.py BUNDLE [--genai DIR] [--repeats 3] [--new-tokens 32] [--out bench-perf]
 
 BUNDLE is a bundle built from a random-weight preset (e.g. `pgexport build --model paligemma-3b-224
---quant int4`). In one run, each engine in its own process, one after the other:
+--quant int4-rtn-b32`: random weights need no calibration). In one run, each engine in its own process, one
+after the other:
   1. `pgexport bench` speed mode: the bundle and the PyTorch bf16 eager reference on the same generated
      image + prompt (time to first token = preprocessing + vision + projector + prefill), EOS ignored;
   2. onnxruntime-genai (benchmark-only extra) on the same decoder geometry and the same random weights,

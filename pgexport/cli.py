@@ -63,7 +63,9 @@ def _interrupt(signum, frame):
                    "mask_decoder.onnx. Default: vqvae.safetensors / vae-oid.npz in the checkpoint directory.")
 @click.option("--quant", "quant", default=DEFAULTS.quant, show_default=True, metavar="RECIPE",
               help=f"Quantization recipe: {', '.join(RECIPES)}, or a recipe .json file (`pgexport recipes` says "
-                   "what each does per component).")
+                   "what each does per component). int4 calibrates (AWQ, then GPTQ, on image+prompt samples: "
+                   "the most accurate 4-bit, and the slowest to build); int4-rtn-b32 is the same size with no "
+                   "calibration.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
               help="Fail the build if the quantized bundle's greedy sequences agree with PyTorch on fewer than "
                    "this fraction of held-out samples. With --quant auto, also the target the 8-bit units are "
@@ -397,7 +399,7 @@ def models():
 
 @cli.command()
 @click.option("--model", "model", metavar="SRC", default=None, help="Preset, checkpoint directory or hub id.")
-@click.option("--quant", "quant", default="int4", show_default=True, metavar="RECIPE",
+@click.option("--quant", "quant", default="int4-rtn-b32", show_default=True, metavar="RECIPE",
               help="Recipe whose per-layer precisions are measured.")
 @click.option("--samples", type=click.IntRange(1, 1000), default=8, show_default=True,
               help="Image+prompt calibration samples.")
@@ -421,6 +423,9 @@ def sensitivity(model, quant, samples, top, keep, write_recipe, as_json):
     source = sources.resolve(model)
     g = sources.load_geometry(source)
     recipe = resolve_recipe(quant).verify(g.tie_word_embeddings)
+    if recipe.awq:
+        raise UserError(f"sensitivity measures each layer on the checkpoint's own weights, without AWQ scales; "
+                        f"{recipe.name} searches them (give int4-gptq or int4-rtn-b32)")
     calib = sample_sets.calibration_samples(source, samples, g.image_size)
     errors = layer_errors(sources.load_model(source, torch.float32), source.directory, g, recipe, calib)
     suggested = suggest_recipe(recipe, errors, keep)

@@ -104,11 +104,11 @@ def test_the_search_never_does_worse_than_rtn_on_what_it_measures():
     assert s[5] == s.max()  # the outlier channel is the one protected
 
 
-@pytest.mark.parametrize("recipe", ["int4-awq", "int4-awq-gptq"])
-def test_awq_recipes_plan_the_awq_step(recipe):
+@pytest.mark.parametrize("recipe,gptq", [("int4-awq", False), ("int4", True)])
+def test_awq_recipes_plan_the_awq_step(recipe, gptq):
     from pgexport.build.bundle_steps import BuildOptions
     from pgexport.build.plan import Plan, steps
 
     names = [s.name for s in steps(Plan.of(BuildOptions(model="tiny-pg2", quant=recipe)))]
-    assert "AWQ" in names and ("GPTQ" in names) == recipe.endswith("gptq")
+    assert "AWQ" in names and ("GPTQ" in names) == gptq
     assert names.index("AWQ") < names.index("export decoder")

@@ -29,9 +29,9 @@ from test_quant import quantized_copy  # noqa: E402
 @pytest.fixture(scope="module")
 def int4_bundle(bundles, tmp_path_factory):
     out = tmp_path_factory.mktemp("int4") / "b"
-    report = quantized_copy(bundles["tiny-pg1"], out, RECIPES["int4"])
+    report = quantized_copy(bundles["tiny-pg1"], out, RECIPES["int4-rtn-b32"])
     manifest = json.loads((out / "manifest.json").read_text())  # the recipe record `pgexport build` writes
-    manifest["quantization"] = {"recipe": RECIPES["int4"].to_dict(), "summary": RECIPES["int4"].summary(),
+    manifest["quantization"] = {"recipe": RECIPES["int4-rtn-b32"].to_dict(), "summary": RECIPES["int4-rtn-b32"].summary(),
                                 "graphs": report,
                                 "accuracy": {"samples": 1, "sequence_agreement": 1.0, "token_agreement": 1.0,
                                              "top1_agreement": 1.0, "mean_kl": 0.0}}
@@ -200,3 +200,13 @@ def test_quant_table_counts_the_pairs_the_gate_orders_like_the_items():
          "d": {"seq": 0.6, "gate": 0.9}}  # c and d tie on the items: that pair is not counted
     # the items order a>b, a>c, a>d, b>c, b>d; the gate agrees on a>c and b>c only
     assert quant_table.concordance(v) == (2, 5)
+
+
+def test_quant_table_splits_agreement_by_task():
+    import quant_table
+
+    report = {"items": [{"id": "a", "task": "caption"}, {"id": "b", "task": "caption"}, {"id": "c", "task": "ocr"}],
+              "runs": [{"kind": "reference", "name": "torch-fp32"},
+                       {"kind": "bundle", "name": "bundle-x",
+                        "accuracy": {"first_divergence": {"per_item": {"a": None, "b": 3, "c": None}}}}]}
+    assert quant_table.by_task(report) == [("x", 50.0, None, 100.0, None, None)]  # no VQA, detect or segment items

@@ -30,7 +30,7 @@ def test_parameters_of_the_demo_and_a_3b_geometry():
 
 def test_recipes_size_the_bundle():
     g = sources.load_geometry(sources.resolve("paligemma-3b-224"))
-    fp32, fp16, int4 = (estimate(g, resolve_recipe(r)) for r in ("fp32", "fp16", "int4"))
+    fp32, fp16, int4 = (estimate(g, resolve_recipe(r)) for r in ("fp32", "fp16", "int4-rtn-b32"))
     assert fp32.bundle_bytes == 4 * fp32.total_parameters and fp16.bundle_bytes == fp32.bundle_bytes // 2
     assert 1.9e9 < int4.bundle_bytes < 2.1e9  # measured: 2.0 GB on disk
     assert fp32.peak_rss_bytes == int4.peak_rss_bytes > 15e9  # the float32 model is held either way
@@ -131,5 +131,5 @@ def test_the_gptq_estimate_counts_the_layers_own_linears_and_hessians(tiny):
     assert sorted(shapes) == sorted(_linears(tiny.geometry))
     hessians = 4 * sum(k * k for _, k in shapes)
     assert gptq_bytes(tiny.geometry, 0) >= hessians
-    streamed = {q: estimate(tiny.geometry, resolve_recipe(q), stream=True) for q in ("int4", "int4-gptq")}
-    assert streamed["int4-gptq"].seconds > streamed["int4"].seconds
+    streamed = {q: estimate(tiny.geometry, resolve_recipe(q), stream=True) for q in ("int4-rtn-b32", "int4-gptq")}
+    assert streamed["int4-gptq"].seconds > streamed["int4-rtn-b32"].seconds

@@ -76,7 +76,7 @@ def test_int4_bundle_with_external_weights_gives_the_same_outputs_in_less_memory
     shutil.copytree(bundles["tiny-pg2"], bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     names = ("vision_encoder", "projector", "decoder")
-    quantize_graphs({n: bundle / manifest["graphs"][n]["file"] for n in names}, RECIPES["int4"])
+    quantize_graphs({n: bundle / manifest["graphs"][n]["file"] for n in names}, RECIPES["int4-rtn-b32"])
     for entry in manifest["graphs"].values():
         path = bundle / entry["file"]
         data = entry["file"] + ".data"

@@ -27,7 +27,7 @@ def test_ort_bundle_answers_exactly_as_its_source(bundles, images, tmp_path, kin
     quant, name = kind.split("-", 1)
     src = bundles[name]
     if quant == "int4":
-        quantized_copy(src, tmp_path / "int4", RECIPES["int4"])
+        quantized_copy(src, tmp_path / "int4", RECIPES["int4-rtn-b32"])
         src = tmp_path / "int4"
     out = package(src, tmp_path / "ort")
     m = load_manifest(out)  # every sha256 checked

@@ -53,7 +53,7 @@ def _nodes(path):
 
 def test_int4_decoder_shares_one_table_for_embedding_and_lm_head(bundles, tmp_path):
     g = bundles["tiny-pg1"]
-    quantized_copy(g, tmp_path / "q", RECIPES["int4"])
+    quantized_copy(g, tmp_path / "q", RECIPES["int4-rtn-b32"])
     graph = _nodes(tmp_path / "q" / "decoder.onnx")
     gbq = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
     nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
@@ -232,9 +232,9 @@ def test_recipe_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown recipe"):
         resolve_recipe("int3")
     with pytest.raises(UserError, match="tied"):
-        replace(RECIPES["int4"], lm_head=Precision("fp32")).verify(tied_lm_head=True)
+        replace(RECIPES["int4-rtn-b32"], lm_head=Precision("fp32")).verify(tied_lm_head=True)
     with pytest.raises(UserError, match="embedding cannot be int8"):
-        replace(RECIPES["int4"], embedding=Precision("int8"), lm_head=Precision("int8")).verify(tied_lm_head=True)
+        replace(RECIPES["int4-rtn-b32"], embedding=Precision("int8"), lm_head=Precision("int8")).verify(tied_lm_head=True)
     bad = tmp_path / "bad.json"
     bad.write_text('{"decoder_linear": {"kind": "int4", "bits": 3}}')
     with pytest.raises(UserError, match="unknown precision fields"):
@@ -264,7 +264,7 @@ def test_gate_fails_a_build_above_what_the_recipe_reaches(tmp_path, capsys):
     from test_cli_errors import run_cli
 
     out = tmp_path / "gated"
-    code, _, err = run_cli(["build", "--model", "tiny-pg1", "--out", out, "--quant", "int4", "--min-agreement",
+    code, _, err = run_cli(["build", "--model", "tiny-pg1", "--out", out, "--quant", "int4-rtn-b32", "--min-agreement",
                             "1.0", "--gate-samples", "4", "--parity-tokens", "4"], capsys)
     assert code != 0 and "accuracy gate failed" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
@@ -273,7 +273,7 @@ def test_gate_fails_a_build_above_what_the_recipe_reaches(tmp_path, capsys):
 def test_sensitivity_report_ranks_layers(capsys):
     from test_cli_errors import run_cli
 
-    code, out, err = run_cli(["sensitivity", "--model", "tiny-pg1", "--quant", "int4", "--samples", "2", "--json"],
+    code, out, err = run_cli(["sensitivity", "--model", "tiny-pg1", "--quant", "int4-rtn-b32", "--samples", "2", "--json"],
                              capsys)
     assert code == 0, err
     report = json.loads(out)

@@ -271,7 +271,7 @@ def test_decoder_quantized_as_exported_is_the_quantized_float_export(ckpt, tmp_p
     from pgexport.quant.recipes import resolve_recipe
 
     directory, config, g, _ = ckpt
-    recipe = resolve_recipe("int4")
+    recipe = resolve_recipe("int4-rtn-b32")
     (tmp_path / "after").mkdir()
     (tmp_path / "during").mkdir()
     weights = CheckpointWeights(directory, meta_model(config))
@@ -321,7 +321,7 @@ def test_streamed_awq_build_writes_the_whole_builds_graphs(tmp_path):
     from pgexport.build.bundle_steps import BuildOptions, build
 
     seen: dict[bool, list[str]] = {True: [], False: []}
-    out = {stream: build(BuildOptions(model="tiny-pg2", out=tmp_path / str(stream), quant="int4-awq-gptq",
+    out = {stream: build(BuildOptions(model="tiny-pg2", out=tmp_path / str(stream), quant="int4",
                                       gate_samples=4, gate_tokens=8, parity_tokens=4, stream=stream),
                          seen[stream].append)
            for stream in (False, True)}

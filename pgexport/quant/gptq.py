@@ -125,14 +125,11 @@ def quantize_decoder(model, source_dir, g: Geometry, recipe, samples, progress=N
     The model is loaded, or streams its layers (streamed.py): a layer's weights are then read for its turn and
     dropped after it, so GPTQ holds one layer, its Hessians and the calibration activations. into: where each
     packed weight goes as it is made (packed_store.PackedFiles, a streamed build: on disk); default a dict."""
-    from pgexport.estimate import gate_batch
     from pgexport.export.decoder import DecoderWithPast
     from pgexport.source.streamed import layer_held, streams
 
     dec = DecoderWithPast(model, g)
-    # answers generated in batches as the gate reference's are: a streamed forward pass reads every layer
-    batch = gate_batch(g, ANSWER_TOKENS, len(samples))
-    states = calibration_inputs(model, dec, source_dir, g, samples, ANSWER_TOKENS, batch)
+    states = calibration_inputs(model, dec, source_dir, g, samples, ANSWER_TOKENS)
     out: MutableMapping[str, Packed] = {} if into is None else into
     restore = not streams(model)  # a loaded model is exported afterwards in float32; a streamed one rereads it
     with torch.no_grad():
