@@ -81,8 +81,8 @@ def _interrupt(signum, frame):
               help="Hold one decoder layer in memory at a time: weights are read from the checkpoint's safetensors "
                    "as each layer is needed, parity is checked layer by layer, and the peak is about the vision "
                    "tower, the embedding table and one layer. Default: only when the whole model does not fit "
-                   "in --max-memory. Works with --adapter (peft merges it module by module) and int4-gptq (calibrated "
-                   "layer by layer); not yet with a GPTQ checkpoint.")
+                   "in --max-memory. Works with --adapter (peft merges it module by module) and with the calibrated "
+                   "recipes (AWQ, GPTQ and auto measure layer by layer); not yet with a GPTQ checkpoint.")
 @click.option("--kv-cache", type=click.Choice(KV_LAYOUTS), default=DEFAULTS.kv_cache, show_default=True,
               help="How the decoder takes its KV cache. concat: a new present buffer each step (every runtime). "
                    "shared: one buffer per layer written in place by onnxruntime's GroupQueryAttention (no copy of "

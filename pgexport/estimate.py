@@ -139,6 +139,38 @@ def gptq_seconds(g: Geometry, samples: int, stream: bool) -> float:
     return seconds
 
 
+def auto_bytes(g: Geometry, samples: int) -> int:
+    """What `--quant auto` holds besides the model (quant/layerwise.py): every sample's layer-0 states and the
+    hidden states of a pass (two depths at once), one branch per linear of a layer for the sensitivity samples,
+    and a slice of the table formed and scored against a chunk of positions."""
+    from pgexport.quant.auto import SENSITIVITY_SAMPLES
+    from pgexport.quant.layerwise import POSITIONS, ROWS
+
+    tokens = g.num_image_tokens + GATE_PROMPT_TOKENS + GPTQ_ANSWER_TOKENS
+    state = tokens * (g.text_hidden + 2 * g.head_dim) * 4 + 3 * g.image_size**2 * 4
+    hidden = tokens * g.text_hidden * 4
+    branches = (len(_linears(g)) + 1) * min(samples, SENSITIVITY_SAMPLES) * hidden
+    scoring = 2 * ROWS * g.text_hidden * 4 + 8 * POSITIONS * ROWS * 8
+    return samples * (state + 2 * hidden) + branches + scoring
+
+
+def auto_seconds(g: Geometry, samples: int, units: int) -> float:
+    """`--quant auto`'s passes at MATMUL_FLOPS: the float32 reference, each decoder linear alone from its layer to
+    the last and the table and vision encoder alone through every layer (on the sensitivity samples), then
+    the bisection's passes, each scored against the table."""
+    from pgexport.quant.auto import SENSITIVITY_SAMPLES
+
+    per_token = 2 * sum(n * k for n, k in _linears(g))  # one layer
+    tokens = g.num_image_tokens + GATE_PROMPT_TOKENS + GPTQ_ANSWER_TOKENS
+    head = 2 * 2 * GPTQ_ANSWER_TOKENS * g.vocab_size * g.text_hidden  # float32 and formed logits, per sample
+    layers = g.text_layers
+    sens = min(samples, SENSITIVITY_SAMPLES)
+    alone = sens * (tokens * per_token * (len(_linears(g)) * layers * (layers + 1) / 2 + 2 * layers)
+                    + (len(_linears(g)) * layers + 2) * head)
+    passes = 3 + max(units, 1).bit_length()  # the reference, both ends, then the bisection
+    return (alone + passes * samples * (tokens * per_token * layers + head)) / MATMUL_FLOPS
+
+
 def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2, gate_tokens: int = 32,
              gate_samples: int = 64) -> Estimate:
     """stream: the PyTorch phase holds the projector, the embedding table (`table_itemsize` bytes a value, as the
@@ -166,6 +198,9 @@ def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2,
         held = BASE_RSS + (resident if stream else fp32)
         peak = max(peak, held + gptq_bytes(g, recipe.calibration_samples))
         seconds += gptq_seconds(g, recipe.calibration_samples, stream)
+    if recipe.target_agreement is not None:
+        peak = max(peak, held + auto_bytes(g, recipe.calibration_samples))
+        seconds += auto_seconds(g, recipe.calibration_samples, len(_linears(g)) * g.text_layers + 2)
     written = fp32  # the float32 graphs, quantized afterwards; streamed, the decoder is quantized as it is written
     if stream and not recipe.is_identity:
         written = 4 * (params["vision_encoder"] + params["projector"])

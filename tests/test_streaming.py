@@ -331,3 +331,38 @@ def test_streamed_awq_build_writes_the_whole_builds_graphs(tmp_path):
     spread = streamed["quantization"]["awq_scale_spread"]
     assert spread == whole["quantization"]["awq_scale_spread"] and len(spread) == 3 * 4  # three groups, 4 layers
     assert any("pre_feedforward_layernorm" in k for k in spread) and max(spread.values()) > 1.0
+
+
+def test_auto_measures_a_streamed_model_as_the_loaded_one(ckpt):
+    """`--quant auto`'s measurements (quant/layerwise.py) on a model that streams its layers: each unit's KL alone
+    and the agreement with every unit in a form are the loaded model's."""
+    import torch
+
+    from pgexport.export.decoder import DecoderWithPast
+    from pgexport.quant import auto
+    from pgexport.quant.calibration import calibration_inputs
+    from pgexport.quant.layerwise import Layerwise
+    from pgexport.quant.recipes import RECIPES
+    from pgexport.source.streamed import streamed_model
+    from pgexport.verify import samples
+    from pgexport.verify.reference import TorchReference
+
+    directory, config, g, loaded = ckpt
+    cards = samples.calibration_samples(sources.resolve(str(directory)), 4, g.image_size)
+    measured = []
+    for model in (loaded, streamed_model(config, CheckpointWeights(directory, meta_model(config)))):
+        dec = DecoderWithPast(model, g)
+        with torch.no_grad():
+            states = calibration_inputs(model, dec, directory, g, cards)
+            all_units = auto.units(model, dec, RECIPES["auto"])
+            form = auto.Former(all_units, None)
+            ref = TorchReference.for_model(model, directory, g)
+            run = Layerwise(model, dec, states, form, auto.TABLE_UNIT, auto.TABLE_UNIT, auto.VISION,
+                            auto.vision_embeddings(ref, model.model.vision_tower, states, form))
+            kl = run.alone([u.name for u in all_units], range(len(states)))
+            measured.append((kl, [run.score({u.name: b for u in all_units})[1] for b in (4, 8)]))
+    (kl_loaded, same_loaded), (kl_streamed, same_streamed) = measured
+    assert same_streamed == same_loaded
+    assert kl_streamed.keys() == kl_loaded.keys() and len(kl_loaded) == 7 * g.text_layers + 2
+    for unit, want in kl_loaded.items():
+        assert want > 0 and abs(kl_streamed[unit] - want) <= 1e-4 * want, (unit, kl_streamed[unit], want)

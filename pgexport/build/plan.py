@@ -154,10 +154,6 @@ class Plan:
                             "checkpoint's weights are already integers (use --quant int4-gptq to keep them)")
         if stream:
             _check_streamable(source, opts.stream is None)
-        if stream and auto:
-            raise UserError(f"recipe {recipe.name} measures every unit's effect on the final logits with the "
-                            "whole model in memory, and this build streams (" + reason + "); choose the 8-bit "
-                            "layers with `pgexport sensitivity --write-recipe FILE` and build with --quant FILE")
         need = streamed if stream else whole
         if check_memory and need.peak_rss_bytes > budget:
             over = (f"--max-memory {opts.max_memory:g} GB" if opts.max_memory is not None else

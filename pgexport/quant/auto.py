@@ -7,20 +7,24 @@ otherwise), and an 8-bit form (8-bit weight-only blocks of 32), each as the dequ
 bundle's kernels compute with.
 
 Sensitivity is measured where it shows: the mean KL(fp32 || model with that one unit at 4 bits) of the
-next-token distributions, teacher-forced along the fp32 model's greedy answers on the calibration samples. A
-layer's relative output error does not predict this: an early layer's small error grows through the stack, and
-the lm_head's error lands directly on the distribution.
+next-token distributions, teacher-forced along the fp32 model's greedy answers, on the first
+SENSITIVITY_SAMPLES calibration samples. A layer's relative output error does not predict this: an early
+layer's small error grows through the stack, and the lm_head's error lands directly on the distribution.
 
 Units are promoted to 8 bits in order of KL per byte the promotion adds. The number promoted is the smallest
-whose calibration agreement (every unit in its chosen form, greedy against the fp32 model's greedy answers)
-reaches the target, found by bisection over that order: agreement is taken to grow with the number promoted,
-which holds for the order's front, where the large KLs are. The accuracy gate then measures the bundle as it
-ships on held-out samples.
+whose calibration agreement (every unit in its chosen form; a sample agrees when every teacher-forced argmax
+is its fp32 greedy token, which is exactly when greedy decoding gives the same answer) reaches the target,
+found by bisection over that order on all the calibration samples: agreement is taken to grow with the number
+promoted, which holds for the order's front, where the large KLs are. The accuracy gate then measures the
+bundle as it ships on held-out samples.
+
+Everything is measured one decoder layer at a time (quant/layerwise.py), so a streamed build chooses within
+the memory it streams in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -83,113 +87,115 @@ def units(model, dec, recipe: Recipe) -> list[Unit]:
     return out
 
 
-class Forms:
-    """Puts units in their 4- or 8-bit form by replacing their parameters' data, and back to float32. The
-    float32 tensors are kept aside, never modified: the graphs are exported from them afterwards."""
+SENSITIVITY_SAMPLES = 16  # the calibration samples each unit's KL is measured on (the order only ranks them)
+
+
+class Former:
+    """Each unit's 4- and 8-bit forms, as the dequantized float32 weights the bundle's kernels compute with: GPTQ's
+    own weights where GPTQ ran, round-to-nearest blocks otherwise (layerwise.Form)."""
 
     def __init__(self, all_units: list[Unit], gptq: Mapping[str, Packed] | None):
-        self.units, self.gptq = all_units, gptq or {}
-        self.originals = {id(p): p.data for u in all_units for p in u.params}
+        self.units, self.gptq = {u.name: u for u in all_units}, gptq or {}
 
-    def _form(self, unit: Unit, p: nn.Parameter, bits: int) -> torch.Tensor:
-        w = self.originals[id(p)]
-        key = TABLE if unit.name == TABLE_UNIT else unit.name
+    def __call__(self, name: str, w: torch.Tensor, rows: torch.Tensor | None, bits: int) -> torch.Tensor:
+        unit = self.units[name if name in self.units else VISION]
+        key = TABLE if name == TABLE_UNIT else name
         if bits == 4 and unit.four.kind == "int4-gptq" and key in self.gptq:
-            wq = dequantize(self.gptq[key]).T
+            packed = self.gptq[key]
+            packed = packed.load() if hasattr(packed, "load") else packed  # packed_store.StoredPacked: on disk
+            wq = dequantize(packed if rows is None else _rows(packed, rows.numpy())).T
         else:
             prec = unit.four if bits == 4 else EIGHT
             # a [N, K] weight is MatMulNBits' [K, N] transposed; the table's rows are blocked along H the same way
             wq = dequantize(pack_rtn(w.numpy().T, bits, prec.block_size, prec.symmetric)).T
         return torch.from_numpy(np.ascontiguousarray(wq, dtype=np.float32)).reshape(w.shape)
 
-    def set(self, bits: Mapping[str, int | None]) -> None:
-        """bits: unit name -> 4, 8 or None (float32); units not named go back to float32."""
-        for u in self.units:
-            b = bits.get(u.name)
-            for p in u.params:
-                p.data = self.originals[id(p)] if b is None else self._form(u, p, b)
 
-    def restore(self) -> None:
-        self.set({})
+def _rows(p: Packed, rows: np.ndarray) -> Packed:
+    """Some rows (output channels) of a packed weight: each row's blocks are its own."""
+    return replace(p, data=p.data[rows], scales=p.scales[rows],
+                   zero_points=None if p.zero_points is None else p.zero_points[rows], n=len(rows))
 
 
-class Scorer:
-    """The calibration samples' greedy answers and teacher-forced log-probabilities from the fp32 model, and
-    the same measured on the model as Forms left it."""
+def vision_embeddings(ref, tower: nn.Module, states: list[dict], form: Former) -> Callable[[int], list[torch.Tensor]]:
+    """bits -> per sample the image embeddings with the vision encoder's linears in that form. Set in a forward
+    pre-hook, after the one a streamed model reads the tower's weights in, and put back after the forward."""
 
-    def __init__(self, ref, samples, max_new_tokens: int):
-        self.ref, self.max_new_tokens = ref, max_new_tokens
-        self.inputs = [ref.inputs([image], [prompt]) for image, prompt in samples]
-        self.greedy, self.logprobs = [], []
-        for inputs in self.inputs:
-            tokens = ref.greedy(inputs, max_new_tokens)[0]
-            self.greedy.append(tokens)
-            self.logprobs.append(ref.scored(inputs, tokens))
+    def embeddings(bits: int) -> list[torch.Tensor]:
+        swapped = []
 
-    def mean_kl(self) -> float:
-        kls = []
-        for inputs, tokens, p_log in zip(self.inputs, self.greedy, self.logprobs):
-            if tokens:
-                q_log = self.ref.scored(inputs, tokens).astype(np.float64)
-                kls.append((np.exp(p_log.astype(np.float64)) * (p_log - q_log)).sum(-1))
-        return float(max(np.concatenate(kls).mean(), 0.0)) if kls else 0.0
+        def put(module, args):
+            for sub, mod in tower.named_modules():
+                if isinstance(mod, nn.Linear):
+                    swapped.append((mod.weight, mod.weight.data))
+                    mod.weight.data = form(VISION, mod.weight.data.to(torch.float32), None, bits)
 
-    def agreement(self) -> float:
-        same = [self.ref.greedy(inputs, self.max_new_tokens)[0] == tokens
-                for inputs, tokens in zip(self.inputs, self.greedy)]
-        return float(np.mean(same))
+        def back(module, args, output):
+            for w, data in swapped:
+                w.data = data
+            swapped.clear()
+
+        handles = [tower.register_forward_pre_hook(put), tower.register_forward_hook(back)]
+        try:
+            return [ref.image_embeddings(s["pixel_values"]) for s in states]
+        finally:
+            for h in handles:
+                h.remove()
+
+    return embeddings
 
 
-def choose(model, source_dir, g, recipe: Recipe, samples, max_new_tokens: int,
-           gptq: Mapping[str, Packed] | None = None, progress=None) -> tuple[Recipe, dict]:
+def choose(model, source_dir, g, recipe: Recipe, samples, gptq: Mapping[str, Packed] | None = None,
+           progress=None) -> tuple[Recipe, dict]:
     """The base recipe with the units that reach `recipe.target_agreement` on `samples` promoted to 8 bits, and
-    the report for the manifest. The model's weights are float32 again on return."""
+    the report for the manifest. The model (loaded, or streamed: source/streamed.py) is float32 again on return."""
     from pgexport.export.decoder import DecoderWithPast
+    from pgexport.quant.calibration import calibration_inputs
+    from pgexport.quant.layerwise import Layerwise
     from pgexport.verify.reference import TorchReference
 
     target = recipe.target_agreement
     dec = DecoderWithPast(model, g)
     all_units = units(model, dec, recipe)
-    forms = Forms(all_units, gptq)
-    ref = TorchReference.for_model(model, source_dir, g)
+    names = {u.name for u in all_units}
+    form = Former(all_units, gptq)
     steps: list[Step] = []
-    try:
-        with torch.no_grad():
-            scorer = Scorer(ref, samples, max_new_tokens)
-            kl = {}
-            for k, u in enumerate(all_units):
+    with torch.no_grad():
+        states = calibration_inputs(model, dec, source_dir, g, samples)
+        ref = TorchReference.for_model(model, source_dir, g)
+        tied = dec.lm_head is None
+        run = Layerwise(model, dec, states, form, TABLE_UNIT if tied else "embedding",
+                        TABLE_UNIT if tied else "lm_head", VISION if VISION in names else None,
+                        vision_embeddings(ref, model.model.vision_tower, states, form))
+        if progress:
+            progress(f"each of {len(all_units)} units alone")
+        kl = run.alone([u.name for u in all_units], range(min(len(states), SENSITIVITY_SAMPLES)))
+        order = sorted(all_units, key=lambda u: -kl[u.name] / max(u.extra_bytes, 1))
+        measured: dict[int, Step] = {}
+
+        def measure(promoted: int) -> Step:
+            if promoted not in measured:
                 if progress:
-                    progress(k, len(all_units) + 8)
-                forms.set({u.name: 4})
-                kl[u.name] = scorer.mean_kl()
-            order = sorted(all_units, key=lambda u: -kl[u.name] / max(u.extra_bytes, 1))
-            measured: dict[int, Step] = {}
+                    progress(f"{promoted} units at 8 bits")
+                kls, same = run.score({u.name: 8 if i < promoted else 4 for i, u in enumerate(order)})
+                measured[promoted] = Step(promoted, sum(u.extra_bytes for u in order[:promoted]),
+                                          float(np.mean(same)), float(torch.cat(kls).mean()))
+                steps.append(measured[promoted])
+            return measured[promoted]
 
-            def measure(promoted: int) -> Step:
-                if promoted not in measured:
-                    if progress:
-                        progress(len(all_units) + len(measured), len(all_units) + 8)
-                    forms.set({u.name: 8 if i < promoted else 4 for i, u in enumerate(order)})
-                    measured[promoted] = Step(promoted, sum(u.extra_bytes for u in order[:promoted]),
-                                              scorer.agreement(), scorer.mean_kl())
-                    steps.append(measured[promoted])
-                return measured[promoted]
-
-            lo, hi = 0, len(order)
-            if measure(lo).sequence_agreement >= target:
-                hi = lo
-            elif measure(hi).sequence_agreement < target:
-                raise UserError(f"--quant auto: {target:.0%} sequence agreement is out of reach with 8-bit "
-                                f"layers: every unit at 8 bits agrees on {measured[hi].sequence_agreement:.1%} of "
-                                f"{len(samples)} calibration samples (lower --min-agreement, or use a float recipe)")
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if measure(mid).sequence_agreement >= target:
-                    hi = mid
-                else:
-                    lo = mid
-    finally:
-        forms.restore()
+        lo, hi = 0, len(order)
+        if measure(lo).sequence_agreement >= target:
+            hi = lo
+        elif measure(hi).sequence_agreement < target:
+            raise UserError(f"--quant auto: {target:.0%} sequence agreement is out of reach with 8-bit "
+                            f"layers: every unit at 8 bits agrees on {measured[hi].sequence_agreement:.1%} of "
+                            f"{len(samples)} calibration samples (lower --min-agreement, or use a float recipe)")
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if measure(mid).sequence_agreement >= target:
+                hi = mid
+            else:
+                lo = mid
     promoted = [u.name for u in order[:hi]]
     chosen = _recipe(recipe, promoted, len(samples))
     four_bytes = sum(_bytes(u.four, sum(p.numel() for p in u.params)) for u in all_units)
@@ -197,6 +203,7 @@ def choose(model, source_dir, g, recipe: Recipe, samples, max_new_tokens: int,
         "base": recipe.to_dict(),  # what was asked for: the recipe the choice started from, with its target
         "target_agreement": target,
         "calibration_samples": len(samples),
+        "sensitivity_samples": min(len(states), SENSITIVITY_SAMPLES),
         "units": len(all_units),
         "promoted": promoted,
         "extra_bytes": measured[hi].extra_bytes,

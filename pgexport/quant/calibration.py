@@ -32,7 +32,7 @@ def run_layer(dec, layer, i: int, s: dict) -> torch.Tensor:
 def calibration_inputs(model, dec, source_dir, g: Geometry, samples, answer_tokens: int = ANSWER_TOKENS,
                         batch: int | None = None) -> list[dict]:
     """Layer-0 inputs per sample: image+prompt prefix (bidirectional) + the model's greedy answer (causal),
-    through its first end of sequence. The answers are generated `batch` samples at a time, left-padded (default:
+    through its first end of sequence; with them the token ids, the prefix's length and the pixel values. The answers are generated `batch` samples at a time, left-padded (default:
     in as few batches as the gate reference's KV budget allows, because a streamed model reads every layer once
     per token of a batch); each sample's inputs are then built without the padding."""
     from pgexport.estimate import gate_batch
@@ -52,7 +52,8 @@ def calibration_inputs(model, dec, source_dir, g: Geometry, samples, answer_toke
                 prefix = inputs["input_ids"][row][inputs["attention_mask"][row].to(torch.bool)]
                 answer = _through_eos(out[row, width:].tolist(), g.eos_token_id)
                 ids = torch.cat([prefix, torch.tensor(answer, dtype=prefix.dtype)]).unsqueeze(0)
-                states.append(_layer_inputs(dec, ids, prefix.shape[0], embeds[row:row + 1]))
+                state = _layer_inputs(dec, ids, prefix.shape[0], embeds[row:row + 1])
+                states.append(state | {"pixel_values": inputs["pixel_values"][row:row + 1]})
     return states
 
 
@@ -67,4 +68,4 @@ def _layer_inputs(dec, ids: torch.Tensor, prefix: int, embeds: torch.Tensor) -> 
     positions = torch.arange(1, ids.shape[1] + 1).unsqueeze(0)
     cos, sin = dec.rotary(hidden, positions)
     return {"hidden": hidden, "token_type": token_type, "cos": cos, "sin": sin,
-            "keep": torch.ones_like(ids, dtype=torch.bool)}
+            "keep": torch.ones_like(ids, dtype=torch.bool), "ids": ids, "prefix": prefix}

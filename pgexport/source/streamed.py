@@ -52,10 +52,10 @@ class _Embedding(torch.nn.Module):
     def __init__(self, table: torch.Tensor, embed_scale: torch.Tensor):
         super().__init__()
         self.weight = torch.nn.Parameter(table, requires_grad=False)
-        self.scale = embed_scale.to(torch.float32)
+        self.embed_scale = embed_scale.to(torch.float32)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.embedding(input_ids, self.weight).to(torch.float32) * self.scale
+        return torch.nn.functional.embedding(input_ids, self.weight).to(torch.float32) * self.embed_scale
 
 
 class _Head(torch.nn.Module):
