@@ -4,7 +4,7 @@
 
 For each held-out item the float32 PyTorch model gives its greedy answer and, teacher-forced along it, the
 log-probabilities at every position. Each variant then rounds one part of the model to 8-bit weight-only blocks
-of 32 (the `int8` recipe's weights, dequantized in PyTorch: quant/auto.py's forms) and decodes greedily again.
+of 32 (the `int8` recipe's weights, dequantized in PyTorch: quant/auto.py's Former) and decodes greedily again.
 Per variant: the items whose answer changes, and the float model's margin (log p of its top token minus log p
 of the runner-up) at the first position where it changes. Small margins mean the float model was nearly tied
 there, so that any perturbation of that size, not a flaw of the quantizer, flips the answer. The notes give
@@ -58,21 +58,29 @@ def main() -> None:
     items = [(row.load(), row.prompt) for row in image_prompts.read(path, split, limit=args.limit, what="eval")]
     # every unit `auto` chooses between, in its 8-bit form; fp32 projector as in every recipe
     units = auto.units(model, DecoderWithPast(model, g), RECIPES["auto"])
-    forms = auto.Forms(units, None)
+    former = auto.Former(units, None)
     rows = []
     with torch.no_grad():
-        scorer = auto.Scorer(TorchReference.for_model(model, source.directory, g), items, args.tokens)
-        all_margins = np.concatenate([margins(lp) for lp in scorer.logprobs if len(lp)])
+        ref = TorchReference.for_model(model, source.directory, g)
+        inputs = [ref.inputs([image], [prompt]) for image, prompt in items]
+        greedy = [ref.greedy(x, args.tokens)[0] for x in inputs]
+        logprobs = [ref.scored(x, tokens) for x, tokens in zip(inputs, greedy)]
+        all_margins = np.concatenate([margins(lp) for lp in logprobs if len(lp)])
         for part, chosen in PARTS.items():
-            forms.set({u.name: 8 for u in units if chosen(u)})
+            kept = [(p, p.data) for u in units if chosen(u) for p in u.params]
+            for u in units:
+                if chosen(u):
+                    for p in u.params:
+                        p.data = former(u.name, p.data, None, 8)
             at_change = []
-            for inputs, tokens, lp in zip(scorer.inputs, scorer.greedy, scorer.logprobs):
-                got = scorer.ref.greedy(inputs, args.tokens)[0]
+            for x, tokens, lp in zip(inputs, greedy, logprobs):
+                got = ref.greedy(x, args.tokens)[0]
                 if got != tokens:
                     j = next((k for k, (a, b) in enumerate(zip(got, tokens)) if a != b), min(len(got), len(tokens)))
                     if j < len(lp):  # past the float answer's end the float model gave no margin
                         at_change.append(float(margins(lp[j:j + 1])[0]))
-            forms.restore()
+            for p, data in kept:
+                p.data = data
             changed = len(at_change)
             rows.append((part, len(items), changed, round(100 * changed / len(items), 1),
                          float(f"{np.median(at_change):.2g}") if at_change else None,

@@ -139,36 +139,45 @@ def gptq_seconds(g: Geometry, samples: int, stream: bool) -> float:
     return seconds
 
 
-def auto_bytes(g: Geometry, samples: int) -> int:
-    """What `--quant auto` holds besides the model (quant/layerwise.py): every sample's layer-0 states and the
-    hidden states of a pass (two depths at once), one branch per linear of a layer for the sensitivity samples,
-    and a slice of the table formed and scored against a chunk of positions."""
-    from pgexport.quant.auto import SENSITIVITY_SAMPLES
-    from pgexport.quant.layerwise import POSITIONS, ROWS
+AUTO_SENSITIVITY_SAMPLES = 16  # quant.auto.SENSITIVITY_SAMPLES
+AUTO_TABLE_ROWS, AUTO_POSITIONS = 16384, 256  # quant.layerwise.ROWS and POSITIONS
 
+
+def auto_bytes(g: Geometry, samples: int) -> int:
+    """What `--quant auto` holds besides the model (quant/layerwise.py): every sample's layer-0 states, image
+    embeddings with the vision encoder formed, and the hidden states of a pass (two depths at once); one branch
+    per linear of a layer for the sensitivity samples; a formed layer (or vision tower) beside the one read; and
+    a slice of the table formed and scored against a chunk of positions."""
     tokens = g.num_image_tokens + GATE_PROMPT_TOKENS + GPTQ_ANSWER_TOKENS
     state = tokens * (g.text_hidden + 2 * g.head_dim) * 4 + 3 * g.image_size**2 * 4
     hidden = tokens * g.text_hidden * 4
-    branches = (len(_linears(g)) + 1) * min(samples, SENSITIVITY_SAMPLES) * hidden
-    scoring = 2 * ROWS * g.text_hidden * 4 + 8 * POSITIONS * ROWS * 8
-    return samples * (state + 2 * hidden) + branches + scoring
+    branches = len(_linears(g)) * min(samples, AUTO_SENSITIVITY_SAMPLES) * hidden
+    params = parameters(g)
+    formed = 4 * max(params["vision_encoder"], (params["decoder_linear"] - g.text_hidden) / g.text_layers)
+    scoring = 2 * AUTO_TABLE_ROWS * g.text_hidden * 4 + 8 * AUTO_POSITIONS * AUTO_TABLE_ROWS * 8
+    vision = g.num_image_tokens * g.text_hidden * 4
+    return int(samples * (state + vision + 2 * hidden) + branches + formed + scoring)
 
 
-def auto_seconds(g: Geometry, samples: int, units: int) -> float:
+def auto_seconds(g: Geometry, samples: int, units: int, stream: bool) -> float:
     """`--quant auto`'s passes at MATMUL_FLOPS: the float32 reference, each decoder linear alone from its layer to
     the last and the table and vision encoder alone through every layer (on the sensitivity samples), then
-    the bisection's passes, each scored against the table."""
-    from pgexport.quant.auto import SENSITIVITY_SAMPLES
-
+    the bisection's passes, each scored against the table. Streamed, each pass also reads the layers it runs
+    (at the rate the gate reference read them) and the answers are generated a batch at a time."""
     per_token = 2 * sum(n * k for n, k in _linears(g))  # one layer
     tokens = g.num_image_tokens + GATE_PROMPT_TOKENS + GPTQ_ANSWER_TOKENS
     head = 2 * 2 * GPTQ_ANSWER_TOKENS * g.vocab_size * g.text_hidden  # float32 and formed logits, per sample
     layers = g.text_layers
-    sens = min(samples, SENSITIVITY_SAMPLES)
+    sens = min(samples, AUTO_SENSITIVITY_SAMPLES)
     alone = sens * (tokens * per_token * (len(_linears(g)) * layers * (layers + 1) / 2 + 2 * layers)
                     + (len(_linears(g)) * layers + 2) * head)
     passes = 3 + max(units, 1).bit_length()  # the reference, both ends, then the bisection
-    return (alone + passes * samples * (tokens * per_token * layers + head)) / MATMUL_FLOPS
+    seconds = (alone + passes * samples * (tokens * per_token * layers + head)) / MATMUL_FLOPS
+    if stream:  # layers read: (L + 1) / 2 passes' worth alone, then the passes; and the answers
+        reads = (layers + 1) / 2 + 2 + passes
+        answers = -(-samples // gate_batch(g, GPTQ_ANSWER_TOKENS, samples)) * (GPTQ_ANSWER_TOKENS + 1)
+        seconds += (reads + answers) * STREAM_PASS_SECONDS_PER_PARAMETER * sum(parameters(g).values())
+    return seconds
 
 
 def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2, gate_tokens: int = 32,
@@ -200,7 +209,7 @@ def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2,
         seconds += gptq_seconds(g, recipe.calibration_samples, stream)
     if recipe.target_agreement is not None:
         peak = max(peak, held + auto_bytes(g, recipe.calibration_samples))
-        seconds += auto_seconds(g, recipe.calibration_samples, len(_linears(g)) * g.text_layers + 2)
+        seconds += auto_seconds(g, recipe.calibration_samples, len(_linears(g)) * g.text_layers + 2, stream)
     written = fp32  # the float32 graphs, quantized afterwards; streamed, the decoder is quantized as it is written
     if stream and not recipe.is_identity:
         written = 4 * (params["vision_encoder"] + params["projector"])

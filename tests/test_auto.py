@@ -160,6 +160,8 @@ class _Fakes:
         fakes = self
 
         class Layerwise:
+            horizon, fp_arg = [3], [torch.zeros(3)]
+
             def __init__(self, *args):
                 pass
 
@@ -182,7 +184,7 @@ class _Fakes:
         monkeypatch.setattr("pgexport.verify.reference.TorchReference.for_model", lambda *a: None)
 
     def choose(self):
-        return auto.choose(_FakeModel(), None, None, RECIPES["auto"], [None] * 4)
+        return auto.choose(_FakeModel(), None, None, RECIPES["auto"], [None] * 4, 32)
 
 
 class _FakeDecoder:
@@ -230,6 +232,8 @@ def test_layerwise_measures_what_transformers_measures(demo):
         run, all_units, form, ref = _layerwise(demo)
         kls, same = run.score({})
         assert all(same) and float(torch.cat(kls).abs().max()) < 1e-6
+        # scored layer by layer, float32's argmax is the generated answer's every token
+        assert run.horizon == [s["ids"].shape[1] - s["prefix"] for s in states]
         unit = "layers.0.self_attn.v_proj"
         which = range(4)
         got = run.alone([unit, auto.TABLE_UNIT], which)

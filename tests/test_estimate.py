@@ -133,3 +133,12 @@ def test_the_gptq_estimate_counts_the_layers_own_linears_and_hessians(tiny):
     assert gptq_bytes(tiny.geometry, 0) >= hessians
     streamed = {q: estimate(tiny.geometry, resolve_recipe(q), stream=True) for q in ("int4-rtn-b32", "int4-gptq")}
     assert streamed["int4-gptq"].seconds > streamed["int4-rtn-b32"].seconds
+
+
+def test_autos_figures_are_the_ones_it_runs_with():
+    """The estimate keeps `auto`'s constants without importing torch; they must be the ones auto uses."""
+    from pgexport import estimate
+    from pgexport.quant import auto, layerwise
+
+    assert estimate.AUTO_SENSITIVITY_SAMPLES == auto.SENSITIVITY_SAMPLES
+    assert (estimate.AUTO_TABLE_ROWS, estimate.AUTO_POSITIONS) == (layerwise.ROWS, layerwise.POSITIONS)

@@ -275,8 +275,8 @@ class _Phase:
         calib = samples.calibration_samples(self.source, self.recipe.calibration_samples, self.geometry.image_size,
                                             self.opts.calibration)
         packed = self.gptq_files if self.stream else self.packed
-        chosen, report = auto.choose(self.model, self.source.directory, self.geometry, self.recipe, calib, packed,
-                                     progress=lambda text: child.emit("detail", text))
+        chosen, report = auto.choose(self.model, self.source.directory, self.geometry, self.recipe, calib,
+                                     self.opts.gate_tokens, packed, progress=lambda text: child.emit("detail", text))
         self.recipe = chosen
         (self.work_dir / "auto.json").write_text(json.dumps({"recipe": chosen.to_dict(), "report": report}))
 

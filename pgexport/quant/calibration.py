@@ -32,9 +32,10 @@ def run_layer(dec, layer, i: int, s: dict) -> torch.Tensor:
 def calibration_inputs(model, dec, source_dir, g: Geometry, samples, answer_tokens: int = ANSWER_TOKENS,
                         batch: int | None = None) -> list[dict]:
     """Layer-0 inputs per sample: image+prompt prefix (bidirectional) + the model's greedy answer (causal),
-    through its first end of sequence; with them the token ids, the prefix's length and the pixel values. The answers are generated `batch` samples at a time, left-padded (default:
-    in as few batches as the gate reference's KV budget allows, because a streamed model reads every layer once
-    per token of a batch); each sample's inputs are then built without the padding."""
+    through its first end of sequence; with them the token ids, the prefix's length and the pixel values. The
+    answers are generated `batch` samples at a time, left-padded (default: in as few batches as the gate
+    reference's KV budget allows, because a streamed model reads every layer once per token of a batch); each
+    sample's inputs are then built without the padding."""
     from pgexport.estimate import gate_batch
     from pgexport.verify.reference import TorchReference
 

@@ -73,10 +73,19 @@ class Layerwise:
         self.model, self.dec, self.g, self.states = model, dec, dec.g, states
         self.form, self.embed_unit, self.head_unit = form, embed_unit, head_unit
         self.vision_unit, self.vision = vision_unit, vision
+        self.vision_cache: dict[int, list[torch.Tensor]] = {}
         self.held = lambda layer: layer_held(model, layer)  # noqa: E731
-        self.targets = [s["ids"][0, s["prefix"]:] for s in states]
+        every = range(len(states))
         # float32 final-norm rows at the answer positions, per sample: what every formed pass is compared with
-        self.reference = self._rows(range(len(states)), self._pass({}, range(len(states))))
+        self.reference = self._rows(every, self._pass({}, every))
+        # The answers came from transformers' generate (batched, with a KV cache); scored here, the float32 argmax
+        # can turn at a near-tie where rounding differs. A formed pass agrees with float32 when its argmax is
+        # float32's through the first position where float32's leaves the answer (all of it, almost always).
+        self.fp_arg = self._argmax(every)
+        self.horizon = []
+        for s, arg in zip(states, self.fp_arg):
+            off = (arg != s["ids"][0, s["prefix"]:]).nonzero()
+            self.horizon.append(int(off[0, 0]) + 1 if len(off) else len(arg))
 
     @property
     def head(self) -> torch.Tensor:
@@ -116,7 +125,9 @@ class Layerwise:
                     break
                 later = self.dec.layers[j]
                 with self.held(later):
-                    branches = {u: [self._run(later, j, k, h) for k, h in zip(which, hs)] for u, hs in branches.items()}
+                    for hs in branches.values():  # in place: one copy of the branches, a sample at a time
+                        for n, k in enumerate(which):
+                            hs[n] = self._run(later, j, k, hs[n])
             for unit, hs in branches.items():
                 kls, _ = self._score(which, self._rows(which, hs), None)
                 out[unit] = _mean(kls)
@@ -144,6 +155,7 @@ class Layerwise:
         is_image = (ids == self.g.image_token_id) & (s["token_type"][0] == 0)
         if vb is not None:
             embeds = self._vision_embeds(vb)[k][0]
+            is_image &= torch.cumsum(is_image.to(torch.int64), 0) <= embeds.shape[0]  # as _embed
             hidden[0, is_image] = embeds[: int(is_image.sum())]
         if eb is not None:
             text = ~is_image
@@ -155,11 +167,10 @@ class Layerwise:
         return hidden
 
     def _vision_embeds(self, bits: int) -> list[torch.Tensor]:
-        cache = self.__dict__.setdefault("_vision_cache", {})
-        if bits not in cache:
-            cache.clear()
-            cache[bits] = self.vision(bits)
-        return cache[bits]
+        if bits not in self.vision_cache:
+            self.vision_cache.clear()  # one form at a time: the bisection moves it at most once
+            self.vision_cache[bits] = self.vision(bits)
+        return self.vision_cache[bits]
 
     @contextmanager
     def _formed(self, layer, i: int, bits: Mapping[str, int | None]):
@@ -183,7 +194,7 @@ class Layerwise:
         out = []
         for k, h in zip(which, hidden):
             s = self.states[k]
-            out.append(self.dec.norm(h)[0, s["prefix"] - 1: s["ids"].shape[1] - 1])
+            out.append(self.dec.norm(h[0, s["prefix"] - 1: s["ids"].shape[1] - 1]))
         return out
 
     def _score(self, which, rows: list[torch.Tensor], head_bits: int | None) -> tuple[list[torch.Tensor], list[bool]]:
@@ -202,11 +213,26 @@ class Layerwise:
         arg = torch.cat([f.arg for f in folded])
         kls, same, at = [], [], 0
         for k, r in zip(which, rows):
-            n = r.shape[0]
+            n, h = r.shape[0], self.horizon[k]
             kls.append(kl[at:at + n])
-            same.append(bool(torch.equal(arg[at:at + n], self.targets[k].to(torch.int64))))
+            same.append(bool(torch.equal(arg[at:at + h], self.fp_arg[k][:h])))
             at += n
         return kls, same
+
+    def _argmax(self, which) -> list[torch.Tensor]:
+        """The float32 argmax at each answer position, per sample."""
+        p = torch.cat([self.reference[k] for k in which])
+        arg = torch.cat([self._argmax_chunk(p[a:a + POSITIONS]) for a in range(0, p.shape[0], POSITIONS)])
+        return list(arg.split([self.reference[k].shape[0] for k in which]))
+
+    def _argmax_chunk(self, p: torch.Tensor) -> torch.Tensor:
+        best, arg = torch.full((p.shape[0],), -torch.inf), torch.zeros(p.shape[0], dtype=torch.int64)
+        table = self.head
+        for start in range(0, table.shape[0], ROWS):
+            value, index = self._cap(p @ table[start:start + ROWS].to(torch.float32).T).max(1)
+            better = value > best
+            best, arg = torch.where(better, value, best), torch.where(better, index + start, arg)
+        return arg
 
     def _cap(self, logits: torch.Tensor) -> torch.Tensor:
         cap = self.g.final_softcap
