@@ -130,7 +130,7 @@ def test_fp16_decoder_equals_torch_with_fp16_rounded_weights(tiny, bundles, imag
 
 
 def test_no_produced_graph_has_a_slow_path_matmulnbits(bundles, tmp_path):
-    for name in ("int4", "int8-wo", "int4-rtn-b128"):
+    for name in ("int4-rtn-b32", "int8-wo", "int4-rtn-b128"):
         quantized_copy(bundles["tiny-pg2"], tmp_path / name, RECIPES[name])
         for f in GRAPHS.values():
             for node in _nodes(tmp_path / name / f).node:
