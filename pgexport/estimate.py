@@ -48,6 +48,9 @@ GPTQ_K3, GPTQ_NK2 = 6.5e-12, 3.2e-11
 MATMUL_FLOPS = 150e9
 STREAM_PASS_SECONDS_PER_PARAMETER = 877 / 66 / 9.66e9
 GPTQ_ANSWER_TOKENS = 32  # quant.calibration.ANSWER_TOKENS
+# AWQ's scale search, per decoder layer: linear in the layer's linear weights and the samples, from the
+# streamed PaliGemma-3B-224 int4-awq build (about 100 s a layer of 110 M weights on 32 samples)
+AWQ_SECONDS_PER_WEIGHT_SAMPLE = 100 / (110.1e6 * 32)
 # streamed build time: a line through 3B int4 (2.92 B parameters, 1118 s) and 10B int4 (9.66 B, 2160 s)
 STREAM_SECONDS_PER_PARAMETER = (2160 - 1118) / (9.66e9 - 2.92e9)
 STREAM_BASE_SECONDS = 1118 - STREAM_SECONDS_PER_PARAMETER * 2.92e9
@@ -143,6 +146,15 @@ AUTO_SENSITIVITY_SAMPLES = 16  # quant.auto.SENSITIVITY_SAMPLES
 AUTO_TABLE_ROWS, AUTO_POSITIONS = 16384, 256  # quant.layerwise.ROWS and POSITIONS
 
 
+def awq_seconds(g: Geometry, samples: int, stream: bool) -> float:
+    """AWQ's search over every layer, and streamed, its calibration answers (as GPTQ's)."""
+    seconds = g.text_layers * AWQ_SECONDS_PER_WEIGHT_SAMPLE * samples * sum(n * k for n, k in _linears(g))
+    if stream:
+        passes = -(-samples // gate_batch(g, GPTQ_ANSWER_TOKENS, samples)) * (GPTQ_ANSWER_TOKENS + 1)
+        seconds += passes * STREAM_PASS_SECONDS_PER_PARAMETER * sum(parameters(g).values())
+    return seconds
+
+
 def auto_bytes(g: Geometry, samples: int) -> int:
     """What `--quant auto` holds besides the model (quant/layerwise.py): every sample's layer-0 states, image
     embeddings with the vision encoder formed, and the hidden states of a pass (two depths at once); one branch
@@ -206,7 +218,10 @@ def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2,
     if recipe.needs_calibration:  # beside what the model holds: the table and a layer, or all of it
         held = BASE_RSS + (resident if stream else fp32)
         peak = max(peak, held + gptq_bytes(g, recipe.calibration_samples))
-        seconds += gptq_seconds(g, recipe.calibration_samples, stream)
+        if recipe.uses_gptq:
+            seconds += gptq_seconds(g, recipe.calibration_samples, stream)
+    if recipe.awq:
+        seconds += awq_seconds(g, recipe.calibration_samples, stream)
     if recipe.target_agreement is not None:
         peak = max(peak, held + auto_bytes(g, recipe.calibration_samples))
         seconds += auto_seconds(g, recipe.calibration_samples, len(_linears(g)) * g.text_layers + 2, stream)
