@@ -13,7 +13,7 @@ layer's small error grows through the stack, and the lm_head's error lands direc
 
 Units are promoted to 8 bits in order of KL per byte the promotion adds. The number promoted is the smallest
 whose calibration agreement (every unit in its chosen form; a sample agrees when every teacher-forced argmax
-is its fp32 greedy token, which is exactly when greedy decoding gives the same answer) reaches the target,
+is float32's, which is when greedy decoding gives the same answer: quant/layerwise.py) reaches the target,
 found by bisection over that order on all the calibration samples: agreement is taken to grow with the number
 promoted, which holds for the order's front, where the large KLs are. The accuracy gate then measures the
 bundle as it ships on held-out samples.

@@ -3,9 +3,10 @@ forms, scored at every answer position against the float32 model: what `--quant 
 
 - The samples are calibration.py's: the image+prompt prefix (bidirectional) and the float32 model's greedy
   answer (causal) through its end of sequence. Scoring is teacher-forced along that answer: the mean
-  KL(float32 || formed) of the next-token distributions, and whether every position's argmax is the answer's
-  token, which is exactly whether greedy decoding gives the same answer (the first position that differs is
-  where it would turn).
+  KL(float32 || formed) of the next-token distributions, and whether every position's argmax is float32's,
+  which is whether greedy decoding gives the same answer (the first position that differs is where it would
+  turn). Where float32 scored here leaves the generated answer at a near-tie, only the positions up to there
+  are judged (Layerwise.horizon).
 - One layer at a time: each decoder layer is held once per pass (a streamed model reads it then,
   source/streamed.py) with every sample's hidden states at that depth, so a pass holds what a streamed build
   holds plus those states. Measuring each unit alone keeps one branch of hidden states per unit of the current
