@@ -96,3 +96,17 @@ def test_build_out_of_memory_is_one_line_and_leaves_nothing(tmp_path, kb):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     done = _limited(2_500_000, *command)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("words", ["error return without exception set",
+                                   "<function export at 0x7f0> returned NULL without setting an exception"])
+def test_a_c_call_failing_silently_is_out_of_memory_only_under_a_limit(monkeypatch, words):
+    """CPython's SystemError for a C call that set no exception, in either wording, is memory running out under an
+    address-space limit (its allocation failed before it could say so), and a bug without one."""
+    from pgexport_runtime import out_of_memory as oom
+
+    monkeypatch.setattr(oom, "address_space_limit", lambda: 900_000 * 1024)
+    assert oom.is_out_of_memory(SystemError(words))
+    assert not oom.is_out_of_memory(SystemError("bad argument to internal function"))
+    monkeypatch.setattr(oom, "address_space_limit", lambda: None)
+    assert not oom.is_out_of_memory(SystemError(words))

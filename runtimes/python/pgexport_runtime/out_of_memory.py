@@ -32,6 +32,10 @@ MARKERS = {"bad_alloc": "std::bad_alloc", "failed to allocate": "a buffer{size} 
 _SIZE = re.compile(r"buffer of size (\d+)|unable to allocate ([\d.]+ [KMGTPE]?i?B)", re.IGNORECASE)
 
 
+# CPython's words for a C call that failed without setting an exception (both wordings of the supported versions)
+_NO_EXCEPTION = re.compile(r"without exception set|without setting an exception")
+
+
 class OutOfMemory(UserError):
     """The machine (or the process's limit) has less memory than the command needs."""
 
@@ -43,14 +47,15 @@ def says_out_of_memory(text: str) -> bool:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """A MemoryError, or an error whose words (or whose cause's) say that memory ran out. Under an address-space
-    limit also CPython's "error return without exception set": a C call whose allocation failed before it could
-    make an exception to say so (seen importing onnx at 0.8 to 0.9 GB)."""
+    limit also CPython's SystemError for a C call that failed with no exception set ("error return without
+    exception set", "returned NULL without setting an exception"): its allocation failed before it could make
+    an exception to say so (seen importing onnx, and in torch.onnx.export, at 0.8 to 0.9 GB)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, MemoryError) or says_out_of_memory(f"{type(exc).__name__}: {exc}"):
             return True
-        if isinstance(exc, SystemError) and "without exception set" in str(exc) and address_space_limit():
+        if isinstance(exc, SystemError) and _NO_EXCEPTION.search(str(exc)) and address_space_limit():
             return True
         exc = exc.__cause__ or exc.__context__
     return False
