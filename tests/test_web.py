@@ -4,10 +4,12 @@ The Python runtime writes the shared vectors (tests/web/vectors.py): pixel value
 ids, and the `--json` answers of >= 30 held-out demo items across the five tasks, for an fp32 and an int4 bundle.
 Then the Node tests (node --test) compare against them: fp32 identical, int4 token agreement above a measured
 floor, preprocessing within 1e-6, tampered bundles refused; and headless Chromium (Debian's chromium, driven by
-playwright-core) runs the runtime's page served by pgexport.serve.
+playwright-core) runs the runtime's page served by pgexport.serve, on WASM and on WebGPU (chromium's software
+adapter, SwiftShader).
 
-Needs node and npm (and chromium for the browser test). Outside CI a missing tool skips with the reason; with the
-CI environment variable set it fails, so that CI cannot pass without having run them.
+Needs node and npm (and chromium for the browser tests, with its WebGPU adapter for the WebGPU test). Outside CI a
+missing tool skips with the reason; with the CI environment variable set it fails, so that CI cannot pass without
+having run them.
 """
 
 from __future__ import annotations
@@ -85,13 +87,14 @@ def test_node_runtime_matches_python(node_modules, vectors):
 
 @pytest.fixture()
 def serving(demo_bundles):
-    """serving(key) -> the URL of a pgexport.serve server for that demo bundle, stopped after the test."""
+    """serving(key) -> the URL of a pgexport.serve server for that demo bundle (or a bundle directory), stopped
+    after the test."""
     from pgexport.serve import make_server
 
     servers = []
 
-    def start(key: str = "fp32") -> str:
-        srv = make_server(demo_bundles[key], port=0, quiet=True)
+    def start(key: str | Path = "fp32") -> str:
+        srv = make_server(demo_bundles[key] if isinstance(key, str) else key, port=0, quiet=True)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         return f"http://127.0.0.1:{srv.server_address[1]}"
@@ -167,6 +170,78 @@ def test_browser_demo_page(node_modules, vectors, serving, tmp_path, key, tasks)
         print(f"browser {key} token agreement with the Python runtime: {same / total:.3f} ({same}/{total})")
         assert same / total >= INT4_BROWSER_FLOOR, f"{key} token agreement {same}/{total} < {INT4_BROWSER_FLOOR}"
     assert all(p.stat().st_size > 10_000 for p in shots)
+
+
+def _webgpu_page(url: str, cases: list[dict], tmp_path: Path) -> tuple[dict, dict]:
+    """runtimes/web/test/webgpu.mjs on a served bundle: what the page did with ?device=webgpu, then with ?device=wasm
+    (with cases) or ?device=auto (without)."""
+    if not Path(CHROMIUM).is_file():
+        _missing(f"chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    r = subprocess.run(["node", "test/webgpu.mjs", url, str(tmp_path / "cases.json")], cwd=WEB, capture_output=True,
+                       text=True, timeout=600)
+    lines = r.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {"failures": [r.stderr[-2000:]]}
+    assert r.returncode == 0 and not result["failures"], result["failures"] or r.stderr[-2000:]
+    if result["webgpu"]["browserAdapter"] is None:
+        _missing("chromium gives no WebGPU adapter (SwiftShader through Vulkan: flags in runtimes/web/test/webgpu.mjs)")
+    return result["webgpu"], result["wasm" if cases else "auto"]
+
+
+@pytest.mark.parametrize("name", ["tiny-pg1", "tiny-pg2", "fp32"])
+def test_browser_webgpu_matches_wasm(node_modules, serving, bundles, images, tmp_path, name):
+    """The runtime on WebGPU in headless Chromium (a software adapter: SwiftShader): the greedy tokens of the WASM
+    backend on the same page, images and prompts (fp32: tiny PaliGemma 1 and 2, one image per prompt; the demo
+    model, one held-out item per task), with the KV cache kept on the GPU between decoder calls."""
+    from conftest import PROMPTS
+    from pgexport.verify import image_prompts
+
+    if name == "fp32":
+        cases = [{"image": str(row.image), "prompt": row.prompt, "max_new_tokens": row.max_new_tokens}
+                 for row in image_prompts.read(image_prompts.DEMO_SET, "eval", limit=5)]  # one item per task
+        url = serving("fp32")
+    else:
+        cases = []
+        for i, (image, prompt) in enumerate(zip(images, PROMPTS)):
+            image.save(tmp_path / f"image{i}.png")
+            cases.append({"image": str(tmp_path / f"image{i}.png"), "prompt": prompt, "max_new_tokens": 12})
+        url = serving(bundles[name])
+    start = time.monotonic()
+    webgpu, wasm = _webgpu_page(url, cases, tmp_path)
+    print(f"webgpu {name} ({time.monotonic() - start:.0f} s: WebGPU {webgpu['answerSeconds']:.0f} s, WASM "
+          f"{wasm['answerSeconds']:.0f} s) on {webgpu['ortAdapter']}: {[i['tokens'] for i in webgpu['items']]}")
+    assert webgpu["backend"] == "webgpu" and webgpu["ortAdapter"] is not None, webgpu
+    assert wasm["backend"].startswith("wasm"), wasm
+    assert [i["tokens"] for i in webgpu["items"]] == [i["tokens"] for i in wasm["items"]]
+    steps = [(c["prompt"], n, step) for c, item in zip(cases, webgpu["items"]) for n, step in enumerate(item["steps"])]
+    assert sum(n > 0 for _, n, _ in steps) >= len(cases), "too few decode steps to tell where the KV cache stays"
+    for prompt, n, step in steps:
+        # every present stays on the GPU; from the first decode step on, each past is the very GPU tensor the
+        # previous call returned as its present; nothing but the logits is read back (onnxruntime-web reads back
+        # through a buffer rounded up to 16 bytes)
+        assert step["present"] == ["gpu-buffer"], (prompt, n, step)
+        if n > 0:
+            assert step["past"] == ["gpu-buffer"] and step["pastFromPrevious"], (prompt, n, step)
+        assert step["readBytes"] <= -(-step["logitsBytes"] // 16) * 16, (prompt, n, step)
+    assert all(i["disposed"] for i in webgpu["items"]), "a present tensor was left undisposed on the GPU"
+
+
+@pytest.mark.parametrize("layout, says", [
+    ("shared", "KV-cache layout 'shared' does not run on WebGPU (onnxruntime-web's GroupQueryAttention there has no "
+               "causal=0): use device 'wasm' or a bundle built with --kv-cache concat"),
+    ("static", "KV-cache layout 'static' is not supported by this runtime (concat, shared)")])
+def test_browser_webgpu_refuses_a_layout_it_cannot_take(node_modules, serving, layout_bundles, tmp_path, layout, says):
+    """?device=webgpu on a bundle whose KV-cache layout the WebGPU path cannot take: the page's one-line error.
+    ?device=auto loads such a bundle on WASM where the runtime takes the layout there (shared), and gives the
+    runtime's own refusal where it takes it nowhere (static)."""
+    webgpu, auto = _webgpu_page(serving(layout_bundles[layout]), [], tmp_path)
+    error = webgpu["error"]  # the page's status line: "Cannot load the bundle: " and the runtime's one-line error
+    assert webgpu["backend"] is None and error.startswith("Cannot load the bundle: ") and error.endswith(says), webgpu
+    assert "\n" not in error, error
+    if layout == "shared":
+        assert auto["backend"].startswith("wasm"), auto
+    else:
+        assert auto["backend"] is None and auto["error"].endswith(says), auto
 
 
 def test_node_runtime_runs_an_ort_packaged_bundle(node_modules, demo_bundles, tmp_path):

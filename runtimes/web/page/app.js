@@ -1,5 +1,7 @@
 // The runtime's page: pick an image, type a prompt, watch the answer stream, see boxes and masks over the image and
-// the time each stage took. The bundle is served at /bundle/ (pgexport serve).
+// the time each stage took. The bundle is served at /bundle/ (pgexport serve). ?device=webgpu or ?device=wasm
+// picks the backend (browser.js loadBundle); without it, WebGPU where the browser has it and the bundle runs there,
+// else WASM.
 
 import { answerToJson, decodeImage, loadBundle } from '/src/browser.js';
 
@@ -16,7 +18,8 @@ function status(text, state) {
 async function load() {
   const t0 = performance.now();
   try {
-    pg = await loadBundle('/bundle/', { wasmPaths: '/ort/' });
+    const device = new URLSearchParams(location.search).get('device') ?? 'auto';
+    pg = await loadBundle('/bundle/', { wasmPaths: '/ort/', device });
   } catch (e) {
     status(`Cannot load the bundle: ${e.message}`, 'error');
     return;

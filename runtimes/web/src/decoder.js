@@ -53,8 +53,10 @@ export function decode(ort, session, g, cache, tokens, attentionMask, batch) {
   for (let b = 0; b < batch; b++) {
     for (let j = 0; j < width; j++) positions[b] += attentionMask[b * width + j];
   }
+  // image_embeds: one zero row per batch row, which no token reads (a decode step's tokens are suffix, token type
+  // 1). Not an empty [B, 0, D]: onnxruntime-web's WebGPU kernels refuse zero-sized tensors (the graph's Pad).
   return run(ort, session, g, cache, {
-    ids: tokens, imageEmbeds: new Float32Array(0), imageTokens: 0, mask: attentionMask, positions,
+    ids: tokens, imageEmbeds: new Float32Array(batch * g.text_hidden), imageTokens: 1, mask: attentionMask, positions,
     types: new BigInt64Array(batch).fill(1n), keep: new BigInt64Array(batch),
   }, batch);
 }

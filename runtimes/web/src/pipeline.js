@@ -55,9 +55,9 @@ export class PaliGemma {
     };
     const presentOnGpu = {};
     if (gpu) for (let i = 0; i < g.text_layers; i++) Object.assign(presentOnGpu, { [io.presentKey(i)]: 'gpu-buffer', [io.presentValue(i)]: 'gpu-buffer' });
-    if (gpu && manifest.kvLayout.inPlace) {
-      throw new BundleError(`KV-cache layout '${manifest.kvLayout.name}' is not supported with the KV cache on the GPU (WebGPU) yet: ` +
-        'use a bundle built with --kv-cache concat');
+    if (gpu && manifest.kvLayout.inPlace) { // its GroupQueryAttention is causal=0 (the prefix-LM mask is in its bias)
+      throw new BundleError(`KV-cache layout '${manifest.kvLayout.name}' does not run on WebGPU (onnxruntime-web's ` +
+        "GroupQueryAttention there has no causal=0): use device 'wasm' or a bundle built with --kv-cache concat");
     }
     const graphs = {
       vision: await session('vision_encoder'),
