@@ -38,6 +38,12 @@ class SessionConfig:
     # shapes: PaliGemma-3B-896 int4 peaked at 14.9 GB after two generations with it, 7.5 GB after three
     # without (benchmarks/memory_stages.py). Off, large buffers go back to the system after each call.
     mem_arena: bool = False
+    # onnxruntime's KleidiAI kernels (ARM64 CPUs with int8 dot product or i8mm; nothing changes elsewhere) for the
+    # 4-bit matrix products: off, ARM answers as x86 does, on which the build's accuracy gate ran. On the demo
+    # model's int4 bundle, emulated, they changed 10 and 6 of 60 held-out answers against x86 (qemu's cortex-a76
+    # and max CPU models), onnxruntime's own ARM kernels 2 and 3 (docs/measurements/arm64_parity.md). On for their
+    # speed, once the answers are measured on that CPU.
+    kleidiai: bool = False
     # onnxruntime's per-node profiler: a JSON trace per graph, PREFIX_<graph>_<time>.json, written when the
     # session's end_profiling() is called (benchmarks/profile_ops.py reads them). Off by default.
     profile_prefix: str = ""
@@ -74,6 +80,8 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
     opts.enable_cpu_mem_arena = cfg.mem_arena
     if not cfg.prepack:
         opts.add_session_config_entry("session.disable_prepacking", "1")
+    if not cfg.kleidiai:
+        opts.add_session_config_entry("mlas.disable_kleidiai", "1")
     if cfg.profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = f"{cfg.profile_prefix}_{Path(path).stem}"

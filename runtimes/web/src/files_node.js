@@ -33,7 +33,10 @@ export async function nodeFiles(dir) {
     where: String(dir),
     path: (name) => path.join(root, fileName(name, 'bundle file')),
     size: async (name) => (await checked(name)).st.size,
-    read: async (name) => new Uint8Array(await readFile((await checked(name)).p)),
+    read: async (name) => { // the Buffer's own memory, not a copy (a .ort graph is used in place: session.js)
+      const b = await readFile((await checked(name)).p);
+      return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+    },
     sha256: async (name) => {
       const { p } = await checked(name);
       const h = createHash('sha256');

@@ -22,7 +22,9 @@ export async function loadBundle(bundle, { backend = 'node', threads = 0, verify
   const common = { imageCacheBytes, sha256: sha256Hex, request };
   if (backend === 'node') {
     const ort = await onnxruntime('node');
-    const sessionOptions = threads ? { intraOpNumThreads: threads } : {};
+    // KleidiAI off (ARM64 only): the answers of onnxruntime's own kernels, which the x86 build's gate measured
+    // (pgexport_runtime/session.py SessionConfig.kleidiai)
+    const sessionOptions = { extra: { mlas: { disable_kleidiai: '1' } }, ...(threads ? { intraOpNumThreads: threads } : {}) };
     return PaliGemma.load({ ort, files: await nodeFiles(bundle), sessionOptions, verify, ...common });
   }
   if (backend === 'wasm') {

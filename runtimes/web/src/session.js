@@ -3,24 +3,35 @@
 
 import { BundleError, oneLine } from './errors.js';
 
+// ORT-format graphs whose bytes onnxruntime uses where they lie: the graph and its initializers are read from the
+// buffer handed over, not copied out of it. The buffer must then live as long as the session (IN_PLACE holds it).
+const ORT_IN_PLACE = { use_ort_model_bytes_directly: '1', use_ort_model_bytes_for_initializers: '1' };
+const IN_PLACE = new WeakMap();
+// Node's fs reads at most 2 GiB into one buffer; a larger .ort graph is read by onnxruntime from its path
+const MAX_READ_BYTES = 2 ** 31 - 1;
+
 /**
- * One graph's session. With a local path (Node's native backend) onnxruntime reads the graph and its external
- * data from the bundle directory itself; otherwise the bytes are handed over, external data files through the
- * `externalData` session option under the names the graph refers to them by.
+ * One graph's session. With a local path (Node's native backend) onnxruntime reads a .onnx graph and its external
+ * data from the bundle directory itself (memory-mapped); a .ort graph is read here and used in place by onnxruntime
+ * (ORT_IN_PLACE), where reading it from its path would hold the file and a copy of every weight. Otherwise the
+ * bytes are handed over, external data files through the `externalData` session option under the names the graph
+ * refers to them by.
  * @param {import('./manifest.js').GraphEntry} entry
  */
 export async function createSession(ort, files, entry, options = {}) {
   const opts = { graphOptimizationLevel: 'all', logSeverityLevel: 3, ...options };
+  delete opts.byPath;
+  const ortFormat = entry.file.endsWith('.ort');
   try {
-    if (files.path && options.byPath !== false) {
-      delete opts.byPath;
+    if (files.path && options.byPath !== false && (!ortFormat || (await files.size(entry.file)) > MAX_READ_BYTES)) {
       return await ort.InferenceSession.create(files.path(entry.file), opts);
     }
-    delete opts.byPath;
     const externalData = [];
     for (const name of entry.dataFiles) externalData.push({ path: name, data: await files.read(name) });
     const model = await files.read(entry.file);
+    if (ortFormat) opts.extra = { ...opts.extra, session: { ...opts.extra?.session, ...ORT_IN_PLACE } };
     const session = await ort.InferenceSession.create(model, { ...opts, externalData });
+    if (ortFormat) IN_PLACE.set(session, model);
     for (const name of [entry.file, ...entry.dataFiles]) files.forget?.(name);
     return session;
   } catch (e) {
