@@ -23,8 +23,8 @@ def _bench(bundle: Path, out: Path, *extra: str, preexec_fn=None) -> subprocess.
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
 
 
-def _first_worker(proc: subprocess.Popen, out: Path) -> int:
-    """The PID of the bench's first worker, once it has started (its log exists)."""
+def _first_worker(proc: subprocess.Popen, out: Path, settle: float = 1.0) -> int:
+    """The PID of the bench's first worker, once it has started (its log exists), `settle` seconds later."""
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -32,7 +32,7 @@ def _first_worker(proc: subprocess.Popen, out: Path) -> int:
         except FileNotFoundError:
             kids = []
         if kids and (out / "work" / "worker-0.log").exists():
-            time.sleep(1.0)  # inside its imports
+            time.sleep(settle)  # inside its imports
             return kids[0]
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
@@ -41,9 +41,17 @@ def _first_worker(proc: subprocess.Popen, out: Path) -> int:
 
 
 def _interrupt(pid: int) -> None:
-    """SIGINT until the process ends: one may land in a library's import guard that catches every exception, the
-    KeyboardInterrupt included, and goes on."""
-    deadline = time.time() + 60
+    """SIGINT once the worker is inside its imports (libtorch mapped: its Python's own SIGINT handler is long set,
+    and the work has not begun), then again every 0.2 s until it ends: one may land in a library's import guard
+    that catches every exception, the KeyboardInterrupt included, and goes on."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if "libtorch" in Path(f"/proc/{pid}/maps").read_text():
+                break
+        except OSError:
+            return
+        time.sleep(0.01)
     while time.time() < deadline:
         try:
             os.kill(pid, signal.SIGINT)
@@ -89,7 +97,7 @@ def test_a_failed_worker_keeps_the_log_its_message_names(bundles, tmp_path):
     its log, which stays; everything else the run wrote goes."""
     out = tmp_path / "bench"
     proc = _bench(bundles["tiny-pg1"], out, *SPEED)
-    _interrupt(_first_worker(proc, out))
+    _interrupt(_first_worker(proc, out, settle=0))
     line = _one_line(proc, 2)
     log = out / "work" / "worker-0.log"
     assert line.startswith("error: bench worker for torch-bf16 failed (") and line.endswith(f"(full log: {log})"), line
