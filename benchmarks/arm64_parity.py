@@ -29,7 +29,7 @@ from readme_table import ensure_bundle  # noqa: E402
 from pgexport.bench.harness import write_measurement  # noqa: E402
 from pgexport.source import sources  # noqa: E402
 from pgexport.verify import image_prompts  # noqa: E402
-from pgexport.verify.agreement import mcnemar  # noqa: E402
+from pgexport.verify.agreement import mcnemar, sequences  # noqa: E402
 from pgexport_runtime.describe import wilson_interval  # noqa: E402
 from tools import arm64  # noqa: E402
 
@@ -89,7 +89,7 @@ def main() -> None:
             right = _same(got, reference)
             name = f"arm64 {cpu}" + (", KleidiAI on" if on else "")
             table.append((recipe, name, arm64.CPUS[cpu][0], len(items), _pct(same),
-                          f"{100 * low:.1f}-{100 * high:.1f}", round(100 * _token_agreement(x86, got), 1),
+                          f"{100 * low:.1f}-{100 * high:.1f}", round(100 * sequences(x86, got)["token_agreement"], 1),
                           _pct(right), round(mcnemar(right, x86_right)["p_value"], 3)))
     notes = [f"Bundles built on this machine by `pgexport build` (the recipes `{'`, `'.join(recipes)}`) from the "
              f"demo model; items: the first {len(items)} of its held-out eval split. ARM64: Debian {arm64.SUITE}'s "
@@ -142,11 +142,6 @@ def _strip(tokens: list[int], eos: int) -> list[int]:
 
 def _same(a: list[list[int]], b: list[list[int]]) -> list[bool]:
     return [x == y for x, y in zip(a, b, strict=True)]
-
-
-def _token_agreement(ref: list[list[int]], got: list[list[int]]) -> float:
-    agree = sum(sum(x == y for x, y in zip(r, g)) for r, g in zip(ref, got))
-    return agree / max(1, sum(max(len(r), len(g)) for r, g in zip(ref, got)))
 
 
 def _pct(same: list[bool]) -> float:
