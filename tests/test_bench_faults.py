@@ -19,8 +19,15 @@ SPEED = ("--repeats", "1", "--warmup", "0")
 
 
 def _bench(bundle: Path, out: Path, *extra: str, preexec_fn=None) -> subprocess.Popen:
+    def start():
+        # SIGINT as a terminal delivers it: a test run started in the background by a shell inherits SIGINT
+        # ignored, and Python then never installs its KeyboardInterrupt handler, in the bench or its workers
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec_fn is not None:
+            preexec_fn()
+
     return subprocess.Popen([sys.executable, "-m", "pgexport.cli", "bench", str(bundle), "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=start)
 
 
 def _first_worker(proc: subprocess.Popen, out: Path, settle: float = 1.0) -> int:
@@ -42,8 +49,8 @@ def _first_worker(proc: subprocess.Popen, out: Path, settle: float = 1.0) -> int
 
 def _interrupt(pid: int) -> None:
     """SIGINT once the worker is inside its imports (libtorch mapped: its Python's own SIGINT handler is long set,
-    and the work has not begun), then again every 0.2 s until it ends: one may land in a library's import guard
-    that catches every exception, the KeyboardInterrupt included, and goes on."""
+    and the work has not begun), then again every 0.2 s until it ends, so that one landing in code that catches
+    every exception does not decide the test."""
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
