@@ -210,3 +210,55 @@ def test_quant_table_splits_agreement_by_task():
                        {"kind": "bundle", "name": "bundle-x",
                         "accuracy": {"first_divergence": {"per_item": {"a": None, "b": 3, "c": None}}}}]}
     assert quant_table.by_task(report) == [("x", 50.0, None, 100.0, None, None)]  # no VQA, detect or segment items
+
+
+def test_perf_targets_compare_with_the_fastest_peer_at_each_measure():
+    import perf_targets
+
+    bundle = {"ttft_ms": 900.0, "decode_tokens_per_s": 12.0, "peak_rss_mb": 2000.0, "size_bytes": 1.9e9}
+    peers = [{"engine": "slow prefill, fast decode", "prefill_ms": 2000.0, "decode_tokens_per_s": 10.0},
+             {"engine": "fast prefill, slow decode", "prefill_ms": 1000.0, "decode_tokens_per_s": 8.0}]
+    checks = {c["what"].split(" (")[0]: c for c in perf_targets.targets(bundle, {"ttft_ms": 1000.0}, peers)}
+    assert checks["TTFT / PyTorch bf16 eager TTFT"]["value"] == 0.9 and checks["TTFT / PyTorch bf16 eager TTFT"]["met"]
+    ttft = checks["TTFT / fastest peer's prefill"]
+    assert "(fast prefill, slow decode)" in ttft["what"]
+    assert ttft["value"] == 0.9 and not ttft["met"]  # 0.9x the fastest prefill misses <= 0.8
+    decode = checks["decode tok/s / fastest peer's"]
+    assert "(slow prefill, fast decode)" in decode["what"]
+    assert decode["value"] == 1.2 and decode["met"]  # against the 10 tok/s peer, not the 8
+    rss = checks["peak RSS - bundle size"]
+    assert abs(rss["value"] - (2000 * 2**20 / 1e9 - 1.9)) < 1e-9 and rss["met"]
+
+
+def test_llamacpp_tokenizer_model_keeps_every_piece_and_the_special_ids(tmp_path):
+    pytest.importorskip("sentencepiece")
+    import llamacpp_reference
+    from sentencepiece import SentencePieceProcessor
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{f"<0x{i:02X}>": 4 + i for i in range(256)},
+             "▁a": 260, "b": 261, "▁ab": 262}
+    spec = {"model": {"type": "BPE", "vocab": vocab, "unk_token": "<unk>"},
+            "added_tokens": [{"id": i, "content": t, "special": True} for t, i in list(vocab.items())[:4]]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    llamacpp_reference.sentencepiece_model(tmp_path / "tokenizer.json", tmp_path / "tokenizer.model")
+    sp = SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    assert sp.vocab_size() == len(vocab)
+    assert (sp.pad_id(), sp.eos_id(), sp.bos_id(), sp.unk_id()) == (0, 1, 2, 3)
+    assert [sp.IdToPiece(i) for i in (5, 261, 262)] == ["<0x01>", "b", "▁ab"]
+    assert sp.IsByte(5) and sp.IsControl(1) and not sp.IsControl(261)
+
+
+def test_openvino_ep_reads_the_placement_onnxruntime_logs():
+    import openvino_ep
+
+    v = "2026-01-01 00:00:00.1 [V:onnxruntime:, session_state.cc:1313 VerifyEachNodeIsAssignedToAnEp]"
+    log = "\n".join([f"{v} Node placements", f"{v}  Node(s) placed on [OpenVINOExecutionProvider]. Number of nodes: 2",
+                     f"{v}   OpenVINO-EP-subgraph_1 (OpenVINOExecutionProvider_OpenVINO-EP-subgraph_1_0)",
+                     f"{v}   OpenVINO-EP-subgraph_2 (OpenVINOExecutionProvider_OpenVINO-EP-subgraph_2_1)",
+                     f"{v}  Node(s) placed on [CPUExecutionProvider]. Number of nodes: 3",
+                     f"{v}   RotaryEmbedding (/rotary_q)", f"{v}   RotaryEmbedding (/rotary_k)", f"{v}   FastGelu (/gelu)",
+                     "2026-01-01 00:00:00.2 [I:onnxruntime:, inference_session.cc:2567 Initialize] Session initialized."])
+    assert openvino_ep.placement(log) == {"nodes": {"OpenVINOExecutionProvider": 2, "CPUExecutionProvider": 3},
+                                          "cpu_ops": {"RotaryEmbedding": 2, "FastGelu": 1}, "subgraphs": 2}
+    whole = f"{v}  All nodes placed on [OpenVINOExecutionProvider]. Number of nodes: 1"
+    assert openvino_ep.placement(whole) == {"nodes": {"OpenVINOExecutionProvider": 1}, "cpu_ops": {}, "subgraphs": 1}
