@@ -228,6 +228,17 @@ def test_recipe_file_with_overrides(bundles, tmp_path):
     assert weights["layers.1.self_attn.q_proj"] == "int4/b64"
 
 
+def test_int4_b128_is_the_recipe_the_quantization_table_measured():
+    """docs/measurements/quant_table.md measured the recipe file; the named recipe must be that recipe."""
+    from pathlib import Path
+
+    named = RECIPES["int4-b128"].to_dict()
+    measured = resolve_recipe(str(Path(__file__).parents[1] / "benchmarks/recipes/int4-awq-gptq-b128-table.json"))
+    assert {k: v for k, v in named.items() if k not in ("name", "description")} == \
+        {k: v for k, v in measured.to_dict().items() if k not in ("name", "description")}
+    assert named["decoder_linear"]["block_size"] == 128 and named["awq"] and RECIPES["int4-b128"].uses_gptq
+
+
 def test_recipe_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown recipe"):
         resolve_recipe("int3")
