@@ -21,6 +21,7 @@ from pgexport_runtime.errors import UserError
 from pgexport_runtime import decoder
 from pgexport_runtime.kv_cache import KVCache
 from pgexport_runtime.manifest import sha256_file
+from pgexport_runtime.session import SessionConfig, create_session
 
 GRAPHS = {"vision_encoder": "vision_encoder.onnx", "projector": "projector.onnx", "decoder": "decoder.onnx"}
 
@@ -359,11 +360,11 @@ def test_bundle_check_refuses_a_graph_whose_data_file_is_missing(tmp_path):
 
 
 def test_int8_dynamic_linear_equals_an_independent_emulation(tmp_path):
-    """The int8-dynamic recipe's linears (onnxruntime's quantize_dynamic, per-channel uint8 weights) against a
-    numpy emulation of what that kernel computes: activations per tensor to uint8 (DynamicQuantizeLinear's
-    scale and zero point), weights per output channel to asymmetric uint8, an exact integer product, one
-    rescale. Exact on every CPU: with int8 weights, x86 without VNNI would saturate pairs of products in
-    int16 (VPMADDUBSW), which is why the recipes use uint8 weights; this input would reach that limit."""
+    """The int8-dynamic recipe's linears (onnxruntime's quantize_dynamic, per-channel uint8 weights, stored minus
+    128 as int8) against a numpy emulation of what that kernel computes: activations per tensor to uint8
+    (DynamicQuantizeLinear's scale and zero point), weights per output channel to asymmetric uint8, an exact
+    integer product, one rescale. Exact on every CPU as the runtime opens the graph: x86 without VNNI would
+    saturate pairs of int8-weight products in int16 (VPMADDUBSW), and this input would reach that limit."""
     import onnx_ir as ir
     import onnxruntime as ort
 
@@ -386,10 +387,10 @@ def test_int8_dynamic_linear_equals_an_independent_emulation(tmp_path):
 
     weights = [t for t in onnx.load(str(path)).graph.initializer if t.data_type in (onnx.TensorProto.UINT8,
                                                                                       onnx.TensorProto.INT8)]
-    assert weights and all(t.data_type == onnx.TensorProto.UINT8 for t in weights)
+    assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
 
     xs = rng.normal(0, 1, (3, 96)).astype(np.float32)
-    (got,) = ort.InferenceSession(str(path)).run(None, {"x": xs})
+    (got,) = create_session(path, SessionConfig()).run(None, {"x": xs})
     lo, hi = min(0.0, float(xs.min())), max(0.0, float(xs.max()))
     sx = np.float32((hi - lo) / 255)
     zp = int(np.clip(np.rint(-lo / sx), 0, 255))
@@ -409,8 +410,9 @@ def test_int8_dynamic_linear_equals_an_independent_emulation(tmp_path):
 @pytest.mark.parametrize("model", ["tiny-pg1", "tiny-pg2"])
 def test_int8_dynamic_vision_encoder_is_onnxruntimes_quantize_dynamic(bundles, model, tmp_path):
     """The dynamic int8 rewrite writes what onnxruntime's quantize_dynamic (per-channel uint8 weights) writes
-    for the same MatMuls: the same operators, the same codes, scales and zero points, the same outputs bit for
-    bit, with one weight in memory at a time instead of the whole graph."""
+    for the same MatMuls: the same operators, the same codes (stored minus 128 as int8), scales and zero points,
+    the same outputs bit for bit as the runtime opens both, with one weight in memory at a time instead of the
+    whole graph."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -428,9 +430,10 @@ def test_int8_dynamic_vision_encoder_is_onnxruntimes_quantize_dynamic(bundles, m
     assert set(report["weights"].values()) == {"int8"}
 
     def weights(path):
-        """(codes, zero points) per MatMulInteger; the weight scales each rescale multiplies in; the ops."""
+        """(codes, zero points) per MatMulInteger, as uint8; the weight scales each rescale multiplies in; the ops."""
         graph = onnx.load(str(path)).graph
-        inits = {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in graph.initializer}
+        inits = {t.name: (to_uint8(a) if (a := onnx.numpy_helper.to_array(t)).dtype == np.int8 else a).tobytes()
+                 for t in graph.initializer}
         x_scales = {n.output[1] for n in graph.node if n.op_type == "DynamicQuantizeLinear"}
         codes = Counter((inits[n.input[1]], inits[n.input[3]]) for n in graph.node if n.op_type == "MatMulInteger")
         scales = Counter(inits[i] for n in graph.node if n.op_type == "Mul" and x_scales & set(n.input)
@@ -443,11 +446,18 @@ def test_int8_dynamic_vision_encoder_is_onnxruntimes_quantize_dynamic(bundles, m
 
     pixels = np.random.default_rng(1).normal(0, 1, [2, *ort.InferenceSession(str(src)).get_inputs()[0].shape[1:]])
     feeds = {"pixel_values": pixels.astype(np.float32)}
-    (a,) = ort.InferenceSession(str(ours)).run(None, feeds)
-    (b,) = ort.InferenceSession(str(theirs)).run(None, feeds)
+    (a,) = create_session(ours, SessionConfig()).run(None, feeds)
+    (b,) = create_session(theirs, SessionConfig()).run(None, feeds)
     (f,) = ort.InferenceSession(str(src)).run(None, feeds)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, f)  # quantized, not the float graph
+    int8_codes = [t for t in onnx.load(str(ours)).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_codes) == 2 * sum(mine[0].values())  # codes and zero points, all int8
+
+
+def to_uint8(codes: np.ndarray) -> np.ndarray:
+    """int8 codes back to quantize_dynamic's uint8: plus 128."""
+    return (codes.view(np.uint8) ^ np.uint8(0x80))
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

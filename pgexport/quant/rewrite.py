@@ -6,7 +6,7 @@ Gather on the embedding table and the lm_head MatMul on Transpose(that table) ar
 pair is rewritten together: ONE packed table serves GatherBlockQuantized (embedding) and MatMulNBits
 (lm_head) — onnxruntime's own quantizer would skip the lm_head, whose weight is not an initializer.
 
-Dynamic int8 is onnxruntime's pattern (DynamicQuantizeLinear, MatMulInteger with per-channel uint8 weights),
+Dynamic int8 is onnxruntime's pattern (DynamicQuantizeLinear, MatMulInteger with per-channel int8 weights),
 written node for node as its quantize_dynamic writes it, with its own per-channel quantizer (int8.py). Every
 graph is written here with onnx_ir, which keeps external data lazy, and every new weight is packed as the
 file is written: a 10 GB decoder is rewritten one tensor at a time.
@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from pgexport.export.bind import ROWS_KEY
 from pgexport.nbits import Layout, Packed, pack_rtn, pack_rtn_rows
-from pgexport.quant.int8 import PerChannel, per_channel_uint8
+from pgexport.quant.int8 import PerChannel, per_channel_int8
 from pgexport.quant.recipes import TABLE, Precision, Recipe
 from pgexport.quant.packed_store import StoredPacked
 
@@ -106,7 +106,7 @@ class _Deferred:
 
 
 _FIELD_TYPES = {"data": ir.DataType.UINT8, "scales": ir.DataType.FLOAT, "zero_points": ir.DataType.UINT8,
-                "quantized": ir.DataType.UINT8, "scale": ir.DataType.FLOAT, "zero_point": ir.DataType.UINT8}
+                "quantized": ir.DataType.INT8, "scale": ir.DataType.FLOAT, "zero_point": ir.DataType.INT8}
 
 
 def _deferred_values(graph: ir.Graph, deferred: _Deferred, names: dict[str, str]) -> dict[str, ir.Value]:
@@ -250,10 +250,10 @@ def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: Gra
 
 def _dynamic_int8(graph: ir.Graph, node: ir.Node, weight: ir.Value, base: str) -> None:
     """MatMul(x, W) -> onnxruntime's dynamic int8 pattern, node for node as its quantize_dynamic writes it:
-    DynamicQuantizeLinear(x) (one per distinct x), MatMulInteger with per-channel uint8 W, Cast to float32,
+    DynamicQuantizeLinear(x) (one per distinct x), MatMulInteger with per-channel int8 W, Cast to float32,
     Mul by x_scale * W_scale. onnxruntime fuses it into DynamicQuantizeMatMul when it loads the graph."""
     k, n = weight.const_value.shape
-    deferred = _Deferred(weight, PerChannel.shapes(k, n), lambda t: per_channel_uint8(t.numpy()))
+    deferred = _Deferred(weight, PerChannel.shapes(k, n), lambda t: per_channel_int8(t.numpy()))
     w = _deferred_values(graph, deferred, {"quantized": f"{base}.q8", "scale": f"{base}.scale",
                                            "zero_point": f"{base}.zero_point"})
     props = dict(node.metadata_props)

@@ -23,8 +23,10 @@ export async function loadBundle(bundle, { backend = 'node', threads = 0, verify
   if (backend === 'node') {
     const ort = await onnxruntime('node');
     // KleidiAI off (ARM64 only): the answers of onnxruntime's own kernels, which the x86 build's gate measured
-    // (pgexport_runtime/session.py SessionConfig.kleidiai)
-    const sessionOptions = { extra: { mlas: { disable_kleidiai: '1' } }, ...(threads ? { intraOpNumThreads: threads } : {}) };
+    // (pgexport_runtime/session.py SessionConfig.kleidiai). x64quantprecision: on x86 without VNNI, the int8
+    // weights of dynamic int8 graphs become uint8 at load, so that no product saturates (session.py)
+    const sessionOptions = { extra: { mlas: { disable_kleidiai: '1' }, session: { x64quantprecision: '1' } },
+      ...(threads ? { intraOpNumThreads: threads } : {}) };
     return PaliGemma.load({ ort, files: await nodeFiles(bundle), sessionOptions, verify, ...common });
   }
   if (backend === 'wasm') {
