@@ -86,6 +86,7 @@ def package(bundle: Path, out: Path, fmt: str = "ort", force: bool = False, mobi
                     entry = replace(entry, precision="fp16" if entry.precision == "fp32" else entry.precision,
                                     data_files=data)
                 if fmt == "ort":
+                    _unsigned_int8(stage / entry.file)
                     if mobile_check:
                         step(f"check {name} for mobile EPs")
                         mobile[name] = mobile_verdicts(stage / entry.file)
@@ -165,6 +166,37 @@ def _convert(onnx_path: Path, out_dir: Path, level: str, data_files: tuple[str, 
         shutil.move(str(config), onnx_path.parent / f"{onnx_path.stem}.config")
     shutil.rmtree(work)
     return target
+
+
+def _unsigned_int8(path: Path) -> int:
+    """A graph's int8 MatMulInteger weights and zero points as the uint8 they were quantized as (plus 128: the same
+    products), in place; returns how many tensors changed. onnxruntime turns int8 weights into uint8 on an x86 CPU
+    without VNNI, which saturates their products, only while it optimizes a graph it loads: an ORT-format graph
+    comes already optimized, so it has to hold uint8 weights to be exact there (tests/test_int8_weights.py)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    head = onnx.load(str(path), load_external_data=False)
+    inits = {t.name: t for t in head.graph.initializer}
+    names = {i for n in head.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")
+             for i in n.input[1:] if i in inits and inits[i].data_type == onnx.TensorProto.INT8}
+    if not names:
+        return 0
+    model = onnx.load(str(path))
+    data = {d.value for t in head.graph.initializer for d in t.external_data if d.key == "location"}
+    for t in model.graph.initializer:
+        if t.name in names:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).view(np.uint8) ^ np.uint8(0x80), t.name))
+    for f in data:  # rewritten below from memory
+        (path.parent / f).unlink()
+    tmp = path.with_name(path.name + ".tmp")
+    if data:
+        onnx.save(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=sorted(data)[0])
+    else:
+        onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return len(names)
 
 
 def _to_float16(path: Path, external: bool = False, share: Path | None = None) -> tuple[str, ...]:

@@ -55,7 +55,8 @@ def markdown(report: dict) -> str:
         "# pgexport bench",
         "",
         f"{s['mode']} mode, eval set `{s['eval_set']}` ({s['n_items']} items), {s['warmup']} warm-up + "
-        f"{s['repeats']} timed runs, {s['threads']} threads. {sysinfo['cpu_model']} ({sysinfo['cpu_count']} CPUs, "
+        f"{s['repeats']} timed runs, {s['threads']} threads. {sysinfo['cpu_model']} ({sysinfo['cpu_count']} CPUs; "
+        f"{' '.join(sysinfo.get('cpu_flags') or ['no listed kernel flags'])}; "
         f"load {sysinfo.get('load_average')}); onnxruntime {v.get('onnxruntime')}, torch {v.get('torch')}, "
         f"transformers {v.get('transformers')}, numpy {v.get('numpy')}, Python {sysinfo['python']}.",
         "",

@@ -47,6 +47,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> list[str]:
+    """The flags among harness.KERNEL_FLAGS that this CPU has: which integer, bf16 and matrix kernels can run
+    (VNNI decides the dynamic int8 path, docs/runtime.md)."""
+    from pgexport.bench.harness import KERNEL_FLAGS
+
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip().lower() in ("flags", "features"):
+                flags |= set(value.split())
+    except OSError:
+        pass
+    return [f for f in KERNEL_FLAGS if f in flags]
+
+
 def versions(names=("pgexport", "onnxruntime", "onnx", "numpy", "torch", "transformers", "tokenizers", "pillow")) -> dict:
     import importlib.metadata as md
 
@@ -67,6 +83,7 @@ def system_info() -> dict:
     return {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "load_average": load,  # the machine may be shared: read latencies with this in mind

@@ -8,6 +8,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from pgexport_runtime import limits
+from pgexport_runtime.cpu import int8_weights_saturate
 from pgexport_runtime.errors import BundleError, UserError
 from pgexport_runtime.out_of_memory import is_out_of_memory, out_of_memory
 
@@ -81,10 +82,11 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
     if not cfg.prepack:
         opts.add_session_config_entry("session.disable_prepacking", "1")
     # Dynamic int8 graphs hold int8 weights, which onnxruntime multiplies with the int8 dot-product instructions
-    # (VNNI; ARM's dot product) exactly. x86 without VNNI sums pairs of those products in int16 and saturates:
-    # there this makes onnxruntime turn the weights into uint8 at load, for the same integers more slowly.
-    # Elsewhere it changes nothing.
-    opts.add_session_config_entry("session.x64quantprecision", "1")
+    # (VNNI; ARM64) exactly. x86 without VNNI sums pairs of those products in int16 and saturates: there this makes
+    # onnxruntime turn the weights into uint8 at load, for the same integers more slowly. Only there: onnxruntime
+    # would convert them on an AVX-512 VNNI CPU too (its test is coarser), and lose the VNNI speed.
+    if int8_weights_saturate():
+        opts.add_session_config_entry("session.x64quantprecision", "1")
     if not cfg.kleidiai:
         opts.add_session_config_entry("mlas.disable_kleidiai", "1")
     if cfg.profile_prefix:

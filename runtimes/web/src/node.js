@@ -1,5 +1,7 @@
 // The Node entry point: a bundle directory, onnxruntime-node (native CPU) or onnxruntime-web (WASM) in Node.
 
+import { readFileSync } from 'node:fs';
+
 import { nodeFiles, sha256Hex } from './files_node.js';
 import { DEFAULT_MAX_BYTES } from './image_cache.js';
 import { PaliGemma } from './pipeline.js';
@@ -23,10 +25,10 @@ export async function loadBundle(bundle, { backend = 'node', threads = 0, verify
   if (backend === 'node') {
     const ort = await onnxruntime('node');
     // KleidiAI off (ARM64 only): the answers of onnxruntime's own kernels, which the x86 build's gate measured
-    // (pgexport_runtime/session.py SessionConfig.kleidiai). x64quantprecision: on x86 without VNNI, the int8
-    // weights of dynamic int8 graphs become uint8 at load, so that no product saturates (session.py)
-    const sessionOptions = { extra: { mlas: { disable_kleidiai: '1' }, session: { x64quantprecision: '1' } },
-      ...(threads ? { intraOpNumThreads: threads } : {}) };
+    // (pgexport_runtime/session.py SessionConfig.kleidiai). x64quantprecision, on x86 without VNNI only: the int8
+    // weights of dynamic int8 graphs become uint8 at load, so that no product saturates (pgexport_runtime/cpu.py)
+    const extra = { mlas: { disable_kleidiai: '1' }, ...(int8WeightsSaturate() ? { session: { x64quantprecision: '1' } } : {}) };
+    const sessionOptions = { extra, ...(threads ? { intraOpNumThreads: threads } : {}) };
     return PaliGemma.load({ ort, files: await nodeFiles(bundle), sessionOptions, verify, ...common });
   }
   if (backend === 'wasm') {
@@ -37,6 +39,27 @@ export async function loadBundle(bundle, { backend = 'node', threads = 0, verify
     return PaliGemma.load({ ort, files, sessionOptions: { executionProviders: ['wasm'] }, kvMode: 'handoff', verify, ...common });
   }
   throw new UserError(`unknown backend ${backend} (use node or wasm)`);
+}
+
+/**
+ * True unless this CPU is known to multiply uint8 by int8 exactly in onnxruntime's kernels: an x86 CPU without VNNI
+ * (or whose flags cannot be read) saturates such products; other architectures do not.
+ * @returns {boolean}
+ */
+export function int8WeightsSaturate(arch = process.arch, cpuinfo = readCpuinfo()) {
+  if (arch !== 'x64' && arch !== 'ia32') return false;
+  const line = cpuinfo?.split('\n').find((l) => l.split(':')[0].trim() === 'flags');
+  if (!line) return true;
+  const flags = new Set(line.split(':')[1].trim().split(/\s+/));
+  return !(flags.has('avx512_vnni') || flags.has('avx_vnni'));
+}
+
+function readCpuinfo() {
+  try {
+    return readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    return null;
+  }
 }
 
 /** onnxruntime-node ('node') or onnxruntime-web ('wasm'), resolved from this package's dependencies. */
