@@ -231,7 +231,6 @@ def test_perf_targets_compare_with_the_fastest_peer_at_each_measure():
 
 
 def test_llamacpp_tokenizer_model_keeps_every_piece_and_the_special_ids(tmp_path):
-    pytest.importorskip("sentencepiece")
     import llamacpp_reference
     from sentencepiece import SentencePieceProcessor
 
