@@ -93,6 +93,62 @@ def test_teacher_forced_suffix_matches_transformers(tiny, runtime, images):
     assert np.abs(got[real] - ref[real]).max() <= 1e-3 * np.abs(ref[real]).max()
 
 
+def test_batch1_prefill_logits_match_transformers(tiny, runtime, images):
+    """A batch-1 prefix masks no key: the decoder's unmasked attention path (MultiHeadAttention, below)."""
+    for image, prompt in zip(images, PROMPTS):
+        inputs = tiny.hf_inputs([image], [prompt])
+        with torch.no_grad():
+            ref = tiny.model(**inputs).logits.numpy()
+        ids, mask = inputs["input_ids"].numpy(), inputs["attention_mask"].numpy()
+        assert mask.all()
+        got = _prefill_logits(runtime, ids, mask, runtime.image_embeddings([image]), np.zeros_like(ids))
+        assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max(), prompt
+
+
+def test_decoder_attention_paths(tiny, bundles):
+    """Each layer's attention is an If on the bias: onnxruntime's MultiHeadAttention when it masks nothing, the
+    scores whole (MatMul, Softmax) otherwise. Gemma 2's soft-cap has no place in MultiHeadAttention, so its
+    graph has the masked path only."""
+    import onnx
+
+    graph = onnx.load(str(bundles[tiny.name] / "decoder.onnx"), load_external_data=False).graph
+    branches = [n for n in graph.node if n.op_type == "If"]
+    if tiny.geometry.attn_softcap is not None:
+        assert branches == []
+        assert sum(n.op_type == "Softmax" for n in graph.node) == tiny.geometry.text_layers
+        return
+    assert len(branches) == tiny.geometry.text_layers
+    for node in branches:
+        then, other = ({a.name: a.g for a in node.attribute}[k] for k in ("then_branch", "else_branch"))
+        assert [n.op_type for n in then.node].count("MultiHeadAttention") == 1
+        assert "Softmax" not in [n.op_type for n in then.node]
+        assert "MultiHeadAttention" not in [n.op_type for n in other.node]
+        assert "Softmax" in [n.op_type for n in other.node]
+
+
+def test_unmasked_calls_run_multi_head_attention(tiny, bundles, images, tmp_path):
+    """onnxruntime's profile of the decoder: a batch-1 generation runs MultiHeadAttention in every layer of the
+    prefill and of each decode step, and Softmax nowhere (Gemma 2: Softmax always); a left-padded batch runs
+    Softmax instead."""
+    import json
+
+    from pgexport_runtime import SessionConfig
+
+
+    def ops_run(batch_images, prompts):
+        pg = PaliGemma(bundles[tiny.name], SessionConfig(profile_prefix=str(tmp_path / f"p{len(prompts)}")))
+        pg.generate(batch_images, prompts, max_new_tokens=4)
+        events = json.loads(open(pg.graphs.decoder.end_profiling()).read())
+        names = [e["args"].get("op_name") for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        return names.count("MultiHeadAttention"), names.count("Softmax")
+
+    layers = tiny.geometry.text_layers
+    unmasked = (4 * layers, 0) if tiny.geometry.attn_softcap is None else (0, 4 * layers)  # Gemma 2: masked only
+    assert ops_run(images[:1], PROMPTS[:1]) == unmasked  # the prefill and 3 decode steps
+    mha, softmax = ops_run(images[:2], PROMPTS[:2])  # prompts of two lengths: the shorter is left-padded
+    assert mha == 0 and softmax == 4 * layers
+
+
 def test_build_recorded_parity(tiny, bundles):
     import json
 

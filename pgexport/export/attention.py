@@ -146,7 +146,7 @@ def _to_onnx(query, key, value, past_key, past_value, seqlens, bias, num_heads: 
 @torch.library.custom_op("pgexport::multi_head_attention", mutates_args=())
 def multi_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int,
                          scale: float) -> torch.Tensor:
-    """Unmasked attention: query, key, value and the output [B, N, heads * D]."""
+    """Unmasked attention: query and the output [B, N, heads * D], key and value [B, T, heads * D]."""
     b, n, width = query.shape
     q, k, v = (t.view(b, -1, num_heads, width // num_heads).transpose(1, 2) for t in (query, key, value))
     out = torch.softmax(q @ k.transpose(2, 3) * scale, dim=-1) @ v

@@ -154,15 +154,50 @@ def _attention(g: Geometry, attn, x, cos, sin, bias, past_k, past_v):
     # MatMul per KV head reads the cache once. Repeating it (an Expand in the graph) copied the whole
     # cache every decode step: 7 of 106 ms per token at 3B.
     groups = g.num_heads // g.num_kv_heads
-    total = k.shape[2]
     qg = q.reshape(b, g.num_kv_heads, groups * s, g.head_dim)
-    scores = torch.matmul(qg, k.transpose(2, 3)).view(b, g.num_heads, s, total) * g.attn_scale
-    if g.attn_softcap is not None:
-        scores = torch.tanh(scores / g.attn_softcap) * g.attn_softcap
-    probs = torch.softmax(scores + bias, dim=-1)
-    out = torch.matmul(probs.view(b, g.num_kv_heads, groups * s, total), v)
-    out = out.view(b, g.num_heads, s, g.head_dim).transpose(1, 2).reshape(b, s, g.num_heads * g.head_dim)
+    masked = _masked_attention(g)
+    if g.attn_softcap is None:
+        # A call where no key is masked for any query (a batch-1 prefill of the prefix, a batch-1 decode step)
+        # takes onnxruntime's unmasked MultiHeadAttention, whose CPU kernel never holds the scores: at 896
+        # pixels they are 8 heads x 4,099^2 float32 = 538 MB per tensor, several alive at once. The op has
+        # no soft-cap, so Gemma 2 always takes the masked path.
+        flat = torch.cond(bias.reshape(-1).amin(0) == 0, _unmasked_attention(g), masked, (qg, k, v, bias))
+    else:
+        flat = masked(qg, k, v, bias)
+    out = flat.view(b, g.num_kv_heads, groups, s, g.head_dim).reshape(b, g.num_heads, s, g.head_dim)
+    out = out.transpose(1, 2).reshape(b, s, g.num_heads * g.head_dim)
     return attn.o_proj(out), k, v
+
+
+def _masked_attention(g: Geometry):
+    """Attention over the stacked query heads qg [B, kv_heads, groups * S, D] with the additive bias
+    [B, 1, S, T]: the scores are computed whole. -> the output [B, kv_heads, groups * S, D], flattened (the two
+    branches of torch.cond must agree on strides, and flat tensors always do)."""
+
+    def attend(qg, k, v, bias):
+        b, kv_heads, rows, _ = qg.shape
+        s, total = rows // (g.num_heads // kv_heads), k.shape[2]
+        scores = torch.matmul(qg, k.transpose(2, 3)).view(b, g.num_heads, s, total) * g.attn_scale
+        if g.attn_softcap is not None:
+            scores = torch.tanh(scores / g.attn_softcap) * g.attn_softcap
+        probs = torch.softmax(scores + bias, dim=-1)
+        return torch.matmul(probs.view(b, kv_heads, rows, total), v).reshape(-1)
+
+    return attend
+
+
+def _unmasked_attention(g: Geometry):
+    """The same attention when the bias masks nothing, through MultiHeadAttention (attention.py): one head per
+    KV head, whose query rows are the stacked query heads."""
+    from pgexport.export.attention import multi_head_attention
+
+    def attend(qg, k, v, bias):
+        b, kv_heads, rows, d = qg.shape
+        query, key, value = (t.transpose(1, 2).reshape(b, t.shape[2], kv_heads * d) for t in (qg, k, v))
+        out = multi_head_attention(query, key, value, kv_heads, g.attn_scale)
+        return out.view(b, rows, kv_heads, d).transpose(1, 2).reshape(-1)
+
+    return attend
 
 
 def _shared_attention(g: Geometry, attn, x, cos, sin, bias, past_k, past_v, seqlens=None):
