@@ -126,6 +126,19 @@ def test_decoder_attention_paths(tiny, bundles):
         assert "Softmax" in [n.op_type for n in other.node]
 
 
+def test_graphs_carry_no_stack_traces(tiny, bundles):
+    """No node keeps the exporter's record of the Python stack that made it: the building machine's paths."""
+    from pathlib import Path
+
+    import pgexport
+
+    source = str(Path(pgexport.__file__).resolve().parent).encode()
+    for path in sorted(bundles[tiny.name].glob("*.onnx")):
+        data = path.read_bytes()
+        assert b"pkg.torch.onnx.name_scopes" in data  # the exporter's other records stay (quantization reads them)
+        assert b"stack_trace" not in data and source not in data, path.name
+
+
 def test_unmasked_calls_run_multi_head_attention(tiny, bundles, images, tmp_path):
     """onnxruntime's profile of the decoder: a batch-1 generation runs MultiHeadAttention in every layer of the
     prefill and of each decode step, and Softmax nowhere (Gemma 2: Softmax always); a left-padded batch runs

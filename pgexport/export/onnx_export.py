@@ -56,6 +56,7 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_sh
     if fuse:
         fuse_for_ort(program.model)
     model = program.model
+    _drop_stack_traces(model)
     del program
     if write is None:
         ir.save(model, str(path), external_data=(path.name + ".data") if external else None)
@@ -63,6 +64,17 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_sh
         write(model, path)
     _check_io(path, input_names, output_names)
     return model
+
+
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def _drop_stack_traces(model: ir.Model) -> None:
+    """The exporter records the Python stack that made each node: the exporting machine's source paths, and in
+    the branches of an If, the serial numbers of torch's generated code, which change from one export to the
+    next in a process (the same graph would not be the same bytes). Neither belongs in a bundle."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        node.metadata_props.pop(STACK_TRACE, None)
 
 
 def _initializer_params(module, model) -> dict[str, str]:
