@@ -63,11 +63,20 @@ def merge(model: onnx.ModelProto) -> int:
         graph.node.insert(at, split)
         graph.node.insert(at, wide)
         merged += 1
-    used = {i for n in graph.node for i in n.input}
+    used = set(_inputs(graph))
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return merged
+
+
+def _inputs(graph: onnx.GraphProto):
+    """The names every node reads, in the branches of an If as well (they read the outer graph's tensors)."""
+    for node in graph.node:
+        yield from node.input
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                yield from _inputs(sub)
 
 
 def derive(src: Path, dst: Path) -> int:
