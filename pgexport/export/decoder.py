@@ -162,7 +162,9 @@ def _attention(g: Geometry, attn, x, cos, sin, bias, past_k, past_v):
         # are 8 heads x 4,099^2 float32 = 538 MB per tensor, several alive at once. A decode step's scores are
         # one row per head, and its MatMuls decode faster than that kernel (1.34x at 4,099 cached tokens). The
         # op has no soft-cap, so Gemma 2 always takes the masked path.
-        unmasked = (bias.reshape(-1).amin(0) == 0) & (torch.scalar_tensor(s) > 1)
+        # One comparison, so that a GPU backend reads one bool back for the If: the bias's minimum is 0 when
+        # nothing is masked (float32's lowest otherwise), and 1 - S is 0 for a single token.
+        unmasked = bias.reshape(-1).amin(0) > 1 - torch.scalar_tensor(s)
         flat = torch.cond(unmasked, _unmasked_attention(g), masked, (qg, k, v, bias))
     else:
         flat = masked(qg, k, v, bias)
