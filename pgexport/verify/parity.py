@@ -36,8 +36,19 @@ class Reference:
     image_embeds: np.ndarray
     input_ids: np.ndarray
     attention_mask: np.ndarray
-    logits: np.ndarray  # [B, S, V] prefill logits of transformers with token_type_ids
+    logits: np.ndarray  # [B, T, V] prefill logits of transformers with token_type_ids, the last T positions
     greedy: list[list[int]]
+
+    @property
+    def logits_positions(self) -> np.ndarray:
+        """[B, T] the positions `logits` hold: the last T of the prefix."""
+        batch, seq = self.input_ids.shape
+        return np.tile(np.arange(seq - self.logits.shape[1], seq, dtype=np.int64), (batch, 1))
+
+    @property
+    def logits_real(self) -> np.ndarray:
+        """[B, T] which of them are tokens, not padding."""
+        return self.attention_mask[:, self.input_ids.shape[1] - self.logits.shape[1]:].astype(bool)
 
 
 def parity_image(size: int = 224, seed: int = 0) -> Image.Image:
@@ -66,7 +77,9 @@ def torch_reference(model, source_dir, g: Geometry, new_tokens: int) -> Referenc
         image_embeds=ref.project(feats).numpy(),
         input_ids=inputs["input_ids"].numpy(),
         attention_mask=inputs["attention_mask"].numpy(),
-        logits=ref.logits(inputs).numpy(),
+        # the text positions of every row (left-padded or not, they are after the first N_img): the image
+        # positions' logits are never read, and every position's hidden state is compared layer by layer
+        logits=ref.logits(inputs, last=inputs["input_ids"].shape[1] - g.num_image_tokens).numpy(),
         greedy=ref.greedy(inputs, new_tokens, min_new_tokens=0),
     )
 
@@ -101,10 +114,9 @@ def compare(bundle_dir, ref: Reference, tol: Tolerance, manifest_file: str = "ma
     checks = report["checks"]
     g = pg.geometry
     batch, seq = ref.input_ids.shape
-    every = np.tile(np.arange(seq, dtype=np.int64), (batch, 1))  # logits at every position, not only the last
     logits = decoder.prefill(pg.graphs, g, pg.graphs.kv_cache(g, batch, seq), ref.input_ids, ref.image_embeds,
-                             ref.attention_mask, logits_index=every)
-    real = ref.attention_mask.astype(bool)
+                             ref.attention_mask, logits_index=ref.logits_positions)  # every text position
+    real = ref.logits_real
     checks["decoder_prefill"] = _entry(*_rel(logits[real], ref.logits[real]), tol.relative)
 
     # end to end: the runtime's own preprocessing, prompt building, prefill and IO-bound decode loop
