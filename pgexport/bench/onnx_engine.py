@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pgexport_runtime import PaliGemma, SessionConfig, decoder
+from pgexport_runtime import PaliGemma, SessionConfig, decoder, heap
 from pgexport_runtime import io_names as io
 
 
@@ -34,6 +34,8 @@ class OnnxEngine:
 
     def project(self, features):
         (embeds,) = self.pg.graphs.projector.run([io.IMAGE_EMBEDS], {io.VISION_FEATURES: features})
+        if self.pg.graphs.trim_heap:  # as encode_image does after the projector
+            heap.release()
         return embeds
 
     def prefill(self, ids: np.ndarray, embeds, max_len: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from pgexport_runtime import io_names as io
-from pgexport_runtime import static
+from pgexport_runtime import heap, static
 from pgexport_runtime.geometry import Geometry
 from pgexport_runtime.kv_cache import KVCache
 
@@ -50,7 +50,10 @@ def prefill(graphs, g: Geometry, cache: KVCache, input_ids: np.ndarray, image_em
     positions = np.maximum(np.cumsum(attention_mask, axis=1), 1).astype(np.int64)
     types = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
     keep = np.full((batch, 1), seq - 1, dtype=np.int64) if logits_index is None else logits_index
-    return run(graphs, g, cache, input_ids, image_embeds, attention_mask, positions, types, keep)
+    logits = run(graphs, g, cache, input_ids, image_embeds, attention_mask, positions, types, keep)
+    if graphs.trim_heap:  # the prefill's activations are the largest buffers of a generation
+        heap.release()
+    return logits
 
 
 def decode(graphs, g: Geometry, cache: KVCache, tokens: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

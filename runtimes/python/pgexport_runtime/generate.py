@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from pgexport_runtime import decoder
+from pgexport_runtime import decoder, heap
 from pgexport_runtime import io_names as io
 from pgexport_runtime.geometry import Geometry
 from pgexport_runtime.kv_cache import KVCache
@@ -32,6 +32,7 @@ class Graphs:
     max_len: int = 0
     prefill_lengths: tuple[int, ...] = ()
     prefill: dict = field(default_factory=dict)
+    trim_heap: bool = False  # SessionConfig.trim_heap: give freed heap back after the vision encoder and the prefill
 
     def kv_cache(self, g: Geometry, batch: int, max_len: int) -> KVCache:
         """A cache for the decoder, laid out as it takes one, on the sessions' device (static: of its one length)."""
@@ -52,7 +53,10 @@ def encode_image(graphs: Graphs, pixel_values: np.ndarray) -> np.ndarray:
     # embeddings (1.5 % on the demo model's int4 bundle: 5 of 40 held-out answers differed batched by 4). A
     # static bundle's graphs take batch 1 anyway.
     features = run_rows(graphs.vision, io.VISION_FEATURES, {io.PIXEL_VALUES: pixel_values}, True)
-    return run_rows(graphs.projector, io.IMAGE_EMBEDS, {io.VISION_FEATURES: features}, True)
+    embeds = run_rows(graphs.projector, io.IMAGE_EMBEDS, {io.VISION_FEATURES: features}, True)
+    if graphs.trim_heap:
+        heap.release()
+    return embeds
 
 
 def generate(graphs: Graphs, g: Geometry, image_embeds: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray,

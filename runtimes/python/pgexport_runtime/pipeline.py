@@ -87,6 +87,7 @@ class PaliGemma:
             prefill_lengths=kv.prefill_lengths,
             prefill={n: self._session(name) for n, name in kv.prefill_graphs.items()
                      if name in m.graphs and "decoder" in wanted},
+            trim_heap=cfg.trim_heap and cfg.device == "cpu",
         )
         if self.graphs.decoder is not None:
             paths = {"decoder": m.path(m.graphs["decoder"].file)}

@@ -39,6 +39,10 @@ class SessionConfig:
     # shapes: PaliGemma-3B-896 int4 peaked at 14.9 GB after two generations with it, 7.5 GB after three
     # without (benchmarks/memory_stages.py). Off, large buffers go back to the system after each call.
     mem_arena: bool = False
+    # After the vision encoder and after the prefill, give the heap's free pages back to the system (glibc's
+    # malloc_trim; nothing elsewhere, heap.py): their large buffers otherwise stay resident, and the next
+    # generation's peak lands on top of them.
+    trim_heap: bool = True
     # onnxruntime's KleidiAI kernels (ARM64 CPUs with int8 dot product or i8mm; nothing changes elsewhere) for the
     # 4-bit matrix products: off, ARM answers as x86 does, on which the build's accuracy gate ran. On the demo
     # model's int4 bundle, emulated, they changed 10 and 6 of 60 held-out answers against x86 (qemu's cortex-a76
