@@ -153,7 +153,7 @@ def time_openvino(folder: Path, prompt_tokens: int, new_tokens: int, repeats: in
             "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats, "threads": threads,
             "size_bytes": size_bytes, "peak_rss_mb": _peak_rss_mb(), "openvino": ov.get_version(),
             "openvino_genai": ov_genai.__version__,
-            "precision": str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))}
+            "precision": core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()}
 
 
 def _peak_rss_mb() -> float:
