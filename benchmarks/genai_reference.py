@@ -116,6 +116,8 @@ def set_threads(model_dir: Path, threads: int) -> None:
 
 
 def main() -> None:
+    import peer_cli  # beside this file
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="export the Gemma checkpoint and build the genai int4 model")
@@ -124,10 +126,7 @@ def main() -> None:
     b.add_argument("--precision", default="int4")
     t = sub.add_parser("time", help="time prefill and decode of a built genai model (own process)")
     t.add_argument("model_dir", type=Path)
-    t.add_argument("--prompt-tokens", type=int, default=270)
-    t.add_argument("--new-tokens", type=int, default=32)
-    t.add_argument("--repeats", type=int, default=3)
-    t.add_argument("--threads", type=int, default=0)
+    peer_cli.add_timing(t, prompt_tokens=270)
     args = parser.parse_args()
     if args.cmd == "build":
         ckpt = export_gemma(args.model, args.work / f"{args.model}-gemma")

@@ -115,6 +115,8 @@ def time_gguf(gguf: Path, llama_bin: Path, prompt_tokens: int, new_tokens: int, 
 
 
 def main() -> None:
+    import peer_cli  # beside this file
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="export the Gemma checkpoint, convert it to GGUF and quantize it")
@@ -126,10 +128,7 @@ def main() -> None:
     t = sub.add_parser("time", help="llama-bench one GGUF (own process)")
     t.add_argument("gguf", type=Path)
     t.add_argument("--llama-bin", type=Path, required=True)
-    t.add_argument("--prompt-tokens", type=int, default=259)
-    t.add_argument("--new-tokens", type=int, default=32)
-    t.add_argument("--repeats", type=int, default=3)
-    t.add_argument("--threads", type=int, default=0)
+    peer_cli.add_timing(t)
     args = parser.parse_args()
     if args.cmd == "build":
         for path in build(args.model, args.llama_src, args.llama_bin, args.work, args.types):

@@ -165,6 +165,8 @@ def _peak_rss_mb() -> float:
 
 
 def main() -> None:
+    import peer_cli  # beside this file
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="export the decoder (optimum-intel int4) and the vision IR")
@@ -176,10 +178,7 @@ def main() -> None:
     v.add_argument("out", type=Path)
     t = sub.add_parser("time", help="time vision, prefill and decode of a built folder (own process)")
     t.add_argument("folder", type=Path)
-    t.add_argument("--prompt-tokens", type=int, default=259)
-    t.add_argument("--new-tokens", type=int, default=32)
-    t.add_argument("--repeats", type=int, default=3)
-    t.add_argument("--threads", type=int, default=0)
+    peer_cli.add_timing(t)
     args = parser.parse_args()
     if args.cmd == "build":
         print(build(args.model, args.ov_python, args.work))
