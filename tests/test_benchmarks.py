@@ -123,28 +123,30 @@ def test_profile_ops_splits_prefill_and_decode(int4_bundle, tmp_path):
     assert ("prefill", "all", round(stages["prefill"]["ms"], 2), 100.0) in rows
 
 
-def test_memory_stages_reports_every_stage_for_both_arena_settings(bundles, tmp_path):
-    """benchmarks/memory_stages.py: one fresh process per setting, a row per stage and generation; the peak so
-    far never falls and never sits below the current RSS."""
+def test_memory_stages_reports_every_stage_for_each_setting(bundles, tmp_path):
+    """benchmarks/memory_stages.py: one fresh process per (arena, heap trim), a row per stage and generation, each
+    with its time; the peak so far never falls and never sits below the current RSS."""
     import subprocess
 
     from pgexport.bench.harness import read_measurement
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_stages.py"
     subprocess.run([sys.executable, str(script), str(bundles["tiny-pg1"]), "--generations", "2", "--new-tokens", "3",
-                    "--out-dir", str(tmp_path)], check=True, capture_output=True, text=True)
+                    "--trim", "both", "--out-dir", str(tmp_path)], check=True, capture_output=True, text=True)
     written = tmp_path / "memory_stages.md"
     assert read_measurement(written)["columns"] == list(memory_stages.COLUMNS)
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in written.read_text().splitlines()
             if line.startswith("| ") and not line.startswith("| bundle ")]
     for arena in ("on", "off"):
-        mine = [r for r in rows if r[2] == arena]
-        assert [r[3] for r in mine] == ["load"] + [f"{s} #{n}" for n in (1, 2)
-                                                   for s in ("vision", "projector", "prefill", "decode")]
-        cells = [(float(r[4]), float(r[5]), float(r[6])) for r in mine]
-        peaks = [c[1] for c in cells]
-        assert peaks == sorted(peaks) and all(peak >= rss for rss, peak, _ in cells)
-        assert all(0 < anon <= rss for rss, _, anon in cells)
+        for trim in ("on", "off"):
+            mine = [r for r in rows if r[2:4] == [arena, trim]]
+            assert [r[4] for r in mine] == ["load"] + [f"{s} #{n}" for n in (1, 2)
+                                                       for s in ("vision", "projector", "prefill", "decode")]
+            assert all(float(r[5]) >= 0 for r in mine) and float(mine[0][5]) > 0  # the load takes time
+            cells = [(float(r[6]), float(r[7]), float(r[8])) for r in mine]
+            peaks = [c[1] for c in cells]
+            assert peaks == sorted(peaks) and all(peak >= rss for rss, peak, _ in cells)
+            assert all(0 < anon <= rss for rss, _, anon in cells)
 
 
 def test_image_cache_ttft_counts_vision_runs_per_round(bundles):
