@@ -56,6 +56,27 @@ STREAM_SECONDS_PER_PARAMETER = (2160 - 1118) / (9.66e9 - 2.92e9)
 STREAM_BASE_SECONDS = 1118 - STREAM_SECONDS_PER_PARAMETER * 2.92e9
 
 
+# The parity checks run the parity batch (two prompts after the image) through the decoder at the whole prefix's
+# length, a layer at a time: transients that grow with the image tokens, not with the weights. Per row, the
+# attention scores [heads, S, S] in float32 are held twice (before and after the softmax) and the MLP's
+# [S, intermediate] activations three times (gate, up, their product). The fits above were measured at 224
+# pixels (256 image tokens), so they hold that much; a longer prefix adds the difference. PaliGemma-3B-896's
+# streamed build peaked at 8.1 GB in its layer parity, where the fits alone say 4.8 GB.
+PARITY_ROWS = 2  # verify.parity.PROMPTS
+PARITY_TEXT_TOKENS = 16  # <bos>, the longer prompt and "\n", rounded up
+FITTED_IMAGE_TOKENS = 256
+ATTENTION_COPIES, MLP_COPIES = 2, 3
+
+
+def parity_transient_bytes(g: Geometry) -> int:
+    """What the parity checks' activations hold beyond those of the builds the fits were measured on."""
+    def held(image_tokens: int) -> int:
+        seq = image_tokens + PARITY_TEXT_TOKENS
+        return 4 * PARITY_ROWS * seq * (ATTENTION_COPIES * g.num_heads * seq + MLP_COPIES * g.text_intermediate)
+
+    return max(0, held(g.num_image_tokens) - held(FITTED_IMAGE_TOKENS))
+
+
 @dataclass(frozen=True)
 class Estimate:
     parameters: dict[str, int]  # per recipe component
@@ -200,12 +221,12 @@ def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2,
     params = parameters(g)
     fp32 = 4 * sum(params.values())
     bundle = int(sum(n * bytes_per_parameter(recipe.precision_for(c, None)) for c, n in params.items()))
-    peak = BASE_RSS + RSS_PER_FP32_BYTE * fp32
+    peak = BASE_RSS + RSS_PER_FP32_BYTE * fp32 + parity_transient_bytes(g)
     if stream:
         layer = (params["decoder_linear"] - g.text_hidden) / g.text_layers
         resident = (table_itemsize * params["embedding"]
                     + 4 * (params["projector"] + max(params["vision_encoder"], 2 * layer)))
-        peak = BASE_RSS + STREAM_RSS_PER_RESIDENT_BYTE * resident
+        peak = BASE_RSS + STREAM_RSS_PER_RESIDENT_BYTE * resident + parity_transient_bytes(g)
         if not recipe.is_identity and gate_samples > 0:  # the gate reference's batch, then the gate
             peak += gate_batch(g, gate_tokens, gate_samples) * kv_bytes(g, gate_tokens)
             decoder = sum(params[c] * bytes_per_parameter(recipe.precision_for(c, None))

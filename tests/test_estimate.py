@@ -36,6 +36,16 @@ def test_recipes_size_the_bundle():
     assert fp32.peak_rss_bytes == int4.peak_rss_bytes > 15e9  # the float32 model is held either way
 
 
+def test_a_longer_prefix_adds_the_parity_checks_activations():
+    """The parity checks run the decoder at the whole prefix's length: at 896 pixels (4,096 image tokens) their
+    attention scores and MLP activations are gigabytes that no weight count shows."""
+    g224, g896 = (sources.load_geometry(sources.resolve(f"paligemma-3b-{size}")) for size in (224, 896))
+    recipe = resolve_recipe("int4-rtn-b128")
+    small, large = (estimate(g, recipe, stream=True, gate_samples=0) for g in (g224, g896))
+    assert 4.4e9 < small.peak_rss_bytes < 5.3e9  # measured: 4.4 GB
+    assert 7.5e9 < large.peak_rss_bytes < 9.1e9  # measured: 8.1 GB, in the layer parity
+
+
 def test_dry_run_prints_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "b"
     code, stdout, _ = run_cli(["build", "--model", "paligemma-3b-224", "--quant", "int4", "--out", out, "--dry-run",
