@@ -12,6 +12,7 @@ The limits:
   once ran 192 s at 16 GB);
 - threads: 0 (onnxruntime's default) to min(256, 4 x os.cpu_count()); more only adds contention, and
   onnxruntime starts every thread it is given (100000 hung);
+- mmap threshold: 0 (glibc's own) or a page to glibc's largest, 32 MiB;
 - image pixels: Pillow's own default, 89,478,485 (about 0.27 GB of RGB), raisable per call;
 - sampling: finite temperature >= 1e-6 (smaller divides logits into infinities: use greedy), top-p in
   (0, 1], 0 <= top-k <= vocabulary, seed in 0 .. 2**64 - 1;
@@ -26,6 +27,7 @@ import numbers
 import os
 from collections.abc import Sequence
 
+from pgexport_runtime import heap
 from pgexport_runtime.contract import CONTRACT
 from pgexport_runtime.errors import LimitError, UserError
 
@@ -37,6 +39,7 @@ PIXELS_HINT = "raise the limit with --max-image-pixels (CLI) or max_image_pixels
 MIN_TEMPERATURE = _L["min_temperature"]
 MAX_SEED = 2 ** _L["seed_bits"] - 1
 MAX_PROMPT_CHARS = _L["max_prompt_chars"]
+MIN_MMAP_THRESHOLD = 4096  # a page: smaller blocks would each take a page of their own
 
 
 def max_threads() -> int:
@@ -48,6 +51,13 @@ def check_threads(n, name: str = "threads") -> int:
         raise LimitError(f"{name} {n!r} is out of range: use 0 (onnxruntime's default) to {max_threads()} "
                          f"({THREADS_PER_CPU} x the {os.cpu_count()} CPUs, at most {MAX_THREADS})")
     return n
+
+
+def check_mmap_threshold(size) -> int:
+    if not _integer(size) or not (size == 0 or MIN_MMAP_THRESHOLD <= size <= heap.MAX_MMAP_THRESHOLD):
+        raise LimitError(f"mmap_threshold {size!r} is out of range: use 0 (glibc's own) or {MIN_MMAP_THRESHOLD} "
+                         f"to {heap.MAX_MMAP_THRESHOLD} bytes")
+    return size
 
 
 def check_max_image_pixels(limit) -> int:

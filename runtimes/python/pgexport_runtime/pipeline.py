@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pgexport_runtime import io_names, limits
+from pgexport_runtime import heap, io_names, limits
 from pgexport_runtime.errors import UserError
 from pgexport_runtime.generate import Graphs, encode_image, generate
 from pgexport_runtime.image_cache import DEFAULT_MAX_BYTES, ImageCache
@@ -73,6 +73,8 @@ class PaliGemma:
             # mask in these graphs: it would fail at the first decoder run, not here
             raise UserError(f"a bundle with KV-cache layout {kv.layout.name!r} runs on the CPU only (onnxruntime's CUDA "
                             "GroupQueryAttention takes no attention bias); for CUDA build with --kv-cache concat")
+        if cfg.mmap_threshold:  # before any graph loads: its staging buffers are what the threshold is for
+            heap.map_blocks_from(cfg.mmap_threshold)
         # the decoder first: its load, where prepacking holds mapped weight pages beside the packed copies until
         # they are given back, then peaks with nothing else loaded
         decoder = self._session("decoder") if "decoder" in wanted else None

@@ -43,6 +43,12 @@ class SessionConfig:
     # malloc_trim; nothing elsewhere, heap.py): their large buffers otherwise stay resident, and the next
     # generation's peak lands on top of them.
     trim_heap: bool = True
+    # From the first PaliGemma on, blocks of this many bytes or more get their own mapping from glibc, returned to
+    # the system when freed (heap.py; process-wide; 0 leaves glibc's own threshold, nothing happens elsewhere than
+    # glibc). Loading a graph frees its weights' staging buffers between packed weights that stay; in the heap
+    # those holes were the load's peak: PaliGemma-3B-224 int4 peaked at 2.20 GB with glibc's threshold, 2.10 GB
+    # with 1 MiB (docs/memory.md).
+    mmap_threshold: int = 1 << 20
     # onnxruntime's KleidiAI kernels (ARM64 CPUs with int8 dot product or i8mm; nothing changes elsewhere) for the
     # 4-bit matrix products: off, ARM answers as x86 does, on which the build's accuracy gate ran. On the demo
     # model's int4 bundle, emulated, they changed 10 and 6 of 60 held-out answers against x86 (qemu's cortex-a76
@@ -57,6 +63,7 @@ class SessionConfig:
         # before any graph loads: onnxruntime starts every thread it is given (--threads 100000 hung)
         limits.check_threads(self.intra_op_threads, "intra_op_threads")
         limits.check_threads(self.inter_op_threads, "inter_op_threads")
+        limits.check_mmap_threshold(self.mmap_threshold)
 
     @property
     def providers(self) -> list:
