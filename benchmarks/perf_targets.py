@@ -100,15 +100,18 @@ def main() -> None:
                                  "--repeats", str(args.repeats), "--threads", str(threads)]))
     peers[0]["size_bytes"] = sum(f.stat().st_size for f in genai_dir.iterdir() if f.suffix in (".onnx", ".data"))
     probe = _last_json([sys.executable, str(HERE / "gemm_probe.py"), "--threads", str(threads)])
+    bandwidth = _last_json([sys.executable, str(HERE / "bandwidth_probe.py"), "--threads", str(threads)])
 
     refs = [r for r in report["runs"] if r["kind"] == "reference"]
     ref = next(r for r in refs if "bf16" in r["name"])
     ref32 = next(r for r in refs if "fp32" in r["name"])
     result = {"source": source, "threads": threads, "prompt_tokens": prompt_tokens, "new_tokens": args.new_tokens,
               "repeats": args.repeats, "system": report["system"], "torch_bf16": _summary(ref),
-              "torch_fp32": _summary(ref32), "peers": peers, "torch_gemm_gflops": probe, "bundles": []}
+              "torch_fp32": _summary(ref32), "peers": peers, "torch_gemm_gflops": probe, "bandwidth": bandwidth,
+              "bundles": []}
     for run in (r for r in report["runs"] if r["kind"] == "bundle"):
-        b = {"name": run["name"], "path": run["path"], **_summary(run), "size_bytes": run["size"]["total_bytes"]}
+        b = {"name": run["name"], "path": run["path"], **_summary(run), "size_bytes": run["size"]["total_bytes"],
+             "decoder_bytes": _decoder_bytes(run["path"])}
         b["targets"] = targets(b, result["torch_bf16"], peers)
         result["bundles"].append(b)
     (args.out / "perf.json").write_text(json.dumps(result, indent=1))
@@ -144,6 +147,15 @@ def targets(bundle: dict, torch_bf16: dict, peers: list[dict]) -> list[dict]:
               ("peak RSS - bundle size (GB)", over, RSS_OVER_BUNDLE_GB, "<=")]
     return [{"what": what, "value": value, "target": f"{op} {limit}",
              "met": bool(value <= limit if op == "<=" else value >= limit)} for what, value, limit, op in checks]
+
+
+def _decoder_bytes(bundle: str) -> int:
+    """The decoder graph and its weight files: what one decode step reads (the lm_head reads the whole table)."""
+    from pgexport_runtime.manifest import load_manifest
+
+    m = load_manifest(bundle, verify=False)
+    entry = m.graphs["decoder"]
+    return sum(m.path(f).stat().st_size for f in (entry.file, *entry.data_files))
 
 
 def _first_token_ms(peer: dict) -> float:
@@ -183,6 +195,14 @@ def _notes(r: dict) -> list[str]:
     for b in r["bundles"]:
         lines += ["", f"Targets for {b['name']}:", "", *table(("target", "measured", "wanted", "met"), [
             (c["what"], round(c["value"], 3), c["target"], "yes" if c["met"] else "NO") for c in b["targets"]])]
+    gb_s = r["bandwidth"]["read_gb_s"]
+    fastest = max(r["peers"], key=lambda p: p["decode_tokens_per_s"])
+    lines += ["", f"Memory read bandwidth, {r['bandwidth']['threads']} threads (`bandwidth_probe.py`): {gb_s} GB/s. "
+                  "A decode step reads the decoder's weights once, so bandwidth / decoder bytes bounds its rate: "
+                  + "; ".join(f"{b['name']} {b['decoder_bytes'] / 1e9:.2f} GB, at most {gb_s * 1e9 / b['decoder_bytes']:.1f} "
+                              f"tok/s (measured {b['decode_tokens_per_s']:.2f})" for b in r["bundles"])
+                  + f". The decode target, {DECODE_MIN} x {fastest['engine']}'s, is "
+                  f"{DECODE_MIN * fastest['decode_tokens_per_s']:.1f} tok/s."]
     lines += ["", "PyTorch GEMM on this machine, GFLOP/s (fp32 / bf16): " + "; ".join(
         f"{k} {v['fp32']:.0f} / {v['bf16']:.0f}" for k, v in r["torch_gemm_gflops"]["gflops"].items())]
     return lines

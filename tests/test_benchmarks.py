@@ -259,6 +259,29 @@ def test_perf_targets_count_a_peers_vision_encoder_in_its_first_token():
                                          ("vision + prefill (text, causal)", 1200, 200)]
 
 
+def test_perf_targets_bound_decode_by_the_bandwidth_and_the_decoder_bytes(bundles):
+    """The decode ceiling under the table: the decoder's files (what a step reads) over the measured bandwidth."""
+    import subprocess
+
+    import perf_targets
+
+    decoder = bundles["tiny-pg1"] / "decoder.onnx"
+    on_disk = decoder.stat().st_size + sum(f.stat().st_size for f in decoder.parent.glob("decoder.onnx.data"))
+    assert perf_targets._decoder_bytes(str(bundles["tiny-pg1"])) == on_disk
+    probe = json.loads(subprocess.run([sys.executable, str(Path(perf_targets.__file__).with_name("bandwidth_probe.py")),
+                                       "--threads", "2", "--gib", "0.125"], check=True, capture_output=True,
+                                      text=True).stdout)
+    assert probe["threads"] == 2 and 0 < probe["read_gb_s"] < 10_000
+    timing = {"ttft_ms": 1.0, "vision_ms": 1.0, "prefill_ms": 1.0, "decode_tokens_per_s": 1.0, "peak_rss_mb": 1.0}
+    bundle = {**timing, "name": "b", "decode_tokens_per_s": 12.5, "decoder_bytes": 1.25e9, "targets": []}
+    notes = "\n".join(perf_targets._notes({
+        "source": "s", "prompt_tokens": 259, "new_tokens": 32, "threads": 2, "repeats": 3, "bundles": [bundle],
+        "peers": [{"engine": "peer", "prefill_ms": 1.0, "decode_tokens_per_s": 10.0}],
+        "bandwidth": {"threads": 2, "read_gb_s": 20.0}, "torch_gemm_gflops": {"gflops": {}}}))
+    assert "b 1.25 GB, at most 16.0 tok/s (measured 12.50)" in notes
+    assert "1.15 x peer's, is 11.5 tok/s" in notes
+
+
 def test_llamacpp_tokenizer_model_keeps_every_piece_and_the_special_ids(tmp_path):
     import llamacpp_reference
     from sentencepiece import SentencePieceProcessor
