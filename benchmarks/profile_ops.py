@@ -55,22 +55,41 @@ def run(bundle: Path, new_tokens: int, threads: int, out: Path) -> dict:
     return result
 
 
+CONTROL_FLOW = ("If", "Loop", "Scan")  # their kernel time spans the nodes of the subgraph they run
+
+
 def _node_times_by_run(trace: Path) -> list[dict[str, float]]:
-    """Per model run, microseconds summed by op type (kernel time of each node)."""
+    """Per model run, microseconds summed by op type (kernel time of each node). onnxruntime profiles the nodes of
+    a subgraph too, inside the time of the If/Loop/Scan that ran it: that node counts only its own time (its span
+    less what ran inside it), so that the op types add up to the run."""
     events = json.loads(trace.read_text())
     runs: list[dict[str, float]] = []
     for ev in events:
         if ev.get("cat") == "Session" and ev.get("name") == "model_run":
             runs.append({"_start": ev["ts"], "_end": ev["ts"] + ev["dur"]})
-    by_run: list[dict[str, float]] = [defaultdict(float) for _ in runs]
+    nodes: list[list[tuple[int, int, str]]] = [[] for _ in runs]
     starts = np.array([r["_start"] for r in runs])
     for ev in events:
         if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
             continue
         i = int(np.searchsorted(starts, ev["ts"], side="right")) - 1
         if 0 <= i < len(runs) and ev["ts"] <= runs[i]["_end"]:
-            by_run[i][ev["args"].get("op_name", "?")] += ev["dur"]
-    return [dict(r) for r in by_run]
+            nodes[i].append((ev["ts"], ev["dur"], ev["args"].get("op_name", "?")))
+    return [_own_times(n) for n in nodes]
+
+
+def _own_times(nodes: list[tuple[int, int, str]]) -> dict[str, float]:
+    """(start, duration, op) of one run's nodes -> microseconds by op, control-flow nodes at their own time."""
+    own = [float(dur) for _, dur, _ in nodes]
+    controls = sorted((i for i, n in enumerate(nodes) if n[2] in CONTROL_FLOW), key=lambda i: nodes[i][1])
+    for c in controls:  # innermost (shortest) first: a nested one's own time is known when its parent's is taken
+        start, dur, _ = nodes[c]
+        inside = [i for i, (ts, d, _) in enumerate(nodes) if i != c and start <= ts and ts + d <= start + dur]
+        own[c] = max(0.0, dur - sum(own[i] for i in inside))
+    by_op: dict[str, float] = defaultdict(float)
+    for (_, _, op), us in zip(nodes, own):
+        by_op[op] += us
+    return dict(by_op)
 
 
 def _summarize(runs: list[dict[str, float]], per: int) -> dict:

@@ -313,3 +313,18 @@ def test_openvino_ep_reads_the_placement_onnxruntime_logs():
                                           "cpu_ops": {"RotaryEmbedding": 2, "FastGelu": 1}, "subgraphs": 2}
     whole = f"{v}  All nodes placed on [OpenVINOExecutionProvider]. Number of nodes: 1"
     assert openvino_ep.placement(whole) == {"nodes": {"OpenVINOExecutionProvider": 1}, "cpu_ops": {}, "subgraphs": 1}
+
+
+def test_profile_ops_counts_a_control_flow_node_at_its_own_time(tmp_path):
+    """An If's profiled span holds its subgraph's nodes, which are profiled too: summing both counted them twice."""
+    def node(ts, dur, op):
+        return {"cat": "Node", "name": f"{op}_{ts}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    trace = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 200},
+             node(0, 20, "MatMul"), node(30, 100, "If"), node(35, 30, "MatMul"), node(70, 50, "If"),
+             node(72, 40, "Softmax"), node(140, 50, "Add")]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(trace))
+    (run,) = profile_ops._node_times_by_run(path)
+    assert run == {"MatMul": 50.0, "If": 20.0 + 10.0, "Softmax": 40.0, "Add": 50.0}
+    assert sum(run.values()) == 20 + 100 + 50  # the top-level nodes' spans
