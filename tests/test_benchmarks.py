@@ -194,6 +194,35 @@ def test_merge_siblings_gives_the_same_logits_with_fewer_matmulnbits(int4_bundle
     assert np.array_equal(logits[0], logits[1]) and np.ptp(logits[0]) > 0
 
 
+def test_mlp_blocks_give_the_same_logits_and_tokens(int4_bundle, images, tmp_path):
+    """benchmarks/mlp_blocks.py: each layer's MLP runs inside a Loop over blocks of rows (here 3, so a prefix of
+    several blocks and a last one shorter); the prefill's logits and a few decode steps do not change by a bit."""
+    import mlp_blocks
+
+    from pgexport_runtime import decoder
+
+    before = {f: sha256_file(int4_bundle / f) for f in load_manifest(int4_bundle).raw["files"]}
+    dst = tmp_path / "blocks"
+    layers = load_manifest(int4_bundle).geometry.text_layers
+    assert mlp_blocks.derive(int4_bundle, dst, rows=3) == layers
+    assert {f: sha256_file(int4_bundle / f) for f in before} == before
+    graph = onnx.load(str(dst / "decoder.onnx"), load_external_data=False).graph
+    assert sum(n.op_type == "Loop" for n in graph.node) == layers
+    assert not any(n.op_type in mlp_blocks.GELU for n in graph.node)  # every MLP moved
+    assert load_manifest(dst).raw["build"]["derived"]["mlp_blocks"] == {"rows": 3, "layers": layers}
+    runs = []
+    for bundle in (int4_bundle, dst):
+        pg = PaliGemma(bundle)
+        embeds = pg.image_embeddings([images[0]])
+        ids, mask = pg.tokenizer.batch(["caption en"])
+        assert ids.shape[1] % 3 and ids.shape[1] > 3  # several blocks, the last one short
+        cache = pg.graphs.kv_cache(pg.geometry, 1, ids.shape[1] + 4)
+        runs.append([decoder.prefill(pg.graphs, pg.geometry, cache, ids, embeds, mask)])
+        runs[-1].append(pg.generate([images[0]], ["caption en"], max_new_tokens=6))
+    assert np.array_equal(runs[0][0], runs[1][0]) and np.ptp(runs[0][0]) > 0
+    assert runs[0][1] == runs[1][1]
+
+
 def test_near_ties_margin_is_top_minus_runner_up():
     import near_ties
 
