@@ -46,7 +46,7 @@ class SessionConfig:
     # From the first PaliGemma on, blocks of this many bytes or more get their own mapping from glibc, returned to
     # the system when freed (heap.py; process-wide; 0 leaves glibc's own threshold, nothing happens elsewhere than
     # glibc). Loading a graph frees its weights' staging buffers between packed weights that stay; in the heap
-    # those holes were the load's peak: PaliGemma-3B-224 int4 peaked at 2.20 GB with glibc's threshold, 2.10 GB
+    # those holes were the load's peak: PaliGemma-3B-224 int4 peaked at 2.21 GB with glibc's threshold, 2.12 GB
     # with 1 MiB (docs/memory.md).
     mmap_threshold: int = 1 << 20
     # onnxruntime's KleidiAI kernels (ARM64 CPUs with int8 dot product or i8mm; nothing changes elsewhere) for the
