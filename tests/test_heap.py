@@ -71,22 +71,20 @@ libc.free.argtypes = [ctypes.c_void_p]
 def rss():
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
 libc.free(libc.malloc(4 << 20))  # glibc's own threshold rises past a freed mapped block: 2 MiB blocks then come from the heap
-big, small = [], []
-for i in range(32):
-    big.append(libc.malloc(2 << 20))
-    ctypes.memset(big[-1], 1, 2 << 20)
-    small.append(libc.malloc(64 << 10))  # live between the big ones: their holes cannot shrink the heap's top
-    ctypes.memset(small[-1], 1, 64 << 10)
+blocks = []
+for i in range(64):
+    blocks.append(libc.malloc(2 << 20))
+    ctypes.memset(blocks[-1], 1, 2 << 20)
 held = rss()
-for b in big:
+for b in blocks[::2]:  # every other one: each hole lies between live blocks, the last one allocated stays live
     libc.free(b)
 print(held - rss())
 """
 
 
 def _freed_at_once(setup: str) -> int:
-    """Bytes of 64 MiB of freed 2 MiB blocks, each between live blocks, that leave RSS without a trim, in a fresh
-    process (the threshold is process-wide) after SETUP."""
+    """Bytes of 64 MiB of freed 2 MiB blocks, each between live 2 MiB blocks, that leave RSS without a trim, in a
+    fresh process (the threshold is process-wide) after SETUP."""
     out = subprocess.run([sys.executable, "-c", _HOLES.format(setup=setup)], check=True, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).stdout
     return int(out.split()[-1])

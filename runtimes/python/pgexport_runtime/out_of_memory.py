@@ -2,9 +2,10 @@
 
 Memory runs out in many voices: Python's MemoryError, onnxruntime's "std::bad_alloc" and "Failed to allocate
 memory for requested buffer of size N", the dynamic loader's "failed to map segment from shared object" (an
-ImportError that is no missing package), "can't start new thread" (no room for a thread's stack). Under an
-address-space limit (`ulimit -v`) any of them may come first. The command lines turn each into OutOfMemory, a
-UserError (one line, exit status 2), instead of a traceback or advice to install what is installed.
+ImportError that is no missing package), "can't start new thread" and OpenMP's "Thread creation failed" (no
+room for a thread's stack). Under an address-space limit (`ulimit -v`) any of them may come first. The command
+lines turn each into OutOfMemory, a UserError (one line, exit status 2), instead of a traceback or advice to
+install what is installed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ MARKERS = {"bad_alloc": "std::bad_alloc", "failed to allocate": "a buffer{size} 
            "cannot allocate memory": "cannot allocate memory",
            "failed to map segment": "a shared library could not be mapped",
            "can't start new thread": "a thread could not start", "pthread_create": "a thread could not start",
+           "thread creation failed": "a thread could not start",
            "unable to allocate": "an array{size} could not be allocated", "out of memory": "out of memory",
            "not enough memory": "not enough memory", "memoryerror": "MemoryError"}
 # the size a failed allocation asked for: onnxruntime's bytes, numpy's own words
