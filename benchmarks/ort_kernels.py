@@ -114,9 +114,10 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, help="default: docs/measurements")
     args = parser.parse_args()
     rows = probe(args.threads, args.repeats)
+    threads = args.threads or "one per core (each library's default)"
     notes = [f"GOP/s = 2*M*K*N / median seconds of {args.repeats} runs after 2 warm-ups; onnxruntime "
              f"{ort.__version__} (CPU provider), PyTorch {torch.__version__}, "
-             f"{args.threads or 'every core as'} thread{'s' if args.threads != 1 else ''}. The 4-bit and 8-bit "
+             f"threads: {threads}. The 4-bit and 8-bit "
              "columns are MatMulNBits at accuracy_level 4 unless named level 0; int8 columns quantize the "
              "activations as they run, inside the timed graph."]
     path = write_measurement(args.name, "onnxruntime's CPU kernels on PaliGemma-3B's shapes (GOP/s)",
