@@ -14,7 +14,7 @@ quantizes the whole tensor at once).
 
 The lm_head (a MatMulNBits whose output is the graph's) and any weight a second node reads (a table tied to the
 embedding) stay as they are: the head runs on the rows `logits_index` picks, and a copy of a shared table would
-only add memory.
+only add memory. So do the products of a float16 bundle: these nodes compute in float32.
 
 The copy computes differently (int8 weights from the 4-bit ones, per-row rather than per-block activation steps):
 its answers are compared with the source's, not assumed equal. It is twice the source's decoder on disk and in
@@ -108,9 +108,12 @@ def to_int8(model: onnx.ModelProto, read) -> int:
             nodes.append(n)
             continue
         k, n_out, bits, block = a["K"], a["N"], a["bits"], a["block_size"]
-        zero = read(n.input[3]) if len(n.input) > 3 and n.input[3] else None
-        packed = Packed(read(n.input[1]), read(n.input[2]).reshape(n_out, -1).astype(np.float32), zero, bits,
-                        block, k, n_out)
+        scales = read(n.input[2])
+        if scales.dtype != np.float32:  # float16 activations: the int8 nodes here compute in float32
+            nodes.append(n)
+            continue
+        zero = read(n.input[3]).reshape(n_out, -1) if len(n.input) > 3 and n.input[3] else None
+        packed = Packed(read(n.input[1]), scales.reshape(n_out, -1), zero, bits, block, k, n_out)
         codes, scale = per_column_int8(dequantize(packed))
         p = f"int8_gemm/{count}/"
         graph.initializer.extend([numpy_helper.from_array(codes, p + "codes"),
