@@ -113,7 +113,7 @@ def parameters(g: Geometry) -> dict[str, int]:
 def bytes_per_parameter(precision) -> float:
     if precision.bits:  # block-wise: packed integers plus a float32 scale (and a zero point) per block
         return precision.bits / 8 + (4 + (0 if precision.symmetric else 0.5)) / precision.block_size
-    return {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}[precision.kind]
+    return {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8-rows": 1.0}[precision.kind]
 
 
 def kv_bytes(g: Geometry, new_tokens: int, windowed: bool = True) -> int:

@@ -36,6 +36,7 @@ from pgexport_runtime.manifest import MANIFEST, load_manifest, sha256_file
 
 from pgexport.build.writer import BundleWriter
 from pgexport.files import write_errors
+from pgexport.quant.rewrite import ROW_INT8
 
 FORMATS = ("onnx", "ort")
 ACTIVATIONS = ("fp32", "fp16")
@@ -268,9 +269,9 @@ def _keep_float32_outputs(model, names: list[str]) -> None:
 
 
 def _int8_islands(graph) -> list[str]:
-    """The nodes of onnxruntime's dynamic int8 pattern, which take float32 only: DynamicQuantizeLinear and
-    MatMulInteger (or their fused forms), the Mul of the two scales, the Cast of the int32 product and the Mul
-    that rescales it."""
+    """The nodes of the int8 patterns, which take float32 only: onnxruntime's dynamic one (DynamicQuantizeLinear
+    and MatMulInteger or their fused forms, the Mul of the two scales, the Cast of the int32 product and the Mul
+    that rescales it) and every node of the per-row one."""
     names, scales, products = set(), set(), set()
     for n in graph.node:
         if n.op_type in _INT8_OPS:
@@ -288,6 +289,7 @@ def _int8_islands(graph) -> list[str]:
             names.add(n.name)
             casts.add(n.output[0])
     names |= {n.name for n in graph.node if n.op_type == "Mul" and casts & set(n.input)}
+    names |= {n.name for n in graph.node if ROW_INT8 in n.name}  # the per-row pattern (quant/rewrite.py), whole
     return sorted(names)
 
 

@@ -407,6 +407,58 @@ def test_int8_dynamic_linear_equals_an_independent_emulation(tmp_path):
     assert np.abs(got - xs @ w).max() > 1e-4 * np.abs(xs @ w).max()  # it is quantized, not the float product
 
 
+def test_int8_rows_linear_is_the_integer_product_of_each_row_alone(tmp_path):
+    """The int8-rows recipe's linears against a numpy emulation: each row of x to int8 steps of max|row| / 127,
+    the weights per output channel as quantize_dynamic makes them, an exact integer product, both scales. Two
+    linears reading one input share its quantization; any leading shape; a row's output does not change when
+    another row of the batch holds an outlier (per-tensor quantization would coarsen every row)."""
+    import onnx_ir as ir
+
+    from pgexport.quant.apply import quantize_graph
+
+    rng = np.random.default_rng(6)
+    w1, w2 = (rng.normal(0, 0.05, (96, n)).astype(np.float32) for n in (40, 24))
+    x = ir.val("x", ir.DataType.FLOAT, ["b", "s", 96])
+    nodes, inits = [], []
+    for i, w in enumerate((w1, w2)):
+        weight = ir.Value(name=f"w{i}", const_value=ir.tensor(w))
+        mm = ir.node("MatMul", [x, weight], name=f"mm{i}", metadata_props={
+            "pkg.torch.onnx.name_scopes": f"['', 'layers.0.self_attn.{'qk'[i]}_proj', 'linear']"})
+        mm.outputs[0].name = f"y{i}"
+        nodes.append(mm)
+        inits.append(weight)
+    path = tmp_path / "vision_encoder.onnx"
+    ir.save(ir.Model(ir.Graph([x], [n.outputs[0] for n in nodes], nodes=nodes, initializers=inits,
+                              opset_imports={"": 18}), ir_version=10), path)
+    report = quantize_graph("vision_encoder", path, replace(RECIPES["int8-rows"], vision_encoder=Precision("int8-rows")))
+    assert set(report["weights"].values()) == {"int8-rows"}
+    graph = onnx.load(str(path)).graph
+    ops = Counter(n.op_type for n in graph.node)
+    assert "MatMul" not in ops and ops["MatMulIntegerToFloat"] == 2 and ops["QuantizeLinear"] == 1
+
+    xs = rng.normal(0, 1, (2, 3, 96)).astype(np.float32)
+    xs[0, 1] = 0.0  # an all-zero row
+    session = create_session(path, SessionConfig())
+    got = session.run(None, {"x": xs})
+    rows = xs.reshape(-1, 96).astype(np.float64)
+    steps = np.abs(rows).max(axis=1, keepdims=True) / 127
+    xq = np.rint(rows / np.where(steps > 0, steps, 1)).astype(np.int64)
+    for w, y in zip((w1, w2), got):
+        lo, hi = np.minimum(w.min(axis=0), 0), np.maximum(w.max(axis=0), 0)
+        sw = ((hi - lo) / 255).astype(np.float32)
+        wz = np.clip(np.rint(-lo / sw), 0, 255).astype(np.int64)
+        wq = np.clip(np.rint(w / sw) + wz, 0, 255).astype(np.int64)
+        want = (xq @ (wq - wz)) * sw * steps
+        assert y.shape == (2, 3, w.shape[1])
+        assert np.abs(y.reshape(-1, w.shape[1]) - want).max() <= 1e-5 * np.abs(want).max()
+        assert np.abs(y.reshape(-1, w.shape[1]) - rows @ w).max() > 1e-4 * np.abs(rows @ w).max()  # quantized
+    assert np.all(got[0][0, 1] == 0)
+    outlier = xs.copy()
+    outlier[1, 2, 5] = 500.0
+    again = session.run(None, {"x": outlier})
+    assert np.array_equal(again[0][0], got[0][0]) and np.array_equal(again[0][1, :2], got[0][1, :2])
+
+
 @pytest.mark.parametrize("model", ["tiny-pg1", "tiny-pg2"])
 def test_int8_dynamic_vision_encoder_is_onnxruntimes_quantize_dynamic(bundles, model, tmp_path):
     """The dynamic int8 rewrite writes what onnxruntime's quantize_dynamic (per-channel uint8 weights) writes

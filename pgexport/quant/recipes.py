@@ -8,7 +8,9 @@ Named recipes live in RECIPES; a JSON file with the same fields is a custom reci
 Precisions (what each means in the graph):
   fp32        unchanged
   fp16        weights stored in float16, cast to float32 at load (halves the file, same compute)
-  int8        dynamic int8, per output channel (onnxruntime MatMulInteger path)
+  int8        dynamic int8, per output channel (onnxruntime MatMulInteger path), activations per tensor
+  int8-rows   int8, per output channel, activations quantized per row (MatMulIntegerToFloat): what runs on
+              the CPU's int8 matrix units (AMX) or dot products (VNNI), and a row's result is its own
   int8-wo     8-bit weight-only blocks (MatMulNBits bits=8; GatherBlockQuantized for the embedding)
   int4        4-bit weight-only blocks, round to nearest (MatMulNBits bits=4)
   int4-gptq   4-bit blocks chosen by GPTQ on image+prompt calibration data (decoder linears, and the token table
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from pgexport_runtime.errors import UserError
 
-KINDS = ("fp32", "fp16", "int8", "int8-wo", "int4", "int4-gptq")
+KINDS = ("fp32", "fp16", "int8", "int8-rows", "int8-wo", "int4", "int4-gptq")
 COMPONENTS = ("vision_encoder", "projector", "decoder_linear", "embedding", "lm_head")
 EMBEDDING_KINDS = ("fp32", "fp16", "int8-wo", "int4", "int4-gptq")  # a Gather table has no dynamic-int8 form
 TABLE = "embed_tokens"  # the token table's name in the decoder graph, and its key among GPTQ's packed weights
@@ -185,6 +187,14 @@ RECIPES: dict[str, Recipe] = {
         Recipe("int8-dynamic", "Dynamic int8 per-channel linears (vision + decoder; fast int8 GEMMs, but "
                "per-tensor activation quantization in the decoder), 8-bit block table, fp32 projector.",
                vision_encoder=_p("int8"), projector=_p("fp32"), decoder_linear=_p("int8"),
+               embedding=_p("int8-wo", block_size=32), lm_head=_p("int8-wo", block_size=32)),
+        # the int8 GEMM is the only onnxruntime kernel that runs on AMX tiles: on a 2-core AMX Xeon it multiplied the
+        # prefill's shapes at 1.5-2.1 TOP/s with activations per row, the 4-bit MatMulNBits at 0.24-0.39
+        # (benchmarks/ort_kernels.py). The first token comes far sooner there; a decode step reads 8-bit weights.
+        Recipe("int8-rows", "Fastest first token on CPUs with int8 matrix units (AMX) or dot products (VNNI): "
+               "int8 weights per channel with activations quantized per row for the decoder linears; dynamic "
+               "int8 vision encoder; 8-bit block table; fp32 projector. Decoding reads 8-bit weights.",
+               vision_encoder=_p("int8"), projector=_p("fp32"), decoder_linear=_p("int8-rows"),
                embedding=_p("int8-wo", block_size=32), lm_head=_p("int8-wo", block_size=32)),
         Recipe("int8-wo", "8-bit weight-only blocks (MatMulNBits) everywhere but the projector.",
                vision_encoder=_p("int8-wo"), projector=_p("fp32"), decoder_linear=_p("int8-wo"),

@@ -220,6 +220,9 @@ def rewrite_linears(graph: ir.Graph, component: str, recipe: Recipe, report: Gra
         if prec.kind == "int8":
             _dynamic_int8(graph, node, weight, base)
             continue
+        if prec.kind == "int8-rows":
+            _row_int8(graph, node, weight, base)
+            continue
         if prec.kind == "fp16":
             cast, w32 = _fp16_cast(graph, weight, base)
             _insert(graph, node, [cast])
@@ -281,6 +284,90 @@ def _dynamic_int8(graph: ir.Graph, node: ir.Node, weight: ir.Value, base: str) -
 
 
 _QUANTIZED_INPUTS = "pgexport.dynamic_int8_inputs"  # graph.meta: x -> its DynamicQuantizeLinear outputs
+_ROW_INPUTS = "pgexport.row_int8_inputs"  # graph.meta: x -> (its rows in uint8, their scales [R, 1], x's leading shape)
+_ROW_CONSTANTS = "pgexport.row_int8_constants"  # graph.meta: the constants the row nodes share
+ROW_INT8 = "int8_rows"  # in the name of every node of the per-row int8 pattern (the package keeps them float32)
+
+
+def _shared_constant(graph: ir.Graph, name: str, value: np.ndarray) -> ir.Value:
+    return graph.initializers[name] if name in graph.initializers else _add_initializer(graph, name, value)
+
+
+def _row_constants(graph: ir.Graph) -> dict[str, ir.Value]:
+    if _ROW_CONSTANTS not in graph.meta:
+        f32 = lambda v: np.array(v, np.float32)  # noqa: E731
+        graph.meta[_ROW_CONSTANTS] = {
+            name: _add_initializer(graph, f"{ROW_INT8}.{name}", value) for name, value in {
+                "last_axis": np.array([-1], np.int64),
+                "tiny": f32(np.finfo(np.float32).tiny), "steps": f32(127.0), "zero": f32(0.0),
+                "shift": f32(128.0), "zero_128": np.array(128, np.uint8), "one": f32(1.0)}.items()}
+    return graph.meta[_ROW_CONSTANTS]
+
+
+def _quantize_rows(graph: ir.Graph, x: ir.Value, base: str, props: dict) -> tuple[list[ir.Node], tuple]:
+    """x [..., K] -> its rows [R, K] as uint8 (int8 steps of max|row| / 127, plus 128: symmetric per row, one
+    QuantizeLinear), their scales [R, 1] and x's leading shape; the nodes, once per distinct x."""
+    seen = graph.meta.setdefault(_ROW_INPUTS, {})
+    if x in seen:
+        return [], seen[x]
+    if graph.opset_imports.get("", 0) < 18:  # ReduceMax/ReduceMin take their axes as an input from opset 18
+        raise ValueError(f"per-row int8 needs opset 18 or later (the graph has {graph.opset_imports.get('')})")
+    c = _row_constants(graph)
+    k = x.shape[-1] if x.shape is not None and isinstance(x.shape[-1], int) else None
+
+    def node(op, inputs, name, **attrs):
+        return ir.node(op, inputs, attrs, name=f"{base}_{ROW_INT8}_{name}", metadata_props=props)
+
+    lead = node("Shape", [x], "lead", end=-1)
+    if k is None:
+        width = node("Shape", [x], "width", start=-1)
+        shape = node("Concat", [c["last_axis"], width.outputs[0]], "rows_shape", axis=0)
+        shape_nodes, rows_shape = [width, shape], shape.outputs[0]
+    else:
+        shape_nodes, rows_shape = [], _shared_constant(graph, f"{ROW_INT8}.rows_{k}", np.array([-1, k], np.int64))
+    rows = node("Reshape", [x, rows_shape], "rows")
+    hi = node("ReduceMax", [rows.outputs[0], c["last_axis"]], "max", keepdims=0)
+    lo = node("ReduceMin", [rows.outputs[0], c["last_axis"]], "min", keepdims=0)
+    neg = node("Neg", [lo.outputs[0]], "neg_min")
+    amax = node("Max", [hi.outputs[0], neg.outputs[0], c["tiny"]], "amax")  # tiny: an all-zero row
+    scale = node("Div", [amax.outputs[0], c["steps"]], "scale")  # [R]
+    zeros = node("Mul", [scale.outputs[0], c["zero"]], "zeros")
+    shifted = node("Add", [zeros.outputs[0], c["shift"]], "zero_float")
+    zero_point = node("Cast", [shifted.outputs[0]], "zero_point", to=ir.DataType.UINT8)  # 128 for every row
+    quantized = node("QuantizeLinear", [rows.outputs[0], scale.outputs[0], zero_point.outputs[0]], "quantize", axis=0)
+    row_scale = node("Unsqueeze", [scale.outputs[0], c["last_axis"]], "row_scale")  # [R, 1]
+    nodes = [lead, *shape_nodes, rows, hi, lo, neg, amax, scale, zeros, shifted, zero_point, quantized, row_scale]
+    seen[x] = (quantized.outputs[0], row_scale.outputs[0], lead.outputs[0])
+    return nodes, seen[x]
+
+
+def _row_int8(graph: ir.Graph, node: ir.Node, weight: ir.Value, base: str) -> None:
+    """MatMul(x, W) -> an int8 GEMM with activations quantized per row: x's rows to int8 steps of max|row| / 127
+    (once per distinct x: q, k and v share them), W per output column as onnxruntime's quantize_dynamic makes it
+    (int8.py), MatMulIntegerToFloat applying the column scales, a Mul applying the row scales.
+
+    Per row, unlike onnxruntime's dynamic pattern (one step for the whole tensor): a row's result depends on that
+    row alone, so one outlier token, another image of the batch or a padded row cannot change it. The rows enter
+    the GEMM as uint8 with a zero point of 128, the same integers as int8: onnxruntime multiplies uint8 by int8
+    on its fastest kernels (AMX tiles, VNNI), int8 by int8 on a slower one."""
+    k, n = weight.const_value.shape
+    deferred = _Deferred(weight, PerChannel.shapes(k, n), lambda t: per_channel_int8(t.numpy()))
+    w = _deferred_values(graph, deferred, {"quantized": f"{base}.q8", "scale": f"{base}.scale",
+                                           "zero_point": f"{base}.zero_point"})
+    props = dict(node.metadata_props)
+    c = _row_constants(graph)
+    pre, (rows, row_scale, lead) = _quantize_rows(graph, node.inputs[0], base, props)
+    product = ir.node("MatMulIntegerToFloat", [rows, w["quantized"], c["one"], w["scale"], c["zero_128"],
+                                               w["zero_point"]],
+                      domain=MS_DOMAIN, name=f"{base}_{ROW_INT8}_matmul", metadata_props=props)
+    scaled = ir.node("Mul", [product.outputs[0], row_scale], name=f"{base}_{ROW_INT8}_row_scales",
+                     metadata_props=props)
+    width = _shared_constant(graph, f"{ROW_INT8}.width_{n}", np.array([n], np.int64))
+    shape = ir.node("Concat", [lead, width], {"axis": 0}, name=f"{base}_{ROW_INT8}_out_shape", metadata_props=props)
+    out = ir.node("Reshape", [scaled.outputs[0], shape.outputs[0]], name=f"{base}_{ROW_INT8}_out",
+                  metadata_props=props)
+    out.outputs[0].type, out.outputs[0].shape = node.outputs[0].type, node.outputs[0].shape
+    _replace(graph, node, [*pre, product, scaled, shape, out], out.outputs[0])
 
 
 def _release(weight: ir.Value) -> None:

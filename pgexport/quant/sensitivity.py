@@ -39,7 +39,7 @@ def _quantize(w: torch.Tensor, x: torch.Tensor, kind: str, block: int, symmetric
     """W [N, K] quantized as the recipe would; None for float kinds."""
     if kind in ("fp32", "fp16"):
         return w.to(torch.float16).to(torch.float32) if kind == "fp16" else None
-    if kind == "int8":  # dynamic 8-bit: per-output-channel asymmetric uint8 weights (activations are dynamic)
+    if kind in ("int8", "int8-rows"):  # per-output-channel asymmetric uint8 weights (activations are dynamic)
         lo, hi = w.amin(dim=1, keepdim=True).clamp(max=0), w.amax(dim=1, keepdim=True).clamp(min=0)
         scale = (hi - lo) / 255
         scale = torch.where(scale == 0, 1, scale)
