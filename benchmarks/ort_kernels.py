@@ -6,15 +6,16 @@ One graph per kernel and shape, a single product y = x @ W with W [K, N] a const
 CPU provider (median of REPEATS runs after 2 warm-ups); PyTorch's nn.Linear on the same shape (gemm_probe.py).
 Kernels: float32 MatMul; 4-bit MatMulNBits (symmetric, blocks of 32 and 128) and 8-bit (blocks of 32) at
 accuracy_level 4 (int8 activations, what the bundles use) and 4-bit b128 at level 0; the dynamic int8 GEMM per
-tensor (DynamicQuantizeMatMul, what onnxruntime's quantize_dynamic writes) and per row (int8_gemm.py's nodes:
-MatMulInteger on int8 rows and int8 columns). Writes docs/measurements/NAME.md: GOP/s (2*M*K*N operations per
-second), so that a slow bundle can be told from a slow kernel, and a kernel from one the CPU runs faster.
+tensor (DynamicQuantizeMatMul, what onnxruntime's quantize_dynamic writes) and per row (the int8-rows recipe's
+nodes: MatMulIntegerToFloat on rows quantized one by one), both with per-channel int8 weights. Writes
+docs/measurements/NAME.md: GOP/s (2*M*K*N operations per second), so that a slow bundle can be told from a slow
+kernel, and a kernel from one the CPU runs faster.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,6 @@ from onnx import TensorProto, helper, numpy_helper
 from pgexport.bench.harness import median_seconds, write_measurement
 from pgexport.nbits import pack_rtn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SHAPES = {  # (M, K, N): the 3B decoder's prefill of 259 tokens (256 image tokens + 3), a decode step, SigLIP
     "decoder mlp up, prefill (259x2048x16384)": (259, 2048, 16384),
@@ -37,10 +37,10 @@ COLUMNS = ("shape", "fp32 MatMul", "4-bit b32", "4-bit b128", "4-bit b128 level 
            "int8 per row", "PyTorch fp32", "PyTorch bf16")
 
 
-def _model(m: int, k: int, nodes: list, inits: list) -> bytes:
+def _model(m: int, k: int, nodes: list, inits: list, opset: int = 21) -> bytes:
     graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 10
     return model.SerializeToString()
 
@@ -53,23 +53,40 @@ def _nbits(m: int, w: np.ndarray, bits: int, block: int, level: int) -> bytes:
     return _model(m, k, [node], [numpy_helper.from_array(p.data, "q"), numpy_helper.from_array(p.scales.ravel(), "s")])
 
 
+def _rows_int8(m: int, w: np.ndarray) -> bytes:
+    """x @ w as the int8-rows recipe writes it (pgexport/quant/rewrite.py)."""
+    import tempfile
+
+    from pgexport.quant.apply import quantize_graph
+    from pgexport.quant.recipes import RECIPES, Precision
+
+    k, _ = w.shape
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="linear")
+    recipe = replace(RECIPES["int8-rows"], vision_encoder=Precision("int8-rows"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vision_encoder.onnx"
+        path.write_bytes(_model(m, k, [node], [numpy_helper.from_array(w, "w")], opset=18))
+        quantize_graph("vision_encoder", path, recipe)
+        return path.read_bytes()
+
+
 def graphs(m: int, w: np.ndarray) -> dict[str, bytes]:
     """Kernel name -> a serialized graph computing x [M, K] @ w [K, N] with it."""
-    from int8_gemm import gemm_nodes, per_column_int8, quantize_rows, shared_constants
+    from pgexport.quant.int8 import per_channel_int8
 
     k, n = w.shape
-    codes, scale = per_column_int8(w)
-    quant = [numpy_helper.from_array(codes, "codes"), numpy_helper.from_array(scale, "scale")]
+    q = per_channel_int8(w)
+    dynamic = [numpy_helper.from_array(q.quantized, "codes"), numpy_helper.from_array(q.scale, "scale"),
+               numpy_helper.from_array(q.zero_point, "zero_point")]
     return {
         "fp32 MatMul": _model(m, k, [helper.make_node("MatMul", ["x", "w"], ["y"])], [numpy_helper.from_array(w, "w")]),
         "4-bit b32": _nbits(m, w, 4, 32, 4),
         "4-bit b128": _nbits(m, w, 4, 128, 4),
         "4-bit b128 level 0": _nbits(m, w, 4, 128, 0),
         "8-bit b32": _nbits(m, w, 8, 32, 4),
-        "int8 per tensor": _model(m, k, [helper.make_node("DynamicQuantizeMatMul", ["x", "codes", "scale"], ["y"],
-                                                          domain="com.microsoft")], quant),
-        "int8 per row": _model(m, k, quantize_rows("x", "q/") + gemm_nodes("q/", "codes", "scale", n, "y", "p/"),
-                               quant + shared_constants([n])),
+        "int8 per tensor": _model(m, k, [helper.make_node("DynamicQuantizeMatMul", ["x", "codes", "scale", "zero_point"],
+                                                          ["y"], domain="com.microsoft")], dynamic),
+        "int8 per row": _rows_int8(m, w),
     }
 
 

@@ -359,50 +359,6 @@ def test_profile_ops_counts_a_control_flow_node_at_its_own_time(tmp_path):
     assert sum(run.values()) == 20 + 100 + 50  # the top-level nodes' spans
 
 
-def _int8_product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """int8_gemm's product graph (quantize_rows + gemm_nodes) on x [..., K] @ w [K, N], run in onnxruntime."""
-    import int8_gemm
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    codes, scale = int8_gemm.per_column_int8(w)
-    n = w.shape[1]
-    nodes = int8_gemm.quantize_rows("x", "q/") + int8_gemm.gemm_nodes("q/", "codes", "scale", n, "y", "p/")
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(codes, "codes"), numpy_helper.from_array(scale, "scale"),
-                               *int8_gemm.shared_constants([n])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
-    model.ir_version = 9
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
-
-
-def test_int8_gemm_is_the_integer_product_of_rows_and_columns():
-    """benchmarks/int8_gemm.py's nodes: each row of x to int8 steps of max|row| / 127, each column of W to steps of
-    max|column| / 127; the graph's output is the exact integer product of those steps, scaled by both (float32
-    rounding only), for any leading shape, an all-zero row, and a row with one outlier."""
-    import int8_gemm
-
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 5, 48)).astype(np.float32)
-    x[0, 1] = 0.0
-    x[1, 2, 7] = 300.0  # one outlier: only its own row's step grows
-    w = (rng.standard_normal((48, 24)) * 0.05).astype(np.float32)
-    y = _int8_product(x, w)
-    assert y.shape == (2, 5, 24)
-    rows = x.reshape(-1, 48)
-    x_scale = np.abs(rows).max(axis=1, keepdims=True) / 127
-    x_steps = np.rint(rows / np.where(x_scale > 0, x_scale, 1)).astype(np.int64)
-    codes, w_scale = int8_gemm.per_column_int8(w)
-    assert np.array_equal(codes, np.rint(w / (np.abs(w).max(axis=0) / 127)))
-    expected = (x_steps @ codes.astype(np.int64)) * w_scale * x_scale
-    assert np.allclose(y.reshape(-1, 24), expected, rtol=1e-5, atol=1e-6)
-    assert np.all(y[0, 1] == 0)
-    step_error = np.abs(y.reshape(-1, 24) - rows @ w).max(axis=1)
-    assert step_error[5 + 2] > 10 * step_error[np.arange(10) != 7].max()  # the outlier's row alone is coarse
-
-
 def test_int8_gemm_bundle_keeps_the_head_and_answers_like_its_source(int4_bundle, images, tmp_path):
     """benchmarks/int8_gemm.py on a 4-bit bundle: every decoder product but the lm_head becomes int8, the
     source is untouched, and the copy's prefill logits stay near the source's (int8 steps of the 4-bit weights)."""
@@ -421,6 +377,7 @@ def test_int8_gemm_bundle_keeps_the_head_and_answers_like_its_source(int4_bundle
     assert len(heads) == 1 and heads[0].output[0] in {o.name for o in graph.output}
     layers = load_manifest(int4_bundle).geometry.text_layers
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) == 4 * layers  # qkv, o, gate/up, down inputs
+    assert sum(n.op_type == "MatMulIntegerToFloat" for n in graph.node) == products - 1
     assert load_manifest(dst).raw["build"]["derived"]["int8_gemm"] == {"products": products - 1}
     logits = []
     for bundle in (int4_bundle, dst):
