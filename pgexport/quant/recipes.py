@@ -191,11 +191,14 @@ RECIPES: dict[str, Recipe] = {
         # the int8 GEMM is the only onnxruntime kernel that runs on AMX tiles: on a 2-core AMX Xeon it multiplied the
         # prefill's shapes at 1.5-2.1 TOP/s with activations per row, the 4-bit MatMulNBits at 0.24-0.39
         # (benchmarks/ort_kernels.py). The first token comes far sooner there; a decode step reads 8-bit weights.
+        # The table's 8-bit MatMulNBits (the lm_head) computes at accuracy_level 4: at level 0 onnxruntime has no
+        # 8-bit kernel and unpacks the whole weight to float32 on every call (120x slower on a decode step there).
         Recipe("int8-rows", "Fastest first token on CPUs with int8 matrix units (AMX) or dot products (VNNI): "
                "int8 weights per channel with activations quantized per row for the decoder linears; dynamic "
                "int8 vision encoder; 8-bit block table; fp32 projector. Decoding reads 8-bit weights.",
                vision_encoder=_p("int8"), projector=_p("fp32"), decoder_linear=_p("int8-rows"),
-               embedding=_p("int8-wo", block_size=32), lm_head=_p("int8-wo", block_size=32)),
+               embedding=_p("int8-wo", block_size=32, accuracy_level=4),
+               lm_head=_p("int8-wo", block_size=32, accuracy_level=4)),
         Recipe("int8-wo", "8-bit weight-only blocks (MatMulNBits) everywhere but the projector.",
                vision_encoder=_p("int8-wo"), projector=_p("fp32"), decoder_linear=_p("int8-wo"),
                embedding=_p("int8-wo"), lm_head=_p("int8-wo")),
