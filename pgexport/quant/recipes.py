@@ -189,7 +189,7 @@ RECIPES: dict[str, Recipe] = {
                vision_encoder=_p("int8"), projector=_p("fp32"), decoder_linear=_p("int8"),
                embedding=_p("int8-wo", block_size=32), lm_head=_p("int8-wo", block_size=32)),
         # the int8 GEMM is the only onnxruntime kernel that runs on AMX tiles: on a 2-core AMX Xeon it multiplied the
-        # prefill's shapes at 1.5-2.1 TOP/s with activations per row, the 4-bit MatMulNBits at 0.24-0.39
+        # prefill's shapes at 1.6-2.1 TOP/s with activations per row, the 4-bit MatMulNBits at 0.22-0.38
         # (benchmarks/ort_kernels.py). The first token comes far sooner there; a decode step reads 8-bit weights.
         # The table's 8-bit MatMulNBits (the lm_head) computes at accuracy_level 4: at level 0 onnxruntime has no
         # 8-bit kernel and unpacks the whole weight to float32 on every call (120x slower on a decode step there).
