@@ -19,7 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from pgexport.bench.harness import median_seconds, write_measurement
@@ -105,10 +104,9 @@ def probe(threads: int, repeats: int) -> list[list]:
         for name, blob in graphs(m, w).items():
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
-            session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-            seconds = median_seconds(lambda: session.run(None, {"x": x}), repeats=repeats, warmup=2)
+            run = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"]).run
+            seconds = median_seconds(lambda: run(None, {"x": x}), repeats=repeats, warmup=2)
             row.append(round(2 * m * k * n / seconds / 1e9, 1))
-            del session
         for dtype in (torch.float32, torch.bfloat16):
             lin = torch.nn.Linear(k, n, bias=False).to(dtype)
             xt = torch.from_numpy(x).to(dtype)

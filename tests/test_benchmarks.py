@@ -40,6 +40,17 @@ def int4_bundle(bundles, tmp_path_factory):
     return out
 
 
+def _prefill_logits(bundle, image) -> np.ndarray:
+    """The prefill's logits of `bundle` for one image and "caption en"."""
+    from pgexport_runtime import decoder
+
+    pg = PaliGemma(bundle)
+    embeds = pg.image_embeddings([image])
+    ids, mask = pg.tokenizer.batch(["caption en"])
+    cache = pg.graphs.kv_cache(pg.geometry, 1, ids.shape[1] + 1)
+    return decoder.prefill(pg.graphs, pg.geometry, cache, ids, embeds, mask)
+
+
 def test_derive_bundle_writes_a_manifest_with_fresh_hashes_or_nothing(tmp_path):
     """pgexport.build.writer.derive_bundle: the files `write` replaces or adds are hashed anew, the others keep
     theirs, the manifest carries write's edits and its record; a failure leaves no directory behind."""
@@ -170,8 +181,6 @@ def test_image_cache_ttft_counts_vision_runs_per_round(bundles):
 def test_merge_siblings_gives_the_same_logits_with_fewer_matmulnbits(int4_bundle, images, tmp_path):
     """benchmarks/merge_siblings.py: q/k/v and gate/up of each layer become one MatMulNBits and a Split; the
     decoder's logits do not change by a bit, and the source bundle is untouched."""
-    from pgexport_runtime import decoder
-
     before = {f: sha256_file(int4_bundle / f) for f in load_manifest(int4_bundle).raw["files"]}
     dst = tmp_path / "merged"
     groups = merge_siblings.derive(int4_bundle, dst)
@@ -184,13 +193,7 @@ def test_merge_siblings_gives_the_same_logits_with_fewer_matmulnbits(int4_bundle
 
     assert nbits(dst) == nbits(int4_bundle) - 3 * layers  # 5 nodes a layer became 2
     assert load_manifest(dst).raw["build"]["derived"]["matmulnbits_siblings_merged"] == groups
-    logits = []
-    for bundle in (int4_bundle, dst):
-        pg = PaliGemma(bundle)
-        embeds = pg.image_embeddings([images[0]])
-        ids, mask = pg.tokenizer.batch(["caption en"])
-        cache = pg.graphs.kv_cache(pg.geometry, 1, ids.shape[1] + 4)
-        logits.append(decoder.prefill(pg.graphs, pg.geometry, cache, ids, embeds, mask))
+    logits = [_prefill_logits(bundle, images[0]) for bundle in (int4_bundle, dst)]
     assert np.array_equal(logits[0], logits[1]) and np.ptp(logits[0]) > 0
 
 
@@ -364,8 +367,6 @@ def test_int8_gemm_bundle_keeps_the_head_and_answers_like_its_source(int4_bundle
     source is untouched, and the copy's prefill logits stay near the source's (int8 steps of the 4-bit weights)."""
     import int8_gemm
 
-    from pgexport_runtime import decoder
-
     before = {f: sha256_file(int4_bundle / f) for f in load_manifest(int4_bundle).raw["files"]}
     source = onnx.load(str(int4_bundle / "decoder.onnx"), load_external_data=False).graph
     products = sum(n.op_type == "MatMulNBits" for n in source.node)
@@ -379,12 +380,6 @@ def test_int8_gemm_bundle_keeps_the_head_and_answers_like_its_source(int4_bundle
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) == 4 * layers  # qkv, o, gate/up, down inputs
     assert sum(n.op_type == "MatMulIntegerToFloat" for n in graph.node) == products - 1
     assert load_manifest(dst).raw["build"]["derived"]["int8_gemm"] == {"products": products - 1}
-    logits = []
-    for bundle in (int4_bundle, dst):
-        pg = PaliGemma(bundle)
-        embeds = pg.image_embeddings([images[0]])
-        ids, mask = pg.tokenizer.batch(["caption en"])
-        cache = pg.graphs.kv_cache(pg.geometry, 1, ids.shape[1] + 1)
-        logits.append(decoder.prefill(pg.graphs, pg.geometry, cache, ids, embeds, mask).ravel())
+    logits = [_prefill_logits(bundle, images[0]).ravel() for bundle in (int4_bundle, dst)]
     assert not np.array_equal(logits[0], logits[1])  # it does compute differently
     assert np.corrcoef(logits[0], logits[1])[0, 1] > 0.99
