@@ -111,7 +111,7 @@ def main() -> None:
               "bundles": []}
     for run in (r for r in report["runs"] if r["kind"] == "bundle"):
         b = {"name": run["name"], "path": run["path"], **_summary(run), "size_bytes": run["size"]["total_bytes"],
-             "decoder_bytes": _decoder_bytes(run["path"])}
+             "decoder_bytes": _decoder_bytes(run["path"]), "prefill_graph": run.get("prefill_graph")}
         b["targets"] = targets(b, result["torch_bf16"], peers)
         result["bundles"].append(b)
     (args.out / "perf.json").write_text(json.dumps(result, indent=1))
@@ -172,9 +172,15 @@ def _rows(r: dict) -> list[tuple]:
     image = "preprocess + vision + prefill"
     return [row("PyTorch bf16 eager", image, r["torch_bf16"], None),
             row("PyTorch fp32 eager", image, r["torch_fp32"], None),
-            *(row(f"bundle {b['name']}", image, b, b["size_bytes"]) for b in r["bundles"]),
+            *(row(f"bundle {b['name']}" + _prefill_words(b), image, b, b["size_bytes"]) for b in r["bundles"]),
             *(row(p["engine"], "vision + prefill (text, causal)" if "vision_ms" in p else "prefill only (text, causal)",
                   p, p.get("size_bytes")) for p in r["peers"])]
+
+
+def _prefill_words(b: dict) -> str:
+    """Where the runtime ran this bundle's prefills on its int8 graph (SessionConfig.prefill), the row says so."""
+    graph = b.get("prefill_graph")
+    return f" (prefill on {graph})" if graph not in (None, "decoder") else ""
 
 
 def _notes(r: dict) -> list[str]:

@@ -16,6 +16,7 @@ from pgexport_runtime.errors import UserError
 from pgexport_runtime.manifest import KV_LAYOUTS
 from pgexport_runtime.terminal import printable
 from pgexport_runtime.out_of_memory import is_out_of_memory, out_of_memory
+from pgexport_runtime.session import INT8_PREFILL_GRAPH
 
 DEFAULTS = BuildOptions()  # the build's defaults, declared once in BuildOptions
 
@@ -98,9 +99,16 @@ def _interrupt(signum, frame):
 @click.option("--max-len", type=click.IntRange(2), default=None,
               help="--kv-cache static: the KV cache's fixed length, prefix and answer. Default: the longest "
                    "prefill length + --max-new-tokens; the runtime stops an answer when the cache is full.")
+@click.option("--int8-prefill", is_flag=True,
+              help="Also write decoder_int8: the quantized decoder with its 4- or 8-bit products as int8 GEMMs "
+                   "(activations in int8 per row). The Python runtime runs prefills on it where the CPU has int8 "
+                   "matrix units (Intel AMX: the first token several times sooner) and decode steps on the "
+                   "decoder; elsewhere it is not read. About twice the decoder's size on disk, and in memory where "
+                   "it is used; the accuracy gate measures both paths. The JavaScript runtime ignores it.")
 @click.option("--dry-run", is_flag=True, help="Print the steps, memory, disk and time the build will need; build nothing.")
 def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens, mask_decoder, quant,
-          min_agreement, gate_samples, calibration, max_memory, stream, kv_cache, prefill_lengths, max_len, dry_run):
+          min_agreement, gate_samples, calibration, max_memory, stream, kv_cache, prefill_lengths, max_len,
+          int8_prefill, dry_run):
     """Export a checkpoint to a bundle: vision encoder, projector and decoder-with-past ONNX graphs, tokenizer
     and manifest, checked against PyTorch (features, logits and greedy tokens) before it is written.
 
@@ -116,7 +124,8 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
                         tolerance=Tolerance(relative=tolerance), skip_parity=skip_parity, max_new_tokens=max_new_tokens,
                         mask_decoder=mask_decoder, quant=quant, min_agreement=min_agreement,
                         gate_samples=gate_samples, calibration=calibration, max_memory=max_memory, stream=stream,
-                        kv_cache=kv_cache, prefill_lengths=_lengths(prefill_lengths), max_len=max_len)
+                        kv_cache=kv_cache, prefill_lengths=_lengths(prefill_lengths), max_len=max_len,
+                        int8_prefill=int8_prefill)
     plan = Plan.of(opts, check_memory=not dry_run)  # dry run: the figures, whether or not they fit
     if dry_run:
         for line in plan.estimate.lines():
@@ -164,6 +173,9 @@ def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max
             reference = "PyTorch fp32" + (" (base + adapter, peft)" if opts.adapter or
                                           (manifest.get("source") or {}).get("adapter") else "")
             click.echo(f"accuracy vs {reference}: " + describe.accuracy_line(quant_info["accuracy"]))
+            int8 = quant_info["accuracy"].get(INT8_PREFILL_GRAPH)
+            if int8:
+                click.echo(f"  with prefills on {INT8_PREFILL_GRAPH}: " + describe.accuracy_line(int8))
 
 
 _RUNTIME_CLI = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}

@@ -214,13 +214,18 @@ def auto_seconds(g: Geometry, samples: int, units: int, stream: bool) -> float:
 
 
 def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2, gate_tokens: int = 32,
-             gate_samples: int = 64) -> Estimate:
+             gate_samples: int = 64, int8_prefill: bool = False) -> Estimate:
     """stream: the PyTorch phase holds the projector, the embedding table (`table_itemsize` bytes a value, as the
     checkpoint stores it), and the vision tower or one decoder layer at a time (twice, as one is read while
-    the last is freed); a quantized bundle is then run for the accuracy gate."""
+    the last is freed); a quantized bundle is then run for the accuracy gate. int8_prefill: the bundle also
+    holds decoder_int8 (a byte a decoder weight, and its own copy of the table), which the gate loads beside
+    the decoder."""
     params = parameters(g)
     fp32 = 4 * sum(params.values())
     bundle = int(sum(n * bytes_per_parameter(recipe.precision_for(c, None)) for c, n in params.items()))
+    table = params["embedding"] * bytes_per_parameter(recipe.precision_for("embedding", None))
+    int8_graph = int(params["decoder_linear"] + table) if int8_prefill else 0  # int8-rows: a byte a weight
+    bundle += int8_graph
     peak = BASE_RSS + RSS_PER_FP32_BYTE * fp32 + parity_transient_bytes(g)
     if stream:
         layer = (params["decoder_linear"] - g.text_hidden) / g.text_layers
@@ -231,7 +236,7 @@ def estimate(g: Geometry, recipe, stream: bool = False, table_itemsize: int = 2,
             peak += gate_batch(g, gate_tokens, gate_samples) * kv_bytes(g, gate_tokens)
             decoder = sum(params[c] * bytes_per_parameter(recipe.precision_for(c, None))
                           for c in ("decoder_linear", "embedding"))
-            peak = max(peak, GATE_BASE_RSS + GATE_PACKED_PER_BYTE * decoder
+            peak = max(peak, GATE_BASE_RSS + GATE_PACKED_PER_BYTE * (decoder + int8_graph)
                        + 2 * kv_bytes(g, gate_tokens, windowed=False))
     seconds = BASE_SECONDS + SECONDS_PER_PARAMETER * sum(params.values())
     if stream:

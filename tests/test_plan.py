@@ -31,7 +31,7 @@ def test_conditions_select_steps():
     base = dict(parity=True, gate=False, adapter=False, calibrate=False, quantize=False, mask_weights=None)
     plain = [s.name for s in steps(replace(made, **base))]
     everything = base | dict(gate=True, adapter=True, calibrate=True, awq=True, auto=True, quantize=True,
-                             mask_weights=Path("m"),
+                             mask_weights=Path("m"), int8_prefill=True,
                              kv=KvCache(STATIC, max_len=96, prefill_lengths=(64,)))
     full = [s.name for s in steps(replace(made, **everything))]
     streamed = [s.name for s in steps(replace(made, **everything | dict(stream=True)))]
@@ -44,6 +44,9 @@ def test_conditions_select_steps():
     assert "choose precision" not in plain and full.index("choose precision") == full.index("GPTQ") + 1
     assert "layer parity" not in plain  # streamed builds only
     assert "fix shapes" not in plain and full.index("fix shapes") == full.index("accuracy gate") - 1
+    # derived from the quantized decoder, listed in the manifest before the gate measures both paths
+    assert "int8 prefill graph" not in plain
+    assert full.index("rewrite manifest") + 1 == full.index("int8 prefill graph") < full.index("accuracy gate")
 
 
 def test_options_survive_the_trip_to_the_child():
@@ -51,7 +54,7 @@ def test_options_survive_the_trip_to_the_child():
 
     opts = BuildOptions(model="m", adapter=Path("a"), out=Path("o"), tolerance=Tolerance(relative=2e-3),
                         calibration=Path("c.jsonl"), min_agreement=0.5, stream=True, kv_cache="static",
-                        prefill_lengths=(40, 60), max_len=90)
+                        prefill_lengths=(40, 60), max_len=90, int8_prefill=True)
     assert BuildOptions.from_json(opts.to_json()) == opts
 
 

@@ -68,7 +68,8 @@ def markdown(report: dict) -> str:
     for r in runs:
         tps = r["throughput"]["decode_tokens_per_s_median"]
         size = r["size"]["total_bytes"] if r["size"] else None
-        lines.append(f"| {r['name']} | {r['precision']} | " + " | ".join(_ms(r["latency"][k]) for k in STAGES)
+        via = f" (prefill on {r['prefill_graph']})" if r.get("prefill_graph") not in (None, "decoder") else ""
+        lines.append(f"| {r['name']} | {r['precision']}{via} | " + " | ".join(_ms(r["latency"][k]) for k in STAGES)
                      + f" | {'–' if tps is None else f'{tps:.1f}'} | {_mb(r['memory']['peak_rss_mb'])} | {_bytes(size)} |")
     sized = [r for r in runs if r["size"]]
     if sized:

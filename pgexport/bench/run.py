@@ -279,6 +279,7 @@ def _run_entry(w: _Worker, res: dict, ref_res: dict | None, ref_name: str | None
         "path": str(w.bundle) if w.bundle else None,
         "source": w.source,
         "precision": w.dtype or _precision(w.manifest),
+        "prefill_graph": res.get("prefill_graph"),
         "threads": int(res["threads"]),
         "load_seconds": res["load_seconds"],
         "memory": res["memory"],

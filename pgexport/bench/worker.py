@@ -103,6 +103,7 @@ def run(spec: dict) -> dict:
             tick()
     return {
         "kind": spec["kind"],
+        "prefill_graph": engine.pg.graphs.prefill_graph if spec["kind"] == "bundle" else None,
         "threads": engine.threads,
         "load_seconds": round(load_s, 3),
         "memory": {"rss_after_load_mb": after_load["rss_mb"], **memory_mb()},

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pgexport_runtime.geometry import Geometry
 from pgexport_runtime.manifest import GraphEntry, Generation, KvCache, Manifest, MaskCodes, Record
+from pgexport_runtime.session import INT8_PREFILL_GRAPH
 
 from pgexport.verify import parity
 from pgexport.source import finite, sources
@@ -85,7 +86,8 @@ class _Build:
                 "quantize vision encoder": lambda: self.quantize("vision_encoder"),
                 "quantize projector": lambda: self.quantize("projector"),
                 "quantize decoder": lambda: self.quantize("decoder"),
-                "rewrite manifest": self.rewrite_manifest, "fix shapes": self.fix_shapes,
+                "rewrite manifest": self.rewrite_manifest, "int8 prefill graph": self.int8_prefill_graph,
+                "fix shapes": self.fix_shapes,
                 "accuracy gate": self.accuracy_gate}
 
     def export_mask_decoder(self) -> None:
@@ -149,6 +151,25 @@ class _Build:
         self._update(graphs=graphs, record=replace(self.manifest.record, quantization=quantization))
         self.writer.write_manifest(self.manifest.to_dict(), final=False)
 
+    def int8_prefill_graph(self) -> None:
+        """--int8-prefill: decoder_int8, the quantized decoder with int8 products, for prefills on CPUs with int8
+        matrix units (quant/int8_prefill.py); an optional graph entry with the decoder's inputs and outputs."""
+        from pgexport.quant.int8_prefill import PRECISION, write_prefill_graph
+
+        out = self.writer.path(f"{INT8_PREFILL_GRAPH}.onnx")
+        products = write_prefill_graph(self.writer.path(FILES["decoder"]), out)
+        if not products:  # Plan.of refuses recipes without block-quantized decoder linears
+            raise AssertionError("the quantized decoder has no 4- or 8-bit products for --int8-prefill")
+        names = sorted(p.name for p in self.writer.tmp.iterdir())
+        decoder = self.manifest.graphs["decoder"]
+        entry = replace(decoder, file=out.name, precision=PRECISION,
+                        data_files=tuple(f for f in names if f.startswith(out.name) and f != out.name))
+        record = self.manifest.record
+        quantization = record.quantization | {INT8_PREFILL_GRAPH: {"products": products, "precision": PRECISION}}
+        self._update(graphs=self.manifest.graphs | {INT8_PREFILL_GRAPH: entry},
+                     record=replace(record, quantization=quantization))
+        self.writer.write_manifest(self.manifest.to_dict(), final=False)
+
     def fix_shapes(self) -> None:
         """--kv-cache static: every graph's dimensions fixed, a prefill graph per prefix length. The graphs were
         parity-checked and quantized with symbolic dimensions; the fixed ones must then give their greedy tokens
@@ -196,15 +217,23 @@ class _Build:
                                  self.results.gate_greedy, self.results.gate_logprobs)
         quantized = any(self.recipe.precision_for(c, None).kind not in ("fp32", "fp16")
                         for c in ("decoder_linear", "lm_head"))
-        accuracy = gate.evaluate_apart(self.writer.tmp, ref, self.opts.gate_tokens, quantized,
-                                       self.writer.tmp / torch_steps.WORK, self.writer.partial_name)
+        def measure(prefill: str) -> dict:
+            return gate.evaluate_apart(self.writer.tmp, ref, self.opts.gate_tokens, quantized,
+                                       self.writer.tmp / torch_steps.WORK, self.writer.partial_name, prefill)
+
+        accuracy = measure("decoder")
+        paths = {"decoder": accuracy}
+        if INT8_PREFILL_GRAPH in self.manifest.graphs:  # the bundle as it runs where the runtime picks that graph
+            paths[INT8_PREFILL_GRAPH] = accuracy[INT8_PREFILL_GRAPH] = measure("int8")
         record = self.manifest.record
         self._update(record=replace(record, quantization=record.quantization | {"accuracy": accuracy}))
-        if self.opts.min_agreement is not None and accuracy["sequence_agreement"] < self.opts.min_agreement:
-            raise GateError(f"accuracy gate failed: sequence agreement {accuracy['sequence_agreement']:.3f} < "
-                            f"--min-agreement {self.opts.min_agreement} over {accuracy['samples']} held-out "
-                            f"samples (token agreement {accuracy['token_agreement']:.3f}, mean KL "
-                            f"{accuracy['mean_kl']:.2e})")
+        for path, acc in paths.items():
+            if self.opts.min_agreement is not None and acc["sequence_agreement"] < self.opts.min_agreement:
+                via = "" if path == "decoder" else f" with prefills on {path}"
+                raise GateError(f"accuracy gate failed{via}: sequence agreement {acc['sequence_agreement']:.3f} < "
+                                f"--min-agreement {self.opts.min_agreement} over {acc['samples']} held-out "
+                                f"samples (token agreement {acc['token_agreement']:.3f}, mean KL "
+                                f"{acc['mean_kl']:.2e})")
 
 
 def _load_mask_decoder(weights: Path | None):

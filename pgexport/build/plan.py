@@ -52,6 +52,7 @@ class BuildOptions:
     # "static" (every shape fixed: a cache of max_len tokens, a prefill graph per prefix length)
     prefill_lengths: tuple[int, ...] | None = None  # static: default image tokens + 16 and + 64
     max_len: int | None = None  # static: default the longest prefill + max_new_tokens
+    int8_prefill: bool = False  # also write decoder_int8: the quantized decoder with int8 products, for prefills
 
     def to_json(self) -> dict:
         """For the child process: paths as strings, the tolerance as its fields."""
@@ -88,10 +89,12 @@ class Plan:
     stream: bool = False  # the PyTorch phase holds one decoder layer at a time; parity is checked per layer
     awq: bool = False  # AWQ scales searched and folded into the float32 decoder before export
     auto: bool = False  # `--quant auto`: the recipe's 8-bit units chosen to its target_agreement before export
+    int8_prefill: bool = False  # --int8-prefill: decoder_int8 derived from the quantized decoder
     estimate: Estimate | None = None  # memory, disk and time the build will need (estimate.py; not sent to the child)
     stream_reason: str = ""  # why the build streams or holds the whole model (--dry-run says it)
 
-    _FLAGS = ("parity", "gate", "adapter", "calibrate", "awq", "auto", "quantize", "stream", "stream_reason")
+    _FLAGS = ("parity", "gate", "adapter", "calibrate", "awq", "auto", "quantize", "stream", "stream_reason",
+              "int8_prefill")
 
     def to_json(self) -> dict:
         """For the PyTorch child: everything but the estimate, which only the build process reads."""
@@ -135,11 +138,14 @@ class Plan:
         if opts.kv_cache not in KV_LAYOUTS:
             raise UserError(f"unknown --kv-cache {opts.kv_cache!r} (use one of {', '.join(KV_LAYOUTS)})")
         quantize = not recipe.is_identity
+        if opts.int8_prefill:
+            _check_int8_prefill(recipe, opts.kv_cache)
         mask = mask_decoder.find_weights(source.directory if source.kind != "preset" else None, opts.mask_decoder)
         kv = kv_section(opts, g)
-        whole = estimate(g, recipe)
+        whole = estimate(g, recipe, int8_prefill=opts.int8_prefill)
         streamed = estimate(g, recipe, stream=True, table_itemsize=_table_itemsize(source),
-                            gate_tokens=opts.gate_tokens, gate_samples=opts.gate_samples)
+                            gate_tokens=opts.gate_tokens, gate_samples=opts.gate_samples,
+                            int8_prefill=opts.int8_prefill)
         budget = opts.max_memory * 1e9 if opts.max_memory is not None else machine_memory()
         stream = opts.stream if opts.stream is not None else whole.peak_rss_bytes > budget
         limit = "--max-memory" if opts.max_memory is not None else "this machine's memory"
@@ -165,7 +171,8 @@ class Plan:
                             f"more than {over}")
         return cls(opts, source, g, recipe, kv, parity=not opts.skip_parity, gate=quantize and opts.gate_samples > 0,
                    adapter=source.adapter is not None, calibrate=recipe.uses_gptq, awq=recipe.awq, auto=auto, quantize=quantize,
-                   mask_weights=mask, stream=stream, estimate=need, stream_reason=reason)
+                   mask_weights=mask, stream=stream, estimate=need, stream_reason=reason,
+                   int8_prefill=opts.int8_prefill)
 
 
 def kv_section(opts: BuildOptions, g) -> KvCache:
@@ -187,6 +194,19 @@ def kv_section(opts: BuildOptions, g) -> KvCache:
         raise UserError(f"--max-len must be longer than the longest prefill ({lengths[-1]}) and at most the "
                         f"model's {g.max_position_embeddings} positions")
     return KvCache(layout, max_len=max_len, prefill_lengths=tuple(lengths))
+
+
+def _check_int8_prefill(recipe, kv_cache: str) -> None:
+    """--int8-prefill rewrites the decoder's 4- and 8-bit block products (quant/int8_prefill.py): a recipe must
+    make them, and the layout must take prefills of any length."""
+    kinds = {recipe.decoder_linear.kind} | {o.precision.kind for o in recipe.overrides}
+    if not kinds & {"int4", "int4-gptq", "int8-wo"}:
+        raise UserError(f"--int8-prefill makes int8 products from a decoder's 4- or 8-bit block products; recipe "
+                        f"{recipe.name} has none in its decoder linears ({recipe.decoder_linear.label()}; "
+                        "int8-rows already prefills in int8)")
+    if LAYOUTS[kv_cache].fixed_shape:
+        raise UserError(f"--int8-prefill writes a decoder that takes any length; --kv-cache {kv_cache} has its own "
+                        "fixed-shape prefill graphs")
 
 
 def _table_itemsize(source) -> int:
@@ -251,6 +271,7 @@ STEPS = (
     Step("quantize projector", BUNDLE, lambda p: p.quantize),
     Step("quantize decoder", BUNDLE, lambda p: p.quantize and not p.stream),  # streamed: as it is exported
     Step("rewrite manifest", BUNDLE, lambda p: p.quantize),
+    Step("int8 prefill graph", BUNDLE, lambda p: p.int8_prefill),
     Step("fix shapes", BUNDLE, lambda p: p.kv.layout.fixed_shape),
     Step("accuracy gate", BUNDLE, lambda p: p.gate),
 )

@@ -94,10 +94,11 @@ def bundle_reference(pg, samples, max_new_tokens: int) -> GateReference:
 
 
 def evaluate_apart(bundle, ref: GateReference, max_new_tokens: int, prepack: bool, work: Path,
-                   manifest_file: str) -> dict:
+                   manifest_file: str, prefill: str = "decoder") -> dict:
     """`evaluate_bundle` in a child Python that imports only the runtime (pgexport.child): the process that
     holds the bundle holds nothing of the build's (torch, transformers, the quantizer's freed heap). The
-    samples go to it as PNG files (lossless), the reference's log-probabilities as the .npy files they are."""
+    samples go to it as PNG files (lossless), the reference's log-probabilities as the .npy files they are.
+    `prefill`: the graph the prefills run on (SessionConfig.prefill), named, not left to this CPU."""
     from pgexport import child
 
     work.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,8 @@ def evaluate_apart(bundle, ref: GateReference, max_new_tokens: int, prepack: boo
             np.save(path, lp, allow_pickle=False)
     job = {"bundle": str(bundle), "manifest_file": manifest_file, "images": [str(p) for p in images],
            "prompts": [prompt for _, prompt in ref.samples], "greedy": ref.greedy,
-           "logprobs": [str(p) for p in paths], "max_new_tokens": max_new_tokens, "prepack": prepack}
+           "logprobs": [str(p) for p in paths], "max_new_tokens": max_new_tokens, "prepack": prepack,
+           "prefill": prefill}
     result = work / "gate_result.json"
     try:
         child.run("pgexport.verify.gate", job, work / "gate_job.json", lambda event, text: None)
@@ -136,7 +138,7 @@ def _child(job: dict, job_file: Path) -> None:
         with Image.open(path) as image:
             samples.append((image.copy(), prompt))
     ref = GateReference(samples, job["greedy"], OnDisk([Path(p) for p in job["logprobs"]]))
-    result = evaluate_bundle(Path(job["bundle"]), ref, job["max_new_tokens"], SessionConfig(prepack=job["prepack"]),
+    result = evaluate_bundle(Path(job["bundle"]), ref, job["max_new_tokens"], SessionConfig(prepack=job["prepack"], prefill=job["prefill"]),
                              job_file.parent, job["manifest_file"])
     (job_file.parent / "gate_result.json").write_text(json.dumps(result))
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # numpy and onnxruntime load inside main's error handling: a 
 def run_prompts(bundle, image, prompts: list[str], *, max_new_tokens: int | None = None,
                 sampling: Sampling | None = None, stop: tuple[str, ...] = (), device: str = "cpu", threads: int = 0,
                 max_image_pixels: int = limits.DEFAULT_MAX_IMAGE_PIXELS, overlay: Path | None = None,
-                on_token=None, on_answer=None) -> list:
+                prefill: str = "auto", on_token=None, on_answer=None) -> list:
     """One image, one or more prompts, answered in order (the vision encoder runs once: the image cache).
     on_token(row, token, text) streams; on_answer(i, answer) is called as each answer is complete."""
     try:
@@ -49,7 +49,7 @@ def run_prompts(bundle, image, prompts: list[str], *, max_new_tokens: int | None
         raise UserError("--overlay draws one answer: give one --prompt with it")
     limits.check_request(prompts, max_new_tokens, stop)  # the bounds that need the model are the API's
     limits.check_threads(threads, "--threads")
-    session = SessionConfig(device=device, intra_op_threads=threads)
+    session = SessionConfig(device=device, intra_op_threads=threads, prefill=prefill)
     if overlay is not None:
         check_output_path(overlay, image)
     warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's guard: our one-line error
@@ -131,6 +131,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                      help="cuda needs onnxruntime-gpu: pip install './runtimes/python[gpu]' (default cpu)")
     run.add_argument("--threads", type=int, default=0, metavar="N",
                      help="0 = onnxruntime's default; at most min(256, 4 x CPUs) (default 0)")
+    run.add_argument("--prefill", choices=["auto", "int8", "decoder"], default="auto",
+                     help="the graph that runs the prefill of a bundle built with --int8-prefill: auto takes its "
+                          "decoder_int8 where the CPU has int8 matrix units (AMX), int8 always, decoder never "
+                          "(default auto; `inspect` says which this CPU takes)")
     run.add_argument("--max-image-pixels", type=int, default=limits.DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
                      help="refuse larger images before decoding them: a small PNG can expand to gigabytes "
                           f"(default {limits.DEFAULT_MAX_IMAGE_PIXELS})")
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None, prog: str = "pgexport-run") -> int:
                           out=lambda line, end="\n": print(line, end=end, flush=True),
                           err=lambda line: print(line, file=sys.stderr), max_new_tokens=args.max_new_tokens,
                           sampling=sampling, stop=tuple(args.stop), device=args.device, threads=args.threads,
-                          max_image_pixels=args.max_image_pixels, overlay=args.overlay)
+                          max_image_pixels=args.max_image_pixels, overlay=args.overlay, prefill=args.prefill)
             lines = []
     except UserError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)

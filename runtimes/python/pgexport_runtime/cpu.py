@@ -9,6 +9,7 @@ from pathlib import Path
 
 _X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni")  # /proc/cpuinfo's names of the int8 dot-product instructions
+_INT8_TILE_FLAGS = ("amx_int8",)  # and of the int8 matrix units (Intel AMX), which onnxruntime's int8 GEMM uses
 
 
 @functools.cache
@@ -20,6 +21,17 @@ def int8_weights_saturate() -> bool:
         return False
     flags = _x86_flags()
     return flags is None or not any(f in flags for f in _VNNI_FLAGS)
+
+
+@functools.cache
+def int8_matrix_units() -> bool:
+    """True on an x86 CPU whose int8 matrix units (AMX) onnxruntime's int8 GEMM runs on: there an int8 prefill
+    is several times faster than the 4-bit products' (docs/benchmarks.md). False elsewhere, or when the flags
+    cannot be read."""
+    if platform.machine().lower() not in _X86:
+        return False
+    flags = _x86_flags()
+    return flags is not None and any(f in flags for f in _INT8_TILE_FLAGS)
 
 
 def _x86_flags() -> set[str] | None:

@@ -22,11 +22,13 @@ from pgexport_runtime.kv_cache import KVCache
 
 
 def run(graphs, g: Geometry, cache: KVCache, ids, image_embeds, attention_mask, position_ids, token_type_ids,
-        logits_index) -> np.ndarray:
-    """One decoder call through IO binding: the cache is read and written in place. -> logits [B, K, V]."""
+        logits_index, session=None) -> np.ndarray:
+    """One decoder call through IO binding: the cache is read and written in place. -> logits [B, K, V].
+    `session`: a graph with the decoder's inputs and outputs to run instead (the int8 prefill graph)."""
     if graphs.kv_layout.fixed_shape:  # fixed-shape graphs: position_ids follow from the cache rows
         return static.run(graphs, g, cache, ids, image_embeds, attention_mask, token_type_ids, logits_index)
-    binding = graphs.decoder.io_binding()
+    session = session or graphs.decoder
+    binding = session.io_binding()
     for name, value in ((io.INPUT_IDS, ids), (io.DECODER_IMAGE_EMBEDS, image_embeds),
                         (io.ATTENTION_MASK, attention_mask), (io.POSITION_IDS, position_ids),
                         (io.TOKEN_TYPE_IDS, token_type_ids), (io.LOGITS_INDEX, logits_index)):
@@ -34,7 +36,7 @@ def run(graphs, g: Geometry, cache: KVCache, ids, image_embeds, attention_mask, 
     cache.bind(binding, ids.shape[1])
     logits = np.empty((ids.shape[0], logits_index.shape[1], g.vocab_size), dtype=np.float32)
     binding.bind_output(io.LOGITS, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-    graphs.decoder.run_with_iobinding(binding)
+    session.run_with_iobinding(binding)
     cache.advance(ids.shape[1])
     return logits
 
@@ -42,7 +44,8 @@ def run(graphs, g: Geometry, cache: KVCache, ids, image_embeds, attention_mask, 
 def prefill(graphs, g: Geometry, cache: KVCache, input_ids: np.ndarray, image_embeds: np.ndarray,
             attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None,
             logits_index: np.ndarray | None = None) -> np.ndarray:
-    """Left-padded prefixes [B, S] in one call; logits at the last position unless logits_index says otherwise.
+    """Left-padded prefixes [B, S] in one call, on the int8 prefill graph where SessionConfig.prefill chose it;
+    logits at the last position unless logits_index says otherwise.
 
     token_type_ids default to all 0 (the whole prefix bidirectional); a 1 marks a causal suffix fed in the same
     call (teacher forcing, as in training)."""
@@ -50,7 +53,8 @@ def prefill(graphs, g: Geometry, cache: KVCache, input_ids: np.ndarray, image_em
     positions = np.maximum(np.cumsum(attention_mask, axis=1), 1).astype(np.int64)
     types = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
     keep = np.full((batch, 1), seq - 1, dtype=np.int64) if logits_index is None else logits_index
-    logits = run(graphs, g, cache, input_ids, image_embeds, attention_mask, positions, types, keep)
+    logits = run(graphs, g, cache, input_ids, image_embeds, attention_mask, positions, types, keep,
+                 graphs.int8_prefill)
     if graphs.trim_heap:  # the prefill's activations are the largest buffers of a generation
         heap.release()
     return logits

@@ -7,7 +7,9 @@ import json
 import math
 from collections import Counter
 
+from pgexport_runtime.cpu import int8_matrix_units
 from pgexport_runtime.manifest import Manifest
+from pgexport_runtime.session import INT8_PREFILL_GRAPH
 
 
 def kv_words(m: Manifest) -> str:
@@ -45,10 +47,23 @@ def describe(m: Manifest) -> list[str]:
         lines.append("auto     " + auto_line(quant["auto"]))
     if quant and quant.get("accuracy"):
         lines.append("accuracy " + accuracy_line(quant["accuracy"]))
+        if isinstance(quant["accuracy"].get(INT8_PREFILL_GRAPH), dict):
+            lines.append(f"  prefills on {INT8_PREFILL_GRAPH}: " + accuracy_line(quant["accuracy"][INT8_PREFILL_GRAPH]))
+    if INT8_PREFILL_GRAPH in m.graphs:
+        lines.append("prefill  " + prefill_line())
     lines.append("tools    " + ", ".join(f"{k} {v}" for k, v in record.tools.items() if v is not None))
     if record.package is not None:
         lines += package_lines(record.package)
     return lines
+
+
+def prefill_line() -> str:
+    """Which graph runs a prefill on this CPU by default, for a bundle with an int8 prefill graph."""
+    if int8_matrix_units():
+        return (f"{INT8_PREFILL_GRAPH} on this CPU (it has int8 matrix units: AMX); decode steps on decoder; "
+                "--prefill decoder forces the decoder")
+    return (f"decoder on this CPU (no int8 matrix units: {INT8_PREFILL_GRAPH} is not read); --prefill int8 "
+            "forces it")
 
 
 MOBILE_EPS = {"nnapi": "NNAPI", "coreml_nn": "CoreML NeuralNetwork", "coreml_mlprogram": "CoreML MLProgram"}

@@ -14,7 +14,7 @@ from pgexport_runtime.geometry import Geometry
 from pgexport_runtime.kv_cache import KVCache
 from pgexport_runtime.kv_layout import CONCAT, KvLayout
 from pgexport_runtime.sampling import Sampling, choose
-from pgexport_runtime.session import run_rows
+from pgexport_runtime.session import INT8_PREFILL_GRAPH, run_rows
 
 
 @dataclass
@@ -33,6 +33,14 @@ class Graphs:
     prefill_lengths: tuple[int, ...] = ()
     prefill: dict = field(default_factory=dict)
     trim_heap: bool = False  # SessionConfig.trim_heap: give freed heap back after the vision encoder and the prefill
+    # the bundle's decoder_int8 graph where SessionConfig.prefill chose it: it runs the prefills, `decoder` the
+    # decode steps, on the same cache
+    int8_prefill: ort.InferenceSession | None = None
+
+    @property
+    def prefill_graph(self) -> str:
+        """The graph that runs prefills: "decoder_int8" or "decoder" (a static bundle's own lengths aside)."""
+        return INT8_PREFILL_GRAPH if self.int8_prefill is not None else "decoder"
 
     def kv_cache(self, g: Geometry, batch: int, max_len: int) -> KVCache:
         """A cache for the decoder, laid out as it takes one, on the sessions' device (static: of its one length)."""

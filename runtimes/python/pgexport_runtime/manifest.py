@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,8 +230,10 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def load_manifest(bundle: str | Path, verify: bool = True, manifest_file: str = MANIFEST) -> Manifest:
-    """Read and check a bundle's manifest; with verify, also the sha256 of every file it lists."""
+def load_manifest(bundle: str | Path, verify: bool = True, manifest_file: str = MANIFEST,
+                  unused_graphs: Collection[str] = ()) -> Manifest:
+    """Read and check a bundle's manifest; with verify, also the sha256 of every file it lists but those only
+    `unused_graphs` (optional graphs the caller will not load) read: they must be there, and are not read."""
     root = Path(bundle)
     if not root.is_dir():
         raise BundleError(f"{root}: no such bundle directory")
@@ -240,13 +243,24 @@ def load_manifest(bundle: str | Path, verify: bool = True, manifest_file: str = 
         m = _parse(root, raw)
     except typed_json.FieldError as exc:
         raise BundleError(f"{mpath}: {exc}") from None
+    unread = _files_of(m, unused_graphs)
     for name, digest in m.files.items():
         path = _bundle_file(root, name)
         if name == m.tokenizer.file and path.stat().st_size > MAX_TOKENIZER_BYTES:
             raise BundleError(f"{root}: {name} is larger than {MAX_TOKENIZER_BYTES >> 20} MiB")
-        if verify and sha256_file(path) != digest:
+        if verify and name not in unread and sha256_file(path) != digest:
             raise BundleError(f"{root}: {name} does not match its sha256 in the manifest (modified or corrupt)")
     return m
+
+
+def _files_of(m: Manifest, graphs: Collection[str]) -> set[str]:
+    """The files only the optional `graphs` of m read (a file another graph or the tokenizer lists is not)."""
+    if set(graphs) - set(OPTIONAL_GRAPHS):
+        raise ValueError(f"only optional graphs go unread, not {sorted(set(graphs) - set(OPTIONAL_GRAPHS))}")
+    listed = lambda e: {e.file, *e.data_files}  # noqa: E731
+    theirs = set().union(*(listed(e) for n, e in m.graphs.items() if n in graphs))
+    others = set().union(*(listed(e) for n, e in m.graphs.items() if n not in graphs)) | {m.tokenizer.file}
+    return theirs - others
 
 
 def _read_json(root: Path, mpath: Path) -> dict:

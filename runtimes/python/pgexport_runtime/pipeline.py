@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from pgexport_runtime import heap, io_names, limits
-from pgexport_runtime.errors import UserError
+from pgexport_runtime.errors import BundleError, UserError
 from pgexport_runtime.generate import Graphs, encode_image, generate
 from pgexport_runtime.image_cache import DEFAULT_MAX_BYTES, ImageCache
 from pgexport_runtime.images import as_image
@@ -21,7 +21,8 @@ from pgexport_runtime.masks import MaskDecoder
 from pgexport_runtime.preprocess import preprocess
 from pgexport_runtime.prompt import PromptTokenizer
 from pgexport_runtime.sampling import Sampling
-from pgexport_runtime.session import SessionConfig, check_io, check_kv_layout, check_static, create_session
+from pgexport_runtime.session import (INT8_PREFILL_GRAPH, SessionConfig, check_io, check_kv_layout, check_static,
+                                      create_session)
 from pgexport_runtime.typed_answers import Answer, to_answer
 
 ImageLike = Image.Image | str | Path | np.ndarray  # a path, a PIL image, or uint8 HxW / HxWx3 / HxWx4
@@ -59,10 +60,13 @@ class PaliGemma:
         if not isinstance(image_cache_bytes, int) or isinstance(image_cache_bytes, bool) or image_cache_bytes < 0:
             raise UserError(f"image_cache_bytes must be a non-negative integer, got {image_cache_bytes!r}")
         self.image_cache = ImageCache(image_cache_bytes) if image_cache_bytes else None
-        self.manifest = load_manifest(bundle, verify=verify, manifest_file=manifest_file)
+        self.session_config = cfg = session or SessionConfig()
+        # the int8 prefill graph is read (hashed, loaded) only where this CPU and config will run it
+        int8_wanted = "decoder" in LOADS[load] and cfg.int8_prefill(True)
+        self.manifest = load_manifest(bundle, verify=verify, manifest_file=manifest_file,
+                                      unused_graphs=() if int8_wanted else (INT8_PREFILL_GRAPH,))
         self.geometry = self.manifest.geometry
-        self.session_config = session or SessionConfig()
-        m, cfg = self.manifest, self.session_config
+        m = self.manifest
         tok = m.tokenizer  # before the graphs: a broken tokenizer is found without loading them
         self.tokenizer = PromptTokenizer(m.tokenizer_file, self.geometry, tok.image_token, tok.bos_token)
         self.eos_ids = {self.geometry.eos_token_id}
@@ -78,6 +82,10 @@ class PaliGemma:
         # the decoder first: its load, where prepacking holds mapped weight pages beside the packed copies until
         # they are given back, then peaks with nothing else loaded
         decoder = self._session("decoder") if "decoder" in wanted else None
+        int8_prefill = "decoder" in wanted and cfg.int8_prefill(INT8_PREFILL_GRAPH in m.graphs)
+        if int8_prefill and kv.layout.fixed_shape:  # the build refuses this pair; a manifest could still say it
+            raise BundleError(f"{INT8_PREFILL_GRAPH} takes any length, but the manifest says KV-cache layout "
+                              f"{kv.layout.name!r}, whose prefills have their own fixed-shape graphs")
         self.graphs = Graphs(
             vision=self._session("vision_encoder") if "vision_encoder" in wanted else None,
             projector=self._session("projector") if "projector" in wanted else None,
@@ -90,6 +98,7 @@ class PaliGemma:
             prefill={n: self._session(name) for n, name in kv.prefill_graphs.items()
                      if name in m.graphs and "decoder" in wanted},
             trim_heap=cfg.trim_heap and cfg.device == "cpu",
+            int8_prefill=self._session(INT8_PREFILL_GRAPH) if int8_prefill else None,
         )
         if self.graphs.decoder is not None:
             paths = {"decoder": m.path(m.graphs["decoder"].file)}
@@ -112,7 +121,7 @@ class PaliGemma:
         with released_while([self.manifest.path(f) for f in entry.data_files]) if release else nullcontext():
             session = create_session(self.manifest.path(entry.file), cfg)
         check_io(session, self.manifest.path(entry.file), self._expected_io(graph), entry)
-        if graph == "decoder" or graph in self.manifest.kv_cache.prefill_graphs.values():
+        if graph in ("decoder", INT8_PREFILL_GRAPH) or graph in self.manifest.kv_cache.prefill_graphs.values():
             check_kv_layout(session, self.manifest.path(entry.file), self.manifest.kv_cache.layout,
                             io_names.past_key(0), io_names.present_key(0))
         return session

@@ -8,9 +8,12 @@ from pathlib import Path
 import onnxruntime as ort
 
 from pgexport_runtime import limits
-from pgexport_runtime.cpu import int8_weights_saturate
+from pgexport_runtime.cpu import int8_matrix_units, int8_weights_saturate
 from pgexport_runtime.errors import BundleError, UserError
 from pgexport_runtime.out_of_memory import is_out_of_memory, out_of_memory
+
+PREFILL_CHOICES = ("auto", "int8", "decoder")
+INT8_PREFILL_GRAPH = "decoder_int8"  # the optional graph SessionConfig.prefill chooses
 
 _OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -58,12 +61,28 @@ class SessionConfig:
     # onnxruntime's per-node profiler: a JSON trace per graph, PREFIX_<graph>_<time>.json, written when the
     # session's end_profiling() is called (benchmarks/profile_ops.py reads them). Off by default.
     profile_prefix: str = ""
+    # Which graph runs the prefill of a bundle that carries an int8 one (`pgexport build --int8-prefill`):
+    # "auto" takes decoder_int8 where the CPU has int8 matrix units (AMX: its int8 GEMM is several times the 4-bit
+    # products' rate there) and the decoder elsewhere; "int8" always takes it (an error if the bundle has none);
+    # "decoder" never loads it. Decode steps always run on the decoder.
+    prefill: str = "auto"
 
     def __post_init__(self):
         # before any graph loads: onnxruntime starts every thread it is given (--threads 100000 hung)
         limits.check_threads(self.intra_op_threads, "intra_op_threads")
         limits.check_threads(self.inter_op_threads, "inter_op_threads")
         limits.check_mmap_threshold(self.mmap_threshold)
+        if self.prefill not in PREFILL_CHOICES:
+            raise UserError(f"unknown prefill {self.prefill!r} (use one of {', '.join(PREFILL_CHOICES)})")
+
+    def int8_prefill(self, available: bool) -> bool:
+        """Whether prefills run on the bundle's decoder_int8 graph (`available`: the bundle has one)."""
+        if self.prefill == "int8" and not available:
+            raise UserError("prefill 'int8' needs a bundle built with --int8-prefill (this one has no decoder_int8 "
+                            "graph); use prefill 'auto' or 'decoder'")
+        if self.prefill == "auto":
+            return available and self.device == "cpu" and int8_matrix_units()
+        return self.prefill == "int8"
 
     @property
     def providers(self) -> list:

@@ -115,7 +115,8 @@ const contract = {
       "decoder"
     ],
     "optional_graphs": [
-      "mask_decoder"
+      "mask_decoder",
+      "decoder_int8"
     ],
     "kv_dtypes": [
       "float32"

@@ -37,7 +37,21 @@ const SHA256 = /^[0-9a-f]{64}$/;
  *   sha256(name: string): Promise<string>}} BundleFiles
  */
 
-/** Read and check a bundle's manifest; with verify, also the sha256 of every file it lists. @returns {Promise<Manifest>} */
+// Optional graphs this runtime never loads: decoder_int8 (the int8 prefill graph the Python runtime runs on CPUs
+// with int8 matrix units). Their files must be there, and are not read: no download, no hashing.
+export const UNUSED_GRAPHS = ['decoder_int8'];
+
+/** The files that only the named graphs of a manifest list (not another graph's, not the tokenizer). */
+export function filesOnlyOf(m, names) {
+  const listed = (g) => [g.file, ...g.dataFiles];
+  const theirs = new Set(Object.entries(m.graphs).filter(([n]) => names.includes(n)).flatMap(([, g]) => listed(g)));
+  for (const [n, g] of Object.entries(m.graphs)) if (!names.includes(n)) listed(g).forEach((f) => theirs.delete(f));
+  theirs.delete(m.tokenizer.file);
+  return theirs;
+}
+
+/** Read and check a bundle's manifest; with verify, also the sha256 of every file it lists but those of the
+ * graphs it never loads (UNUSED_GRAPHS). @returns {Promise<Manifest>} */
 export async function loadManifest(files, { verify = true } = {}) {
   const where = `${files.where}/${MANIFEST}`;
   const size = await files.size(MANIFEST).catch((e) => {
@@ -60,12 +74,13 @@ export async function loadManifest(files, { verify = true } = {}) {
     if (e instanceof BundleError) throw new BundleError(`${where}: ${e.message}`);
     throw e;
   }
+  const unread = filesOnlyOf(m, UNUSED_GRAPHS);
   for (const [name, digest] of Object.entries(m.files)) {
     const bytes = await files.size(name);
     if (name === m.tokenizer.file && bytes > MAX_TOKENIZER_BYTES) {
       throw new BundleError(`${files.where}: ${name} is larger than ${MAX_TOKENIZER_BYTES >> 20} MiB`);
     }
-    if (verify && (await files.sha256(name)) !== digest) {
+    if (verify && !unread.has(name) && (await files.sha256(name)) !== digest) {
       throw new BundleError(`${files.where}: ${name} does not match its sha256 in the manifest (modified or corrupt)`);
     }
   }

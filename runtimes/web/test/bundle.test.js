@@ -78,3 +78,20 @@ test('a schema version 2 manifest (no duplicated token ids) gives the same answe
   assert.deepEqual(answerToJson(answer), item.fp32);
   await pg.release();
 });
+
+test('the int8 prefill graph is never read: its files must be there, and are not hashed or loaded', async () => {
+  const v = vectors();
+  const dir = copy(v.bundles.fp32);
+  writeFileSync(path.join(dir, 'decoder_int8.onnx'), 'not an onnx graph');
+  editManifest(dir, (m) => {
+    m.graphs.decoder_int8 = { ...m.graphs.decoder, file: 'decoder_int8.onnx', data_files: [], precision: 'int8-rows' };
+    m.files['decoder_int8.onnx'] = '0'.repeat(64); // not its sha256: a runtime that read it would refuse it
+  });
+  const pg = await loadBundle(dir);
+  const item = v.items.find((i) => i.task === 'caption');
+  const answer = await pg.answer(await decodeImage(v.path(item.image)), item.prompt, { maxNewTokens: item.max_new_tokens });
+  assert.deepEqual(answerToJson(answer), item.fp32);
+  await pg.release();
+  rmSync(path.join(dir, 'decoder_int8.onnx'));
+  await assert.rejects(loadBundle(dir), (e) => e instanceof BundleError && /decoder_int8\.onnx/.test(e.message));
+});
