@@ -35,7 +35,8 @@ from pgexport.bench.report import write_outputs
 
 _R = "benchmarks/recipes/"
 RTN = "int4-rtn-b32"  # the baseline every recipe is compared with: 4-bit round-to-nearest, blocks of 32
-RECIPES = ["int8", *(f"{_R}int8-{c}-only.json" for c in ("vision", "decoder", "table")),
+RECIPES = ["int8", "int8-wo", f"{_R}int8-acc4.json",
+           *(f"{_R}int8-{c}-only.json" for c in ("vision", "decoder", "table")),
            RTN, "int4-gptq", "int4-awq", "int4",
            "int4-rtn-b64", *(f"{_R}int4-{m}-b64.json" for m in ("gptq", "awq", "awq-gptq")),
            "int4-rtn-b128", *(f"{_R}int4-{m}-b128.json" for m in ("gptq", "awq", "awq-gptq")),

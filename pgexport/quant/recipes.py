@@ -157,6 +157,14 @@ def _p(kind: str, **kw) -> Precision:
 # neither agreement nor KL of the int4 recipe (benchmarks/quant_table.py with recipes/int4-rtn-acc0.json).
 INT4_ACCURACY_LEVEL = 4
 _INT4_Q = dict(block_size=32, accuracy_level=INT4_ACCURACY_LEVEL)
+# accuracy_level 4 for the decoder's 8-bit MatMulNBits: at level 0 onnxruntime (1.32) has no 8-bit kernel and
+# unpacks the whole weight to float32 on every call. Measured at paligemma-3b-224 on an AMX Xeon (`pgexport bench`,
+# every 8-bit product at one level): decode 0.1 tokens/s at level 0, 5.8 at level 4; first token 16.3 s and 6.2 s.
+# On 250 demo items it costs agreement with float32 (benchmarks/quant_table.py): 93.2 % at level 0 (`int8-wo`),
+# 88.0 % with the decoder and table at level 4 (KL 1.0e-4 and 3.6e-4), 85.6 % with the vision encoder at level 4
+# too (benchmarks/recipes/int8-acc4.json), which would halve its 2.2 s there.
+INT8_ACCURACY_LEVEL = 4
+_INT8_Q = dict(block_size=32, accuracy_level=INT8_ACCURACY_LEVEL)
 AUTO_TARGET = 0.9  # `auto`'s default: sequence agreement with float32 on the calibration samples
 
 
@@ -178,28 +186,29 @@ RECIPES: dict[str, Recipe] = {
         # 100 demo items). Dynamic int8 in the decoder (per-tensor activations) gave 50 % sequence agreement against
         # 91 % for weight-only. Dynamic int8 in the vision encoder cost nothing on the first demo model, which did
         # not read positions from the image; on the retrained one, which does, it costs 64 % vs 93 % agreement and
-        # KL 1.3e-3 vs 1.2e-5. So `int8` is now the same as `int8-wo`.
-        Recipe("int8", "Default 8-bit: 8-bit weight-only blocks of 32 (MatMulNBits) for the vision encoder, the "
-               "decoder linears and the shared embedding/lm_head table; fp32 projector.",
+        # KL 1.3e-3 vs 1.2e-5. The decoder's blocks compute with int8 activations (INT8_ACCURACY_LEVEL); the vision
+        # encoder's, run once per image, in float32.
+        Recipe("int8", "Default 8-bit: 8-bit weight-only blocks of 32 (MatMulNBits) for the vision encoder "
+               "(float32 compute), the decoder linears and the shared embedding/lm_head table (int8 compute, "
+               "accuracy_level 4, as llama.cpp's Q8_0); fp32 projector.",
                vision_encoder=_p("int8-wo", block_size=32), projector=_p("fp32"),
-               decoder_linear=_p("int8-wo", block_size=32), embedding=_p("int8-wo", block_size=32),
-               lm_head=_p("int8-wo", block_size=32)),
+               decoder_linear=_p("int8-wo", **_INT8_Q), embedding=_p("int8-wo", **_INT8_Q),
+               lm_head=_p("int8-wo", **_INT8_Q)),
         Recipe("int8-dynamic", "Dynamic int8 per-channel linears (vision + decoder; fast int8 GEMMs, but "
                "per-tensor activation quantization in the decoder), 8-bit block table, fp32 projector.",
                vision_encoder=_p("int8"), projector=_p("fp32"), decoder_linear=_p("int8"),
-               embedding=_p("int8-wo", block_size=32), lm_head=_p("int8-wo", block_size=32)),
+               embedding=_p("int8-wo", **_INT8_Q), lm_head=_p("int8-wo", **_INT8_Q)),
         # the int8 GEMM is the only onnxruntime kernel that runs on AMX tiles: on a 2-core AMX Xeon it multiplied the
         # prefill's shapes at 1.6-2.1 TOP/s with activations per row, the 4-bit MatMulNBits at 0.22-0.38
         # (benchmarks/ort_kernels.py). The first token comes far sooner there; a decode step reads 8-bit weights.
-        # The table's 8-bit MatMulNBits (the lm_head) computes at accuracy_level 4: at level 0 onnxruntime has no
-        # 8-bit kernel and unpacks the whole weight to float32 on every call (120x slower on a decode step there).
         Recipe("int8-rows", "Fastest first token on CPUs with int8 matrix units (AMX) or dot products (VNNI): "
                "int8 weights per channel with activations quantized per row for the decoder linears; dynamic "
                "int8 vision encoder; 8-bit block table; fp32 projector. Decoding reads 8-bit weights.",
                vision_encoder=_p("int8"), projector=_p("fp32"), decoder_linear=_p("int8-rows"),
-               embedding=_p("int8-wo", block_size=32, accuracy_level=4),
-               lm_head=_p("int8-wo", block_size=32, accuracy_level=4)),
-        Recipe("int8-wo", "8-bit weight-only blocks (MatMulNBits) everywhere but the projector.",
+               embedding=_p("int8-wo", **_INT8_Q), lm_head=_p("int8-wo", **_INT8_Q)),
+        Recipe("int8-wo", "8-bit weight-only blocks (MatMulNBits) everywhere but the projector, computed in float32 "
+               "(accuracy_level 0): onnxruntime unpacks every weight on every call, so only for small models and "
+               "accuracy studies (PaliGemma-3B decodes at 0.1 tokens/s).",
                vision_encoder=_p("int8-wo"), projector=_p("fp32"), decoder_linear=_p("int8-wo"),
                embedding=_p("int8-wo"), lm_head=_p("int8-wo")),
         # `int4` is the calibrated recipe: on 250 fresh demo items it kept 66.0 % of answers against 58.4 % for
