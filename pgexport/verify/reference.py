@@ -96,12 +96,24 @@ class TorchReference:
     def scored(self, inputs: dict, tokens: list[int]) -> np.ndarray:
         """[T, V] log-probabilities at the positions predicting `tokens` after one image+prompt row of `inputs`,
         teacher-forced in one forward pass (prefix bidirectional, continuation causal)."""
-        ids = torch.cat([inputs["input_ids"], torch.tensor([tokens])], dim=1)
+        ids = torch.cat([inputs["input_ids"], torch.tensor([tokens], dtype=torch.long)], dim=1)
+        seq = inputs["input_ids"].shape[1]
         tt = torch.cat([torch.zeros_like(inputs["input_ids"]), torch.ones(1, len(tokens), dtype=torch.long)], 1)
-        logits = self.model(input_ids=ids, pixel_values=inputs["pixel_values"], attention_mask=torch.ones_like(ids),
-                            token_type_ids=tt).logits[0]
-        start = inputs["input_ids"].shape[1] - 1
-        return log_softmax(logits[start:start + len(tokens)].float().numpy())
+        embeds = self._embed(ids, seq, self.image_embeddings(inputs["pixel_values"]))
+        logits = self.model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), token_type_ids=tt).logits[0]
+        return log_softmax(logits[seq - 1:seq - 1 + len(tokens)].float().numpy())
+
+    def _embed(self, ids: torch.Tensor, prefix: int, image: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of one row `ids` [1, S] whose first `prefix` tokens are image + prompt: the image
+        embeddings ([1, N, D]) on the prefix's <image> placeholders only. A continuation may itself hold the
+        <image> id (a random-weight model emits anything); given whole to transformers, it would count more
+        placeholders than image features. So it keeps its own embedding, as in the ONNX decoder."""
+        slots = torch.nonzero(ids[0, :prefix] == self.image_token_id).flatten()
+        lookup = ids.clone()
+        lookup[0, slots] = 0  # overwritten below; the <image> id may lie outside the embedding table
+        embeds = self.model.get_input_embeddings()(lookup)
+        embeds[0, slots] = image[0].to(embeds.dtype)
+        return embeds
 
     def greedy_scored(self, samples, max_new_tokens: int, batch: int = 1,
                       progress=None) -> Iterator[tuple[list[int], np.ndarray]]:
@@ -176,15 +188,7 @@ class TorchReference:
         seq, n = ids.shape[1], len(suffix)
         full = torch.cat([torch.from_numpy(ids), torch.tensor([suffix[:-1]], dtype=torch.long)], dim=1)
         types = torch.cat([torch.zeros((1, seq), dtype=torch.long), torch.ones((1, n - 1), dtype=torch.long)], dim=1)
-        # The reference sequence may itself contain the <image> id (random-weight models emit anything);
-        # transformers would then count more placeholders than image features. Embed the tokens ourselves
-        # and place the image embeddings on the prefix's placeholders only, as the ONNX decoder does.
-        slots = torch.nonzero(full[0, :seq] == self.image_token_id).flatten()
-        lookup = full.clone()
-        lookup[0, slots] = 0  # overwritten below; the <image> id may lie outside the embedding table
-        inputs_embeds = self.model.get_input_embeddings()(lookup)
-        inputs_embeds[0, slots] = embeds[0].to(inputs_embeds.dtype)
-        out = self.model(inputs_embeds=inputs_embeds, attention_mask=torch.ones_like(full),
+        out = self.model(inputs_embeds=self._embed(full, seq, embeds), attention_mask=torch.ones_like(full),
                          position_ids=torch.arange(1, full.shape[1] + 1)[None], token_type_ids=types,
                          use_cache=False, logits_to_keep=n)
         return torch.log_softmax(out.logits[0].float(), dim=-1).numpy()
