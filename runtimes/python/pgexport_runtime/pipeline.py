@@ -79,13 +79,14 @@ class PaliGemma:
                             "GroupQueryAttention takes no attention bias); for CUDA build with --kv-cache concat")
         if cfg.mmap_threshold:  # before any graph loads: its staging buffers are what the threshold is for
             heap.map_blocks_from(cfg.mmap_threshold)
-        # the decoder first: its load, where prepacking holds mapped weight pages beside the packed copies until
-        # they are given back, then peaks with nothing else loaded
-        decoder = self._session("decoder") if "decoder" in wanted else None
         int8_prefill = "decoder" in wanted and cfg.int8_prefill(INT8_PREFILL_GRAPH in m.graphs)
         if int8_prefill and kv.layout.fixed_shape:  # the build refuses this pair; a manifest could still say it
             raise BundleError(f"{INT8_PREFILL_GRAPH} takes any length, but the manifest says KV-cache layout "
                               f"{kv.layout.name!r}, whose prefills have their own fixed-shape graphs")
+        # the largest decoder first: its load, where prepacking holds mapped weight pages beside the packed copies
+        # until they are given back, then peaks with nothing else loaded
+        int8_session = self._session(INT8_PREFILL_GRAPH) if int8_prefill else None
+        decoder = self._session("decoder") if "decoder" in wanted else None
         self.graphs = Graphs(
             vision=self._session("vision_encoder") if "vision_encoder" in wanted else None,
             projector=self._session("projector") if "projector" in wanted else None,
@@ -98,7 +99,7 @@ class PaliGemma:
             prefill={n: self._session(name) for n, name in kv.prefill_graphs.items()
                      if name in m.graphs and "decoder" in wanted},
             trim_heap=cfg.trim_heap and cfg.device == "cpu",
-            int8_prefill=self._session(INT8_PREFILL_GRAPH) if int8_prefill else None,
+            int8_prefill=int8_session,
         )
         if self.graphs.decoder is not None:
             paths = {"decoder": m.path(m.graphs["decoder"].file)}
