@@ -101,10 +101,11 @@ def _interrupt(signum, frame):
                    "prefill length + --max-new-tokens; the runtime stops an answer when the cache is full.")
 @click.option("--int8-prefill", is_flag=True,
               help="Also write decoder_int8: the quantized decoder with its 4- or 8-bit products as int8 GEMMs "
-                   "(activations in int8 per row). The Python runtime runs prefills on it where the CPU has int8 "
+                   "(activations in int8 per row). The runtime runs prefills on it where the CPU has int8 "
                    "matrix units (Intel AMX: the first token several times sooner) and decode steps on the "
                    "decoder; elsewhere it is not read. About twice the decoder's size on disk, and in memory where "
-                   "it is used; the accuracy gate measures both paths. The JavaScript runtime ignores it.")
+                   "it is used; the accuracy gate measures both paths. Node runs it as Python does; browsers never "
+                   "read it.")
 @click.option("--dry-run", is_flag=True, help="Print the steps, memory, disk and time the build will need; build nothing.")
 def build(model, adapter, out, force, parity_tokens, tolerance, skip_parity, max_new_tokens, mask_decoder, quant,
           min_agreement, gate_samples, calibration, max_memory, stream, kv_cache, prefill_lengths, max_len,

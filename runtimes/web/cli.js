@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The Node command line, mirroring `pgexport run`:
 //   node runtimes/web/cli.js BUNDLE --image PATH --prompt TEXT [--prompt TEXT...] [--json] [--max-new-tokens N]
-//     [--backend node|wasm]
+//     [--backend node|wasm] [--prefill auto|int8|decoder]
 // Several --prompt: one image, the prompts answered in order, the image encoded once (the image cache); with --json
 // one object per line and prompt, else a `[prompt]` line before each answer (pgexport_runtime/cli.py run_and_print).
 // Every bound is checked before the bundle's graphs load; a mistake is one line on stderr and exit status 2.
@@ -9,13 +9,14 @@
 // act on escaped (src/escape.js); --json is the exact text.
 
 import { parseArgs } from 'node:util';
-import { UserError, answerToJson, decodeImage, loadBundle, sampling } from './src/node.js';
+import { PREFILL_CHOICES, UserError, answerToJson, decodeImage, loadBundle, sampling } from './src/node.js';
 import { commandLine } from './src/argv_node.js';
 import { repr, visible } from './src/escape.js';
 import { checkRequest } from './src/limits.js';
 
 const USAGE = 'usage: cli.js BUNDLE --image PATH --prompt TEXT [--prompt TEXT...] [--json] [--max-new-tokens N] ' +
-  '[--backend node|wasm] [--threads N] [--stop TEXT] [--sample --temperature T --top-k K --top-p P --seed S]';
+  '[--backend node|wasm] [--prefill auto|int8|decoder] [--threads N] [--stop TEXT] ' +
+  '[--sample --temperature T --top-k K --top-p P --seed S]';
 
 function integer(value, name) {
   if (value === undefined) return null;
@@ -38,6 +39,7 @@ function parse(argv) {
       options: {
         image: { type: 'string' }, prompt: { type: 'string', multiple: true }, json: { type: 'boolean', default: false },
         'max-new-tokens': { type: 'string' }, backend: { type: 'string', default: 'node' },
+        prefill: { type: 'string', default: 'auto' },
         threads: { type: 'string' }, stop: { type: 'string', multiple: true, default: [] },
         sample: { type: 'boolean', default: false }, temperature: { type: 'string' }, 'top-k': { type: 'string' },
         'top-p': { type: 'string' }, seed: { type: 'string' }, help: { type: 'boolean', default: false },
@@ -50,9 +52,13 @@ function parse(argv) {
   if (v.help) return { help: true };
   if (positionals.length !== 1) throw new UserError(`give exactly one bundle directory (${USAGE})`);
   if (v.image === undefined || v.prompt === undefined) throw new UserError(`--image and --prompt are required (${USAGE})`);
+  if (!PREFILL_CHOICES.includes(v.prefill)) {
+    throw new UserError(`--prefill ${repr(v.prefill)} is not one of ${PREFILL_CHOICES.join(', ')}`);
+  }
   const seed = v.seed === undefined ? null : /^\d+$/.test(v.seed) ? BigInt(v.seed) : v.seed;
   return {
     bundle: positionals[0], image: v.image, prompts: v.prompt, json: v.json, backend: v.backend, stop: v.stop,
+    prefill: v.prefill,
     maxNewTokens: integer(v['max-new-tokens'], '--max-new-tokens'), threads: integer(v.threads, '--threads') ?? 0,
     sampling: sampling({
       doSample: v.sample, temperature: number(v.temperature, '--temperature', 1.0),
@@ -71,7 +77,8 @@ async function main(argv) {
   if (a.threads < 0 || a.threads > 256) throw new UserError(`--threads ${a.threads} is out of range (0..256)`);
   const image = await decodeImage(a.image);
   const options = { maxNewTokens: a.maxNewTokens, sampling: a.sampling, stopStrings: a.stop };
-  const pg = await loadBundle(a.bundle, { backend: a.backend, threads: a.threads, request: { prompts: a.prompts, ...options } });
+  const pg = await loadBundle(a.bundle, { backend: a.backend, threads: a.threads, prefill: a.prefill,
+    request: { prompts: a.prompts, ...options } });
   for (const prompt of a.prompts) {
     if (a.prompts.length > 1 && !a.json) console.log(`[${visible(prompt)}]`);
     printAnswer(await pg.answer(image, prompt, options), a.json);

@@ -39,7 +39,8 @@ export async function generate(ort, graphs, g, imageEmbeds, prefix, maxNewTokens
   try {
     // 1. Prefill: the whole prefix (image + bos + prompt + "\n") in one call, bidirectional, padding masked;
     //    logits at the last position only.
-    let logits = await decoder.prefill(ort, graphs.decoder, g, cache, prefix.ids, imageEmbeds, prefix.mask, batch);
+    let logits = await decoder.prefill(ort, graphs.int8Prefill ?? graphs.decoder, g, cache, prefix.ids, imageEmbeds,
+      prefix.mask, batch);
     const out = Array.from({ length: batch }, () => []);
     const done = new Array(batch).fill(false);
     let mask = prefix.mask;

@@ -37,9 +37,10 @@ const SHA256 = /^[0-9a-f]{64}$/;
  *   sha256(name: string): Promise<string>}} BundleFiles
  */
 
-// Optional graphs this runtime never loads: decoder_int8 (the int8 prefill graph the Python runtime runs on CPUs
-// with int8 matrix units). Their files must be there, and are not read: no download, no hashing.
-export const UNUSED_GRAPHS = ['decoder_int8'];
+// The optional int8 prefill graph (`pgexport build --int8-prefill`), which onnxruntime-node runs on CPUs with int8
+// matrix units (PaliGemma.load's prefill). Where it will not run, its files must be there and are not read: no
+// download, no hashing.
+export const INT8_PREFILL_GRAPH = 'decoder_int8';
 
 /** The files that only the named graphs of a manifest list (not another graph's, not the tokenizer). */
 export function filesOnlyOf(m, names) {
@@ -50,9 +51,9 @@ export function filesOnlyOf(m, names) {
   return theirs;
 }
 
-/** Read and check a bundle's manifest; with verify, also the sha256 of every file it lists but those of the
- * graphs it never loads (UNUSED_GRAPHS). @returns {Promise<Manifest>} */
-export async function loadManifest(files, { verify = true } = {}) {
+/** Read and check a bundle's manifest; with verify, also the sha256 of every file it lists but those only the
+ * optional `unusedGraphs` (graphs the caller will not load) read. @returns {Promise<Manifest>} */
+export async function loadManifest(files, { verify = true, unusedGraphs = [] } = {}) {
   const where = `${files.where}/${MANIFEST}`;
   const size = await files.size(MANIFEST).catch((e) => {
     throw e instanceof BundleError ? e : new BundleError(`${files.where}: not a pgexport bundle (no ${MANIFEST})`);
@@ -74,7 +75,8 @@ export async function loadManifest(files, { verify = true } = {}) {
     if (e instanceof BundleError) throw new BundleError(`${where}: ${e.message}`);
     throw e;
   }
-  const unread = filesOnlyOf(m, UNUSED_GRAPHS);
+  if (unusedGraphs.some((n) => !OPTIONAL_GRAPHS.includes(n))) throw new Error('only optional graphs go unread');
+  const unread = filesOnlyOf(m, unusedGraphs);
   for (const [name, digest] of Object.entries(m.files)) {
     const bytes = await files.size(name);
     if (name === m.tokenizer.file && bytes > MAX_TOKENIZER_BYTES) {

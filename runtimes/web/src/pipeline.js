@@ -7,13 +7,15 @@ import * as limits from './limits.js';
 import { BundleError, UserError } from './errors.js';
 import { encodeImage, generate } from './generate.js';
 import { DEFAULT_MAX_BYTES, ImageCache } from './image_cache.js';
-import { loadManifest } from './manifest.js';
+import { INT8_PREFILL_GRAPH, loadManifest } from './manifest.js';
 import { MaskDecoder } from './masks.js';
 import { preprocess } from './preprocess.js';
 import { PromptTokenizer } from './prompt.js';
 import { sampling as makeSampling } from './sampling.js';
 import { checkIO, checkKvLayout, createSession } from './session.js';
 import { toAnswer } from './typed_answers.js';
+
+export const PREFILL_CHOICES = ['auto', 'int8', 'decoder'];
 
 const now = () => globalThis.performance.now();
 
@@ -35,12 +37,21 @@ export class PaliGemma {
    *   before any graph loads, so that one that cannot fit costs no session
    */
   static async load({ ort, files, sessionOptions = {}, kvMode = 'preallocated', gpu = false, verify = true,
-    imageCacheBytes = DEFAULT_MAX_BYTES, sha256 = null, request = null }) {
+    imageCacheBytes = DEFAULT_MAX_BYTES, sha256 = null, request = null, prefill = 'decoder', int8Units = false }) {
+    if (!PREFILL_CHOICES.includes(prefill)) {
+      throw new UserError(`unknown prefill ${prefill} (use one of ${PREFILL_CHOICES.join(', ')})`);
+    }
     if (!Number.isSafeInteger(imageCacheBytes) || imageCacheBytes < 0) {
       throw new UserError(`imageCacheBytes must be a non-negative integer, not ${imageCacheBytes}`);
     }
     const imageCache = imageCacheBytes ? new ImageCache(sha256, imageCacheBytes) : null;
-    const manifest = await loadManifest(files, { verify });
+    // the int8 prefill graph is read (hashed, loaded) only where it will run: forced, or (auto) on int8 matrix units
+    const wantInt8 = prefill === 'int8' || (prefill === 'auto' && int8Units && !gpu);
+    const manifest = await loadManifest(files, { verify, unusedGraphs: wantInt8 ? [] : [INT8_PREFILL_GRAPH] });
+    if (prefill === 'int8' && !manifest.graphs[INT8_PREFILL_GRAPH]) {
+      throw new UserError("prefill 'int8' needs a bundle built with --int8-prefill (this one has no decoder_int8 " +
+        "graph); use prefill 'auto' or 'decoder'");
+    }
     const g = manifest.geometry;
     const t = manifest.tokenizer;
     // before the graphs: a broken tokenizer is found without loading them
@@ -59,7 +70,10 @@ export class PaliGemma {
       throw new BundleError(`KV-cache layout '${manifest.kvLayout.name}' does not run on WebGPU (onnxruntime-web's ` +
         "GroupQueryAttention there has no causal=0): use device 'wasm' or a bundle built with --kv-cache concat");
     }
+    // the largest decoder first: its load's transient comes with nothing else loaded
+    const int8Prefill = wantInt8 && manifest.graphs[INT8_PREFILL_GRAPH] ? await session(INT8_PREFILL_GRAPH) : null;
     const graphs = {
+      int8Prefill, // runs the prefills where chosen; `decoder` the decode steps, on the same cache
       vision: await session('vision_encoder'),
       projector: await session('projector'),
       decoder: await session('decoder', gpu ? { preferredOutputLocation: presentOnGpu } : {}),
@@ -67,6 +81,9 @@ export class PaliGemma {
       kvLayout: manifest.kvLayout,
     };
     checkKvLayout(graphs.decoder, manifest.graphs.decoder, manifest.kvLayout, io.pastKey(0), io.presentKey(0));
+    if (int8Prefill) {
+      checkKvLayout(int8Prefill, manifest.graphs[INT8_PREFILL_GRAPH], manifest.kvLayout, io.pastKey(0), io.presentKey(0));
+    }
     const maskDecoder = manifest.graphs.mask_decoder ? new MaskDecoder(ort, await session('mask_decoder')) : null;
     return new PaliGemma(ort, manifest, tokenizer, graphs, maskDecoder, imageCache);
   }
@@ -74,6 +91,11 @@ export class PaliGemma {
   constructor(ort, manifest, tokenizer, graphs, maskDecoder, imageCache = null) {
     Object.assign(this, { ort, manifest, tokenizer, graphs, maskDecoder, imageCache, geometry: manifest.geometry });
     this.timings = {}; // the last generation's stages, in ms
+  }
+
+  /** The graph that runs prefills: 'decoder_int8' where PaliGemma.load's prefill chose it, else 'decoder'. */
+  get prefillGraph() {
+    return this.graphs.int8Prefill ? INT8_PREFILL_GRAPH : 'decoder';
   }
 
   /** Decoded images -> pixel_values {data, dims}. */

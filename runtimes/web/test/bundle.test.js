@@ -6,7 +6,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync, symlinkSync }
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { BundleError, decodeImage, loadBundle, answerToJson } from '../src/node.js';
+import { BundleError, UserError, decodeImage, int8MatrixUnits, loadBundle, answerToJson } from '../src/node.js';
 import { vectors } from './vectors.js';
 
 const dirs = [];
@@ -79,7 +79,7 @@ test('a schema version 2 manifest (no duplicated token ids) gives the same answe
   await pg.release();
 });
 
-test('the int8 prefill graph is never read: its files must be there, and are not hashed or loaded', async () => {
+test('an int8 prefill graph that will not run is not read: its files must be there, and are not hashed', async () => {
   const v = vectors();
   const dir = copy(v.bundles.fp32);
   writeFileSync(path.join(dir, 'decoder_int8.onnx'), 'not an onnx graph');
@@ -87,11 +87,47 @@ test('the int8 prefill graph is never read: its files must be there, and are not
     m.graphs.decoder_int8 = { ...m.graphs.decoder, file: 'decoder_int8.onnx', data_files: [], precision: 'int8-rows' };
     m.files['decoder_int8.onnx'] = '0'.repeat(64); // not its sha256: a runtime that read it would refuse it
   });
-  const pg = await loadBundle(dir);
   const item = v.items.find((i) => i.task === 'caption');
+  for (const backend of ['node', 'wasm']) {
+    const pg = await loadBundle(dir, { backend, prefill: backend === 'node' ? 'decoder' : 'auto' });
+    assert.equal(pg.prefillGraph, 'decoder');
+    const answer = await pg.answer(await decodeImage(v.path(item.image)), item.prompt, { maxNewTokens: item.max_new_tokens });
+    assert.deepEqual(answerToJson(answer), item.fp32);
+    await pg.release();
+  }
+  await assert.rejects(loadBundle(dir, { prefill: 'int8' }), (e) => e instanceof BundleError && /decoder_int8\.onnx does not match/.test(e.message));
+  rmSync(path.join(dir, 'decoder_int8.onnx'));
+  await assert.rejects(loadBundle(dir, { prefill: 'decoder' }), (e) => e instanceof BundleError && /decoder_int8\.onnx/.test(e.message));
+});
+
+test('prefill chooses the graph: decoder_int8 runs the prefill, the decoder the decode steps', async () => {
+  const v = vectors();
+  const dir = copy(v.bundles.fp32);
+  // the decoder's own graph under the int8 graph's name: the same answers prove the cache it writes is the decoder's
+  cpSync(path.join(dir, 'decoder.onnx'), path.join(dir, 'decoder_int8.onnx'));
+  editManifest(dir, (m) => {
+    m.graphs.decoder_int8 = { ...m.graphs.decoder, file: 'decoder_int8.onnx', precision: 'int8-rows' };
+    m.files['decoder_int8.onnx'] = m.files['decoder.onnx'];
+  });
+  const item = v.items.find((i) => i.task === 'detect');
+  const pg = await loadBundle(dir, { prefill: 'int8' });
+  assert.equal(pg.prefillGraph, 'decoder_int8');
+  let prefills = 0;
+  const run = pg.graphs.int8Prefill.run.bind(pg.graphs.int8Prefill);
+  pg.graphs.int8Prefill.run = (...args) => { prefills += 1; return run(...args); };
   const answer = await pg.answer(await decodeImage(v.path(item.image)), item.prompt, { maxNewTokens: item.max_new_tokens });
   assert.deepEqual(answerToJson(answer), item.fp32);
+  assert.equal(prefills, 1);
   await pg.release();
-  rmSync(path.join(dir, 'decoder_int8.onnx'));
-  await assert.rejects(loadBundle(dir), (e) => e instanceof BundleError && /decoder_int8\.onnx/.test(e.message));
+  await assert.rejects(loadBundle(dir, { backend: 'wasm', prefill: 'int8' }), (e) => e instanceof UserError && /no int8 matrix units/.test(e.message));
+  await assert.rejects(loadBundle(v.bundles.fp32, { prefill: 'int8' }), (e) => e instanceof UserError && /--int8-prefill/.test(e.message));
+  await assert.rejects(loadBundle(dir, { prefill: 'fast' }), (e) => e instanceof UserError && /unknown prefill fast/.test(e.message));
+});
+
+test('int8 matrix units are read from the x86 flags', () => {
+  const flags = (f) => `processor\t: 0\nflags\t\t: fpu sse2 ${f}\n`;
+  assert.equal(int8MatrixUnits('x64', flags('avx512_vnni amx_tile amx_int8')), true);
+  assert.equal(int8MatrixUnits('x64', flags('avx512_vnni amx_tile')), false);
+  assert.equal(int8MatrixUnits('arm64', flags('amx_int8')), false);
+  assert.equal(int8MatrixUnits('x64', null), false);
 });
