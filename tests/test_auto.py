@@ -120,9 +120,10 @@ def test_the_chosen_recipe_round_trips_through_the_manifest_and_its_file(auto_bu
             assert label == ("int8-wo/b32" if module in promoted else "int4-gptq/b32"), module
     vision = set(quant["graphs"]["vision_encoder"]["weights"].values())
     assert vision == {"int8-wo/b32" if auto.VISION in promoted else "int4/b32"}
-    # a promoted unit computes in float32, as the agreement its choice measured (accuracy_level 0)
+    # a promoted decoder linear computes as `int8`'s do: int8 activations (accuracy_level 4), not a float32
+    # unpack of its weight on every call
     levels = {o.match: o.precision.accuracy_level for o in from_file.overrides}
-    assert levels and set(levels.values()) == {auto.EIGHT.accuracy_level} == {0}
+    assert levels and set(levels.values()) == {RECIPES["int8"].decoder_linear.accuracy_level} == {4}
 
 
 def test_inspect_says_what_auto_bought(auto_bundle):

@@ -35,14 +35,14 @@ from pgexport_runtime.errors import UserError
 
 from pgexport.estimate import bytes_per_parameter
 from pgexport.nbits import Packed, dequantize, pack_rtn
-from pgexport.quant.recipes import TABLE, Override, Precision, Recipe
+from pgexport.quant.recipes import RECIPES, TABLE, Override, Precision, Recipe
 
-# The 8-bit form of every unit computes in float32 (accuracy_level 0), as the agreement the choice measures does
-# (dequantized weights, float activations). With int8 activations in the promoted decoder units and table
-# (accuracy_level 4, as `int8` computes them) the demo model's `auto` bundle agreed on 80.8 % of 250 fresh items
-# against its 90 % target (benchmarks/quant_table.py): the choice would have to measure that step too. The cost is
-# the decode speed of a full-size model's promoted units (onnxruntime unpacks 8-bit blocks on every call at level 0).
-EIGHT = Precision(kind="int8-wo", block_size=32)
+EIGHT = Precision(kind="int8-wo", block_size=32)  # the vision encoder's 8-bit form, as `int8` makes it
+# A decoder linear's and the table's: int8 activations (accuracy_level 4), as `int8` computes them; in float32
+# onnxruntime unpacks each 8-bit weight on every call, seconds a token at full size. The choice measures
+# dequantized weights with float activations; on the demo model's 250 fresh items (benchmarks/quant_table.py)
+# the same 22 promoted units agreed on 80.8 % this way and 82.4 % in float32, within each other's intervals.
+EIGHT_DECODER = RECIPES["int8"].decoder_linear
 TABLE_UNIT, VISION = "embedding/lm_head table", "vision_encoder"
 
 
@@ -253,10 +253,10 @@ def _recipe(base: Recipe, promoted: list[str], samples: int) -> Recipe:
     if VISION in promoted:
         changes["vision_encoder"] = EIGHT
     if TABLE_UNIT in promoted or "embedding" in promoted:
-        changes["embedding"] = EIGHT
+        changes["embedding"] = EIGHT_DECODER
     if TABLE_UNIT in promoted or "lm_head" in promoted:
-        changes["lm_head"] = EIGHT
-    overrides = tuple(Override(name, EIGHT) for name in promoted if name.startswith("layers."))
+        changes["lm_head"] = EIGHT_DECODER
+    overrides = tuple(Override(name, EIGHT_DECODER) for name in promoted if name.startswith("layers."))
     description = (f"chosen by --quant auto for {base.target_agreement:.0%} sequence agreement on {samples} "
                    f"calibration samples: {base.name.removesuffix('-auto')} with {len(promoted)} units at 8 bits")
     return replace(base, name="auto", description=description, overrides=overrides + base.overrides,
