@@ -211,9 +211,10 @@ RECIPES: dict[str, Recipe] = {
                "accuracy studies (PaliGemma-3B decodes at 0.1 tokens/s).",
                vision_encoder=_p("int8-wo"), projector=_p("fp32"), decoder_linear=_p("int8-wo"),
                embedding=_p("int8-wo"), lm_head=_p("int8-wo")),
-        # `int4` is the calibrated recipe: on 250 fresh demo items it kept 66.0 % of answers against 58.4 % for
-        # round-to-nearest (McNemar p = 0.005), with half the KL (benchmarks/quant_table.py). RTN stays, by name,
-        # for builds that must be quick (no calibration) or models with random weights.
+        # `int4` is the calibrated recipe: on 250 fresh demo items it kept 66.0 % and 64.0 % of answers (an AMD
+        # EPYC, an Intel Xeon) against 58.4 % and 58.0 % for round-to-nearest (McNemar p = 0.005 and 0.02), with
+        # 0.55x and 0.57x the KL (benchmarks/quant_table.py). RTN stays, by name, for builds that must be quick (no
+        # calibration) or models with random weights.
         _int4("int4", "int4-gptq", 32, "Default 4-bit: AWQ scales (searched on image+prompt pairs, folded into the "
               "norms and up projections), then GPTQ blocks of 32 for the decoder linears and the shared "
               "embedding/lm_head table (int8 compute, accuracy_level 4); dynamic int8 vision encoder; fp32 "
