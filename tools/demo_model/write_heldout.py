@@ -4,7 +4,7 @@
 
 - eval: 20 examples per task from the evaluation seed (what `pgexport bench` scores on the demo model)
 - gate: 64 examples from the evaluation seed, in an index range the evaluation does not use (the accuracy gate)
-- calibration: 35 examples from their own seed (GPTQ)
+- calibration: 128 examples from their own seed (GPTQ, AWQ and `--quant auto`)
 - demo: one caption, VQA, OCR, detect and segment example, each its own scene (`pgexport demo`)
 
 Each split interleaves the tasks, so any prefix of it covers all of them.
@@ -33,7 +33,7 @@ from .train import TRAIN_SEED
 CALIBRATION_SEED = 3
 GATE_OFFSET = 500_000
 DEMO_SEED = 20261123  # not a training or eval seed of the demo model
-SPLITS = {"eval": 20, "gate": 64, "calibration": 35}  # rows per split (eval: per task)
+SPLITS = {"eval": 20, "gate": 64, "calibration": 128}  # rows per split (eval: per task)
 DEMO_TASKS = tuple(generator.TASKS)
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "pg-demo"
 
