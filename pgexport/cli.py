@@ -87,8 +87,9 @@ def _interrupt(signum, frame):
 @click.option("--kv-cache", type=click.Choice(KV_LAYOUTS), default=DEFAULTS.kv_cache, show_default=True,
               help="How the decoder takes its KV cache. concat: a new present buffer each step (every runtime). "
                    "shared: one buffer per layer written in place by onnxruntime's GroupQueryAttention (no copy of "
-                   "the past per token: the faster decode on CPUs); onnxruntime >= 1.30, CPU only (onnxruntime's CUDA "
-                   "kernel takes no attention bias), not yet on WebGPU. static: the same in-place buffer of "
+                   "the past per token: the faster decode on native CPU kernels); onnxruntime >= 1.30, CPU only "
+                   "(onnxruntime's CUDA kernel takes no attention bias), not yet on WebGPU. static: the same "
+                   "in-place buffer of "
                    "a fixed length and no dynamic dimension in any graph (batch 1, a prefill graph per prefix "
                    "length, sharing the decoder's weights), for execution providers that want fixed shapes; the "
                    "Python runtime only.")
